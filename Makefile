@@ -1,0 +1,32 @@
+# The daily commands: `make demo` and `make test` are the README's quick start.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install test demo bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# The CPU wheel of torch (weight-import tests only); must precede transformers.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev,hf]'
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -n 2 tests
+
+demo: install
+	$(PY) -m t5x_lite.scaling count --gin_file=gin/models/gpt3_1_3b.gin
+	$(PY) -m t5x_lite.scaling count --gin_file=gin/models/t5_1_1_base.gin --inputs_length=512 --targets_length=114
+
+bench: install
+	$(PY) tools/benchmark.py
+
+lint: install
+	$(PY) -m ruff check t5x_lite tests tools
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,31 @@
+"""Package metadata for t5x_lite."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="t5x_lite",
+    version="0.1.0",
+    description="A small, fast, readable JAX codebase for language-model pretraining research "
+                "with a built-in scaling-law toolkit.",
+    packages=find_packages(include=["t5x_lite", "t5x_lite.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.10.2,<0.11",
+        "flax>=0.12.8,<0.13",
+        "optax>=0.2.8,<0.3",
+        "orbax-checkpoint>=0.12.8,<0.13",
+        "seqio==0.0.20",
+        "tensorflow-datasets>=4.9.10,<5",
+        "gin-config>=0.5.0",
+        "numpy>=2.0",
+        "scipy>=1.13",
+        "matplotlib>=3.8",
+        "sentencepiece>=0.2.0",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6"],
+        # Weight import/export and its parity tests. The Makefile installs the
+        # CPU wheel of torch 2.13.0 first so this never pulls a CUDA build.
+        "hf": ["torch>=2.4", "transformers>=5.23,<6", "safetensors>=0.4"],
+    },
+)

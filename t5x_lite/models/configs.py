@@ -1,0 +1,162 @@
+"""`TransformerConfig`: every architecture knob of the model family, bound by gin.
+
+One frozen dataclass describes encoder-decoder (T5), causal decoder (GPT) and
+non-causal prefix decoder models. Presets live as gin files under gin/models/;
+`validate()` turns a knob combination we cannot build into one clear error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import gin
+
+ARCHITECTURES = ("encoder_decoder", "causal_decoder", "prefix_decoder")
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")
+NORMS = ("rms", "layer")
+NORM_POSITIONS = ("pre", "post")
+POSITION_ENCODINGS = ("t5_relative", "rope", "learned", "sinusoidal", "none")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+ATTENTION_IMPLEMENTATIONS = (None, "xla", "cudnn")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Architecture of a t5x_lite model.
+
+  Attributes:
+    architecture: "encoder_decoder", "causal_decoder" or "prefix_decoder".
+    vocab_size: size of the (shared) token vocabulary.
+    d_model: width of the residual stream.
+    num_encoder_layers: encoder depth (encoder_decoder only).
+    num_decoder_layers: decoder depth.
+    num_heads: query heads.
+    num_kv_heads: key/value heads; None means num_heads (MHA), 1 is MQA,
+      anything dividing num_heads is GQA.
+    head_dim: width of one head; None means d_model // num_heads.
+    d_ff: hidden width of the feed-forward block.
+    activation: "relu", "gelu" (exact), "gelu_tanh" or "silu".
+    gated: GLU variant (GeGLU with gelu, SwiGLU with silu): act(x W0) * (x W1).
+    norm: "rms" (RMSNorm) or "layer" (LayerNorm).
+    norm_bias: give LayerNorm a learned bias (ignored by RMSNorm).
+    norm_position: "pre" (norm inside the residual branch, final norm at the
+      top of each stack) or "post" (norm after the residual add).
+    norm_epsilon: added to the variance in every norm.
+    use_bias: biases on every dense projection (GPT-2 style).
+    position_encoding: "t5_relative" (bucketed bias shared per stack), "rope",
+      "learned" (absolute table of max_length rows), "sinusoidal" or "none".
+    relative_attention_num_buckets / relative_attention_max_distance: T5 bias.
+    rope_theta: RoPE base frequency.
+    max_length: longest sequence for absolute position tables; also the
+      default sequence length for FLOP counting.
+    scale_attention_logits: divide attention logits by sqrt(head_dim). T5
+      folds that factor into the query initialisation instead.
+    tie_embeddings: compute logits with the input embedding matrix.
+    scale_tied_logits: T5's d_model**-0.5 scaling of the decoder output when
+      embeddings are tied (GPT-2 and tied Llama models do not scale).
+    embedding_init_std: stddev of the token embedding initialiser.
+    dropout_rate: on embeddings, residual branches and the MLP hidden layer.
+    dtype: activation/compute dtype; param_dtype: storage dtype of weights.
+    scan_layers: store layers stacked on a leading "layers" axis and run them
+      with jax.lax.scan (fast compiles for deep models).
+    remat_policy: "none", "full" (recompute everything), "dots" (save matmul
+      outputs) or "dots_no_batch" (save weight matmuls only).
+    attention_impl: passed to jax.nn.dot_product_attention (None = let JAX
+      choose, "xla", "cudnn").
+  """
+
+  architecture: str = "causal_decoder"
+  vocab_size: int = 32128
+  d_model: int = 512
+  num_encoder_layers: int = 0
+  num_decoder_layers: int = 6
+  num_heads: int = 8
+  num_kv_heads: Optional[int] = None
+  head_dim: Optional[int] = None
+  d_ff: int = 2048
+  activation: str = "gelu_tanh"
+  gated: bool = False
+  norm: str = "rms"
+  norm_bias: bool = False
+  norm_position: str = "pre"
+  norm_epsilon: float = 1e-6
+  use_bias: bool = False
+  position_encoding: str = "rope"
+  relative_attention_num_buckets: int = 32
+  relative_attention_max_distance: int = 128
+  rope_theta: float = 10_000.0
+  max_length: int = 512
+  scale_attention_logits: bool = True
+  tie_embeddings: bool = False
+  scale_tied_logits: bool = True
+  embedding_init_std: float = 1.0
+  dropout_rate: float = 0.0
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  scan_layers: bool = False
+  remat_policy: str = "none"
+  attention_impl: Optional[str] = None
+
+  def __post_init__(self):
+    self.validate()
+
+  @property
+  def kv_heads(self) -> int:
+    return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
+
+  @property
+  def resolved_head_dim(self) -> int:
+    return self.d_model // self.num_heads if self.head_dim is None else self.head_dim
+
+  @property
+  def is_encoder_decoder(self) -> bool:
+    return self.architecture == "encoder_decoder"
+
+  def replace(self, **changes) -> "TransformerConfig":
+    return dataclasses.replace(self, **changes)
+
+  def validate(self) -> None:
+    """Raises ValueError naming the first knob that cannot be honoured."""
+    choices = {
+        "architecture": ARCHITECTURES,
+        "activation": ACTIVATIONS,
+        "norm": NORMS,
+        "norm_position": NORM_POSITIONS,
+        "position_encoding": POSITION_ENCODINGS,
+        "remat_policy": REMAT_POLICIES,
+        "attention_impl": ATTENTION_IMPLEMENTATIONS,
+        "dtype": DTYPES,
+        "param_dtype": DTYPES,
+    }
+    for name, allowed in choices.items():
+      value = getattr(self, name)
+      if value not in allowed:
+        raise ValueError(
+            f"TransformerConfig.{name}={value!r} is not supported; choose one of {allowed}.")
+    positive = ["vocab_size", "d_model", "num_decoder_layers", "num_heads", "d_ff", "max_length"]
+    if self.is_encoder_decoder:
+      positive.append("num_encoder_layers")
+    for name in positive:
+      if getattr(self, name) <= 0:
+        raise ValueError(f"TransformerConfig.{name} must be positive, got {getattr(self, name)}.")
+    if not self.is_encoder_decoder and self.num_encoder_layers:
+      raise ValueError(
+          f"TransformerConfig.num_encoder_layers={self.num_encoder_layers} only applies to "
+          f"architecture='encoder_decoder', not {self.architecture!r}; set it to 0.")
+    if self.head_dim is None and self.d_model % self.num_heads:
+      raise ValueError(
+          f"TransformerConfig.d_model={self.d_model} is not divisible by num_heads="
+          f"{self.num_heads}; set head_dim explicitly.")
+    if self.kv_heads <= 0 or self.num_heads % self.kv_heads:
+      raise ValueError(
+          f"TransformerConfig.num_kv_heads={self.num_kv_heads} must divide num_heads="
+          f"{self.num_heads} (MHA: None, GQA: a divisor, MQA: 1).")
+    if self.position_encoding == "rope" and self.resolved_head_dim % 2:
+      raise ValueError(
+          f"RoPE needs an even head_dim, got {self.resolved_head_dim}; change head_dim "
+          "or TransformerConfig.position_encoding.")
+    if not 0.0 <= self.dropout_rate < 1.0:
+      raise ValueError(f"TransformerConfig.dropout_rate must be in [0, 1), got {self.dropout_rate}.")

@@ -1,0 +1,245 @@
+"""Building blocks shared by every architecture: norms, feed-forward, attention,
+position encodings and embeddings.
+
+Every parameter is created through `nnx.with_partitioning` with logical axis
+names (see t5x_lite/partitioning.py for the table that maps them to the mesh).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from t5x_lite.models.configs import TransformerConfig
+from t5x_lite.partitioning import constrain
+
+Array = jax.Array
+init = nnx.initializers
+
+ACTIVATION_FUNCTIONS: dict[str, Callable[[Array], Array]] = {
+    "relu": jax.nn.relu,
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),
+    "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "silu": jax.nn.silu,
+}
+
+
+def partitioned(initializer: Callable, logical_names: tuple[str, ...]) -> Callable:
+  """Tags an initialiser with logical axis names. Eager sharding is off: the
+  trainer places parameters by mapping these names through the rules table."""
+  return nnx.with_partitioning(initializer, logical_names, eager_sharding=False)
+
+
+def dtypes(config: TransformerConfig) -> dict:
+  return dict(dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype))
+
+
+def fan_in_init(in_axis=-2, out_axis=-1, scale: float = 1.0):
+  """T5X's default kernel initialiser: truncated normal with variance scale/fan_in."""
+  return init.variance_scaling(scale, "fan_in", "truncated_normal", in_axis=in_axis,
+                               out_axis=out_axis)
+
+
+def dropout(x: Array, rate: float, rng: Optional[Array]) -> Array:
+  """Inverted dropout; the identity when rng is None (evaluation) or rate is 0."""
+  if rng is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+def make_norm(config: TransformerConfig, *, rngs: nnx.Rngs) -> nnx.Module:
+  """RMSNorm or LayerNorm over d_model, statistics in float32."""
+  scale_init = partitioned(init.ones_init(), ("embed",))
+  if config.norm == "rms":
+    return nnx.RMSNorm(config.d_model, epsilon=config.norm_epsilon, scale_init=scale_init,
+                       use_fast_variance=False, rngs=rngs, **dtypes(config))
+  return nnx.LayerNorm(config.d_model, epsilon=config.norm_epsilon, use_bias=config.norm_bias,
+                       scale_init=scale_init,
+                       bias_init=partitioned(init.zeros_init(), ("embed",)),
+                       use_fast_variance=False, rngs=rngs, **dtypes(config))
+
+
+def _dense(config: TransformerConfig, d_in: int, d_out: int, names: tuple[str, str], *,
+           rngs: nnx.Rngs) -> nnx.Linear:
+  return nnx.Linear(d_in, d_out, use_bias=config.use_bias,
+                    kernel_init=partitioned(fan_in_init(), names),
+                    bias_init=partitioned(init.zeros_init(), names[1:]),
+                    rngs=rngs, **dtypes(config))
+
+
+class Mlp(nnx.Module):
+  """Feed-forward block: act(x W_0) [* x W_1 when gated] W_o."""
+
+  def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    self.wi_0 = _dense(config, config.d_model, config.d_ff, ("embed", "mlp"), rngs=rngs)
+    if config.gated:
+      self.wi_1 = _dense(config, config.d_model, config.d_ff, ("embed", "mlp"), rngs=rngs)
+    self.wo = _dense(config, config.d_ff, config.d_model, ("mlp", "embed"), rngs=rngs)
+
+  def __call__(self, x: Array, *, dropout_rng: Optional[Array] = None) -> Array:
+    hidden = ACTIVATION_FUNCTIONS[self.config.activation](self.wi_0(x))
+    if self.config.gated:
+      hidden = hidden * self.wi_1(x)
+    hidden = constrain(hidden, ("activation_batch", "activation_length", "activation_mlp"))
+    hidden = dropout(hidden, self.config.dropout_rate, dropout_rng)
+    return self.wo(hidden)
+
+
+def apply_rope(x: Array, positions: Array, theta: float) -> Array:
+  """Rotary embedding, rotating the two halves of each head (Llama / GPT-NeoX
+  layout, not interleaved pairs). x: [batch, length, heads, head_dim]."""
+  half = x.shape[-1] // 2
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, 2 * half, 2, dtype=jnp.float32) / (2 * half)))
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [batch, length, half]
+  sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
+  first, second = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+  rotated = jnp.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
+  return rotated.astype(x.dtype)
+
+
+class Attention(nnx.Module):
+  """Multi-head attention with MHA / GQA / MQA key-value heads.
+
+  T5 does not scale attention logits by 1/sqrt(head_dim); it folds that factor
+  into the query initialiser instead (scale_attention_logits=False).
+  """
+
+  def __init__(self, config: TransformerConfig, *, use_rope: bool, rngs: nnx.Rngs):
+    self.config = config
+    self.use_rope = use_rope
+    d, heads, kv_heads, head_dim = (config.d_model, config.num_heads, config.kv_heads,
+                                    config.resolved_head_dim)
+    query_scale = 1.0 if config.scale_attention_logits else 1.0 / head_dim
+    # Input projections map "embed" to (heads, head_dim); fan-in is d_model.
+    self.query = self._projection("btd,dhk->bthk", (d, heads, head_dim),
+                                  ("embed", "heads", "kv"), query_scale, rngs)
+    self.key = self._projection("btd,dhk->bthk", (d, kv_heads, head_dim),
+                                ("embed", "kv_heads", "kv"), 1.0, rngs)
+    self.value = self._projection("btd,dhk->bthk", (d, kv_heads, head_dim),
+                                  ("embed", "kv_heads", "kv"), 1.0, rngs)
+    self.out = self._projection("bthk,hkd->btd", (heads, head_dim, d),
+                                ("heads", "kv", "embed"), 1.0, rngs)
+
+  def _projection(self, equation, shape, names, scale, rngs) -> nnx.Einsum:
+    is_output = names[-1] == "embed"
+    in_axis, out_axis = ((0, 1), 2) if is_output else (0, (1, 2))
+    bias_shape = shape[2:] if is_output else shape[1:]
+    return nnx.Einsum(
+        equation, shape, bias_shape if self.config.use_bias else None,
+        kernel_init=partitioned(fan_in_init(in_axis, out_axis, scale), names),
+        bias_init=partitioned(init.zeros_init(), names[2:] if is_output else names[1:]),
+        rngs=rngs, **dtypes(self.config))
+
+  def __call__(self, inputs_q: Array, inputs_kv: Array, *, mask: Optional[Array],
+               bias: Optional[Array] = None, is_causal: bool = False,
+               q_positions: Optional[Array] = None, kv_positions: Optional[Array] = None
+               ) -> Array:
+    """Attends inputs_q [b, t, d] to inputs_kv [b, s, d].
+
+    mask: boolean [b or 1, 1, t, s], True where attention is allowed.
+    is_causal: plain causal masking without a mask array (lets fused kernels
+      skip materialising it); only valid for unpacked, prefix-free inputs.
+    bias: additive [1, heads, t, s] (T5 relative position bias).
+    *_positions: [b, t] / [b, s] token positions for RoPE.
+    """
+    query, key, value = self.query(inputs_q), self.key(inputs_kv), self.value(inputs_kv)
+    if self.use_rope:
+      query = apply_rope(query, q_positions, self.config.rope_theta)
+      key = apply_rope(key, kv_positions, self.config.rope_theta)
+    query = constrain(query, ("activation_batch", "activation_length", "activation_heads", None))
+    key = constrain(key, ("activation_batch", "activation_length", "activation_kv_heads", None))
+    value = constrain(value, ("activation_batch", "activation_length", "activation_kv_heads",
+                              None))
+    scale = (1.0 / math.sqrt(query.shape[-1])) if self.config.scale_attention_logits else 1.0
+    if bias is not None:
+      bias = bias.astype(query.dtype)
+    attended = jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask,
+                                            scale=scale, is_causal=is_causal,
+                                            implementation=self.config.attention_impl)
+    return self.out(attended)
+
+
+def relative_position_bucket(relative_position: Array, *, bidirectional: bool, num_buckets: int,
+                             max_distance: int) -> Array:
+  """T5's bucketing of (key position - query position): exact for small
+  distances, logarithmic up to max_distance, one bucket beyond."""
+  buckets = jnp.zeros_like(relative_position)
+  if bidirectional:
+    num_buckets //= 2
+    buckets += (relative_position > 0).astype(relative_position.dtype) * num_buckets
+    distance = jnp.abs(relative_position)
+  else:
+    distance = -jnp.minimum(relative_position, 0)
+  max_exact = num_buckets // 2
+  is_small = distance < max_exact
+  # Clamp before the log so distance 0 never produces -inf (it is "small" anyway).
+  log_ratio = jnp.log(jnp.maximum(distance, 1).astype(jnp.float32) / max_exact)
+  if_large = max_exact + (log_ratio / math.log(max_distance / max_exact) *
+                          (num_buckets - max_exact)).astype(relative_position.dtype)
+  if_large = jnp.minimum(if_large, num_buckets - 1)
+  return buckets + jnp.where(is_small, distance, if_large)
+
+
+class RelativePositionBias(nnx.Module):
+  """T5's learned per-head bias over bucketed relative positions, computed once
+  per stack and shared by all its layers."""
+
+  def __init__(self, config: TransformerConfig, *, bidirectional: bool, rngs: nnx.Rngs):
+    self.bidirectional = bidirectional
+    self.num_buckets = config.relative_attention_num_buckets
+    self.max_distance = config.relative_attention_max_distance
+    self.embedding = nnx.Embed(
+        self.num_buckets, config.num_heads,
+        embedding_init=partitioned(init.variance_scaling(1.0, "fan_avg", "uniform"),
+                                             ("relpos_buckets", "heads")),
+        rngs=rngs, **dtypes(config))
+
+  def __call__(self, q_length: int, k_length: int) -> Array:
+    """Returns the additive bias [1, heads, q_length, k_length]."""
+    relative = jnp.arange(k_length)[None, :] - jnp.arange(q_length)[:, None]
+    buckets = relative_position_bucket(relative, bidirectional=self.bidirectional,
+                                       num_buckets=self.num_buckets,
+                                       max_distance=self.max_distance)
+    values = self.embedding(buckets)  # [q, k, heads]
+    return jnp.transpose(values, (2, 0, 1))[None]
+
+
+def sinusoidal_positions(positions: Array, d_model: int, max_timescale: float = 1.0e4) -> Array:
+  """Fixed sin/cos position features [b, t, d_model] (sin half, then cos half)."""
+  half = d_model // 2
+  inv_timescale = jnp.exp(-math.log(max_timescale) * jnp.arange(half) / max(half - 1, 1))
+  angles = positions.astype(jnp.float32)[..., None] * inv_timescale
+  features = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+  return jnp.pad(features, [(0, 0), (0, 0), (0, d_model - 2 * half)])
+
+
+class AbsolutePositionEmbedding(nnx.Module):
+  """Adds learned (GPT-2 style) or sinusoidal position features to the input."""
+
+  def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    if config.position_encoding == "learned":
+      self.table = nnx.Embed(
+          config.max_length, config.d_model,
+          embedding_init=partitioned(init.normal(0.02), ("abspos", "embed")),
+          rngs=rngs, **dtypes(config))
+
+  def __call__(self, x: Array, positions: Array) -> Array:
+    if self.config.position_encoding == "learned":
+      return x + self.table(positions)
+    return x + sinusoidal_positions(positions, self.config.d_model).astype(x.dtype)
+
+
+def make_token_embedding(config: TransformerConfig, *, rngs: nnx.Rngs) -> nnx.Embed:
+  return nnx.Embed(
+      config.vocab_size, config.d_model,
+      embedding_init=partitioned(init.normal(config.embedding_init_std),
+                                           ("vocab", "embed")),
+      rngs=rngs, **dtypes(config))

@@ -1,0 +1,265 @@
+"""The three architectures behind one forward path over seqio feature dicts.
+
+`Transformer(config)(batch)` returns float32 logits [batch, length, vocab] for
+  - encoder_decoder: encoder_input_tokens -> encoder; decoder_input_tokens ->
+    decoder with cross-attention;
+  - causal_decoder: decoder_input_tokens, causal self-attention;
+  - prefix_decoder: as causal, plus bidirectional attention among the
+    positions where decoder_causal_attention is 1 (the prefix).
+Packed batches carry *_segment_ids and *_positions: attention never crosses a
+segment boundary, and positions restart in every segment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from t5x_lite.models import layers
+from t5x_lite.models.configs import TransformerConfig
+from t5x_lite.partitioning import constrain
+
+Array = jax.Array
+Batch = Mapping[str, Array]
+HIDDEN_AXES = ("activation_batch", "activation_length", "activation_embed")
+
+REMAT_POLICIES = {
+    "full": None,  # save nothing: recompute the whole block in the backward pass
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionContext:
+  """What every block of a stack needs besides its input: masks, bias, positions."""
+  self_mask: Optional[Array]          # [b|1, 1, t, t] bool, None with is_causal
+  is_causal: bool = False
+  self_bias: Optional[Array] = None   # [1, heads, t, t] T5 relative bias
+  positions: Optional[Array] = None   # [b, t] for RoPE
+  encoded: Optional[Array] = None     # [b, s, d] encoder output (cross-attention)
+  cross_mask: Optional[Array] = None  # [b, 1, t, s] bool
+
+
+class Block(nnx.Module):
+  """One transformer layer: self-attention, optional cross-attention, MLP."""
+
+  def __init__(self, config: TransformerConfig, *, cross_attention: bool, use_rope: bool,
+               rngs: nnx.Rngs):
+    self.config = config
+    self.self_attention_norm = layers.make_norm(config, rngs=rngs)
+    self.self_attention = layers.Attention(config, use_rope=use_rope, rngs=rngs)
+    if cross_attention:
+      self.cross_attention_norm = layers.make_norm(config, rngs=rngs)
+      self.cross_attention = layers.Attention(config, use_rope=False, rngs=rngs)
+    self.mlp_norm = layers.make_norm(config, rngs=rngs)
+    self.mlp = layers.Mlp(config, rngs=rngs)
+
+  def _residual(self, x: Array, norm: nnx.Module, branch, rng: Optional[Array]) -> Array:
+    rate = self.config.dropout_rate
+    if self.config.norm_position == "pre":
+      return x + layers.dropout(branch(norm(x)), rate, rng)
+    return norm(x + layers.dropout(branch(x), rate, rng))
+
+  def __call__(self, x: Array, ctx: AttentionContext, dropout_rng: Optional[Array]) -> Array:
+    rngs = [None] * 4 if dropout_rng is None else list(jax.random.split(dropout_rng, 4))
+
+    def self_attend(h):
+      return self.self_attention(h, h, mask=ctx.self_mask, bias=ctx.self_bias,
+                                 is_causal=ctx.is_causal, q_positions=ctx.positions,
+                                 kv_positions=ctx.positions)
+
+    x = self._residual(x, self.self_attention_norm, self_attend, rngs[0])
+    if ctx.encoded is not None:
+      cross_attend = lambda h: self.cross_attention(h, ctx.encoded, mask=ctx.cross_mask)
+      x = self._residual(x, self.cross_attention_norm, cross_attend, rngs[1])
+    x = self._residual(x, self.mlp_norm, lambda h: self.mlp(h, dropout_rng=rngs[3]), rngs[2])
+    return constrain(x, HIDDEN_AXES)
+
+
+class TransformerStack(nnx.Module):
+  """An encoder or decoder: position handling, the layers, the final norm."""
+
+  def __init__(self, config: TransformerConfig, num_layers: int, *, bidirectional: bool,
+               cross_attention: bool, rngs: nnx.Rngs):
+    self.config = config
+    self.num_layers = num_layers
+    encoding = config.position_encoding
+    if encoding == "t5_relative":
+      self.relative_bias = layers.RelativePositionBias(config, bidirectional=bidirectional,
+                                                       rngs=rngs)
+    elif encoding in ("learned", "sinusoidal"):
+      self.absolute_positions = layers.AbsolutePositionEmbedding(config, rngs=rngs)
+
+    def make_block(block_rngs: nnx.Rngs) -> Block:
+      return Block(config, cross_attention=cross_attention, use_rope=encoding == "rope",
+                   rngs=block_rngs)
+
+    if config.scan_layers:
+      # One Block whose parameters carry a leading "layers" axis.
+      make_stacked = nnx.split_rngs(splits=num_layers)(
+          nnx.vmap(make_block, in_axes=0, out_axes=0,
+                   transform_metadata={nnx.PARTITION_NAME: "layers"}))
+      self.layers = make_stacked(rngs)
+    else:
+      self.layers = nnx.List([make_block(rngs) for _ in range(num_layers)])
+    if config.norm_position == "pre":
+      self.final_norm = layers.make_norm(config, rngs=rngs)
+
+  def __call__(self, x: Array, ctx: AttentionContext, positions: Array,
+               dropout_rng: Optional[Array] = None) -> Array:
+    config = self.config
+    if config.position_encoding in ("learned", "sinusoidal"):
+      if x.shape[1] > config.max_length:
+        raise ValueError(
+            f"Sequence length {x.shape[1]} exceeds TransformerConfig.max_length="
+            f"{config.max_length} of the absolute position table.")
+      x = self.absolute_positions(x, positions)
+    if config.position_encoding == "t5_relative":
+      ctx = dataclasses.replace(ctx, self_bias=self.relative_bias(x.shape[1], x.shape[1]))
+    if config.position_encoding == "rope":
+      ctx = dataclasses.replace(ctx, positions=positions)
+    if dropout_rng is not None:
+      dropout_rng, embed_rng = jax.random.split(dropout_rng)
+      x = layers.dropout(x, config.dropout_rate, embed_rng)
+      layer_rngs = jax.random.split(dropout_rng, self.num_layers)
+    else:
+      layer_rngs = None
+    x = constrain(x, HIDDEN_AXES)
+
+    def apply_block(graphdef, state, h, rng):
+      return nnx.merge(graphdef, state)(h, ctx, rng)
+
+    if config.remat_policy != "none":
+      apply_block = jax.checkpoint(apply_block, policy=REMAT_POLICIES[config.remat_policy],
+                                   static_argnums=(0,))
+    if config.scan_layers:
+      graphdef, state = nnx.split(self.layers)
+      x, _ = jax.lax.scan(lambda h, xs: (apply_block(graphdef, xs[0], h, xs[1]), None),
+                          x, (state, layer_rngs))
+    else:
+      for i, block in enumerate(self.layers):
+        graphdef, state = nnx.split(block)
+        x = apply_block(graphdef, state, x, None if layer_rngs is None else layer_rngs[i])
+    if config.norm_position == "pre":
+      x = self.final_norm(x)
+    return layers.dropout(x, config.dropout_rate, dropout_rng)
+
+
+def _positions(batch: Batch, prefix: str, tokens: Array) -> Array:
+  positions = batch.get(f"{prefix}_positions")
+  if positions is None:
+    return jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+  return positions
+
+
+def _same_segment(q_segments: Array, k_segments: Array) -> Array:
+  return (q_segments[:, :, None] == k_segments[:, None, :])[:, None]
+
+
+class Transformer(nnx.Module):
+  """Encoder-decoder, causal decoder or prefix decoder, chosen by the config."""
+
+  def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    self.token_embedding = layers.make_token_embedding(config, rngs=rngs)
+    if config.is_encoder_decoder:
+      self.encoder = TransformerStack(config, config.num_encoder_layers, bidirectional=True,
+                                      cross_attention=False, rngs=rngs)
+    self.decoder = TransformerStack(
+        config, config.num_decoder_layers,
+        bidirectional=config.architecture == "prefix_decoder",
+        cross_attention=config.is_encoder_decoder, rngs=rngs)
+    if not config.tie_embeddings:
+      self.logits_dense = nnx.Linear(
+          config.d_model, config.vocab_size, use_bias=False,
+          kernel_init=layers.partitioned(layers.fan_in_init(), ("embed", "vocab")),
+          rngs=rngs, **layers.dtypes(config))
+
+  def __call__(self, batch: Batch, *, dropout_rng: Optional[Array] = None) -> Array:
+    """Logits [batch, decoder length, vocab] in float32 for a seqio feature dict.
+
+    dropout_rng: None for evaluation; a PRNG key enables dropout (training).
+    """
+    encoder_rng = decoder_rng = None
+    if dropout_rng is not None:
+      encoder_rng, decoder_rng = jax.random.split(dropout_rng)
+    encoded = self.encode(batch, dropout_rng=encoder_rng) if self.config.is_encoder_decoder else None
+    return self.decode(batch, encoded, dropout_rng=decoder_rng)
+
+  def embed(self, tokens: Array) -> Array:
+    return self.token_embedding(tokens.astype(jnp.int32))
+
+  def encode(self, batch: Batch, *, dropout_rng: Optional[Array] = None) -> Array:
+    """Encoder output [batch, input length, d_model]; padding (token 0) is masked."""
+    tokens = batch["encoder_input_tokens"]
+    segments = batch.get("encoder_segment_ids")
+    if segments is None:
+      # Mask padded keys only, so no query row is ever fully masked.
+      mask = (tokens > 0)[:, None, None, :]
+    else:
+      mask = _same_segment(segments, segments)
+    ctx = AttentionContext(self_mask=mask)
+    return self.encoder(self.embed(tokens), ctx, _positions(batch, "encoder", tokens),
+                        dropout_rng)
+
+  def decode(self, batch: Batch, encoded: Optional[Array] = None, *,
+             dropout_rng: Optional[Array] = None) -> Array:
+    """Decoder logits; encoded is the encoder output for encoder_decoder."""
+    config = self.config
+    tokens = batch["decoder_input_tokens"]
+    segments = batch.get("decoder_segment_ids")
+    prefix = batch.get("decoder_causal_attention") if config.architecture == "prefix_decoder" else None
+    if config.architecture == "prefix_decoder" and prefix is None:
+      raise ValueError("architecture='prefix_decoder' needs the 'decoder_causal_attention' "
+                       "feature (use seqio's PrefixLMFeatureConverter).")
+    ctx = self._decoder_self_attention(tokens.shape[1], segments, prefix)
+    if encoded is not None:
+      ctx = dataclasses.replace(ctx, encoded=encoded,
+                                cross_mask=self._cross_mask(batch, tokens.shape[1]))
+    hidden = self.decoder(self.embed(tokens), ctx, _positions(batch, "decoder", tokens),
+                          dropout_rng)
+    return self.logits(hidden)
+
+  def logits(self, hidden: Array) -> Array:
+    if self.config.tie_embeddings:
+      if self.config.scale_tied_logits:
+        hidden = hidden * self.config.d_model ** -0.5
+      logits = self.token_embedding.attend(hidden)
+    else:
+      logits = self.logits_dense(hidden)
+    logits = constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
+    return logits.astype(jnp.float32)
+
+  @staticmethod
+  def _decoder_self_attention(length: int, segments: Optional[Array],
+                              prefix: Optional[Array]) -> AttentionContext:
+    if segments is None and prefix is None:
+      return AttentionContext(self_mask=None, is_causal=True)
+    index = jnp.arange(length)
+    mask = (index[:, None] >= index[None, :])[None, None]
+    if prefix is not None:
+      in_prefix = prefix.astype(bool)
+      mask = mask | (in_prefix[:, :, None] & in_prefix[:, None, :])[:, None]
+    if segments is not None:
+      mask = mask & _same_segment(segments, segments)
+    return AttentionContext(self_mask=mask)
+
+  @staticmethod
+  def _cross_mask(batch: Batch, decoder_length: int) -> Array:
+    encoder_segments = batch.get("encoder_segment_ids")
+    decoder_segments = batch.get("decoder_segment_ids")
+    if encoder_segments is not None and decoder_segments is not None:
+      return _same_segment(decoder_segments, encoder_segments)
+    valid = batch["encoder_input_tokens"] > 0
+    return jnp.broadcast_to(valid[:, None, None, :],
+                            (valid.shape[0], 1, decoder_length, valid.shape[1]))
+
+
+def create_model(config: TransformerConfig, seed: int = 0) -> Transformer:
+  """Initialises a model with fresh parameters."""
+  return Transformer(config, rngs=nnx.Rngs(params=seed))
