@@ -55,8 +55,9 @@ class TransformerConfig:
     scale_attention_logits: divide attention logits by sqrt(head_dim). T5
       folds that factor into the query initialisation instead.
     tie_embeddings: compute logits with the input embedding matrix.
-    scale_tied_logits: T5's d_model**-0.5 scaling of the decoder output when
-      embeddings are tied (GPT-2 and tied Llama models do not scale).
+    scale_decoder_outputs: multiply the decoder output by d_model**-0.5 before
+      the logits projection. None (default) scales exactly when embeddings
+      are tied, as T5 does; GPT-2 and tied Llama models set False.
     embedding_init_std: stddev of the token embedding initialiser.
     dropout_rate: on embeddings, residual branches and the MLP hidden layer.
     dtype: activation/compute dtype; param_dtype: storage dtype of weights.
@@ -91,7 +92,7 @@ class TransformerConfig:
   max_length: int = 512
   scale_attention_logits: bool = True
   tie_embeddings: bool = False
-  scale_tied_logits: bool = True
+  scale_decoder_outputs: Optional[bool] = None
   embedding_init_std: float = 1.0
   dropout_rate: float = 0.0
   dtype: str = "float32"
@@ -110,6 +111,12 @@ class TransformerConfig:
   @property
   def resolved_head_dim(self) -> int:
     return self.d_model // self.num_heads if self.head_dim is None else self.head_dim
+
+  @property
+  def scales_decoder_outputs(self) -> bool:
+    if self.scale_decoder_outputs is None:
+      return self.tie_embeddings
+    return self.scale_decoder_outputs
 
   @property
   def is_encoder_decoder(self) -> bool:

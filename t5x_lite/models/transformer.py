@@ -226,9 +226,9 @@ class Transformer(nnx.Module):
     return self.logits(hidden)
 
   def logits(self, hidden: Array) -> Array:
+    if self.config.scales_decoder_outputs:
+      hidden = hidden * self.config.d_model ** -0.5
     if self.config.tie_embeddings:
-      if self.config.scale_tied_logits:
-        hidden = hidden * self.config.d_model ** -0.5
       logits = self.token_embedding.attend(hidden)
     else:
       logits = self.logits_dense(hidden)

@@ -1,0 +1,1 @@
+"""Weight import/export with other frameworks."""

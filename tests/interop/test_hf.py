@@ -1,0 +1,177 @@
+"""Imported Hugging Face weights reproduce the reference logits.
+
+Reference models are random-weight transformers models built from config
+objects (no download), saved with save_pretrained and re-loaded by
+transformers itself, so the reference is exactly what a user of that
+directory would get from transformers.
+"""
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from t5x_lite.interop import hf
+
+torch.set_num_threads(1)
+TOLERANCE = 1e-4
+
+
+def randomize(model: torch.nn.Module, seed: int) -> None:
+  """Replaces the (tiny) default init with O(1) weights so logits differ a lot."""
+  generator = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, param in model.named_parameters():
+      noise = torch.randn(param.shape, generator=generator)
+      if "norm" in name or "ln_" in name:
+        param.copy_(1.0 + 0.1 * noise if name.endswith("weight") else 0.1 * noise)
+      else:
+        param.copy_(noise / np.sqrt(param.shape[-1]))
+
+
+def save_and_reload(model, path, model_class):
+  model.save_pretrained(path)
+  return model_class.from_pretrained(path).eval()
+
+
+def t5_model(tmp_path, *, gated: bool, tied: bool):
+  config = transformers.T5Config(
+      vocab_size=97, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=3,
+      num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=16,
+      feed_forward_proj="gated-gelu" if gated else "relu", tie_word_embeddings=tied,
+      dropout_rate=0.0)
+  model = transformers.T5ForConditionalGeneration(config)
+  if not tied:
+    # transformers 5 ties T5's lm_head at construction; a v1.1 checkpoint has its own.
+    model.lm_head.weight = torch.nn.Parameter(torch.empty_like(model.shared.weight))
+  randomize(model, seed=1)
+  return save_and_reload(model, tmp_path, transformers.T5ForConditionalGeneration)
+
+
+def t5_batch():
+  rng = np.random.default_rng(0)
+  encoder = rng.integers(2, 97, size=(2, 9))
+  encoder[1, 5:] = 0  # padding
+  decoder = rng.integers(2, 97, size=(2, 6))
+  decoder[:, 0] = 0  # decoder start token
+  return encoder, decoder
+
+
+def max_t5_error(reference, model):
+  encoder, decoder = t5_batch()
+  with torch.no_grad():
+    expected = reference(input_ids=torch.tensor(encoder),
+                         attention_mask=torch.tensor(encoder > 0),
+                         decoder_input_ids=torch.tensor(decoder)).logits.numpy()
+  ours = model({"encoder_input_tokens": jnp.asarray(encoder),
+                "decoder_input_tokens": jnp.asarray(decoder)})
+  return float(np.max(np.abs(np.asarray(ours) - expected)))
+
+
+def decoder_only_error(reference, model, vocab_size):
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(0, vocab_size, size=(2, 11))
+  attention_mask = np.ones_like(tokens)
+  attention_mask[1, 7:] = 0  # right padding
+  with torch.no_grad():
+    expected = reference(input_ids=torch.tensor(tokens),
+                         attention_mask=torch.tensor(attention_mask)).logits.numpy()
+  ours = np.asarray(model({"decoder_input_tokens": jnp.asarray(tokens)}))
+  valid = attention_mask.astype(bool)
+  return float(np.max(np.abs(ours[valid] - expected[valid])))
+
+
+@pytest.mark.parametrize("gated,tied", [(True, False), (False, True)],
+                         ids=["t5_v1_1_untied", "t5_v1_0_tied"])
+def test_t5_reproduces_reference_logits(tmp_path, gated, tied):
+  reference = t5_model(tmp_path, gated=gated, tied=tied)
+  model = hf.load(str(tmp_path))
+  assert model.config.tie_embeddings == tied
+  assert model.config.scales_decoder_outputs == tied
+  assert max_t5_error(reference, model) <= TOLERANCE
+
+
+def test_t5_v1_1_with_transformers4_config_loads_untied_and_unscaled(tmp_path):
+  reference = t5_model(tmp_path, gated=True, tied=False)
+  config_path = tmp_path / "config.json"
+  config = json.loads(config_path.read_text())
+  config.pop("scale_decoder_outputs")
+  config["tie_word_embeddings"] = False  # as written by transformers 4
+  config_path.write_text(json.dumps(config))
+  model = hf.load(str(tmp_path))
+  assert not model.config.tie_embeddings and not model.config.scales_decoder_outputs
+  assert max_t5_error(reference, model) <= TOLERANCE
+
+
+def test_gpt2_reproduces_reference_logits(tmp_path):
+  config = transformers.GPT2Config(vocab_size=101, n_embd=32, n_layer=2, n_head=4,
+                                   n_positions=16, resid_pdrop=0.0, embd_pdrop=0.0,
+                                   attn_pdrop=0.0)
+  model = transformers.GPT2LMHeadModel(config)
+  randomize(model, seed=2)
+  reference = save_and_reload(model, tmp_path, transformers.GPT2LMHeadModel)
+  ours = hf.load(str(tmp_path))
+  assert ours.config.tie_embeddings and not ours.config.scales_decoder_outputs
+  assert decoder_only_error(reference, ours, 101) <= TOLERANCE
+
+
+@pytest.mark.parametrize("kv_heads", [2, 1], ids=["gqa", "mqa"])
+def test_llama_reproduces_reference_logits(tmp_path, kv_heads):
+  config = transformers.LlamaConfig(vocab_size=103, hidden_size=32, intermediate_size=56,
+                                    num_hidden_layers=2, num_attention_heads=4,
+                                    num_key_value_heads=kv_heads, rope_theta=5000.0,
+                                    max_position_embeddings=64)
+  model = transformers.LlamaForCausalLM(config)
+  randomize(model, seed=3)
+  reference = save_and_reload(model, tmp_path, transformers.LlamaForCausalLM)
+  ours = hf.load(str(tmp_path), scan_layers=True)
+  assert ours.config.kv_heads == kv_heads and ours.config.rope_theta == 5000.0
+  assert decoder_only_error(reference, ours, 103) <= TOLERANCE
+
+
+def test_export_round_trips_through_transformers(tmp_path):
+  reference = t5_model(tmp_path / "t5", gated=True, tied=False)
+  hf.export(hf.load(str(tmp_path / "t5")), str(tmp_path / "t5_out"))
+  exported = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path / "t5_out")
+  assert max_t5_error(exported.eval(), hf.load(str(tmp_path / "t5"))) <= TOLERANCE
+  assert max_t5_error(reference, hf.load(str(tmp_path / "t5_out"))) <= TOLERANCE
+
+  config = transformers.LlamaConfig(vocab_size=103, hidden_size=32, intermediate_size=56,
+                                    num_hidden_layers=2, num_attention_heads=4,
+                                    num_key_value_heads=2)
+  llama = transformers.LlamaForCausalLM(config)
+  randomize(llama, seed=4)
+  save_and_reload(llama, tmp_path / "llama", transformers.LlamaForCausalLM)
+  hf.export(hf.load(str(tmp_path / "llama")), str(tmp_path / "llama_out"))
+  exported = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "llama_out").eval()
+  assert decoder_only_error(exported, hf.load(str(tmp_path / "llama")), 103) <= TOLERANCE
+
+
+def write_config(path, **fields):
+  path.mkdir(parents=True, exist_ok=True)
+  (path / "config.json").write_text(json.dumps(fields))
+
+
+def test_unsupported_architecture_is_named(tmp_path):
+  write_config(tmp_path, model_type="bert")
+  with pytest.raises(hf.UnsupportedModelError, match="model_type 'bert'"):
+    hf.load(str(tmp_path))
+
+
+def test_rope_scaling_is_refused_not_approximated(tmp_path):
+  write_config(tmp_path, model_type="llama", vocab_size=10, hidden_size=8,
+               intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+               rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0})
+  with pytest.raises(hf.UnsupportedModelError, match="rope_type='llama3'"):
+    hf.load(str(tmp_path))
+
+
+def test_pickled_weights_are_never_loaded(tmp_path):
+  write_config(tmp_path, model_type="gpt2", vocab_size=10, n_embd=8, n_layer=1, n_head=2,
+               n_positions=8)
+  (tmp_path / "pytorch_model.bin").write_bytes(b"not read")
+  with pytest.raises(FileNotFoundError, match="never unpickles"):
+    hf.load(str(tmp_path))
