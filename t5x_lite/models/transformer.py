@@ -13,6 +13,7 @@ segment boundary, and positions restart in every segment.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Mapping, Optional
 
 import jax
@@ -263,3 +264,15 @@ class Transformer(nnx.Module):
 def create_model(config: TransformerConfig, seed: int = 0) -> Transformer:
   """Initialises a model with fresh parameters."""
   return Transformer(config, rngs=nnx.Rngs(params=seed))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _forward(graphdef: nnx.GraphDef, state: nnx.State, batch: Batch) -> Array:
+  return nnx.merge(graphdef, state)(batch)
+
+
+def forward(model: Transformer, batch: Batch) -> Array:
+  """Evaluation-mode logits through a jitted pure function of the model state
+  (compiled once per model structure and batch shape)."""
+  graphdef, state = nnx.split(model)
+  return _forward(graphdef, state, batch)

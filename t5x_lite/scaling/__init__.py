@@ -1,0 +1,1 @@
+"""Scaling-law toolkit: counting, laws, fits, sweep planning and plots."""

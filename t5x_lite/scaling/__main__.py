@@ -1,0 +1,74 @@
+"""`python -m t5x_lite.scaling COMMAND ...`: the scaling-law toolkit's command line.
+
+  count   parameters and training FLOPs per token of a gin model config:
+          python -m t5x_lite.scaling count --gin_file=gin/models/gpt3_1_3b.gin [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from t5x_lite import gin_utils
+from t5x_lite.scaling import counting
+
+
+def load_model_config(files: Sequence[str], bindings: Sequence[str],
+                      search_paths: Sequence[str]):
+  from t5x_lite.models.configs import TransformerConfig
+
+  gin_utils.parse(files, bindings, search_paths)
+  try:
+    return TransformerConfig()
+  except (ValueError, TypeError) as error:
+    raise gin_utils.GinConfigError(str(error)) from None
+
+
+def _count(args, files, bindings, search_paths) -> None:
+  if not files:
+    raise gin_utils.GinConfigError("count needs --gin_file=gin/models/<preset>.gin.")
+  config = load_model_config(files, bindings, search_paths)
+  counts = counting.count(config, targets_length=args.targets_length,
+                          inputs_length=args.inputs_length, convention=args.convention)
+  if args.json:
+    print(json.dumps(counts.as_dict()))
+    return
+  print(f"model:                {', '.join(files)} ({config.architecture})")
+  print(f"params:               {counts.params:,} ({counts.params / 1e9:.3f}B)")
+  print(f"non_embedding_params: {counts.non_embedding_params:,}")
+  print(f"tokens_per_sequence:  {counts.tokens_per_sequence:,}")
+  print(f"flops_per_token:      {counts.flops_per_token:.4e} (training, {args.convention} "
+        "convention)")
+  print(f"flops_per_token_6n:   {counts.flops_per_token_6n:.4e} (6 x params)")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  try:
+    files, bindings, search_paths, rest = gin_utils.rewrite_gin_args(argv)
+  except gin_utils.GinConfigError as error:
+    gin_utils.fail(str(error))
+  parser = argparse.ArgumentParser(prog="python -m t5x_lite.scaling", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  commands = parser.add_subparsers(dest="command", required=True)
+  count = commands.add_parser("count", help="parameters and FLOPs of a gin model config "
+                              "(--gin_file, --gin.KEY=VALUE, --gin_search_paths)")
+  count.add_argument("--targets_length", type=int, default=None,
+                     help="decoder tokens per sequence (default: the config's max_length)")
+  count.add_argument("--inputs_length", type=int, default=None,
+                     help="encoder (or prefix) tokens (default: max_length for "
+                     "encoder-decoders, 0 for decoders)")
+  count.add_argument("--convention", choices=counting.CONVENTIONS, default="matmul")
+  count.add_argument("--json", action="store_true", help="print one JSON object")
+  args = parser.parse_args(rest)
+  try:
+    if args.command == "count":
+      _count(args, files, bindings, search_paths)
+  except (gin_utils.GinConfigError, ValueError) as error:
+    gin_utils.fail(str(error))
+
+
+if __name__ == "__main__":
+  main()
