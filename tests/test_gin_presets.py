@@ -1,0 +1,60 @@
+"""Every gin model preset parses and builds a valid config; tiny ones build models."""
+
+import glob
+import os
+
+import pytest
+
+from t5x_lite import gin_utils
+from t5x_lite.models import TransformerConfig, create_model
+from t5x_lite.models.params import count_initialized_params
+from t5x_lite.scaling.counting import count_params
+
+MODEL_FILES = sorted(glob.glob(os.path.join(gin_utils.GIN_DIR, "models", "*.gin")))
+ARCHITECTURE_FILES = sorted(glob.glob(os.path.join(gin_utils.GIN_DIR, "models", "architectures",
+                                                 "*.gin")))
+
+
+def test_presets_exist():
+  names = {os.path.basename(f)[:-4] for f in MODEL_FILES}
+  for family, sizes in {"t5_1_0": "small base large xl xxl", "t5_1_1": "small base large xl xxl",
+                        "gpt2": "small medium large xl",
+                        "gpt3": "125m 350m 760m 1_3b 2_7b 6_7b 13b 175b",
+                        "llama": "7b 13b 33b 65b"}.items():
+    assert {f"{family}_{s}" for s in sizes.split()} <= names
+  assert {"tiny_causal_decoder", "tiny_prefix_decoder", "tiny_encoder_decoder"} <= names
+
+
+@pytest.mark.parametrize("path", MODEL_FILES, ids=os.path.basename)
+def test_every_model_preset_parses_and_builds_its_config(path):
+  gin_utils.parse([path])
+  config = TransformerConfig()
+  assert count_params(config)[0] > 0
+
+
+@pytest.mark.parametrize("architecture", ["causal_decoder", "prefix_decoder", "encoder_decoder"])
+def test_tiny_presets_build_models_of_their_architecture(architecture):
+  gin_utils.parse([f"models/tiny_{architecture}.gin"])
+  config = TransformerConfig()
+  assert config.architecture == architecture
+  assert count_initialized_params(create_model(config)) == count_params(config)[0]
+
+
+def test_gin_overrides_use_t5x_flag_syntax():
+  files, bindings, paths, rest = gin_utils.rewrite_gin_args(
+      ["--gin_file=a.gin", "--gin_file", "b.gin", "--gin.TransformerConfig.d_model=64",
+       "--gin_search_paths=x,y", "--json"])
+  assert files == ["a.gin", "b.gin"]
+  assert bindings == ["TransformerConfig.d_model = 64"]
+  assert paths == ["x", "y"] and rest == ["--json"]
+
+
+def test_unknown_binding_is_a_gin_config_error():
+  with pytest.raises(gin_utils.GinConfigError, match="no_such_knob"):
+    gin_utils.parse(["models/tiny_causal_decoder.gin"], ["TransformerConfig.no_such_knob = 1"])
+
+
+@pytest.mark.parametrize("path", ARCHITECTURE_FILES, ids=os.path.basename)
+def test_architecture_files_parse(path):
+  # Family defaults without sizes: they are included by the presets above.
+  gin_utils.parse([path])
