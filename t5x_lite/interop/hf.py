@@ -190,7 +190,8 @@ def _gpt2_params(config: TransformerConfig, weights: dict) -> FlatParams:
   """GPT-2 stores Conv1D weights as (in, out) and fuses q, k, v into c_attn."""
   d, h, hd = config.d_model, config.num_heads, config.resolved_head_dim
   flat: FlatParams = {("token_embedding", "embedding"): weights["wte.weight"],
-                      ("decoder", "absolute_positions", "table", "embedding"): weights["wpe.weight"],
+                      ("decoder", "absolute_positions", "table", "embedding"):
+                          weights["wpe.weight"],
                       ("decoder", "final_norm", "scale"): weights["ln_f.weight"],
                       ("decoder", "final_norm", "bias"): weights["ln_f.bias"]}
   for i in range(config.num_decoder_layers):

@@ -166,4 +166,5 @@ class TransformerConfig:
           f"RoPE needs an even head_dim, got {self.resolved_head_dim}; change head_dim "
           "or TransformerConfig.position_encoding.")
     if not 0.0 <= self.dropout_rate < 1.0:
-      raise ValueError(f"TransformerConfig.dropout_rate must be in [0, 1), got {self.dropout_rate}.")
+      raise ValueError(
+          f"TransformerConfig.dropout_rate must be in [0, 1), got {self.dropout_rate}.")

@@ -189,7 +189,9 @@ class Transformer(nnx.Module):
     encoder_rng = decoder_rng = None
     if dropout_rng is not None:
       encoder_rng, decoder_rng = jax.random.split(dropout_rng)
-    encoded = self.encode(batch, dropout_rng=encoder_rng) if self.config.is_encoder_decoder else None
+    encoded = None
+    if self.config.is_encoder_decoder:
+      encoded = self.encode(batch, dropout_rng=encoder_rng)
     return self.decode(batch, encoded, dropout_rng=decoder_rng)
 
   def embed(self, tokens: Array) -> Array:
@@ -214,7 +216,9 @@ class Transformer(nnx.Module):
     config = self.config
     tokens = batch["decoder_input_tokens"]
     segments = batch.get("decoder_segment_ids")
-    prefix = batch.get("decoder_causal_attention") if config.architecture == "prefix_decoder" else None
+    prefix = None
+    if config.architecture == "prefix_decoder":
+      prefix = batch.get("decoder_causal_attention")
     if config.architecture == "prefix_decoder" and prefix is None:
       raise ValueError("architecture='prefix_decoder' needs the 'decoder_causal_attention' "
                        "feature (use seqio's PrefixLMFeatureConverter).")
