@@ -2,6 +2,8 @@
 
   count   parameters and training FLOPs per token of a gin model config:
           python -m t5x_lite.scaling count --gin_file=gin/models/gpt3_1_3b.gin [--json]
+  optimal compute-optimal parameters and tokens of a published law at a budget:
+          python -m t5x_lite.scaling optimal --law chinchilla-approach1 --budget 5.76e23
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import sys
 from typing import Sequence
 
 from t5x_lite import gin_utils
-from t5x_lite.scaling import counting
+from t5x_lite.scaling import counting, laws
 
 
 def load_model_config(files: Sequence[str], bindings: Sequence[str],
@@ -44,6 +46,22 @@ def _count(args, files, bindings, search_paths) -> None:
   print(f"flops_per_token_6n:   {counts.flops_per_token_6n:.4e} (6 x params)")
 
 
+def _optimal(args) -> None:
+  if not (args.budget > 0 and args.budget < float("inf")):
+    raise ValueError(f"--budget must be a positive number of FLOPs, got {args.budget}.")
+  allocation = laws.preset(args.law).optimal(args.budget)
+  if args.json:
+    print(json.dumps({"law": args.law, **allocation.as_dict()}))
+    return
+  print(f"law:              {args.law}")
+  print(f"budget:           {allocation.flops:.3e} FLOPs")
+  print(f"params (N_opt):   {allocation.params:.4g}")
+  print(f"tokens (D_opt):   {allocation.tokens:.4g}")
+  print(f"tokens/param:     {allocation.tokens_per_param:.1f}")
+  if allocation.loss is not None:
+    print(f"predicted loss:   {allocation.loss:.4f}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
   argv = sys.argv[1:] if argv is None else list(argv)
   try:
@@ -62,10 +80,16 @@ def main(argv: Sequence[str] | None = None) -> None:
                      "encoder-decoders, 0 for decoders)")
   count.add_argument("--convention", choices=counting.CONVENTIONS, default="matmul")
   count.add_argument("--json", action="store_true", help="print one JSON object")
+  optimal = commands.add_parser("optimal", help="compute-optimal N and D of a published law")
+  optimal.add_argument("--law", required=True, choices=sorted(laws.PRESETS))
+  optimal.add_argument("--budget", required=True, type=float, help="training FLOPs C")
+  optimal.add_argument("--json", action="store_true", help="print one JSON object")
   args = parser.parse_args(rest)
   try:
     if args.command == "count":
       _count(args, files, bindings, search_paths)
+    elif args.command == "optimal":
+      _optimal(args)
   except (gin_utils.GinConfigError, ValueError) as error:
     gin_utils.fail(str(error))
 
