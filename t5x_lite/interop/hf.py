@@ -294,8 +294,7 @@ def load(path: str, **config_overrides) -> Transformer:
             for ours, theirs, transform in make_rows(config)}
   if not tied:
     flat[("logits_dense", "kernel")] = weights["lm_head.weight"].T
-  flat = {k: v.astype(np.float32) for k, v in flat.items()}
-  return model_from_params(config, flat)
+  return model_from_params(config, flat)  # casts every tensor to the config's param_dtype
 
 
 def export(model: Transformer, path: str, *, model_type: Optional[str] = None) -> None:

@@ -13,6 +13,7 @@ confidence intervals.
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 from scipy import optimize
@@ -70,13 +71,17 @@ def fit_parametric(params, tokens, loss, *, grid=PAPER_GRID,
   _, best_theta = _best_of(grid, log_n, log_d, log_loss, delta)
   if best_theta is None:
     raise ValueError("The parametric fit failed from every initialisation (non-finite loss).")
-  a, b, e, alpha, beta = best_theta
-  return ChinchillaLaw(E=float(np.exp(e)), A=float(np.exp(a)), B=float(np.exp(b)),
-                       alpha=float(alpha), beta=float(beta))
+  return _law(best_theta)
 
 
-def _theta(law: ChinchillaLaw) -> np.ndarray:
+def _theta(law: ChinchillaLaw) -> list[float]:
+  """The fit's coordinates (a, b, e, alpha, beta) with A = e^a, B = e^b, E = e^e."""
   return np.log([law.A, law.B, law.E]).tolist() + [law.alpha, law.beta]
+
+
+def _law(theta) -> ChinchillaLaw:
+  a, b, e, alpha, beta = (float(x) for x in theta)
+  return ChinchillaLaw(E=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=alpha, beta=beta)
 
 
 def bootstrap_parametric(params, tokens, loss, *, samples: int = 1000, seed: int = 0,
@@ -92,9 +97,7 @@ def bootstrap_parametric(params, tokens, loss, *, samples: int = 1000, seed: int
     _, theta = _best_of([_theta(start)], log_n[index], log_d[index], log_loss[index], delta,
                         REFIT_OPTIONS)
     if theta is not None:
-      a, b, e, alpha, beta = theta
-      laws.append(ChinchillaLaw(E=float(np.exp(e)), A=float(np.exp(a)), B=float(np.exp(b)),
-                                alpha=float(alpha), beta=float(beta)))
+      laws.append(_law(theta))
   return laws
 
 

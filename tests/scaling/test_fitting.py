@@ -45,12 +45,17 @@ def test_epoch_data_fit_lands_inside_epochs_intervals():
   assert law.alpha == pytest.approx(0.3473, abs=2e-3)
 
 
+def noisy_runs(truth: ChinchillaLaw, count: int, noise: float):
+  """Runs of 1e7-1e10 parameters on 1e9-1e12 tokens, losses with log-normal noise."""
+  rng = np.random.default_rng(0)
+  params = 10 ** rng.uniform(7, 10, count)
+  tokens = 10 ** rng.uniform(9, 12, count)
+  return params, tokens, truth.loss(params, tokens) * np.exp(rng.normal(0, noise, count))
+
+
 def test_recovers_a_known_law_from_noisy_runs():
   truth = ChinchillaLaw(E=1.9, A=300.0, B=900.0, alpha=0.32, beta=0.30)
-  rng = np.random.default_rng(0)
-  params = 10 ** rng.uniform(7, 10, 120)
-  tokens = 10 ** rng.uniform(9, 12, 120)
-  loss = truth.loss(params, tokens) * np.exp(rng.normal(0, 0.005, 120))
+  params, tokens, loss = noisy_runs(truth, count=120, noise=0.005)
   # A coarser grid keeps this fast; the Epoch test above runs the paper's grid.
   law = fit_parametric(params, tokens, loss, grid=PAPER_GRID[::7])
   assert law.alpha == pytest.approx(truth.alpha, abs=0.03)
@@ -61,10 +66,7 @@ def test_recovers_a_known_law_from_noisy_runs():
 
 def test_bootstrap_intervals_cover_the_true_parameters():
   truth = ChinchillaLaw(E=2.0, A=500.0, B=1500.0, alpha=0.35, beta=0.33)
-  rng = np.random.default_rng(0)
-  params = 10 ** rng.uniform(7, 10, 200)
-  tokens = 10 ** rng.uniform(9, 12, 200)
-  loss = truth.loss(params, tokens) * np.exp(rng.normal(0, 0.01, 200))
+  params, tokens, loss = noisy_runs(truth, count=200, noise=0.01)
   fit = fit_parametric(params, tokens, loss, grid=PAPER_GRID[::7])
   refits = bootstrap_parametric(params, tokens, loss, samples=200, seed=0, start=fit)
   assert len(refits) == 200
