@@ -14,10 +14,10 @@ from t5x_lite.scaling.fitting import (
 )
 from t5x_lite.scaling.laws import ChinchillaLaw
 
-# tests/data/chinchilla_epoch_digitized.csv: Besiroglu et al. 2024, "Chinchilla
+# tests/testdata/chinchilla_epoch_digitized.csv: Besiroglu et al. 2024, "Chinchilla
 # Scaling: A replication attempt", repository epoch-research/analyzing-chinchilla,
 # data/svg_extracted_data.csv (245 runs digitised from Hoffmann et al. Fig. 4).
-EPOCH_CSV = os.path.join(os.path.dirname(__file__), "..", "data",
+EPOCH_CSV = os.path.join(os.path.dirname(__file__), "..", "testdata",
                          "chinchilla_epoch_digitized.csv")
 # Epoch's percentile 95% bootstrap intervals for the same fit.
 EPOCH_INTERVALS = {"A": (285.2, 743.6), "B": (1042, 5810), "E": (1.769, 1.871),

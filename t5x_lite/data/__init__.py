@@ -1,0 +1,12 @@
+"""Data for t5x_lite: offline corpora, vocabularies, objectives and seqio tasks.
+
+Importing this package registers every `<corpus>.<objective>` task with seqio.
+"""
+
+from t5x_lite.data.corpus_store import CorpusError
+from t5x_lite.data.objectives import ObjectiveError, span_corruption_lengths
+from t5x_lite.data.pipeline import BatchIterator, DataError, DataSpec, get_batches
+from t5x_lite.data.tasks import register_tasks
+
+__all__ = ["BatchIterator", "CorpusError", "DataError", "DataSpec", "ObjectiveError",
+           "get_batches", "register_tasks", "span_corruption_lengths"]

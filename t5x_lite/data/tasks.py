@@ -1,0 +1,66 @@
+"""seqio Tasks named `<corpus>.<objective>`, registered when t5x_lite.data is imported.
+
+Every corpus (corpora.py) is offered with every objective (objectives.py):
+`pydocs.span_corruption`, `shakespeare.full_lm`, `c4.prefix_lm`, ... with the
+default vocabulary (8,000 SentencePiece pieces trained on the embedded
+corpus, plus 100 sentinels), and again with seqio's byte vocabulary under a
+`.byte` suffix (`pydocs.full_lm.byte`). `register_tasks` registers the same
+set for any other vocabulary.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import seqio
+
+from t5x_lite.data import corpora, objectives, vocabularies
+
+OBJECTIVES = {
+    "full_lm": objectives.full_lm,
+    "prefix_lm": objectives.prefix_lm,
+    "span_corruption": objectives.span_corruption,
+}
+CORPORA = (*corpora.LOCAL_CORPORA, *corpora.TFDS_CORPORA)
+
+
+def output_features(objective: str, vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
+  """Full LM has targets only (EOS already separates documents); the others add EOS to both."""
+  if objective == "full_lm":
+    return {"targets": seqio.Feature(vocabulary, add_eos=False)}
+  return {key: seqio.Feature(vocabulary, add_eos=True) for key in ("inputs", "targets")}
+
+
+def make_task(name: str, corpus: str, objective: str, vocabulary: seqio.Vocabulary) -> seqio.Task:
+  """One corpus x objective Task (not registered)."""
+  preprocessors = [
+      functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"}),
+      functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
+      OBJECTIVES[objective],
+  ]
+  if objective != "full_lm":
+    preprocessors.append(seqio.preprocessors.append_eos_after_trim)
+  return seqio.Task(name, source=corpora.data_source(corpus), preprocessors=preprocessors,
+                    output_features=output_features(objective, vocabulary), metric_fns=[])
+
+
+def register_tasks(vocabulary: seqio.Vocabulary, suffix: str = "") -> list[str]:
+  """Registers `<corpus>.<objective><suffix>` for every corpus and objective; returns the names."""
+  names = []
+  for corpus in CORPORA:
+    for objective in OBJECTIVES:
+      name = f"{corpus}.{objective}{suffix}"
+      seqio.TaskRegistry.remove(name)
+      seqio.TaskRegistry.add_provider(name, make_task(name, corpus, objective, vocabulary))
+      names.append(name)
+  return names
+
+
+def objective_of(task_name: str) -> str:
+  """The objective part of a registered task name (for error messages and checks)."""
+  parts = task_name.split(".")
+  return parts[1] if len(parts) > 1 and parts[1] in OBJECTIVES else ""
+
+
+DEFAULT_TASKS = register_tasks(vocabularies.default_vocabulary())
+BYTE_TASKS = register_tasks(vocabularies.byte_vocabulary(), suffix=".byte")

@@ -1,0 +1,61 @@
+"""Documents from the user's own text files: plain text (one document per file) or
+JSON lines (one document per line, text under a chosen key)."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Iterator, Sequence
+
+from t5x_lite.data.corpus_store import CorpusError
+
+TEXT_SUFFIXES = (".txt", ".text", ".md")
+JSONL_SUFFIXES = (".jsonl", ".json")
+
+
+def resolve_files(patterns: str | Sequence[str]) -> list[str]:
+  """Expands directories (recursively) and globs into a sorted list of text/JSONL files."""
+  if isinstance(patterns, str):
+    patterns = [patterns]
+  if not patterns:
+    raise CorpusError("no text files given: bind a glob or directory of .txt/.jsonl files.")
+  files: set[str] = set()
+  for pattern in patterns:
+    if os.path.isdir(pattern):
+      matches = [os.path.join(root, name) for root, _, names in os.walk(pattern) for name in names]
+      matches = [m for m in matches if m.endswith(TEXT_SUFFIXES + JSONL_SUFFIXES)]
+    else:
+      matches = glob.glob(os.path.expanduser(pattern), recursive=True)
+    if not matches:
+      raise CorpusError(f"{pattern!r} matches no .txt/.jsonl file; check the path.")
+    files.update(matches)
+  return sorted(files)
+
+
+def _decode(data: bytes, path: str) -> str:
+  try:
+    return data.decode("utf-8")
+  except UnicodeDecodeError as error:
+    raise CorpusError(f"{path}: bytes at offset {error.start} are not UTF-8 ({error.reason}); "
+                      "re-encode the file as UTF-8.") from None
+
+
+def read_documents(patterns: str | Sequence[str], jsonl_key: str = "text") -> Iterator[str]:
+  """Yields every document of the matched files in sorted-path order."""
+  for path in resolve_files(patterns):
+    with open(path, "rb") as handle:
+      data = handle.read()
+    if not path.endswith(JSONL_SUFFIXES):
+      yield _decode(data, path)
+      continue
+    for number, line in enumerate(_decode(data, path).splitlines(), start=1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as error:
+        raise CorpusError(f"{path}:{number}: not valid JSON ({error.msg}).") from None
+      if not isinstance(record, dict) or not isinstance(record.get(jsonl_key), str):
+        raise CorpusError(f"{path}:{number}: expected an object with a string {jsonl_key!r} field.")
+      yield record[jsonl_key]

@@ -1,0 +1,122 @@
+"""Offline corpora: the embedded pydocs corpus, Shakespeare, user text files, TFDS checks."""
+
+import json
+import os
+import socket
+import sys
+
+import pytest
+
+from t5x_lite.data import corpora, corpus_store, shakespeare, text_files
+from t5x_lite.data.corpus_store import CorpusError
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+  def refuse(*args, **kwargs):
+    raise AssertionError("a corpus build tried to use the network")
+  monkeypatch.setattr(socket.socket, "connect", refuse)
+  monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_pydocs_corpus_builds_offline_with_the_same_fingerprint_twice(tmp_path, monkeypatch,
+                                                                        no_network):
+  modules_before = set(sys.modules)
+  manifests = []
+  for name in ("first", "second"):
+    monkeypatch.setenv("T5X_LITE_CACHE", str(tmp_path / name))
+    manifests.append(corpora.pydocs_corpus().build())
+  first, second = manifests
+  assert first.fingerprint == second.fingerprint
+  assert first.documents == second.documents
+  assert first.documents["train"] > 500 and first.documents["validation"] > 10
+  assert first.bytes["train"] > 1_000_000  # Megabytes of English prose.
+  # Docstrings come from parsing the source: building imports no stdlib module.
+  assert {"tkinter", "turtle", "antigravity", "this"}.isdisjoint(set(sys.modules) - modules_before)
+
+
+def test_split_is_by_document_deduplicated_and_disjoint():
+  docs = [f"document number {i} " * 20 for i in range(400)]
+  splits = corpus_store.split_documents(docs + ["  " + docs[0] + "\n"], 0.1)
+  assert set(splits["train"]).isdisjoint(splits["validation"])
+  assert len(splits["train"]) + len(splits["validation"]) == 400
+  assert 20 <= len(splits["validation"]) <= 65
+  reordered = corpus_store.split_documents(list(reversed(docs)), 0.1)
+  assert set(reordered["validation"]) == set(splits["validation"])
+
+
+def test_a_rebuilt_corpus_is_read_not_rewritten(tmp_path):
+  directory = str(tmp_path / "corpus")
+  calls = []
+
+  def docs():
+    calls.append(1)
+    return ["alpha " * 50, "beta " * 50, "gamma " * 50]
+
+  first = corpus_store.ensure_corpus(directory, "tiny", docs, "test")
+  second = corpus_store.ensure_corpus(directory, "tiny", docs, "test")
+  assert first == second and len(calls) == 1
+
+
+def test_a_failed_build_leaves_nothing_behind(tmp_path):
+  directory = str(tmp_path / "corpus")
+
+  def broken():
+    yield "fine " * 10
+    raise CorpusError("bad file")
+
+  with pytest.raises(CorpusError):
+    corpus_store.ensure_corpus(directory, "broken", broken, "test")
+  assert not os.path.exists(directory)
+  assert [p for p in os.listdir(tmp_path) if not p.endswith(".lock")] == []
+
+
+def test_shakespeare_corpus_reads_the_packaged_texts(tmp_path, monkeypatch, no_network):
+  assert len(shakespeare.text_files()) == 42
+  monkeypatch.setenv("T5X_LITE_CACHE", str(tmp_path))
+  manifest = corpora.shakespeare_corpus().build()
+  assert sum(manifest.bytes.values()) > 4_900_000
+  assert manifest.documents["validation"] >= 20
+  assert "Open Knowledge Foundation" in manifest.source
+
+
+def test_text_files_builder_reads_text_and_jsonl(tmp_path, monkeypatch):
+  (tmp_path / "a.txt").write_text("The first document. " * 20)
+  (tmp_path / "sub").mkdir()
+  (tmp_path / "sub" / "b.jsonl").write_text(
+      json.dumps({"text": "Second document. " * 20}) + "\n\n"
+      + json.dumps({"text": "Third document. " * 20}) + "\n")
+  monkeypatch.setenv("T5X_LITE_CACHE", str(tmp_path / "cache"))
+  corpus = corpora.text_files_corpus(patterns=[str(tmp_path)])
+  manifest = corpus.build()
+  assert sum(manifest.documents.values()) == 3
+  with open(os.path.join(corpus.directory, "manifest.json")) as handle:
+    assert json.load(handle)["fingerprint"] == manifest.fingerprint
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("bad.txt", b"caf\xe9 au lait", r"bad.txt: bytes at offset 3 are not UTF-8"),
+    ("bad.jsonl", b'{"text": "ok"}\n{"text": broken}\n', r"bad.jsonl:2: not valid JSON"),
+    ("bad.jsonl", b'{"body": "no text key"}\n', r"bad.jsonl:1: expected an object with a string"),
+])
+def test_text_files_errors_name_the_file_and_place(tmp_path, name, content, message):
+  (tmp_path / name).write_bytes(content)
+  with pytest.raises(CorpusError, match=message):
+    list(text_files.read_documents(str(tmp_path / name)))
+
+
+def test_missing_files_and_empty_corpora_are_clear_errors(tmp_path):
+  with pytest.raises(CorpusError, match="matches no .txt/.jsonl file"):
+    text_files.resolve_files(str(tmp_path / "nowhere" / "*.txt"))
+  (tmp_path / "empty.txt").write_text("   \n")
+  with pytest.raises(CorpusError, match="no documents"):
+    corpus_store.write_corpus(str(tmp_path / "c"), "empty",
+                              text_files.read_documents(str(tmp_path / "empty.txt")), "test")
+
+
+def test_tfds_corpora_fail_fast_with_instructions_when_not_prepared(tmp_path, monkeypatch,
+                                                                   no_network):
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+  source = corpora.data_source("c4")
+  with pytest.raises(CorpusError, match=r"tfds build c4/en.*TFDS_DATA_DIR"):
+    source.get_dataset("train")
