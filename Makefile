@@ -26,6 +26,7 @@ demo: install
 
 bench: install
 	$(PY) tools/benchmark.py
+	$(PY) tools/benchmark_data.py
 
 lint: install
 	$(PY) -m ruff check t5x_lite tests tools

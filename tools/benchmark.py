@@ -72,6 +72,12 @@ def make_batch(config: TransformerConfig, batch: int, inputs: int, targets: int)
 def benchmark(name: str, dtype: str, steps: int, peak: float) -> dict:
   fields, batch_size, inputs, targets = CONFIGS[name]
   config = TransformerConfig(dtype=dtype, **fields)
+  return dict(benchmark_config(config, batch_size, inputs, targets, steps, peak), config=name)
+
+
+def benchmark_config(config: TransformerConfig, batch_size: int, inputs: int, targets: int,
+                     steps: int, peak: float) -> dict:
+  """Times `steps` AdamW training steps of `config` on one random batch."""
   model = Transformer(config, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model)
   optimizer = optax.adamw(1e-4)
@@ -98,7 +104,7 @@ def benchmark(name: str, dtype: str, steps: int, peak: float) -> dict:
   seconds = (time.perf_counter() - start) / steps
   counts = count(config, inputs_length=inputs, targets_length=targets)
   tokens_per_second = batch_size * counts.tokens_per_sequence / seconds
-  return {"config": name, "dtype": dtype, "params": counts.params,
+  return {"dtype": config.dtype, "params": counts.params,
           "tokens_per_step": batch_size * counts.tokens_per_sequence,
           "step_seconds": seconds, "tokens_per_second": tokens_per_second,
           "mfu": counts.flops_per_token * tokens_per_second / peak}

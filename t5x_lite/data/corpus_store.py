@@ -160,6 +160,8 @@ def write_corpus(directory: str, name: str, documents: Iterable[str], source: st
                  validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
                  num_shards: int = DEFAULT_SHARDS) -> CorpusManifest:
   """Builds a corpus into `directory` (which must not exist yet) and returns its manifest."""
+  if os.path.exists(directory):
+    raise CorpusError(f"{directory} already exists; build into a new directory or delete it.")
   splits = split_documents(documents, validation_fraction)
   manifest_fields = dict(name=name, fingerprint=fingerprint(splits), source=source,
                          documents={s: len(d) for s, d in splits.items()},

@@ -120,3 +120,26 @@ def test_tfds_corpora_fail_fast_with_instructions_when_not_prepared(tmp_path, mo
   source = corpora.data_source("c4")
   with pytest.raises(CorpusError, match=r"tfds build c4/en.*TFDS_DATA_DIR"):
     source.get_dataset("train")
+
+
+def load_tool(name):
+  import importlib.util
+  path = os.path.join(os.path.dirname(__file__), "..", "..", "tools", f"{name}.py")
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_build_corpus_tool_builds_once_and_never_overwrites(tmp_path, capsys):
+  build_corpus = load_tool("build_corpus")
+  for i in range(3):
+    (tmp_path / f"doc{i}.txt").write_text(f"Document {i} says something different. " * 10)
+  output = tmp_path / "built"
+  assert build_corpus.main(["files", str(tmp_path / "*.txt"), "--output", str(output)]) == 0
+  printed = json.loads(capsys.readouterr().out)
+  assert sum(printed["documents"].values()) == 3
+  before = sorted(os.listdir(output))
+  assert build_corpus.main(["files", str(tmp_path / "*.txt"), "--output", str(output)]) == 2
+  assert "already exists" in capsys.readouterr().err
+  assert sorted(os.listdir(output)) == before
