@@ -59,6 +59,11 @@ class DataIteratorRestore(ocp.args.CheckpointArgs):
   iterator: BatchIterator
 
 
+def item_handlers() -> dict[str, ocp.CheckpointHandler]:
+  """The two items of every step; naming their handlers lets orbax read metadata up front."""
+  return {"state": ocp.StandardCheckpointHandler(), "data": DataIteratorHandler()}
+
+
 def _key_name(entry: Any) -> str:
   for attribute in ("key", "name", "idx"):
     if hasattr(entry, attribute):
@@ -104,7 +109,7 @@ class Checkpointer:
         save_interval_steps=every_steps, max_to_keep=keep, create=True,
         enable_async_checkpointing=asynchronous, cleanup_tmp_directories=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=("state", "data"))
+                                         item_handlers=item_handlers())
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -158,7 +163,7 @@ def restore_params(path: str, abstract_params: Any) -> Any:
       os.path.join(path, "checkpoints")) else path
   if not os.path.isdir(directory):
     raise CheckpointError(f"checkpoint {path} does not exist; check CHECKPOINT_PATH.")
-  manager = ocp.CheckpointManager(os.path.abspath(directory), item_names=("state", "data"),
+  manager = ocp.CheckpointManager(os.path.abspath(directory), item_handlers=item_handlers(),
                                   options=ocp.CheckpointManagerOptions(read_only=True))
   step = manager.latest_step()
   if step is None:

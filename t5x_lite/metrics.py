@@ -3,6 +3,7 @@ and the hardware peak that MFU is measured against."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -26,6 +27,7 @@ KNOWN_PEAK_FLOPS = {
 }
 
 
+@functools.lru_cache(maxsize=None)
 def measured_peak_flops(dtype: str = "float32", size: int = 2048, repeats: int = 10) -> float:
   """FLOP/s of a chain of size x size matmuls on one device, best of three timings.
 
@@ -118,6 +120,10 @@ class Progress:
 
   def add_tokens(self, tokens: int) -> None:
     self._tokens += tokens
+
+  def exclude(self, seconds: float) -> None:
+    """Leaves time spent outside training steps (evaluation) out of tokens/s and MFU."""
+    self._last_time += seconds
 
   def report(self, step: int, loss: float) -> dict[str, float]:
     """Prints the line and returns the throughput figures for the metric writers."""

@@ -39,7 +39,8 @@ def make_schedule(name: str = "warmup_cosine", peak_learning_rate: float = 3e-4,
   if name == "warmup_cosine":
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=peak_learning_rate, warmup_steps=warmup_steps,
-        decay_steps=max(total_steps, warmup_steps + 1), end_value=final_fraction * peak_learning_rate)
+        decay_steps=max(total_steps, warmup_steps + 1),
+        end_value=final_fraction * peak_learning_rate)
   if name == "rsqrt":
     warmup = max(warmup_steps, 1)
 

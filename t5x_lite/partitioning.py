@@ -86,6 +86,12 @@ def create_mesh(shape: Sequence[int] = (-1, 1, 1),
   return Mesh(np.array(devices).reshape(shape), MESH_AXES)
 
 
+@gin.configurable
+def single_device() -> list[jax.Device]:
+  """This process's first device, for one-device meshes on machines that have more."""
+  return [jax.local_devices()[0]]
+
+
 def mesh_axes_for(logical: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
                   rules: Sequence[tuple[str, Any]] = LOGICAL_AXIS_RULES) -> PartitionSpec:
   """The mesh PartitionSpec of an array with these logical axis names.
@@ -133,5 +139,5 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
 @contextlib.contextmanager
 def axis_rules(mesh: Mesh, rules: Sequence[tuple[str, Any]] = LOGICAL_AXIS_RULES) -> Iterator[None]:
   """Activates the mesh and rules so `constrain` pins activations while tracing."""
-  with mesh, nn.logical_axis_rules(rules):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     yield

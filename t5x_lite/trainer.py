@@ -16,6 +16,7 @@ import dataclasses
 import math
 import os
 import signal
+import time
 from typing import Any, Callable, Mapping, Optional
 
 import gin
@@ -116,7 +117,7 @@ def make_step_functions(config: TransformerConfig, optimizer: optax.GradientTran
           lambda: loss_sums(state["params"], jax.tree.map(lambda x: x[0], split), rng))))
       split = _split_microbatches(batch, microbatches)
       (grads, sums), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(microbatches), split))
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     # A non-finite loss or gradient leaves the state untouched; the loop decides what next.
@@ -162,7 +163,8 @@ def _check_vocabulary(task: str, config: TransformerConfig) -> None:
           f"{feature.vocabulary.vocab_size} (rounded up to a multiple of 128).")
 
 
-def _model_lengths(config: TransformerConfig, feature_lengths: Mapping[str, int]) -> tuple[int, int]:
+def _model_lengths(config: TransformerConfig,
+                   feature_lengths: Mapping[str, int]) -> tuple[int, int]:
   """(encoder length, decoder length) the model sees for these task feature lengths."""
   inputs, targets = feature_lengths.get("inputs", 0), feature_lengths["targets"]
   return (inputs, targets) if config.is_encoder_decoder else (0, inputs + targets)
@@ -211,7 +213,8 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
           z_loss: float = 1e-4, label_smoothing: float = 0.0, log_every: int = 10,
           eval_every: int = 100, eval_steps: int = 10, checkpoint_every: int = 100,
           keep_checkpoints: Optional[int] = 3, init_checkpoint: Optional[str] = None,
-          nan_policy: str = "halt", stream=None) -> dict[str, float]:
+          nan_policy: str = "halt", peak_flops_per_device: Optional[float] = None,
+          stream=None) -> dict[str, float]:
   """Trains TransformerConfig() (from gin) on `task` and returns the final eval metrics.
 
   Args:
@@ -228,6 +231,8 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
       position) from this MODEL_DIR when model_dir has no checkpoint yet.
     nan_policy: on a non-finite loss, "halt" (stop with an error; the last
       checkpoint stays the newest) or "skip" (drop that update, go on).
+    peak_flops_per_device: the MFU denominator; by default a datasheet figure
+      for known accelerators in bfloat16, else measured on this machine.
   """
   import sys
   stream = stream or sys.stdout
@@ -265,7 +270,10 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
 
   encoder_length, decoder_length = _model_lengths(config, feature_lengths)
   counts = count(config, inputs_length=encoder_length, targets_length=decoder_length)
-  peak, peak_source = metrics.peak_flops_per_device(config.dtype)
+  if peak_flops_per_device:
+    peak, peak_source = peak_flops_per_device, "train.peak_flops_per_device"
+  else:
+    peak, peak_source = metrics.peak_flops_per_device(config.dtype)
   is_main = jax.process_index() == 0
   writer = metrics.MetricsWriter(model_dir, enabled=is_main)
   progress = metrics.Progress(train_steps, start, counts.flops_per_token,
@@ -305,7 +313,9 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
                    **progress.report(step, loss)}
         writer.write(step, "train", scalars)
       if step % eval_every == 0 or step == train_steps:
+        eval_start = time.perf_counter()
         last_eval = _evaluate(steps, state, *eval_args)
+        progress.exclude(time.perf_counter() - eval_start)
         writer.write(step, "eval", last_eval)
         if is_main:
           print(f"eval at step {step}: loss {last_eval['loss']:.4f}, perplexity "
@@ -313,7 +323,8 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
                 file=stream)
       checkpointer.save(step, state, batches, force=step == train_steps)
     if stop.received is not None:
-      checkpointer.save(step, state, batches, force=True)
+      if checkpointer.latest_step() != step:
+        checkpointer.save(step, state, batches, force=True)
       if is_main:
         print(f"received signal {stop.received}: saved step {step} and stopped", file=stream)
   checkpointer.close()

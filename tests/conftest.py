@@ -1,7 +1,12 @@
 """Shared test setup."""
 
-import gin
-import pytest
+import os
+
+# Eight fake CPU devices for the sharding tests; set before anything imports jax.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+import gin  # noqa: E402
+import pytest  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,68 @@
+"""The main job: `python -m t5x_lite.train --gin_file=... --gin.KEY=VALUE ...`.
+
+Flags follow T5X: repeatable --gin_file, --gin.KEY=VALUE (e.g.
+--gin.MODEL_DIR="'/tmp/run'"), --gin_search_paths. gin/runs/pretrain.gin
+defines the macros MODEL_DIR, TRAIN_STEPS, MIXTURE_OR_TASK_NAME,
+TASK_FEATURE_LENGTHS and BATCH_SIZE. A user mistake (bad binding, missing
+file, mesh that does not fit, mismatched checkpoint, non-finite loss) ends
+in one message on stderr and exit status 2; SIGTERM/SIGINT finish the step,
+save a checkpoint and exit 0.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional, Sequence
+
+import gin
+import jax
+
+from t5x_lite import gin_utils
+
+
+@gin.configurable
+def initialize_distributed(coordinator_address: Optional[str] = None,
+                           num_processes: Optional[int] = None,
+                           process_id: Optional[int] = None,
+                           cpu_collectives: str = "gloo") -> None:
+  """Joins a multi-process job via jax.distributed (before anything touches devices).
+
+  Unbound, nothing happens on one host; on clusters jax detects the
+  coordinator itself (SLURM, TPU pods, Open MPI) when `coordinator_address`
+  is bound to "auto". CPU processes talk over gloo.
+  """
+  if coordinator_address is None:
+    return
+  # Only CPU devices use this setting; it must be set before the backend starts.
+  jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
+  if coordinator_address == "auto":
+    jax.distributed.initialize()
+  else:
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
+def main(argv: Sequence[str]) -> int:
+  from t5x_lite import checkpoints, optim, partitioning, trainer
+  from t5x_lite.data import CorpusError, DataError, ObjectiveError
+
+  user_errors = (gin_utils.GinConfigError, partitioning.MeshError, DataError, CorpusError,
+                 ObjectiveError, checkpoints.CheckpointError, optim.OptimizerConfigError,
+                 trainer.TrainingHalted, ValueError, FileNotFoundError)
+  try:
+    files, bindings, search_paths, rest = gin_utils.rewrite_gin_args(argv)
+    if rest:
+      raise gin_utils.GinConfigError(f"unknown arguments {rest}; use --gin_file, --gin.KEY=VALUE "
+                                     "or --gin_search_paths.")
+    gin_utils.parse(files, bindings, search_paths)
+    initialize_distributed()
+    result = trainer.train()
+  except user_errors as error:
+    gin_utils.fail(str(error))
+  print(f"finished at step {result['step']}"
+        + (f": validation loss {result['loss']:.4f}, perplexity {result['perplexity']:.2f}"
+           if "loss" in result else ""))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))

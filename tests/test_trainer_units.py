@@ -1,0 +1,90 @@
+"""Meshes, optimizers and the loss: the pieces the training loop is built from."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from t5x_lite import losses, optim, partitioning
+
+
+def test_a_minus_one_mesh_axis_takes_the_remaining_devices():
+  mesh = partitioning.create_mesh((2, -1, 2))
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+
+
+@pytest.mark.parametrize("shape, message", [
+    ((3, 1, 1), "needs 3 devices but 8 are available"),
+    ((3, -1, 1), "cannot fill 8 devices"),
+    ((2, 2), "must have 3 positive entries"),
+])
+def test_a_mesh_that_does_not_fit_the_devices_is_one_clear_error(shape, message):
+  with pytest.raises(partitioning.MeshError, match=message):
+    partitioning.create_mesh(shape)
+
+
+def test_dimensions_the_mesh_cannot_divide_are_replicated():
+  mesh = partitioning.create_mesh((1, 2, 4))
+  # 2 KV heads cannot be split 4 ways: replicated; 64-wide embed splits over fsdp.
+  spec = partitioning.mesh_axes_for(("embed", "kv_heads", "kv"), (64, 2, 16), mesh)
+  assert spec == jax.sharding.PartitionSpec("fsdp", None, None)
+  spec = partitioning.mesh_axes_for(("embed", "heads", "kv"), (64, 8, 16), mesh)
+  assert spec == jax.sharding.PartitionSpec("fsdp", "tensor", None)
+
+
+def test_warmup_cosine_rises_linearly_then_decays_to_a_tenth_of_the_peak():
+  schedule = optim.make_schedule("warmup_cosine", 1e-3, warmup_steps=10, total_steps=100)
+  assert float(schedule(0)) == 0.0 and float(schedule(5)) == pytest.approx(5e-4)
+  assert float(schedule(10)) == pytest.approx(1e-3)
+  assert float(schedule(100)) == pytest.approx(1e-4)
+
+
+def test_rsqrt_and_constant_schedules():
+  rsqrt = optim.make_schedule("rsqrt", 0.01, warmup_steps=10_000)
+  assert float(rsqrt(10)) == pytest.approx(0.01) and float(rsqrt(40_000)) == pytest.approx(0.005)
+  constant = optim.make_schedule("constant", 1e-3, warmup_steps=4)
+  assert float(constant(2)) == pytest.approx(5e-4) and float(constant(1000)) == pytest.approx(1e-3)
+  with pytest.raises(optim.OptimizerConfigError, match="choose one of"):
+    optim.make_schedule("linear")
+
+
+def test_weight_decay_skips_norm_scales_and_biases():
+  params = {"kernel": jnp.ones((3, 3)), "scale": jnp.ones((3,)), "bias": jnp.ones((3,))}
+  optimizer = optim.make_optimizer("adamw", optax.constant_schedule(0.1), weight_decay=0.5,
+                                   clip_norm=None)
+  zero_grads = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = optimizer.update(zero_grads, optimizer.init(params), params)
+  assert float(updates["kernel"][0, 0]) == pytest.approx(-0.05)
+  assert float(updates["scale"][0]) == 0.0 and float(updates["bias"][0]) == 0.0
+
+
+def test_adafactor_updates_matrices_with_factored_moments():
+  params = {"kernel": jnp.ones((4, 6)), "scale": jnp.ones((6,))}
+  optimizer = optim.make_optimizer("adafactor", optax.constant_schedule(0.01), weight_decay=0.0)
+  state = optimizer.init(params)
+  updates, _ = optimizer.update(jax.tree.map(jnp.ones_like, params), state, params)
+  assert all(np.isfinite(np.asarray(u)).all() and np.abs(u).max() > 0
+             for u in jax.tree.leaves(updates))
+
+
+def test_loss_is_cross_entropy_over_weighted_tokens_plus_z_loss():
+  logits = jax.random.normal(jax.random.key(0), (2, 5, 11))
+  targets = jax.random.randint(jax.random.key(1), (2, 5), 0, 11)
+  weights = jnp.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+  sums = losses.token_loss_sums(logits, targets, weights, z_loss=1e-2)
+  reference = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  assert float(sums.tokens) == 8
+  assert float(sums.cross_entropy) == pytest.approx(float((reference * weights).sum()), rel=1e-6)
+  log_z = jax.nn.logsumexp(logits, -1)
+  assert float(sums.z_loss) == pytest.approx(float((1e-2 * log_z**2 * weights).sum()), rel=1e-6)
+  assert float(sums.loss) == pytest.approx(float(sums.cross_entropy + sums.z_loss), rel=1e-6)
+
+
+def test_label_smoothing_scores_the_best_possible_prediction_as_zero():
+  vocab, smoothing = 7, 0.1
+  targets = jnp.array([[2, 5]])
+  best = jnp.log(optax.smooth_labels(jax.nn.one_hot(targets, vocab), smoothing))
+  sums = losses.token_loss_sums(best, targets, jnp.ones((1, 2)), z_loss=0.0,
+                                label_smoothing=smoothing)
+  assert float(sums.loss) == pytest.approx(0.0, abs=1e-5)
