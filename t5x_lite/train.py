@@ -58,9 +58,13 @@ def main(argv: Sequence[str]) -> int:
     result = trainer.train()
   except user_errors as error:
     gin_utils.fail(str(error))
-  print(f"finished at step {result['step']}"
-        + (f": validation loss {result['loss']:.4f}, perplexity {result['perplexity']:.2f}"
-           if "loss" in result else ""))
+  if jax.process_index() == 0:
+    model_dir = result["model_dir"]
+    print(f"finished at step {result['step']}"
+          + (f": validation loss {result['loss']:.4f}, perplexity {result['perplexity']:.2f}"
+             if "loss" in result else ""))
+    print(f"checkpoints: {model_dir}/checkpoints\nmetrics: {model_dir}/metrics.jsonl\n"
+          f"TensorBoard: tensorboard --logdir {model_dir}/tensorboard")
   return 0
 
 

@@ -327,6 +327,8 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
         checkpointer.save(step, state, batches, force=True)
       if is_main:
         print(f"received signal {stop.received}: saved step {step} and stopped", file=stream)
+  if step == train_steps and not last_eval:  # Already finished earlier: report it again.
+    last_eval = _evaluate(steps, state, *eval_args)
   checkpointer.close()
   writer.close()
-  return {"step": step, **last_eval}
+  return {"step": step, "model_dir": model_dir, **last_eval}

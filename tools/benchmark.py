@@ -15,11 +15,11 @@ import json
 import time
 
 import jax
-import jax.numpy as jnp
-import optax
-from flax import nnx
+import numpy as np
 
-from t5x_lite.models import Transformer, TransformerConfig
+from t5x_lite import optim, partitioning, trainer
+from t5x_lite.metrics import measured_peak_flops
+from t5x_lite.models import TransformerConfig
 from t5x_lite.scaling.counting import count
 
 # name: (config fields, batch size, inputs length, targets length)
@@ -37,35 +37,18 @@ CONFIGS = {
 }
 
 
-def measure_peak_flops(dtype: str, size: int = 2048, repeats: int = 10) -> float:
-  """FLOP/s of a chain of size x size matmuls, best of three timings."""
-  a = jnp.ones((size, size), dtype) / size
-
-  @jax.jit
-  def chain(x):
-    for _ in range(repeats):
-      x = x @ a
-    return x
-
-  chain(a).block_until_ready()
-  best = float("inf")
-  for _ in range(3):
-    start = time.perf_counter()
-    chain(a).block_until_ready()
-    best = min(best, time.perf_counter() - start)
-  return 2 * size**3 * repeats / best
-
-
 def make_batch(config: TransformerConfig, batch: int, inputs: int, targets: int) -> dict:
-  key = jax.random.key(0)
+  rng = np.random.default_rng(0)
   length = targets if config.is_encoder_decoder else inputs + targets
-  tokens = jax.random.randint(key, (batch, length), 1, config.vocab_size)
-  features = {"decoder_input_tokens": tokens, "decoder_target_tokens": tokens}
+  tokens = rng.integers(1, config.vocab_size, (batch, length), dtype=np.int32)
+  features = {"decoder_input_tokens": tokens, "decoder_target_tokens": tokens,
+              "decoder_loss_weights": np.ones_like(tokens)}
   if config.is_encoder_decoder:
-    features["encoder_input_tokens"] = jax.random.randint(key, (batch, inputs), 1,
-                                                          config.vocab_size)
+    features["encoder_input_tokens"] = rng.integers(1, config.vocab_size, (batch, inputs),
+                                                    dtype=np.int32)
   if config.architecture == "prefix_decoder":
-    features["decoder_causal_attention"] = (jnp.arange(length) < inputs)[None].repeat(batch, 0)
+    features["decoder_causal_attention"] = np.repeat(
+        (np.arange(length) < inputs)[None].astype(np.int32), batch, 0)
   return features
 
 
@@ -77,30 +60,18 @@ def benchmark(name: str, dtype: str, steps: int, peak: float) -> dict:
 
 def benchmark_config(config: TransformerConfig, batch_size: int, inputs: int, targets: int,
                      steps: int, peak: float) -> dict:
-  """Times `steps` AdamW training steps of `config` on one random batch."""
-  model = Transformer(config, rngs=nnx.Rngs(0))
-  graphdef, params = nnx.split(model)
-  optimizer = optax.adamw(1e-4)
-  opt_state = optimizer.init(params)
-  batch = make_batch(config, batch_size, inputs, targets)
-
-  def loss_fn(params, batch):
-    logits = nnx.merge(graphdef, params)(batch)
-    return optax.softmax_cross_entropy_with_integer_labels(
-        logits, batch["decoder_target_tokens"]).mean()
-
-  @jax.jit
-  def train_step(params, opt_state, batch):
-    loss, grads = jax.value_and_grad(loss_fn)(params, batch)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  params, opt_state, loss = train_step(params, opt_state, batch)  # compile
-  loss.block_until_ready()
+  """Times `steps` steps of the trainer's own train step (AdamW, z-loss, clipping)."""
+  mesh = partitioning.create_mesh((1, 1, 1), jax.devices()[:1])
+  optimizer = optim.make_optimizer(schedule=optim.make_schedule(total_steps=steps + 1))
+  step_functions = trainer.make_step_functions(config, optimizer, mesh)
+  state = step_functions.init()
+  batch = partitioning.global_batch(make_batch(config, batch_size, inputs, targets), mesh)
+  state, stats = step_functions.train(state, batch)  # compile
+  jax.block_until_ready(stats)
   start = time.perf_counter()
   for _ in range(steps):
-    params, opt_state, loss = train_step(params, opt_state, batch)
-  loss.block_until_ready()
+    state, stats = step_functions.train(state, batch)
+  jax.block_until_ready(stats)
   seconds = (time.perf_counter() - start) / steps
   counts = count(config, inputs_length=inputs, targets_length=targets)
   tokens_per_second = batch_size * counts.tokens_per_sequence / seconds
@@ -118,7 +89,7 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--json", help="also write the results to this file")
   args = parser.parse_args()
-  peak = measure_peak_flops(args.dtype)
+  peak = measured_peak_flops(args.dtype)
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; measured {args.dtype} "
         f"matmul peak {peak / 1e9:.1f} GFLOP/s")
   results = []

@@ -20,10 +20,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from benchmark import benchmark_config, measure_peak_flops  # noqa: E402
+from benchmark import benchmark_config  # noqa: E402
 
 from t5x_lite import gin_utils  # noqa: E402
 from t5x_lite.data import get_batches  # noqa: E402
+from t5x_lite.metrics import measured_peak_flops  # noqa: E402
 from t5x_lite.models import TransformerConfig  # noqa: E402
 
 QUICKSTART_BATCH, QUICKSTART_LENGTH = 16, 256
@@ -53,7 +54,7 @@ def pipeline_tokens_per_second(name: str, seconds: float) -> dict:
 def quickstart_training_tokens_per_second(steps: int) -> dict:
   gin_utils.parse([os.path.join(gin_utils.GIN_DIR, "models", "quickstart_decoder.gin")])
   config = TransformerConfig()
-  peak = measure_peak_flops("float32")
+  peak = measured_peak_flops("float32")
   return benchmark_config(config, QUICKSTART_BATCH, 0, QUICKSTART_LENGTH, steps, peak)
 
 
