@@ -108,10 +108,13 @@ class MetricsWriter:
 
 
 class Progress:
-  """The console line: step, loss, tokens/s, MFU and ETA, measured between reports."""
+  """The console line: step, loss, tokens/s, MFU and ETA, measured between reports.
+
+  With stream=None (processes other than 0) the figures are computed but not printed.
+  """
 
   def __init__(self, total_steps: int, first_step: int, flops_per_token: float,
-               peak_flops: float, stream=sys.stdout):
+               peak_flops: float, stream=sys.stdout):  # noqa: B008
     self.total_steps = total_steps
     self.flops_per_token = flops_per_token
     self.peak_flops = peak_flops
@@ -133,7 +136,8 @@ class Progress:
     steps_per_second = (step - self._last_step) / elapsed
     mfu = tokens_per_second * self.flops_per_token / self.peak_flops
     eta = (self.total_steps - step) / steps_per_second if steps_per_second else float("inf")
-    print(f"step {step}/{self.total_steps} | loss {loss:.4f} | {tokens_per_second:,.0f} tok/s | "
-          f"MFU {100 * mfu:.1f}% | ETA {format_duration(eta)}", file=self.stream, flush=True)
+    if self.stream is not None:
+      print(f"step {step}/{self.total_steps} | loss {loss:.4f} | {tokens_per_second:,.0f} tok/s"
+            f" | MFU {100 * mfu:.1f}% | ETA {format_duration(eta)}", file=self.stream, flush=True)
     self._last_step, self._last_time, self._tokens = step, now, 0
     return {"tokens_per_second": tokens_per_second, "mfu": mfu}

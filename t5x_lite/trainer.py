@@ -16,6 +16,7 @@ import dataclasses
 import math
 import os
 import signal
+import sys
 import time
 from typing import Any, Callable, Mapping, Optional
 
@@ -108,14 +109,16 @@ def make_step_functions(config: TransformerConfig, optimizer: optax.GradientTran
     if microbatches == 1:
       (_, sums), grads = grad_fn(state["params"], batch, rng)
     else:
+      split = _split_microbatches(batch, microbatches)
+
       def accumulate(carry, inputs):
         index, microbatch = inputs
         (_, sums), grads = grad_fn(state["params"], microbatch, jax.random.fold_in(rng, index))
         return jax.tree.map(jnp.add, carry, (grads, sums)), None
 
-      zeros = jax.tree.map(jnp.zeros_like, (state["params"], jax.eval_shape(
-          lambda: loss_sums(state["params"], jax.tree.map(lambda x: x[0], split), rng))))
-      split = _split_microbatches(batch, microbatches)
+      first = jax.tree.map(lambda x: x[0], split)
+      shapes = jax.eval_shape(lambda: grad_fn(state["params"], first, rng))
+      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (shapes[1], shapes[0][1]))
       (grads, sums), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(microbatches), split))
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
@@ -234,7 +237,6 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
     peak_flops_per_device: the MFU denominator; by default a datasheet figure
       for known accelerators in bfloat16, else measured on this machine.
   """
-  import sys
   stream = stream or sys.stdout
   if nan_policy not in NAN_POLICIES:
     raise ValueError(f"train.nan_policy={nan_policy!r}; choose one of {NAN_POLICIES}.")
@@ -277,8 +279,7 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
   is_main = jax.process_index() == 0
   writer = metrics.MetricsWriter(model_dir, enabled=is_main)
   progress = metrics.Progress(train_steps, start, counts.flops_per_token,
-                              peak * jax.device_count(), stream=stream if is_main else open(
-                                  os.devnull, "w"))
+                              peak * jax.device_count(), stream=stream if is_main else None)
   if is_main:
     print(f"{config.architecture}: {counts.params / 1e6:.2f}M params, "
           f"{counts.flops_per_token / 1e6:.1f} MFLOP/token; mesh {dict(mesh.shape)}; "

@@ -27,11 +27,11 @@ def run_training(model_dir, architecture="causal_decoder", **extra):
   return trainer.train()
 
 
-def losses_on_mesh(architecture, shape, batches):
+def losses_on_mesh(architecture, shape, batches, microbatches=1):
   config = TransformerConfig()
   mesh = partitioning.create_mesh(shape, jax.devices()[:int(np.prod(shape))])
   optimizer = optim.make_optimizer(schedule=optim.make_schedule(warmup_steps=2, total_steps=5))
-  steps = trainer.make_step_functions(config, optimizer, mesh)
+  steps = trainer.make_step_functions(config, optimizer, mesh, microbatches=microbatches)
   state = steps.init()
   losses = []
   for batch in batches:
@@ -51,6 +51,16 @@ def test_sharded_training_matches_one_device(architecture):
   for shape in [(8, 1, 1), (2, 2, 2), (1, 2, 4)]:
     np.testing.assert_allclose(losses_on_mesh(architecture, shape, batches), reference,
                                rtol=0, atol=1e-5, err_msg=str(shape))
+
+
+def test_gradient_accumulation_over_microbatches_equals_the_full_batch():
+  gin_utils.parse(["models/tiny_causal_decoder.gin"])
+  task, lengths = helpers.TASKS["causal_decoder"]
+  iterator = get_batches(task, lengths, "train", 8, "causal_decoder", seed=0)
+  batches = [next(iterator) for _ in range(3)]
+  np.testing.assert_allclose(losses_on_mesh("causal_decoder", (2, 1, 1), batches, microbatches=4),
+                             losses_on_mesh("causal_decoder", (2, 1, 1), batches),
+                             rtol=0, atol=1e-5)
 
 
 def test_resumed_training_equals_uninterrupted_training(tmp_path):
