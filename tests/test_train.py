@@ -75,6 +75,28 @@ def test_resumed_training_equals_uninterrupted_training(tmp_path):
   assert straight.keys() == resumed.keys()
   for name in straight:
     np.testing.assert_array_equal(straight[name], resumed[name], err_msg=name)
+  for split in ("train", "eval"):
+    assert os.listdir(tmp_path / "resumed" / "tensorboard" / split)  # TensorBoard event files.
+
+
+def test_a_checkpoint_restores_onto_a_different_mesh(tmp_path):
+  constant = {"make_schedule.name": "'constant'", "BATCH_SIZE": 8}
+  run_training(tmp_path / "straight", steps=6, **constant)
+  run_training(tmp_path / "moved", steps=3, **constant)
+  gin_utils.parse(helpers.gin_files("causal_decoder", mesh="fsdp"),
+                  helpers.bindings(tmp_path / "moved", steps=6, **constant))
+  assert trainer.train()["step"] == 6
+  straight, moved = helpers.train_losses(tmp_path / "straight"), helpers.train_losses(
+      tmp_path / "moved")
+  np.testing.assert_allclose([moved[s] for s in range(1, 7)], [straight[s] for s in range(1, 7)],
+                             rtol=0, atol=1e-5)
+
+
+def test_bfloat16_compute_trains_with_float32_parameters(tmp_path):
+  result = run_training(tmp_path, steps=4, **{"TransformerConfig.dtype": "'bfloat16'"})
+  losses = helpers.train_losses(tmp_path)
+  assert result["step"] == 4 and losses[4] < losses[1]
+  assert all(v.dtype == np.float32 for v in helpers.saved_params(tmp_path).values())
 
 
 def wait_for_step(model_dir, step, process, timeout=240):
