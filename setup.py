@@ -21,6 +21,7 @@ setup(
         "scipy>=1.13",
         "matplotlib>=3.8",
         "sentencepiece>=0.2.0",
+        "tensorboard>=2.21",  # tf.summary needs it; tensorflow no longer installs it
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6"],
