@@ -28,6 +28,7 @@ demo: install
 bench: install
 	$(PY) tools/benchmark.py
 	$(PY) tools/benchmark_data.py
+	$(PY) tools/benchmark_scaling.py
 
 lint: install
 	$(PY) -m ruff check t5x_lite tests tools

@@ -3,8 +3,11 @@
 As in the paper: minimise sum_i Huber_delta(LSE(a - alpha log N_i, b - beta log D_i, e)
 - log L_i) with delta = 1e-3 over (a, b, e, alpha, beta), A = e^a, B = e^b,
 E = e^e, by L-BFGS from a grid of initialisations, keeping the best. The
-objective and its gradient are vectorised numpy (analytic gradient), so the
-full 4,500-start grid on ~240 runs takes under a minute on one core.
+objective and its gradient are vectorised numpy (analytic gradient). L-BFGS
+runs from every one of the paper's 4,500 starts for a screening budget of
+iterations, then the most promising starts are run to tight convergence:
+on Epoch's 240 runs this lands on the same optimum as running every start
+to convergence (objective equal to 1e-10) in ~18 s instead of ~50 s on one core.
 `bootstrap_parametric` refits runs resampled with replacement, each from the
 full-data optimum (as Epoch AI's replication does from one start), for
 confidence intervals.
@@ -25,6 +28,10 @@ HUBER_DELTA = 1e-3
 # objective is almost piecewise linear there and scipy's default tolerances
 # stop L-BFGS at once, giving falsely narrow intervals.
 REFIT_OPTIONS = {"ftol": 1e-15, "gtol": 1e-12, "maxiter": 5000}
+# Screening: every grid start gets this many L-BFGS iterations; the best
+# POLISHED_STARTS of them are then refined with REFIT_OPTIONS.
+SCREEN_OPTIONS = {"maxiter": 20}
+POLISHED_STARTS = 20
 # Hoffmann et al.'s grid: alpha, beta in {0, 0.5, ..., 2}, e in {-1, -0.5, ..., 1},
 # a, b in {0, 5, ..., 25}.
 PAPER_GRID = tuple(itertools.product(np.arange(0, 30, 5), np.arange(0, 30, 5),
@@ -52,23 +59,32 @@ def _objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_loss
   return float(value), gradient
 
 
-def _best_of(starts, log_n, log_d, log_loss, delta,
-             options: dict | None = None) -> tuple[float, np.ndarray | None]:
-  best_value, best_theta = np.inf, None
+def _minimise_from(starts, log_n, log_d, log_loss, delta,
+                   options: dict | None = None) -> list[tuple[float, np.ndarray]]:
+  """L-BFGS from each start; (objective, theta) of the finite results, best first."""
+  results = []
   for start in starts:
     result = optimize.minimize(_objective, np.asarray(start, float),
                                args=(log_n, log_d, log_loss, delta), jac=True,
                                method="L-BFGS-B", options=options)
-    if np.isfinite(result.fun) and result.fun < best_value:
-      best_value, best_theta = result.fun, result.x
-  return best_value, best_theta
+    if np.isfinite(result.fun):
+      results.append((float(result.fun), result.x))
+  return sorted(results, key=lambda item: item[0])
+
+
+def _best_of(starts, log_n, log_d, log_loss, delta,
+             options: dict | None = None) -> tuple[float, np.ndarray | None]:
+  results = _minimise_from(starts, log_n, log_d, log_loss, delta, options)
+  return results[0] if results else (np.inf, None)
 
 
 def fit_parametric(params, tokens, loss, *, grid=PAPER_GRID,
                    delta: float = HUBER_DELTA) -> ChinchillaLaw:
   """Best-of-grid L-BFGS fit of L(N, D) = E + A/N^alpha + B/D^beta."""
   log_n, log_d, log_loss = (np.log(np.asarray(x, float)) for x in (params, tokens, loss))
-  _, best_theta = _best_of(grid, log_n, log_d, log_loss, delta)
+  screened = _minimise_from(grid, log_n, log_d, log_loss, delta, SCREEN_OPTIONS)
+  _, best_theta = _best_of([theta for _, theta in screened[:POLISHED_STARTS]], log_n, log_d,
+                           log_loss, delta, REFIT_OPTIONS)
   if best_theta is None:
     raise ValueError("The parametric fit failed from every initialisation (non-finite loss).")
   return _law(best_theta)
