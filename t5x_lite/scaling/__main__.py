@@ -4,6 +4,9 @@
           python -m t5x_lite.scaling count --gin_file=gin/models/gpt3_1_3b.gin [--json]
   optimal compute-optimal parameters and tokens of a published law at a budget:
           python -m t5x_lite.scaling optimal --law chinchilla-approach1 --budget 5.76e23
+  fit     fit a runs table (see t5x_lite/scaling/runs.py for its columns):
+          python -m t5x_lite.scaling fit RUNS.csv --method {parametric,isoflop}
+              [--budget C] [--bootstrap K] [--plot out.png] [--json]
 """
 
 from __future__ import annotations
@@ -62,6 +65,35 @@ def _optimal(args) -> None:
     print(f"predicted loss:   {allocation.loss:.4f}")
 
 
+def _fit(args) -> None:
+  from t5x_lite.scaling import report as reports
+  from t5x_lite.scaling.runs import read_runs
+
+  runs = read_runs(args.runs)
+  fitted = reports.fit_runs(runs, args.method, args.budget, args.bootstrap, args.seed)
+  if args.plot:
+    from t5x_lite.scaling.plots import plot_fit
+    plot_fit(runs, fitted, args.plot)
+  if args.json:
+    print(json.dumps(fitted.as_dict()))
+    return
+
+  def line(name, value):
+    interval = fitted.intervals.get(name)
+    shown = f"  95% CI [{interval[0]:.4g}, {interval[1]:.4g}]" if interval else ""
+    print(f"  {name:17s} {value:.4g}{shown}")
+
+  print(f"{fitted.method} fit of {fitted.runs} runs"
+        + (f", {fitted.bootstrap_samples} bootstrap refits" if fitted.bootstrap_samples else ""))
+  for name, value in fitted.parameters.items():
+    line(name, value)
+  print(f"compute-optimal at C = {fitted.budget:.3e} FLOPs:")
+  for name, value in fitted.optimal.items():
+    line(name, value)
+  if args.plot:
+    print(f"plot: {args.plot}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
   argv = sys.argv[1:] if argv is None else list(argv)
   try:
@@ -84,13 +116,24 @@ def main(argv: Sequence[str] | None = None) -> None:
   optimal.add_argument("--law", required=True, choices=sorted(laws.PRESETS))
   optimal.add_argument("--budget", required=True, type=float, help="training FLOPs C")
   optimal.add_argument("--json", action="store_true", help="print one JSON object")
+  fit = commands.add_parser("fit", help="fit a runs table and report the optimum")
+  fit.add_argument("runs", help="CSV with params, tokens, loss [, flops, run, step]")
+  fit.add_argument("--method", choices=["parametric", "isoflop"], default="parametric")
+  fit.add_argument("--budget", type=float, default=None,
+                   help="FLOPs for the optimum (default: the largest run's)")
+  fit.add_argument("--bootstrap", type=int, default=0, help="bootstrap refits for 95%% CIs")
+  fit.add_argument("--seed", type=int, default=0)
+  fit.add_argument("--plot", help="write a figure of the fit here (.png, .pdf, .svg)")
+  fit.add_argument("--json", action="store_true", help="print one JSON object")
   args = parser.parse_args(rest)
   try:
     if args.command == "count":
       _count(args, files, bindings, search_paths)
     elif args.command == "optimal":
       _optimal(args)
-  except (gin_utils.GinConfigError, ValueError) as error:
+    elif args.command == "fit":
+      _fit(args)
+  except (gin_utils.GinConfigError, ValueError, OSError) as error:
     gin_utils.fail(str(error))
 
 

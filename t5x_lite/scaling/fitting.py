@@ -100,6 +100,21 @@ def _law(theta) -> ChinchillaLaw:
   return ChinchillaLaw(E=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=alpha, beta=beta)
 
 
+def law_from(parameters: dict) -> ChinchillaLaw:
+  """A ChinchillaLaw from a dict holding at least E, A, B, alpha and beta."""
+  return ChinchillaLaw(**{k: parameters[k] for k in ("E", "A", "B", "alpha", "beta")})
+
+
+def refit_parametric(params, tokens, loss, start: ChinchillaLaw,
+                     delta: float = HUBER_DELTA) -> ChinchillaLaw:
+  """One tight L-BFGS fit from `start` (a bootstrap refit)."""
+  log_n, log_d, log_loss = (np.log(np.asarray(x, float)) for x in (params, tokens, loss))
+  _, theta = _best_of([_theta(start)], log_n, log_d, log_loss, delta, REFIT_OPTIONS)
+  if theta is None:
+    raise ValueError("The parametric refit failed (non-finite loss).")
+  return _law(theta)
+
+
 def bootstrap_parametric(params, tokens, loss, *, samples: int = 1000, seed: int = 0,
                          start: ChinchillaLaw | None = None,
                          delta: float = HUBER_DELTA) -> list[ChinchillaLaw]:
@@ -110,10 +125,11 @@ def bootstrap_parametric(params, tokens, loss, *, samples: int = 1000, seed: int
   laws = []
   for _ in range(samples):
     index = rng.integers(0, len(log_n), len(log_n))
-    _, theta = _best_of([_theta(start)], log_n[index], log_d[index], log_loss[index], delta,
-                        REFIT_OPTIONS)
-    if theta is not None:
-      laws.append(_law(theta))
+    try:
+      laws.append(refit_parametric(np.exp(log_n[index]), np.exp(log_d[index]),
+                                   np.exp(log_loss[index]), start, delta))
+    except ValueError:
+      continue
   return laws
 
 
