@@ -56,11 +56,5 @@ def register_tasks(vocabulary: seqio.Vocabulary, suffix: str = "") -> list[str]:
   return names
 
 
-def objective_of(task_name: str) -> str:
-  """The objective part of a registered task name (for error messages and checks)."""
-  parts = task_name.split(".")
-  return parts[1] if len(parts) > 1 and parts[1] in OBJECTIVES else ""
-
-
 DEFAULT_TASKS = register_tasks(vocabularies.default_vocabulary())
 BYTE_TASKS = register_tasks(vocabularies.byte_vocabulary(), suffix=".byte")
