@@ -163,7 +163,11 @@ def restore_params(path: str, abstract_params: Any) -> Any:
       os.path.join(path, "checkpoints")) else path
   if not os.path.isdir(directory):
     raise CheckpointError(f"checkpoint {path} does not exist; check CHECKPOINT_PATH.")
-  manager = ocp.CheckpointManager(os.path.abspath(directory), item_handlers=item_handlers(),
+  # The generic PyTree handler reads what StandardCheckpointHandler wrote and, unlike it,
+  # restores a subset (the params without the optimizer state).
+  manager = ocp.CheckpointManager(os.path.abspath(directory),
+                                  item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                                                 "data": DataIteratorHandler()},
                                   options=ocp.CheckpointManagerOptions(read_only=True))
   step = manager.latest_step()
   if step is None:

@@ -186,3 +186,17 @@ def test_restoring_a_checkpoint_of_another_model_shape_is_one_clear_error(tmp_pa
   code, err = run_main(argv, capsys)
   assert code == 2 and "does not match this model" in err and "(64, 256)" in err
   assert Checkpointer(str(tmp_path / "checkpoints"), 2).latest_step() == 2
+
+
+def test_finetuning_starts_from_the_pretrained_params_on_a_new_task(tmp_path):
+  run_training(tmp_path / "pretrained", steps=2)
+  files = ["runs/finetune.gin", "models/tiny_causal_decoder.gin", "meshes/single_device.gin"]
+  overrides = helpers.bindings(tmp_path / "finetuned", steps=1,
+                               MIXTURE_OR_TASK_NAME="'shakespeare.full_lm.byte'",
+                               LEARNING_RATE=0.0, WARMUP_STEPS=0)
+  gin_utils.parse(files, overrides + [f"CHECKPOINT_PATH = '{tmp_path / 'pretrained'}'"])
+  assert trainer.train()["step"] == 1
+  pretrained, finetuned = helpers.saved_params(tmp_path / "pretrained"), helpers.saved_params(
+      tmp_path / "finetuned")
+  for name in pretrained:  # A zero learning rate: the params are exactly the pretrained ones.
+    np.testing.assert_array_equal(pretrained[name], finetuned[name], err_msg=name)
