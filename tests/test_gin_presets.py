@@ -58,3 +58,28 @@ def test_unknown_binding_is_a_gin_config_error():
 def test_architecture_files_parse(path):
   # Family defaults without sizes: they are included by the presets above.
   gin_utils.parse([path])
+
+
+MESH_SHAPES = {"single_device": (1, 1, 1), "data_parallel": (8, 1, 1), "fsdp": (1, 8, 1),
+               "fsdp_tensor": (1, 2, 4)}
+
+
+@pytest.mark.parametrize("name, shape", MESH_SHAPES.items())
+def test_every_mesh_file_builds_its_mesh_on_eight_devices(name, shape):
+  from t5x_lite import partitioning
+  gin_utils.parse([f"meshes/{name}.gin"])
+  assert tuple(partitioning.create_mesh().devices.shape) == shape
+  assert {os.path.basename(f)[:-4] for f in glob.glob(
+      os.path.join(gin_utils.GIN_DIR, "meshes", "*.gin"))} == set(MESH_SHAPES)
+
+
+@pytest.mark.parametrize("run", ["pretrain", "finetune", "quickstart"])
+def test_every_run_file_parses_with_its_required_macros_bound(run):
+  import gin
+
+  import t5x_lite.trainer  # noqa: F401  Registers train and the optimizer configurables.
+  bindings = ["MODEL_DIR = '/tmp/unused'", "CHECKPOINT_PATH = '/tmp/unused'"]
+  gin_utils.parse([f"runs/{run}.gin", "models/tiny_causal_decoder.gin"],
+                  bindings if run == "finetune" else bindings[:1])
+  assert gin.query_parameter("%TRAIN_STEPS") > 0
+  assert gin.query_parameter("%MIXTURE_OR_TASK_NAME").startswith("pydocs.")
