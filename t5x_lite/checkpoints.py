@@ -140,8 +140,11 @@ class Checkpointer:
 
 
 def check_compatible(manager: ocp.CheckpointManager, step: int, target: dict[str, Any],
-                     directory: str) -> None:
-  """Raises CheckpointError naming the parameters whose shapes differ from the model's."""
+                     directory: str, prefix: str = "") -> None:
+  """Raises CheckpointError naming the parameters whose shapes differ from the model's.
+
+  With `prefix`, only the saved entries under it are compared (e.g. "params.").
+  """
   try:
     saved = manager.item_metadata(step)["state"]
   except Exception as error:  # Orbax raises several types for an unreadable step.
@@ -149,7 +152,8 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, target: dict[str
                           "delete that step directory to fall back to an earlier one.") from None
   if saved is None:
     raise CheckpointError(f"checkpoint step {step} in {directory} holds no train state.")
-  problems = _shape_mismatches(dict(saved), target)
+  saved = {name: value for name, value in dict(saved).items() if name.startswith(prefix)}
+  problems = _shape_mismatches(saved, target)
   if problems:
     shown = "; ".join(problems[:4]) + ("; ..." if len(problems) > 4 else "")
     raise CheckpointError(f"checkpoint step {step} in {directory} does not match this model "
@@ -174,12 +178,7 @@ def restore_params(path: str, abstract_params: Any) -> Any:
     raise CheckpointError(f"{path} holds no finished checkpoint; point CHECKPOINT_PATH at a "
                           "MODEL_DIR of a run that saved one.")
   target = flatten_state({"params": abstract_params})
-  saved = {k: v for k, v in dict(manager.item_metadata(step)["state"]).items()
-           if k.startswith("params.")}
-  problems = _shape_mismatches(saved, target)
-  if problems:
-    raise CheckpointError(f"checkpoint {path} (step {step}) does not match this model: "
-                          + "; ".join(problems[:4]))
+  check_compatible(manager, step, target, directory, prefix="params.")
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.PyTreeRestore(item=target, partial_restore=True,
                                    restore_args=ocp.checkpoint_utils.construct_restore_args(
