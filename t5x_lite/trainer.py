@@ -13,6 +13,7 @@ buffers (the model is nnx.merge'd inside the traced function).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import signal
@@ -42,11 +43,9 @@ class TrainingHalted(RuntimeError):
 @dataclasses.dataclass
 class StepFunctions:
   """The compiled pieces of a run (shared by the loop and the tests)."""
-  graphdef: nnx.GraphDef
   init: Callable[[], Any]
   train: Callable[[Any, Mapping[str, jax.Array]], tuple[Any, dict]]
   evaluate: Callable[[Any, Mapping[str, jax.Array]], dict]
-  state_shardings: Any
 
 
 def _split_microbatches(batch: Mapping[str, jax.Array], microbatches: int) -> dict:
@@ -147,8 +146,7 @@ def make_step_functions(config: TransformerConfig, optimizer: optax.GradientTran
         return fn(*args)
     return run
 
-  return StepFunctions(graphdef=graphdef, init=init, train=traced(train),
-                       evaluate=traced(evaluate), state_shardings=state_shardings)
+  return StepFunctions(init=init, train=traced(train), evaluate=traced(evaluate))
 
 
 def abstract_state(state: Any) -> Any:
@@ -193,14 +191,19 @@ class _StopSignal:
       signal.signal(sig, handler)
 
 
-def _evaluate(steps: StepFunctions, state, task, feature_lengths, batch_size, architecture,
-              shard, mesh, eval_steps, seed) -> dict[str, float]:
-  """Validation loss, accuracy and perplexity over the same eval_steps batches every time."""
+def _validation_batches(task, feature_lengths, batch_size, architecture, shard, eval_steps,
+                        seed) -> list[dict]:
+  """This host's first eval_steps validation batches; every evaluation uses these same ones."""
   batches = get_batches(task, feature_lengths, "validation", batch_size, architecture,
                         shard=shard, seed=seed, shuffle=False, num_epochs=None)
+  return [next(batches) for _ in range(eval_steps)]
+
+
+def _evaluate(steps: StepFunctions, state, batches: list[dict], mesh) -> dict[str, float]:
+  """Validation loss, accuracy and perplexity over `batches`."""
   totals: dict[str, float] = {}
-  for _ in range(eval_steps):
-    sums = steps.evaluate(state, partitioning.global_batch(next(batches), mesh))
+  for batch in batches:
+    sums = steps.evaluate(state, partitioning.global_batch(batch, mesh))
     for key, value in jax.device_get(sums).items():
       totals[key] = totals.get(key, 0.0) + float(value)
   tokens = max(totals["tokens"], 1.0)
@@ -245,7 +248,6 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
                      f"{microbatches}.")
   config = TransformerConfig()
   config.validate()
-  _check_vocabulary(task, config)
   mesh = partitioning.create_mesh()
   data_shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if batch_size % data_shards or (batch_size // microbatches) % data_shards:
@@ -257,6 +259,7 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
   shard = seqio.ShardInfo(jax.process_index(), jax.process_count())
   batches = get_batches(task, feature_lengths, "train", batch_size, config.architecture,
                         shard=shard, seed=seed)
+  _check_vocabulary(task, config)  # After get_batches, which names an unknown task clearly.
   checkpointer = checkpoints.Checkpointer(os.path.join(model_dir, "checkpoints"),
                                           checkpoint_every, keep_checkpoints)
   state = steps.init()
@@ -285,8 +288,9 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
           f"{counts.flops_per_token / 1e6:.1f} MFLOP/token; mesh {dict(mesh.shape)}; "
           f"peak {peak / 1e9:.0f} GFLOP/s per device ({peak_source})", file=stream)
 
-  eval_args = (task, feature_lengths, batch_size, config.architecture, shard, mesh, eval_steps,
-               seed)
+  # Read once, at the first evaluation: building a seqio pipeline takes seconds.
+  validation = functools.cache(lambda: _validation_batches(
+      task, feature_lengths, batch_size, config.architecture, shard, eval_steps, seed))
   skipped = 0
   step = start
   last_eval: dict[str, float] = {}
@@ -315,7 +319,7 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
         writer.write(step, "train", scalars)
       if step % eval_every == 0 or step == train_steps:
         eval_start = time.perf_counter()
-        last_eval = _evaluate(steps, state, *eval_args)
+        last_eval = _evaluate(steps, state, validation(), mesh)
         progress.exclude(time.perf_counter() - eval_start)
         writer.write(step, "eval", last_eval)
         if is_main:
@@ -329,7 +333,7 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
       if is_main:
         print(f"received signal {stop.received}: saved step {step} and stopped", file=stream)
   if step == train_steps and not last_eval:  # Already finished earlier: report it again.
-    last_eval = _evaluate(steps, state, *eval_args)
+    last_eval = _evaluate(steps, state, validation(), mesh)
   checkpointer.close()
   writer.close()
   return {"step": step, "model_dir": model_dir, **last_eval}

@@ -180,6 +180,12 @@ def test_a_mesh_that_does_not_match_the_devices_is_one_clear_error(tmp_path, cap
   assert code == 2 and "mesh shape (3, 1, 1) needs 3 devices but 8 are available" in err
 
 
+def test_an_unknown_task_is_one_clear_error(tmp_path, capsys):
+  code, err = run_main(helpers.command_line(tmp_path, MIXTURE_OR_TASK_NAME="'pydocs.nope'"),
+                       capsys)
+  assert code == 2 and "unknown task or mixture 'pydocs.nope'" in err
+
+
 def test_restoring_a_checkpoint_of_another_model_shape_is_one_clear_error(tmp_path, capsys):
   run_training(tmp_path, steps=2)
   argv = helpers.command_line(tmp_path, steps=4) + ["--gin.TransformerConfig.d_ff=256"]
