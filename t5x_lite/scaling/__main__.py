@@ -5,8 +5,18 @@
   optimal compute-optimal parameters and tokens of a published law at a budget:
           python -m t5x_lite.scaling optimal --law chinchilla-approach1 --budget 5.76e23
   fit     fit a runs table (see t5x_lite/scaling/runs.py for its columns):
-          python -m t5x_lite.scaling fit RUNS.csv --method {parametric,isoflop}
+          python -m t5x_lite.scaling fit RUNS.csv --method {parametric,isoflop,envelope,kaplan}
               [--budget C] [--bootstrap K] [--plot out.png] [--json]
+          (envelope reads training curves: rows with run and step, e.g. CURVES.csv)
+  plan    model shapes and steps for an IsoFLOP sweep of a gin model family:
+          python -m t5x_lite.scaling plan --gin_file=experiments/scaling/family.gin \
+              --budgets 1e12 3e12 1e13 --batch_size 16 --targets_length 256 \
+              [--sizes 5] [--spread 4] [--aspect_ratio 64] [--head_dim 64] [--output plan.json]
+          (run it with tools/scaling_sweep.py)
+  plot    a 2 x 2 overview of a sweep: IsoFLOP profiles, loss-compute frontier, N_opt and
+          D_opt of each fit with bootstrap bands, L(N, D) contours:
+          python -m t5x_lite.scaling plot RUNS.csv --output study.png [--curves CURVES.csv]
+              [--methods isoflop parametric] [--bootstrap 200]
 """
 
 from __future__ import annotations
@@ -18,6 +28,9 @@ from typing import Sequence
 
 from t5x_lite import gin_utils
 from t5x_lite.scaling import counting, laws
+
+# The fit methods (t5x_lite.scaling.report.METHODS), listed here so --help needs no scipy import.
+METHODS = ("parametric", "isoflop", "envelope", "kaplan")
 
 
 def load_model_config(files: Sequence[str], bindings: Sequence[str],
@@ -63,6 +76,63 @@ def _optimal(args) -> None:
   print(f"tokens/param:     {allocation.tokens_per_param:.1f}")
   if allocation.loss is not None:
     print(f"predicted loss:   {allocation.loss:.4f}")
+
+
+def _plot(args) -> None:
+  from t5x_lite.scaling import report as reports
+  from t5x_lite.scaling.plots import plot_study
+  from t5x_lite.scaling.runs import read_runs
+
+  runs = read_runs(args.runs)
+  curves = read_runs(args.curves) if args.curves else None
+  fitted = []
+  for method in args.methods:
+    table = curves if method == "envelope" else runs
+    if table is None:
+      raise ValueError("--methods envelope needs --curves CURVES.csv (training curves).")
+    fitted.append(reports.fit_runs(table, method, args.budget, args.bootstrap, args.seed))
+    print(f"{method}: a = {fitted[-1].parameters['a']:.3f}, b = {fitted[-1].parameters['b']:.3f}"
+          if "a" in fitted[-1].parameters else f"{method}: fitted")
+  plot_study(runs, fitted, args.output, curves)
+  print(f"plot: {args.output}")
+
+
+def _plan(args, files, bindings, search_paths) -> None:
+  from t5x_lite.scaling import planning
+
+  if not files:
+    raise gin_utils.GinConfigError("plan needs the family's base model: --gin_file=<model>.gin.")
+  base = load_model_config(files, bindings, search_paths)
+  family = planning.Family(base, aspect_ratio=args.aspect_ratio, head_dim=args.head_dim,
+                           ffn_ratio=args.ffn_ratio)
+  runs = planning.plan_sweep(
+      family, args.budgets, sizes=args.sizes, spread=args.spread,
+      tokens_per_param=args.tokens_per_param, batch_size=args.batch_size,
+      targets_length=args.targets_length, inputs_length=args.inputs_length,
+      min_params=args.min_params, max_params=args.max_params)
+  plan = {"gin_files": list(files), "gin_bindings": list(bindings),
+          "gin_search_paths": list(search_paths), "batch_size": args.batch_size,
+          "inputs_length": args.inputs_length, "targets_length": args.targets_length,
+          "family": {"aspect_ratio": args.aspect_ratio, "head_dim": args.head_dim,
+                     "ffn_ratio": args.ffn_ratio, "tokens_per_param": args.tokens_per_param,
+                     "spread": args.spread},
+          "runs": [run.as_dict() for run in runs]}
+  if args.output:
+    with open(args.output, "w") as handle:
+      json.dump(plan, handle, indent=1)
+  if args.json:
+    print(json.dumps(plan))
+    return
+  print(f"{'run':22s} {'layers':>6s} {'d_model':>7s} {'heads':>5s} {'d_ff':>5s} {'params':>11s} "
+        f"{'steps':>7s} {'tokens':>11s} {'tok/param':>9s} {'FLOPs':>9s}")
+  for run in runs:
+    c = run.config
+    print(f"{run.id:22s} {c.num_decoder_layers:6d} {c.d_model:7d} {c.num_heads:5d} "
+          f"{c.d_ff:5d} {run.params:11,d} {run.steps:7d} {run.tokens:11,d} "
+          f"{run.tokens_per_param:9.1f} {run.flops:9.3g}")
+  total = sum(run.flops for run in runs)
+  print(f"{len(runs)} runs, {total:.3g} FLOPs in all"
+        + (f"; plan written to {args.output}" if args.output else ""))
 
 
 def _fit(args) -> None:
@@ -118,13 +188,42 @@ def main(argv: Sequence[str] | None = None) -> None:
   optimal.add_argument("--json", action="store_true", help="print one JSON object")
   fit = commands.add_parser("fit", help="fit a runs table and report the optimum")
   fit.add_argument("runs", help="CSV with params, tokens, loss [, flops, run, step]")
-  fit.add_argument("--method", choices=["parametric", "isoflop"], default="parametric")
+  fit.add_argument("--method", choices=METHODS, default="parametric")
   fit.add_argument("--budget", type=float, default=None,
                    help="FLOPs for the optimum (default: the largest run's)")
   fit.add_argument("--bootstrap", type=int, default=0, help="bootstrap refits for 95%% CIs")
   fit.add_argument("--seed", type=int, default=0)
   fit.add_argument("--plot", help="write a figure of the fit here (.png, .pdf, .svg)")
   fit.add_argument("--json", action="store_true", help="print one JSON object")
+  plan = commands.add_parser("plan", help="model shapes and steps for an IsoFLOP sweep of a "
+                             "gin model family (--gin_file, --gin.KEY=VALUE)")
+  plan.add_argument("--budgets", required=True, type=float, nargs="+", help="FLOPs per profile")
+  plan.add_argument("--batch_size", required=True, type=int, help="sequences per step")
+  plan.add_argument("--targets_length", required=True, type=int,
+                    help="decoder tokens per sequence (TASK_FEATURE_LENGTHS['targets'])")
+  plan.add_argument("--inputs_length", type=int, default=0,
+                    help="encoder/prefix tokens per sequence (TASK_FEATURE_LENGTHS['inputs'])")
+  plan.add_argument("--sizes", type=int, default=5, help="model sizes per budget")
+  plan.add_argument("--spread", type=float, default=4.0,
+                    help="sizes span [N*/spread, N* x spread] around the rule-of-thumb N*")
+  plan.add_argument("--tokens_per_param", type=float, default=20.0,
+                    help="where N* sits: D/N of the profile's centre (Chinchilla ~20)")
+  plan.add_argument("--min_params", type=float, default=0.0)
+  plan.add_argument("--max_params", type=float, default=float("inf"))
+  plan.add_argument("--aspect_ratio", type=float, default=64.0, help="target d_model / layers")
+  plan.add_argument("--head_dim", type=int, default=64)
+  plan.add_argument("--ffn_ratio", type=float, default=None,
+                    help="d_ff / d_model (default 8/3 for gated activations, else 4)")
+  plan.add_argument("--output", help="write the plan as JSON here (for tools/scaling_sweep.py)")
+  plan.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+  plot = commands.add_parser("plot", help="a 2 x 2 overview figure of a sweep")
+  plot.add_argument("runs", help="RUNS.csv (one row per run)")
+  plot.add_argument("--output", required=True, help="figure file (.png, .pdf, .svg)")
+  plot.add_argument("--curves", help="training curves (CURVES.csv) for the envelope")
+  plot.add_argument("--methods", nargs="+", choices=METHODS, default=["isoflop", "parametric"])
+  plot.add_argument("--budget", type=float, default=None)
+  plot.add_argument("--bootstrap", type=int, default=100, help="refits per method for the bands")
+  plot.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(rest)
   try:
     if args.command == "count":
@@ -133,6 +232,10 @@ def main(argv: Sequence[str] | None = None) -> None:
       _optimal(args)
     elif args.command == "fit":
       _fit(args)
+    elif args.command == "plot":
+      _plot(args)
+    elif args.command == "plan":
+      _plan(args, files, bindings, search_paths)
   except (gin_utils.GinConfigError, ValueError, OSError) as error:
     gin_utils.fail(str(error))
 

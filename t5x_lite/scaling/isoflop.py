@@ -2,7 +2,9 @@
 
 Runs are grouped by compute budget; in each group the loss is fitted with a
 parabola in log N and its minimum taken as that budget's optimal size
-N_opt(C) (D_opt = C / 6N_opt). Power laws N_opt = k_N C^a and
+N_opt(C); D_opt is read off the profile's own (N, D) relation (a line in
+log-log through its runs), which is C / 6N_opt when the runs were planned
+with C = 6ND and follows the exact FLOP count when they were not. Power laws N_opt = k_N C^a and
 D_opt = k_D C^b are then fitted through the minima by least squares in log
 space.
 """
@@ -25,6 +27,7 @@ class Profile:
   """One budget's runs and the fitted parabola loss = c2 x^2 + c1 x + c0, x = ln N."""
   flops: float
   params: np.ndarray
+  tokens: np.ndarray
   loss: np.ndarray
   coefficients: np.ndarray
 
@@ -32,6 +35,11 @@ class Profile:
   def optimal_params(self) -> float:
     c2, c1, _ = self.coefficients
     return float(np.exp(-c1 / (2 * c2)))
+
+  @property
+  def optimal_tokens(self) -> float:
+    slope, intercept = np.polyfit(np.log(self.params), np.log(self.tokens), 1)
+    return float(np.exp(slope * np.log(self.optimal_params) + intercept))
 
   @property
   def optimal_loss(self) -> float:
@@ -63,7 +71,7 @@ def profiles(runs: Runs, tolerance: float = BUDGET_TOLERANCE) -> list[Profile]:
     if coefficients[0] <= 0:  # Opens downwards: no minimum inside this profile.
       continue
     found.append(Profile(float(np.exp(np.mean(np.log(runs.flops[group])))), runs.params[group],
-                         runs.loss[group], coefficients))
+                         runs.tokens[group], runs.loss[group], coefficients))
   return found
 
 
@@ -76,7 +84,7 @@ def fit_isoflop(runs: Runs, tolerance: float = BUDGET_TOLERANCE
                     f"and a loss minimum; found {len(found)}. Group runs by equal flops.")
   flops = np.array([p.flops for p in found])
   params = np.array([p.optimal_params for p in found])
-  tokens = flops / (6 * params)
+  tokens = np.array([p.optimal_tokens for p in found])
   a, log_k_n = np.polyfit(np.log(flops), np.log(params), 1)
   b, log_k_d = np.polyfit(np.log(flops), np.log(tokens), 1)
   return PowerLawAllocation(float(np.exp(log_k_n)), float(a), float(np.exp(log_k_d)),

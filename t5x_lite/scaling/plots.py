@@ -1,11 +1,17 @@
-"""Plots of a fit (matplotlib, written to a file): what the data and the law look like.
+"""Plots of scaling fits (matplotlib, written to a file).
 
-isoflop:    loss vs N for each budget with its parabola and minimum | N_opt(C), D_opt(C)
-parametric: the fitted L(N, D) contours over the runs              | N_opt(C), D_opt(C)
-The right panel marks the requested budget with its bootstrap interval.
+`plot_fit` (fit --plot): the method's own view of the data | N_opt(C), D_opt(C)
+  isoflop:              loss vs N per budget with its parabola and minimum
+  parametric, kaplan:   the fitted L(N, D) contours over the runs
+  envelope:             the training curves and their lower envelope
+`plot_study` (the plot command): a 2 x 2 overview of a sweep: IsoFLOP
+profiles, the loss-compute frontier, N_opt and D_opt vs C of every fit
+with bootstrap bands, and the parametric L(N, D) contours.
 """
 
 from __future__ import annotations
+
+from typing import Optional, Sequence
 
 import matplotlib
 
@@ -13,16 +19,18 @@ matplotlib.use("Agg")  # Files only; no display needed.
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from t5x_lite.scaling import fitting, isoflop  # noqa: E402
-from t5x_lite.scaling.laws import PowerLawAllocation  # noqa: E402
+from t5x_lite.scaling import envelope, isoflop  # noqa: E402
 from t5x_lite.scaling.report import FitReport  # noqa: E402
 from t5x_lite.scaling.runs import Runs  # noqa: E402
 
 
-def _isoflop_panel(axis, runs: Runs) -> None:
-  colours = plt.cm.viridis(np.linspace(0, 0.9, 8))
-  for i, profile in enumerate(isoflop.profiles(runs)):
-    colour = colours[i % len(colours)]
+def _colours(count: int):
+  return plt.cm.viridis(np.linspace(0, 0.9, max(count, 1)))
+
+
+def isoflop_panel(axis, runs: Runs) -> None:
+  found = isoflop.profiles(runs)
+  for colour, profile in zip(_colours(len(found)), found):
     axis.scatter(profile.params, profile.loss, color=colour, s=14,
                  label=f"C = {profile.flops:.2g}")
     grid = np.linspace(np.log(profile.params.min()), np.log(profile.params.max()), 100)
@@ -33,8 +41,7 @@ def _isoflop_panel(axis, runs: Runs) -> None:
   axis.legend(fontsize=7)
 
 
-def _contour_panel(axis, runs: Runs, report: FitReport) -> None:
-  law = fitting.law_from(report.parameters)
+def contour_panel(axis, runs: Runs, law, title: str = "fitted L(N, D)") -> None:
   n = np.logspace(np.log10(runs.params.min()) - 0.3, np.log10(runs.params.max()) + 0.3, 120)
   d = np.logspace(np.log10(runs.tokens.min()) - 0.3, np.log10(runs.tokens.max()) + 0.3, 120)
   grid_n, grid_d = np.meshgrid(n, d)
@@ -45,41 +52,93 @@ def _contour_panel(axis, runs: Runs, report: FitReport) -> None:
   budgets = np.logspace(np.log10(runs.flops.min()), np.log10(runs.flops.max()), 20)
   optimal = [law.optimal(c) for c in budgets]
   axis.plot([o.params for o in optimal], [o.tokens for o in optimal], "r--", label="optimum")
-  axis.set(xscale="log", yscale="log", xlabel="parameters N", ylabel="tokens D",
-           title="fitted L(N, D)")
+  axis.set(xscale="log", yscale="log", xlabel="parameters N", ylabel="tokens D", title=title)
   axis.legend(fontsize=7)
 
 
-def _allocation_panel(axis, runs: Runs, report: FitReport) -> None:
-  if report.method == "parametric":
-    allocate = fitting.law_from(report.parameters).optimal
-  else:
-    p = report.parameters
-    allocate = PowerLawAllocation(p["k_N"], p["a"], p["k_D"], p["b"]).optimal
-  low = min(runs.flops.min(), report.budget) / 3
-  high = max(runs.flops.max(), report.budget) * 3
-  budgets = np.logspace(np.log10(low), np.log10(high), 50)
-  optimal = [allocate(c) for c in budgets]
-  axis.plot(budgets, [o.params for o in optimal], label="N_opt")
-  axis.plot(budgets, [o.tokens for o in optimal], label="D_opt")
-  for name in ("params", "tokens"):
-    value = report.optimal[name]
-    interval = report.intervals.get(name)
-    error = None if interval is None else [[value - interval[0]], [interval[1] - value]]
-    axis.errorbar([report.budget], [value], yerr=error, fmt="o", color="black", capsize=3)
+def envelope_panel(axis, runs: Runs) -> None:
+  found = envelope.curves(runs)
+  sizes = np.log(np.array([curve[0] for curve in found]))
+  span = max(np.ptp(sizes), 1e-9)
+  for params, flops, _, loss in found:
+    axis.plot(flops, loss, color=plt.cm.viridis(0.9 * (np.log(params) - sizes.min()) / span),
+              lw=0.8, alpha=0.8)
+  front = envelope.lower_envelope(runs)
+  axis.plot(front.flops, front.loss, "k--", lw=1.5, label="lower envelope")
+  axis.set(xscale="log", xlabel="training FLOPs C", ylabel="loss",
+           title="training curves (colour: N)")
+  axis.legend(fontsize=7)
+
+
+def frontier_panel(axis, runs: Runs, curves: Optional[Runs], reports: Sequence[FitReport]) -> None:
+  """Final loss of every run against its compute, and what the fits predict at the optimum."""
+  if curves is not None:
+    front = envelope.lower_envelope(curves)
+    axis.plot(front.flops, front.loss, color="grey", lw=1, label="training-curve envelope")
+  axis.scatter(runs.flops, runs.loss, c=np.log(runs.params), cmap="viridis", s=14,
+               label="runs (colour: N)")
+  budgets = np.logspace(np.log10(runs.flops.min()) - 0.3, np.log10(runs.flops.max()) + 0.5, 40)
+  for report in reports:
+    if report.law is not None and hasattr(report.law, "loss"):
+      axis.plot(budgets, [report.law.optimal(c).loss for c in budgets],
+                label=f"{report.method}: L at the optimum")
+  axis.set(xscale="log", xlabel="training FLOPs C", ylabel="loss", title="loss-compute frontier")
+  axis.legend(fontsize=7)
+
+
+def allocation_panel(axis, runs: Runs, reports: Sequence[FitReport]) -> None:
+  """N_opt(C) (solid) and D_opt(C) (dashed) of each fit with its bootstrap band."""
+  low = min([runs.flops.min()] + [r.budget for r in reports]) / 3
+  high = max([runs.flops.max()] + [r.budget for r in reports]) * 3
+  budgets = np.logspace(np.log10(low), np.log10(high), 40)
+  for colour, report in zip(plt.cm.tab10.colors, reports):
+    optimal = [report.law.optimal(c) for c in budgets]
+    axis.plot(budgets, [o.params for o in optimal], color=colour,
+              label=f"{report.method} N_opt")
+    axis.plot(budgets, [o.tokens for o in optimal], color=colour, ls="--",
+              label=f"{report.method} D_opt")
+    if report.samples:
+      band = report.optimal_band(budgets)
+      for name in ("params", "tokens"):
+        axis.fill_between(budgets, *band[name], color=colour, alpha=0.15, lw=0)
+  axis.axvspan(runs.flops.min(), runs.flops.max(), color="grey", alpha=0.08, label="runs' range")
   axis.set(xscale="log", yscale="log", xlabel="training FLOPs C",
-           title=f"compute-optimal allocation ({report.method})")
-  axis.legend(fontsize=7)
+           title="compute-optimal allocation (95% bootstrap bands)")
+  axis.legend(fontsize=6)
 
 
 def plot_fit(runs: Runs, report: FitReport, path: str) -> None:
-  """Writes the two-panel figure of a fit to `path` (format from the suffix)."""
+  """Writes the two-panel figure of one fit to `path` (format from the suffix)."""
   figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
   if report.method == "isoflop":
-    _isoflop_panel(left, runs)
+    isoflop_panel(left, runs)
+  elif report.method == "envelope":
+    envelope_panel(left, runs)
   else:
-    _contour_panel(left, runs, report)
-  _allocation_panel(right, runs, report)
+    contour_panel(left, runs, report.law, f"fitted L(N, D) ({report.method})")
+  allocation_panel(right, runs, [report])
+  for name in ("params", "tokens"):
+    interval = report.intervals.get(name)
+    value = report.optimal[name]
+    error = None if interval is None else [[value - interval[0]], [interval[1] - value]]
+    right.errorbar([report.budget], [value], yerr=error, fmt="o", color="black", capsize=3)
+  figure.tight_layout()
+  figure.savefig(path, dpi=120)
+  plt.close(figure)
+
+
+def plot_study(runs: Runs, reports: Sequence[FitReport], path: str,
+               curves: Optional[Runs] = None) -> None:
+  """The 2 x 2 overview of a sweep (see the module docstring)."""
+  figure, axes = plt.subplots(2, 2, figsize=(12, 9))
+  isoflop_panel(axes[0, 0], runs)
+  frontier_panel(axes[0, 1], runs, curves, reports)
+  allocation_panel(axes[1, 0], runs, reports)
+  parametric = [r for r in reports if r.method == "parametric"]
+  if parametric:
+    contour_panel(axes[1, 1], runs, parametric[0].law)
+  else:
+    axes[1, 1].set_axis_off()
   figure.tight_layout()
   figure.savefig(path, dpi=120)
   plt.close(figure)

@@ -9,38 +9,76 @@ from typing import Callable, Optional, TextIO
 
 import numpy as np
 
-from t5x_lite.scaling import fitting, isoflop
+from t5x_lite.scaling import envelope, fitting, isoflop, kaplan
+from t5x_lite.scaling.laws import Law
 from t5x_lite.scaling.runs import Runs, RunsError
 
-METHODS = ("parametric", "isoflop")
-MINIMUM_RUNS = {"parametric": 5, "isoflop": 6}
+METHODS = ("parametric", "isoflop", "envelope", "kaplan")
+MINIMUM_RUNS = {"parametric": 5, "isoflop": 6, "envelope": 4, "kaplan": 4}
 
 
 def _subset(runs: Runs, index: np.ndarray) -> Runs:
+  run = None if runs.run is None else runs.run[index]
+  step = None if runs.step is None else runs.step[index]
   return Runs(params=runs.params[index], tokens=runs.tokens[index], loss=runs.loss[index],
-              flops=runs.flops[index])
+              flops=runs.flops[index], run=run, step=step)
 
 
-def _parametric(runs: Runs, budget: float, start=None) -> tuple[dict, dict]:
+def _resample(runs: Runs, method: str, rng: np.random.Generator) -> Runs:
+  """Runs drawn with replacement; the envelope draws whole training curves."""
+  if method != "envelope":
+    return _subset(runs, rng.integers(0, len(runs), len(runs)))
+  ids = np.unique(runs.run)
+  drawn = rng.choice(ids, len(ids))
+  index = np.concatenate([np.flatnonzero(runs.run == run_id) for run_id in drawn])
+  # A curve drawn twice must stay two curves, not one with doubled points.
+  renamed = np.concatenate([[f"{run_id}#{k}"] * int(np.sum(runs.run == run_id))
+                            for k, run_id in enumerate(drawn)])
+  resampled = _subset(runs, index)
+  return dataclasses.replace(resampled, run=renamed)
+
+
+def _optimal(law: Law, budget: float) -> dict:
+  optimum = law.optimal(budget)
+  values = {"params": optimum.params, "tokens": optimum.tokens,
+            "tokens_per_param": optimum.tokens_per_param}
+  if optimum.loss is not None:
+    values["loss"] = optimum.loss
+  return values
+
+
+def _parametric(runs: Runs, start=None) -> tuple[Law, dict]:
   law = fitting.fit_parametric(runs.params, runs.tokens, runs.loss) if start is None else \
       fitting.refit_parametric(runs.params, runs.tokens, runs.loss, start)
-  optimum = law.optimal(budget)
-  parameters = {"E": law.E, "A": law.A, "B": law.B, "alpha": law.alpha, "beta": law.beta,
-                "a": law.a, "b": law.b}
-  return parameters, {"params": optimum.params, "tokens": optimum.tokens,
-                      "tokens_per_param": optimum.tokens_per_param, "loss": optimum.loss}
+  return law, {"E": law.E, "A": law.A, "B": law.B, "alpha": law.alpha, "beta": law.beta,
+               "a": law.a, "b": law.b}
 
 
-def _isoflop(runs: Runs, budget: float, start=None) -> tuple[dict, dict]:
+def _power_law(allocation) -> dict:
+  return {"k_N": allocation.k_N, "a": allocation.a, "k_D": allocation.k_D, "b": allocation.b}
+
+
+def _isoflop(runs: Runs, start=None) -> tuple[Law, dict]:
   allocation, _ = isoflop.fit_isoflop(runs)
-  optimum = allocation.optimal(budget)
-  parameters = {"k_N": allocation.k_N, "a": allocation.a, "k_D": allocation.k_D,
-                "b": allocation.b}
-  return parameters, {"params": optimum.params, "tokens": optimum.tokens,
-                      "tokens_per_param": optimum.tokens_per_param}
+  return allocation, _power_law(allocation)
 
 
-FITTERS: dict[str, Callable] = {"parametric": _parametric, "isoflop": _isoflop}
+def _envelope(runs: Runs, start=None) -> tuple[Law, dict]:
+  allocation, _ = envelope.fit_envelope(runs)
+  return allocation, _power_law(allocation)
+
+
+def _kaplan(runs: Runs, start=None) -> tuple[Law, dict]:
+  law = kaplan.fit_kaplan(runs.params, runs.tokens, runs.loss) if start is None else \
+      kaplan.refit_kaplan(runs.params, runs.tokens, runs.loss, start)
+  return law, {"N_c": law.N_c, "D_c": law.D_c, "alpha_N": law.alpha_N, "alpha_D": law.alpha_D}
+
+
+# Each returns (the fitted law, its named parameters); `start` seeds a bootstrap refit.
+FITTERS: dict[str, Callable] = {"parametric": _parametric, "isoflop": _isoflop,
+                                "envelope": _envelope, "kaplan": _kaplan}
+# Methods whose bootstrap refits start from the full-data fit.
+WARM_STARTED = ("parametric", "kaplan")
 
 
 @dataclasses.dataclass
@@ -52,6 +90,17 @@ class FitReport:
   optimal: dict
   intervals: dict  # name -> (low, high), for parameters and optimal values
   bootstrap_samples: int
+  law: Optional[Law] = None  # the full-data fit (anything with .optimal(C))
+  samples: tuple = ()  # the bootstrap refits' laws
+
+  def optimal_band(self, budgets, level: float = 0.95) -> dict:
+    """{"params": (low, high), "tokens": (low, high)} arrays of the bootstrap at `budgets`."""
+    band = {}
+    for name in ("params", "tokens"):
+      draws = np.array([[getattr(law.optimal(c), name) for c in budgets] for law in self.samples])
+      tail = 100 * (1 - level) / 2
+      band[name] = tuple(np.percentile(draws, [tail, 100 - tail], axis=0))
+    return band
 
   def as_dict(self) -> dict:
     def entry(name, value):
@@ -77,20 +126,22 @@ def fit_runs(runs: Runs, method: str, budget: Optional[float] = None, bootstrap:
           f"[{runs.flops.min():.3g}, {runs.flops.max():.3g}]: the optimum is an "
           "extrapolation.", file=warn or sys.stderr)
   fitter = FITTERS[method]
-  parameters, optimal = fitter(runs, budget)
-  samples = []
+  law, parameters = fitter(runs)
+  optimal = _optimal(law, budget)
   rng = np.random.default_rng(seed)
-  start = fitting.law_from(parameters) if method == "parametric" else None
+  start = law if method in WARM_STARTED else None
+  samples = []
   for _ in range(bootstrap):
-    index = rng.integers(0, len(runs), len(runs))
     try:
-      samples.append(fitter(_subset(runs, index), budget, start))
-    except RunsError:  # A resample without enough budgets/sizes: skip it.
+      sample_law, sample_parameters = fitter(_resample(runs, method, rng), start)
+    except (RunsError, ValueError):  # A resample without enough budgets/sizes: skip it.
       continue
+    samples.append((sample_law, sample_parameters, _optimal(sample_law, budget)))
   intervals = {}
   if samples:
-    for part, values in (("parameters", parameters), ("optimal", optimal)):
+    for values, position in ((parameters, 1), (optimal, 2)):
       for name in values:
-        draws = [sample[0 if part == "parameters" else 1][name] for sample in samples]
-        intervals[name] = fitting.percentile_interval(draws)
-  return FitReport(method, len(runs), budget, parameters, optimal, intervals, len(samples))
+        intervals[name] = fitting.percentile_interval([sample[position][name]
+                                                       for sample in samples])
+  return FitReport(method, len(runs), budget, parameters, optimal, intervals, len(samples),
+                   law, tuple(sample[0] for sample in samples))

@@ -54,3 +54,28 @@ def test_a_bad_runs_table_is_one_clear_error(tmp_path, capsys):
     main(["fit", str(path)])
   assert exit_info.value.code == 2
   assert "missing column(s) ['loss']" in capsys.readouterr().err
+
+
+def test_plot_command_draws_the_sweep_overview_with_the_envelope(runs_csv, tmp_path, capsys):
+  from tests.scaling.test_methods import training_curves
+
+  curves = training_curves(preset("epoch-2024"), sizes=10)
+  curves_csv = tmp_path / "curves.csv"
+  with open(curves_csv, "w", newline="") as handle:
+    writer = csv.writer(handle)
+    writer.writerow(["run", "step", "params", "tokens", "flops", "loss"])
+    writer.writerows(zip(curves.run, curves.step, curves.params, curves.tokens, curves.flops,
+                         curves.loss))
+  figure = tmp_path / "study.png"
+  main(["plot", str(runs_csv), "--curves", str(curves_csv), "--methods", "isoflop", "envelope",
+        "--bootstrap", "10", "--output", str(figure)])
+  printed = capsys.readouterr().out
+  assert "isoflop: a = " in printed and "envelope: a = " in printed
+  assert figure.stat().st_size > 50_000
+
+
+def test_envelope_without_training_curves_is_one_clear_error(runs_csv, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    main(["fit", str(runs_csv), "--method", "envelope"])
+  assert exit_info.value.code == 2
+  assert "training curves" in capsys.readouterr().err

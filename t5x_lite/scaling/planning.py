@@ -1,0 +1,187 @@
+"""`plan`: compute budgets and a size range -> concrete model shapes and step counts.
+
+A family is a base model config (a gin preset) whose width and depth are
+varied by one rule:
+  - heads of `head_dim` (64 by default); d_model is a multiple of head_dim;
+  - aspect ratio: d_model / num_layers is kept near `aspect_ratio` (Kaplan et
+    al. found loss flat over 20-200; 64 by default). Of the shapes whose ratio
+    lies within a factor 2 of it, the one whose counted parameters N are
+    nearest the target (in log) wins, ties (within 2%) going to the ratio
+    nearest `aspect_ratio`;
+  - d_ff = 4 d_model, or 8/3 d_model for gated (GLU) activations so the MLP
+    keeps its parameter count, rounded to a multiple of head_dim.
+Each budget C gets `sizes` targets log-spaced over [N*/spread, N* x spread]
+around the N* that would see `tokens_per_param` tokens per parameter
+(Chinchilla's ~20 unless told otherwise), clipped to [min_params,
+max_params]. FLOPs are the family's exact count (t5x_lite.scaling.counting,
+matmul convention: attention and logits included, which at small widths
+and long sequences is well above 6N), so N* solves C = flops_per_token(N*)
+x tokens_per_param x N*, and each run's steps = D / (batch x length) with
+D = C / flops_per_token: every run of a budget costs C.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+from scipy import optimize
+
+from t5x_lite.models.configs import TransformerConfig
+from t5x_lite.scaling import counting
+
+
+class PlanError(ValueError):
+  """A plan request that cannot be met; the message names the option to change."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """The shape rule of a model family (see the module docstring)."""
+  base: TransformerConfig
+  aspect_ratio: float = 64.0
+  head_dim: int = 64
+  ffn_ratio: Optional[float] = None  # None: 8/3 when gated, else 4
+  max_layers: int = 128
+
+  def shape(self, num_layers: int, d_model: int) -> TransformerConfig:
+    ratio = self.ffn_ratio or (8 / 3 if self.base.gated else 4.0)
+    d_ff = max(self.head_dim, int(round(ratio * d_model / self.head_dim)) * self.head_dim)
+    encoder_layers = num_layers if self.base.is_encoder_decoder else 0
+    return dataclasses.replace(self.base, d_model=d_model, num_decoder_layers=num_layers,
+                               num_encoder_layers=encoder_layers,
+                               num_heads=d_model // self.head_dim, num_kv_heads=None,
+                               head_dim=self.head_dim, d_ff=d_ff)
+
+  def candidates(self) -> list[tuple[int, TransformerConfig]]:
+    """(params, config) of every shape whose aspect ratio is within a factor 2 of the rule."""
+    found = []
+    for num_layers in range(1, self.max_layers + 1):
+      low = max(1, math.ceil(self.aspect_ratio * num_layers / 2 / self.head_dim))
+      high = math.floor(self.aspect_ratio * num_layers * 2 / self.head_dim)
+      for heads in range(low, high + 1):
+        config = self.shape(num_layers, heads * self.head_dim)
+        found.append((counting.count_params(config)[0], config))
+    return found
+
+  def nearest(self, target_params: float, candidates=None) -> TransformerConfig:
+    """The shape whose parameter count is nearest `target_params` (see the docstring)."""
+    candidates = candidates or self.candidates()
+    distance = np.array([abs(math.log(params / target_params)) for params, _ in candidates])
+    close = np.flatnonzero(distance <= distance.min() + 0.02)
+
+    def aspect_miss(index):
+      config = candidates[index][1]
+      return abs(math.log(config.d_model / config.num_decoder_layers / self.aspect_ratio))
+
+    return candidates[min(close, key=aspect_miss)][1]
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedRun:
+  id: str
+  budget: float
+  config: TransformerConfig
+  params: int
+  flops_per_token: float
+  steps: int
+  tokens: int
+  flops: float
+
+  @property
+  def tokens_per_param(self) -> float:
+    return self.tokens / self.params
+
+  def bindings(self) -> list[str]:
+    """Gin bindings that turn the family's base preset into this shape."""
+    c = self.config
+    return [f"TransformerConfig.num_decoder_layers = {c.num_decoder_layers}",
+            f"TransformerConfig.num_encoder_layers = {c.num_encoder_layers}",
+            f"TransformerConfig.d_model = {c.d_model}",
+            f"TransformerConfig.num_heads = {c.num_heads}",
+            "TransformerConfig.num_kv_heads = None",
+            f"TransformerConfig.head_dim = {c.head_dim}",
+            f"TransformerConfig.d_ff = {c.d_ff}"]
+
+  def as_dict(self) -> dict:
+    c = self.config
+    return {"id": self.id, "budget": self.budget, "num_layers": c.num_decoder_layers,
+            "d_model": c.d_model, "num_heads": c.num_heads, "head_dim": c.head_dim,
+            "d_ff": c.d_ff, "params": self.params, "flops_per_token": self.flops_per_token,
+            "steps": self.steps, "tokens": self.tokens, "flops": self.flops,
+            "tokens_per_param": self.tokens_per_param, "bindings": self.bindings()}
+
+
+def _budget_label(budget: float) -> str:
+  mantissa, exponent = f"{budget:.2e}".split("e")
+  return f"C{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def rule_of_thumb_params(budget: float, tokens_per_param: float,
+                         flops_per_token: Callable[[float], float]) -> float:
+  """The N with budget = flops_per_token(N) x tokens_per_param x N."""
+  def excess(log_params):
+    params = math.exp(log_params)
+    return math.log(flops_per_token(params) * tokens_per_param * params / budget)
+  return math.exp(optimize.brentq(excess, 0.0, math.log(budget)))
+
+
+def target_sizes(budget: float, sizes: int, spread: float, centre: float,
+                 min_params: float = 0.0, max_params: float = math.inf) -> np.ndarray:
+  """`sizes` log-spaced parameter targets over [centre / spread, centre x spread]."""
+  low, high = max(centre / spread, min_params), min(centre * spread, max_params)
+  if low > high:
+    raise PlanError(f"budget {budget:.3g}: its sizes [{centre / spread:.3g}, "
+                    f"{centre * spread:.3g}] lie outside --min_params/--max_params "
+                    f"[{min_params:.3g}, {max_params:.3g}].")
+  return np.exp(np.linspace(math.log(low), math.log(high), sizes))
+
+
+def plan_sweep(family: Family, budgets: Sequence[float], *, sizes: int = 5,
+               spread: float = 4.0, tokens_per_param: float = 20.0, batch_size: int,
+               targets_length: int, inputs_length: int = 0, min_params: float = 0.0,
+               max_params: float = math.inf) -> list[PlannedRun]:
+  """One IsoFLOP profile of up to `sizes` distinct shapes per budget."""
+  if sizes < 1 or spread < 1 or batch_size < 1 or targets_length < 1:
+    raise PlanError("--sizes, --batch_size and --targets_length must be positive and "
+                    "--spread at least 1.")
+  if family.base.is_encoder_decoder and inputs_length < 1:
+    raise PlanError("an encoder-decoder family needs --inputs_length.")
+  if any(not (math.isfinite(b) and b > 0) for b in budgets) or not budgets:
+    raise PlanError(f"--budgets must be positive FLOP counts, got {list(budgets)}.")
+  candidates = family.candidates()
+  # Training FLOPs per token as a smooth function of N, interpolated (log-log)
+  # over the family's shapes; beyond them it is extrapolated as ~6N.
+  counted = sorted((params, counting.count(config, targets_length=targets_length,
+                                           inputs_length=inputs_length).flops_per_token)
+                   for params, config in candidates)
+  log_n = np.log([params for params, _ in counted])
+  log_ratio = np.log([fpt / params for params, fpt in counted])
+
+  def flops_per_token(params: float) -> float:
+    return params * math.exp(np.interp(math.log(params), log_n, log_ratio))
+
+  runs = []
+  for budget in sorted(budgets):
+    seen = set()
+    centre = rule_of_thumb_params(budget, tokens_per_param, flops_per_token)
+    for target in target_sizes(budget, sizes, spread, centre, min_params, max_params):
+      config = family.nearest(target, candidates)
+      shape = (config.num_decoder_layers, config.d_model)
+      if shape in seen:
+        continue
+      seen.add(shape)
+      counts = counting.count(config, targets_length=targets_length,
+                              inputs_length=inputs_length)
+      steps = round(budget / (counts.flops_per_sequence * batch_size))
+      if steps < 1:
+        raise PlanError(f"budget {budget:.3g} buys less than one step of the {counts.params:,}-"
+                        "parameter shape; raise the budget or lower --batch_size.")
+      tokens = steps * batch_size * counts.tokens_per_sequence
+      runs.append(PlannedRun(
+          id=f"{_budget_label(budget)}-L{shape[0]}-d{shape[1]}", budget=budget, config=config,
+          params=counts.params, flops_per_token=counts.flops_per_token, steps=steps,
+          tokens=tokens, flops=steps * batch_size * counts.flops_per_sequence))
+  return runs

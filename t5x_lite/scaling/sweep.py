@@ -1,0 +1,194 @@
+"""Running a sweep plan (from `python -m t5x_lite.scaling plan`) and collecting RUNS.csv.
+
+Each planned run is one `python -m t5x_lite.train` job in <sweep_dir>/<run id>,
+configured by the plan's gin files and bindings plus the sweep's own (task,
+learning rate, mesh: e.g. experiments/scaling/sweep.gin). Locally the runs go
+one after another; a run whose metrics.jsonl already holds its final
+evaluation is skipped, and an interrupted one resumes from its checkpoint,
+so re-running the same command finishes a sweep. For a cluster,
+`launch_commands` gives one shell command per run instead.
+
+`collect` reads every finished run's evaluations into two tables: RUNS.csv
+(one row per run: final validation loss, counted N, D = steps x batch x
+length, C = D x counted FLOPs per token) for the isoflop and parametric
+fits, and a training-curves table (one row per evaluation, with run and
+step) for the envelope fit.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from typing import Callable, Optional, Sequence, TextIO
+
+RUNS_COLUMNS = ("run", "budget", "params", "tokens", "flops", "loss", "steps", "num_layers",
+                "d_model", "d_ff")
+CURVE_COLUMNS = ("run", "step", "params", "tokens", "flops", "loss")
+
+
+class SweepError(ValueError):
+  """A plan file or sweep directory that cannot be used; the message says what to fix."""
+
+
+def read_plan(path: str) -> dict:
+  if not os.path.isfile(path):
+    raise SweepError(f"plan {path!r} does not exist; write one with "
+                     "`python -m t5x_lite.scaling plan ... --output PLAN.json`.")
+  try:
+    with open(path) as handle:
+      plan = json.load(handle)
+    missing = [key for key in ("gin_files", "batch_size", "targets_length", "runs")
+               if key not in plan]
+  except (json.JSONDecodeError, TypeError) as error:
+    raise SweepError(f"plan {path!r} is not a plan written by `scaling plan`: {error}") from None
+  if missing:
+    raise SweepError(f"plan {path!r} lacks {missing}; write it with `scaling plan --output`.")
+  return plan
+
+
+def _feature_lengths(plan: dict) -> str:
+  lengths = {"targets": plan["targets_length"]}
+  if plan.get("inputs_length"):
+    lengths = {"inputs": plan["inputs_length"], **lengths}
+  return repr(lengths)
+
+
+def train_args(plan: dict, run: dict, sweep_dir: str, gin_files: Sequence[str] = (),
+               gin_bindings: Sequence[str] = (), warmup_fraction: float = 0.05,
+               evaluations: int = 8) -> list[str]:
+  """`python -m t5x_lite.train` arguments for one planned run.
+
+  The sweep's own gin files come first and the plan's family after them, so
+  the family's preset is what the shape bindings modify; command-line
+  bindings come last and win.
+  """
+  steps = int(run["steps"])
+  every = max(1, steps // max(1, evaluations))
+  args = [f"--gin_file={path}" for path in (*gin_files, *plan["gin_files"])]
+  args += [f"--gin_search_paths={path}" for path in plan.get("gin_search_paths", [])]
+  bindings = [*plan.get("gin_bindings", []), *run["bindings"],
+              f"MODEL_DIR = {os.path.join(sweep_dir, run['id'])!r}",
+              f"TRAIN_STEPS = {steps}", f"BATCH_SIZE = {plan['batch_size']}",
+              f"TASK_FEATURE_LENGTHS = {_feature_lengths(plan)}",
+              f"WARMUP_STEPS = {max(1, round(warmup_fraction * steps))}",
+              f"train.eval_every = {every}", f"train.checkpoint_every = {every}",
+              *gin_bindings]
+  for binding in bindings:
+    key, _, value = binding.partition("=")
+    args.append(f"--gin.{key.strip()}={value.strip()}")
+  return args
+
+
+def launch_commands(plan: dict, sweep_dir: str, **kwargs) -> list[str]:
+  """One shell command per run (for a cluster's job scripts)."""
+  return [shlex.join([sys.executable, "-m", "t5x_lite.train",
+                      *train_args(plan, run, sweep_dir, **kwargs)]) for run in plan["runs"]]
+
+
+def evaluations(model_dir: str) -> list[dict]:
+  """The eval rows of a run's metrics.jsonl, by step (the last write of a step wins)."""
+  path = os.path.join(model_dir, "metrics.jsonl")
+  if not os.path.isfile(path):
+    return []
+  rows = {}
+  with open(path) as handle:
+    for line in handle:
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError:  # A line cut short by a kill: ignore it.
+        continue
+      if row.get("split") == "eval":
+        rows[int(row["step"])] = row
+  return [rows[step] for step in sorted(rows)]
+
+
+def is_finished(run: dict, sweep_dir: str) -> bool:
+  rows = evaluations(os.path.join(sweep_dir, run["id"]))
+  return bool(rows) and rows[-1]["step"] >= int(run["steps"])
+
+
+def _subprocess_train(args: list[str], log_path: str, stream: TextIO) -> int:
+  """Runs the trainer in a child process, echoing its output to `stream` and a log."""
+  with open(log_path, "a") as log:
+    child = subprocess.Popen([sys.executable, "-m", "t5x_lite.train", *args],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in child.stdout:
+      log.write(line)
+      stream.write("    " + line)
+      stream.flush()
+    return child.wait()
+
+
+def run_sweep(plan: dict, sweep_dir: str, *, gin_files: Sequence[str] = (),
+              gin_bindings: Sequence[str] = (), warmup_fraction: float = 0.05,
+              evaluations_per_run: int = 8, stream: TextIO = sys.stdout,
+              train: Optional[Callable[[list[str], str, TextIO], int]] = None) -> list[str]:
+  """Trains every unfinished run of `plan` in turn; returns the ids of runs that failed."""
+  train = train or _subprocess_train
+  os.makedirs(sweep_dir, exist_ok=True)
+  runs = plan["runs"]
+  total_flops = sum(float(run["flops"]) for run in runs)
+  done_flops, spent, failed = 0.0, 0.0, []
+  for index, run in enumerate(runs, start=1):
+    header = (f"[{index}/{len(runs)}] {run['id']}: {int(run['params']):,} params, "
+              f"{int(run['steps'])} steps, {float(run['flops']):.3g} FLOPs")
+    if is_finished(run, sweep_dir):
+      print(f"{header}: finished earlier, skipped", file=stream, flush=True)
+      total_flops -= float(run["flops"])
+      continue
+    print(header, file=stream, flush=True)
+    model_dir = os.path.join(sweep_dir, run["id"])
+    os.makedirs(model_dir, exist_ok=True)
+    start = time.perf_counter()
+    status = train(train_args(plan, run, sweep_dir, gin_files, gin_bindings, warmup_fraction,
+                              evaluations_per_run), os.path.join(model_dir, "train.log"), stream)
+    spent += time.perf_counter() - start
+    done_flops += float(run["flops"])
+    if status != 0 or not is_finished(run, sweep_dir):
+      failed.append(run["id"])
+      print(f"{run['id']} failed (exit status {status}); see {model_dir}/train.log",
+            file=stream, flush=True)
+    remaining = spent / done_flops * (total_flops - done_flops)
+    print(f"sweep: {done_flops / total_flops:.0%} of this session's FLOPs done, "
+          f"{spent / 60:.1f} min so far, ETA {remaining / 60:.1f} min", file=stream, flush=True)
+  return failed
+
+
+def collect(plan: dict, sweep_dir: str, runs_csv: str,
+            curves_csv: Optional[str] = None) -> tuple[int, list[str]]:
+  """Writes RUNS.csv (and the curves table) from the finished runs.
+
+  Returns (runs written, ids of unfinished runs left out).
+  """
+  rows, curves, unfinished = [], [], []
+  tokens_per_step = plan["batch_size"] * (plan["targets_length"] + plan.get("inputs_length", 0))
+  for run in plan["runs"]:
+    evals = evaluations(os.path.join(sweep_dir, run["id"]))
+    if not evals or evals[-1]["step"] < int(run["steps"]):
+      unfinished.append(run["id"])
+      continue
+    flops_per_token = float(run["flops"]) / float(run["tokens"])
+    final = evals[-1]
+    rows.append({"run": run["id"], "budget": run["budget"], "params": run["params"],
+                 "tokens": run["tokens"], "flops": run["flops"], "loss": final["loss"],
+                 "steps": run["steps"], "num_layers": run["num_layers"],
+                 "d_model": run["d_model"], "d_ff": run["d_ff"]})
+    for row in evals:
+      tokens = int(row["step"]) * tokens_per_step
+      curves.append({"run": run["id"], "step": int(row["step"]), "params": run["params"],
+                     "tokens": tokens, "flops": tokens * flops_per_token, "loss": row["loss"]})
+  for path, columns, table in ((runs_csv, RUNS_COLUMNS, rows),
+                               (curves_csv, CURVE_COLUMNS, curves)):
+    if path:
+      temporary = path + ".tmp"
+      with open(temporary, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(table)
+      os.replace(temporary, path)  # Never leave a half-written table behind.
+  return len(rows), unfinished

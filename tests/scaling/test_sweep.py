@@ -1,0 +1,100 @@
+"""tools/scaling_sweep.py's engine: train every planned run once, resume, collect RUNS.csv."""
+
+import io
+import json
+import os
+
+import pytest
+
+from t5x_lite import train
+from t5x_lite.scaling import sweep
+from t5x_lite.scaling.__main__ import load_model_config
+from t5x_lite.scaling.planning import Family, plan_sweep
+from t5x_lite.scaling.runs import read_runs
+
+
+def make_plan(gin_file="experiments/scaling/family.gin", budgets=(1e12, 3e12), sizes=3,
+              batch_size=16, length=256) -> dict:
+  family = Family(load_model_config([gin_file], [], []), aspect_ratio=32, head_dim=32)
+  runs = plan_sweep(family, list(budgets), sizes=sizes, batch_size=batch_size,
+                    targets_length=length)
+  return {"gin_files": [gin_file], "gin_bindings": [], "batch_size": batch_size,
+          "inputs_length": 0, "targets_length": length, "runs": [r.as_dict() for r in runs]}
+
+
+def fake_train(losses):
+  """Stands in for the trainer: writes the evaluations a finished run leaves behind."""
+  calls = []
+
+  def run(args, log_path, stream):
+    values = dict(arg[len("--gin."):].split("=", 1) for arg in args if arg.startswith("--gin."))
+    model_dir, steps = eval(values["MODEL_DIR"]), int(values["TRAIN_STEPS"])
+    calls.append(os.path.basename(model_dir))
+    if calls[-1] in losses.get("fail", ()):
+      return 2
+    with open(os.path.join(model_dir, "metrics.jsonl"), "a") as handle:
+      for step in (steps // 2, steps):
+        loss = losses[calls[-1]] + (0.5 if step < steps else 0.0)
+        handle.write(json.dumps({"step": step, "split": "eval", "loss": loss}) + "\n")
+    return 0
+  return run, calls
+
+
+def test_train_args_set_the_shape_the_length_and_the_cadence():
+  plan = make_plan()
+  run = plan["runs"][0]
+  args = sweep.train_args(plan, run, "/sweep", gin_files=["experiments/scaling/sweep.gin"],
+                          gin_bindings=["LEARNING_RATE = 1e-3"], evaluations=4)
+  assert args[:2] == ["--gin_file=experiments/scaling/sweep.gin",
+                      "--gin_file=experiments/scaling/family.gin"]
+  assert f"--gin.TransformerConfig.d_model={run['d_model']}" in args
+  assert f"--gin.TRAIN_STEPS={run['steps']}" in args
+  assert f"--gin.MODEL_DIR='/sweep/{run['id']}'" in args
+  assert f"--gin.train.eval_every={run['steps'] // 4}" in args
+  assert args[-1] == "--gin.LEARNING_RATE=1e-3"  # the user's bindings win
+  assert "t5x_lite.train" in sweep.launch_commands(plan, "/sweep")[0]
+
+
+def test_sweep_skips_finished_runs_reports_failures_and_collects_tables(tmp_path):
+  plan = make_plan()
+  ids = [run["id"] for run in plan["runs"]]
+  losses = {run_id: 3.0 - 0.1 * i for i, run_id in enumerate(ids)}
+  losses["fail"] = (ids[1],)
+  trainer, calls = fake_train(losses)
+  failed = sweep.run_sweep(plan, str(tmp_path), train=trainer, stream=io.StringIO())
+  assert failed == [ids[1]] and calls == ids
+
+  losses["fail"] = ()
+  output = io.StringIO()
+  assert sweep.run_sweep(plan, str(tmp_path), train=trainer, stream=output) == []
+  assert calls[len(ids):] == [ids[1]]  # only the failed run was trained again
+  assert output.getvalue().count("finished earlier, skipped") == len(ids) - 1
+
+  written, unfinished = sweep.collect(plan, str(tmp_path), str(tmp_path / "RUNS.csv"),
+                                      str(tmp_path / "CURVES.csv"))
+  assert (written, unfinished) == (len(ids), [])
+  runs = read_runs(str(tmp_path / "RUNS.csv"))
+  assert list(runs.loss) == pytest.approx([losses[i] for i in ids])
+  assert list(runs.flops) == pytest.approx([run["flops"] for run in plan["runs"]])
+  curves = read_runs(str(tmp_path / "CURVES.csv"))
+  assert len(curves) == 2 * len(ids) and set(curves.run) == set(ids)
+
+
+def test_a_planned_run_trains_through_the_real_job(tmp_path):
+  """The plan's bindings are ones the trainer accepts: one tiny run, end to end."""
+  plan = make_plan("models/tiny_causal_decoder.gin", budgets=(2.5e8,), sizes=1, batch_size=2,
+                   length=32)
+  plan["runs"] = plan["runs"][:1]
+  extra = ["runs/pretrain.gin", "meshes/single_device.gin"]
+  bindings = ["MIXTURE_OR_TASK_NAME = 'pydocs.full_lm.byte'", "train.eval_steps = 1",
+              "TransformerConfig.max_length = 32"]
+
+  def in_process(args, log_path, stream):
+    return train.main(args)
+
+  failed = sweep.run_sweep(plan, str(tmp_path), gin_files=extra, gin_bindings=bindings,
+                           evaluations_per_run=2, train=in_process, stream=io.StringIO())
+  assert failed == []
+  written, _ = sweep.collect(plan, str(tmp_path), str(tmp_path / "RUNS.csv"))
+  assert written == 1
+  assert 0 < read_runs(str(tmp_path / "RUNS.csv")).loss[0] < 10
