@@ -149,10 +149,26 @@ class Attention(nnx.Module):
     bias: additive [1, heads, t, s] (T5 relative position bias).
     *_positions: [b, t] / [b, s] token positions for RoPE.
     """
-    query, key, value = self.query(inputs_q), self.key(inputs_kv), self.value(inputs_kv)
+    key, value = self.keys_values(inputs_kv, kv_positions)
+    return self.attend(inputs_q, key, value, mask=mask, bias=bias, is_causal=is_causal,
+                       q_positions=q_positions)
+
+  def keys_values(self, inputs_kv: Array, positions: Optional[Array] = None
+                  ) -> tuple[Array, Array]:
+    """Keys (rotated when RoPE is on) and values [b, s, kv_heads, head_dim]: what a
+    decoding cache keeps."""
+    key, value = self.key(inputs_kv), self.value(inputs_kv)
+    if self.use_rope:
+      key = apply_rope(key, positions, self.config.rope_theta)
+    return key, value
+
+  def attend(self, inputs_q: Array, key: Array, value: Array, *, mask: Optional[Array],
+             bias: Optional[Array] = None, is_causal: bool = False,
+             q_positions: Optional[Array] = None) -> Array:
+    """Attention of inputs_q [b, t, d] over given keys and values [b, s, kv_heads, head_dim]."""
+    query = self.query(inputs_q)
     if self.use_rope:
       query = apply_rope(query, q_positions, self.config.rope_theta)
-      key = apply_rope(key, kv_positions, self.config.rope_theta)
     query = constrain(query, ("activation_batch", "activation_length", "activation_heads", None))
     key = constrain(key, ("activation_batch", "activation_length", "activation_kv_heads", None))
     value = constrain(value, ("activation_batch", "activation_length", "activation_kv_heads",
@@ -201,14 +217,18 @@ class RelativePositionBias(nnx.Module):
                                              ("relpos_buckets", "heads")),
         rngs=rngs, **dtypes(config))
 
-  def __call__(self, q_length: int, k_length: int) -> Array:
-    """Returns the additive bias [1, heads, q_length, k_length]."""
-    relative = jnp.arange(k_length)[None, :] - jnp.arange(q_length)[:, None]
+  def __call__(self, q_length: int, k_length: int,
+               q_positions: Optional[Array] = None) -> Array:
+    """The additive bias [1, heads, q_length, k_length] for queries at 0..q_length-1, or
+    [b, heads, t, k_length] for queries at q_positions [b, t] (incremental decoding)."""
+    if q_positions is None:
+      q_positions = jnp.arange(q_length)[None]
+    relative = jnp.arange(k_length)[None, None, :] - q_positions[:, :, None]
     buckets = relative_position_bucket(relative, bidirectional=self.bidirectional,
                                        num_buckets=self.num_buckets,
                                        max_distance=self.max_distance)
-    values = self.embedding(buckets)  # [q, k, heads]
-    return jnp.transpose(values, (2, 0, 1))[None]
+    values = self.embedding(buckets)  # [b, q, k, heads]
+    return jnp.transpose(values, (0, 3, 1, 2))
 
 
 def sinusoidal_positions(positions: Array, d_model: int, max_timescale: float = 1.0e4) -> Array:

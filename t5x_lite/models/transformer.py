@@ -8,6 +8,11 @@
     positions where decoder_causal_attention is 1 (the prefix).
 Packed batches carry *_segment_ids and *_positions: attention never crosses a
 segment boundary, and positions restart in every segment.
+
+Incremental decoding (t5x_lite/decoding.py) runs the same blocks over a key/value
+cache: `init_cache` allocates it (with the encoder's cross-attention keys and
+values computed once), `decode_cached` writes the new tokens' keys and values at
+their positions and attends over the whole cache under a caller-built mask.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ class AttentionContext:
   positions: Optional[Array] = None   # [b, t] for RoPE
   encoded: Optional[Array] = None     # [b, s, d] encoder output (cross-attention)
   cross_mask: Optional[Array] = None  # [b, 1, t, s] bool
+  cache_positions: Optional[Array] = None  # [b, t] cache slots of this call's tokens
 
 
 class Block(nnx.Module):
@@ -66,20 +72,37 @@ class Block(nnx.Module):
       return x + layers.dropout(branch(norm(x)), rate, rng)
     return norm(x + layers.dropout(branch(x), rate, rng))
 
-  def __call__(self, x: Array, ctx: AttentionContext, dropout_rng: Optional[Array]) -> Array:
+  def __call__(self, x: Array, ctx: AttentionContext, dropout_rng: Optional[Array],
+               cache: Optional[dict] = None):
+    """The layer's output; with a decoding `cache` (this layer's key/value arrays),
+    (output, updated cache)."""
     rngs = [None] * 4 if dropout_rng is None else list(jax.random.split(dropout_rng, 4))
+    updated = None if cache is None else dict(cache)
 
     def self_attend(h):
-      return self.self_attention(h, h, mask=ctx.self_mask, bias=ctx.self_bias,
-                                 is_causal=ctx.is_causal, q_positions=ctx.positions,
-                                 kv_positions=ctx.positions)
+      attention = self.self_attention
+      if cache is None:
+        return attention(h, h, mask=ctx.self_mask, bias=ctx.self_bias, is_causal=ctx.is_causal,
+                         q_positions=ctx.positions, kv_positions=ctx.positions)
+      key, value = attention.keys_values(h, ctx.positions)
+      rows = jnp.arange(h.shape[0])[:, None]
+      updated["key"] = cache["key"].at[rows, ctx.cache_positions].set(key)
+      updated["value"] = cache["value"].at[rows, ctx.cache_positions].set(value)
+      return attention.attend(h, updated["key"], updated["value"], mask=ctx.self_mask,
+                              bias=ctx.self_bias, q_positions=ctx.positions)
+
+    def cross_attend(h):
+      if cache is None:
+        return self.cross_attention(h, ctx.encoded, mask=ctx.cross_mask)
+      return self.cross_attention.attend(h, cache["cross_key"], cache["cross_value"],
+                                         mask=ctx.cross_mask)
 
     x = self._residual(x, self.self_attention_norm, self_attend, rngs[0])
-    if ctx.encoded is not None:
-      cross_attend = lambda h: self.cross_attention(h, ctx.encoded, mask=ctx.cross_mask)
+    if hasattr(self, "cross_attention"):
       x = self._residual(x, self.cross_attention_norm, cross_attend, rngs[1])
     x = self._residual(x, self.mlp_norm, lambda h: self.mlp(h, dropout_rng=rngs[3]), rngs[2])
-    return constrain(x, HIDDEN_AXES)
+    x = constrain(x, HIDDEN_AXES)
+    return x if cache is None else (x, updated)
 
 
 class TransformerStack(nnx.Module):
@@ -112,18 +135,26 @@ class TransformerStack(nnx.Module):
       self.final_norm = layers.make_norm(config, rngs=rngs)
 
   def __call__(self, x: Array, ctx: AttentionContext, positions: Array,
-               dropout_rng: Optional[Array] = None) -> Array:
+               dropout_rng: Optional[Array] = None, cache: Optional[dict] = None):
+    """The stack's output; with a decoding `cache` (arrays stacked over layers, tokens
+    written at `positions`), (output, updated cache)."""
     config = self.config
     if config.position_encoding in ("learned", "sinusoidal"):
-      if x.shape[1] > config.max_length:
+      if cache is None and x.shape[1] > config.max_length:
         raise ValueError(
             f"Sequence length {x.shape[1]} exceeds TransformerConfig.max_length="
             f"{config.max_length} of the absolute position table.")
       x = self.absolute_positions(x, positions)
     if config.position_encoding == "t5_relative":
-      ctx = dataclasses.replace(ctx, self_bias=self.relative_bias(x.shape[1], x.shape[1]))
+      if cache is None:
+        bias = self.relative_bias(x.shape[1], x.shape[1])
+      else:
+        bias = self.relative_bias(x.shape[1], cache["key"].shape[2], q_positions=positions)
+      ctx = dataclasses.replace(ctx, self_bias=bias)
     if config.position_encoding == "rope":
       ctx = dataclasses.replace(ctx, positions=positions)
+    if cache is not None:
+      ctx = dataclasses.replace(ctx, cache_positions=positions)
     if dropout_rng is not None:
       dropout_rng, embed_rng = jax.random.split(dropout_rng)
       x = layers.dropout(x, config.dropout_rate, embed_rng)
@@ -132,23 +163,43 @@ class TransformerStack(nnx.Module):
       layer_rngs = None
     x = constrain(x, HIDDEN_AXES)
 
-    def apply_block(graphdef, state, h, rng):
-      return nnx.merge(graphdef, state)(h, ctx, rng)
+    def apply_block(graphdef, state, h, rng, layer_cache):
+      if layer_cache is None:
+        return nnx.merge(graphdef, state)(h, ctx, rng), None
+      return nnx.merge(graphdef, state)(h, ctx, rng, layer_cache)
 
-    if config.remat_policy != "none":
+    if config.remat_policy != "none" and cache is None:
       apply_block = jax.checkpoint(apply_block, policy=REMAT_POLICIES[config.remat_policy],
                                    static_argnums=(0,))
     if config.scan_layers:
       graphdef, state = nnx.split(self.layers)
-      x, _ = jax.lax.scan(lambda h, xs: (apply_block(graphdef, xs[0], h, xs[1]), None),
-                          x, (state, layer_rngs))
+      x, cache = jax.lax.scan(lambda h, xs: apply_block(graphdef, xs[0], h, xs[1], xs[2]),
+                              x, (state, layer_rngs, cache))
     else:
+      updated = []
       for i, block in enumerate(self.layers):
         graphdef, state = nnx.split(block)
-        x = apply_block(graphdef, state, x, None if layer_rngs is None else layer_rngs[i])
+        layer_cache = None if cache is None else jax.tree.map(lambda a, i=i: a[i], cache)
+        x, layer_cache = apply_block(graphdef, state, x,
+                                     None if layer_rngs is None else layer_rngs[i], layer_cache)
+        updated.append(layer_cache)
+      if cache is not None:
+        cache = jax.tree.map(lambda *arrays: jnp.stack(arrays), *updated)
     if config.norm_position == "pre":
       x = self.final_norm(x)
-    return layers.dropout(x, config.dropout_rate, dropout_rng)
+    x = layers.dropout(x, config.dropout_rate, dropout_rng)
+    return x if cache is None else (x, cache)
+
+  def cross_keys_values(self, encoded: Array) -> dict:
+    """Every layer's cross-attention keys and values of the encoder output, stacked."""
+    def layer(block):
+      key, value = block.cross_attention.keys_values(encoded)
+      return {"cross_key": key, "cross_value": value}
+
+    if self.config.scan_layers:
+      graphdef, state = nnx.split(self.layers)
+      return jax.lax.map(lambda layer_state: layer(nnx.merge(graphdef, layer_state)), state)
+    return jax.tree.map(lambda *arrays: jnp.stack(arrays), *[layer(b) for b in self.layers])
 
 
 def _positions(batch: Batch, prefix: str, tokens: Array) -> Array:
@@ -229,6 +280,26 @@ class Transformer(nnx.Module):
     hidden = self.decoder(self.embed(tokens), ctx, _positions(batch, "decoder", tokens),
                           dropout_rng)
     return self.logits(hidden)
+
+  def init_cache(self, batch_size: int, length: int, encoded: Optional[Array] = None) -> dict:
+    """An empty decoding cache of `length` positions, plus the cross-attention keys and
+    values of `encoded` (encoder_decoder). Arrays are stacked over decoder layers."""
+    config = self.config
+    shape = (config.num_decoder_layers, batch_size, length, config.kv_heads,
+             config.resolved_head_dim)
+    cache = {"key": jnp.zeros(shape, config.dtype), "value": jnp.zeros(shape, config.dtype)}
+    if encoded is not None:
+      cache.update(self.decoder.cross_keys_values(encoded))
+    return cache
+
+  def decode_cached(self, tokens: Array, positions: Array, self_mask: Array, cache: dict,
+                    cross_mask: Optional[Array] = None) -> tuple[Array, dict]:
+    """Logits of `tokens` [b, t] at `positions` [b, t], attending to the cache under
+    `self_mask` [b, 1, t, cache length] (and the encoder under `cross_mask`); returns
+    them with the cache updated by these tokens' keys and values."""
+    ctx = AttentionContext(self_mask=self_mask, cross_mask=cross_mask)
+    hidden, cache = self.decoder(self.embed(tokens), ctx, positions, cache=cache)
+    return self.logits(hidden), cache
 
   def logits(self, hidden: Array) -> Array:
     if self.config.scales_decoder_outputs:
