@@ -8,6 +8,7 @@ setup(
     description="A small, fast, readable JAX codebase for language-model pretraining research "
                 "with a built-in scaling-law toolkit.",
     packages=find_packages(include=["t5x_lite", "t5x_lite.*"]),
+    package_data={"t5x_lite": ["data/multiple_choice/*.jsonl"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.10.2,<0.11",

@@ -184,3 +184,18 @@ def restore_params(path: str, abstract_params: Any) -> Any:
                                    restore_args=ocp.checkpoint_utils.construct_restore_args(
                                        target))))
   return unflatten_state({"params": abstract_params}, restored["state"])["params"]
+
+
+def load_model(path: str, config) -> "Transformer":  # noqa: F821
+  """A Transformer of `config` holding the params of the latest checkpoint in `path` (a
+  MODEL_DIR or its checkpoints/ directory), on the default device, for inference."""
+  from flax import nnx
+
+  from t5x_lite.models.transformer import Transformer
+
+  abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(params=0)))
+  graphdef, abstract_params = nnx.split(abstract, nnx.Param)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                        abstract_params)
+  return nnx.merge(graphdef, restore_params(path, target))

@@ -299,3 +299,63 @@ def beam_search(model: Transformer, inputs, *, max_new_tokens: int, beams: int =
                                 max_new_tokens=max_new_tokens, beams=int(beams),
                                 alpha=float(alpha), eos_id=eos_id)
   return Decoded(np.asarray(tokens), np.asarray(scores))
+
+
+def _bucket(length: int, multiple: int = 32) -> int:
+  """Pads lengths up to a multiple so nearby batch shapes share one compilation."""
+  return max(multiple, -(-length // multiple) * multiple)
+
+
+def score(model: Transformer, inputs: list, targets: list) -> tuple[np.ndarray, np.ndarray]:
+  """Log-likelihood of each target token list given its inputs (teacher forcing).
+
+  inputs, targets: lists of token-id lists (an input may be empty for decoders).
+  Returns (sum of target log-probabilities [n], number of target tokens [n]). The
+  feature dicts are laid out as seqio's converters would: the encoder-decoder
+  reads inputs in the encoder; decoders read [inputs, targets] shifted right, the
+  prefix decoder with inputs + BOS bidirectional.
+  """
+  if len(inputs) != len(targets) or any(len(t) == 0 for t in targets):
+    raise DecodingError("score needs one non-empty target per input.")
+  architecture = model.config.architecture
+  count = len(targets)
+  if architecture == "encoder_decoder":
+    if any(len(i) == 0 for i in inputs):
+      raise DecodingError("the encoder-decoder needs non-empty inputs to score targets.")
+    encoder = np.zeros((count, _bucket(max(map(len, inputs)))), np.int32)
+    for row, tokens in enumerate(inputs):
+      encoder[row, :len(tokens)] = tokens
+    sequences, starts = targets, [0] * count
+  else:
+    encoder = None
+    sequences = [list(i) + list(t) for i, t in zip(inputs, targets)]
+    starts = [len(i) for i in inputs]
+  length = _bucket(max(map(len, sequences)))
+  if length > model.config.max_length and model.config.position_encoding == "learned":
+    raise DecodingError(f"a sequence of {max(map(len, sequences))} tokens exceeds the model's "
+                        f"maximum length {model.config.max_length}.")
+  decoder_targets = np.zeros((count, length), np.int32)
+  weights = np.zeros((count, length), np.float32)
+  prefix = np.zeros((count, length), np.int32)
+  for row, (tokens, start) in enumerate(zip(sequences, starts)):
+    decoder_targets[row, :len(tokens)] = tokens
+    weights[row, start:len(tokens)] = 1.0
+    prefix[row, :start + 1] = 1
+  batch = {"decoder_target_tokens": decoder_targets,
+           "decoder_input_tokens": np.pad(decoder_targets[:, :-1], ((0, 0), (1, 0))),
+           "decoder_loss_weights": weights}
+  if encoder is not None:
+    batch["encoder_input_tokens"] = encoder
+  if architecture == "prefix_decoder":
+    batch["decoder_causal_attention"] = prefix
+  graphdef, state = nnx.split(model)
+  sums = _score(graphdef, state, {k: jnp.asarray(v) for k, v in batch.items()})
+  return np.asarray(sums), weights.sum(axis=1)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _score(graphdef, state, batch):
+  logits = nnx.merge(graphdef, state)(batch)
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  picked = jnp.take_along_axis(log_probs, batch["decoder_target_tokens"][..., None], axis=-1)
+  return (picked[..., 0] * batch["decoder_loss_weights"]).sum(axis=1)

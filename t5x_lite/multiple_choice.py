@@ -1,0 +1,119 @@
+"""Rank-classification multiple choice (zero- and few-shot), as in Wang et al. (2022)
+and lm-evaluation-harness: each choice is scored by its log-likelihood as a
+continuation of the prompt, and the highest wins.
+
+Questions are JSON lines {"context": str, "choices": [str, ...], "label": int}; a
+choice is appended to the context as written (so it usually starts with a
+space). A k-shot prompt puts k other questions, each followed by its correct
+choice, before the context, separated by blank lines. Two accuracies are
+reported: by total log-likelihood, and length-normalised (per character of the
+choice, lm-eval's acc_norm), which removes the bias towards short choices.
+`pydocs_cloze` names the set that ships with the project (see
+tools/build_cloze.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from typing import Optional, Sequence, TextIO
+
+import numpy as np
+
+from t5x_lite import decoding
+
+BUILTIN = {"pydocs_cloze": os.path.join(os.path.dirname(__file__), "data", "multiple_choice",
+                                        "pydocs_cloze.jsonl")}
+
+
+class MultipleChoiceError(ValueError):
+  """A question file that cannot be used at all (missing, or no valid question)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Question:
+  context: str
+  choices: tuple[str, ...]
+  label: int
+
+
+def _question(line: str) -> Question:
+  record = json.loads(line)
+  if not isinstance(record, dict):
+    raise ValueError("not a JSON object")
+  missing = [key for key in ("context", "choices", "label") if key not in record]
+  if missing:
+    raise ValueError(f"missing {missing}")
+  choices, label = record["choices"], record["label"]
+  if not isinstance(choices, list) or len(choices) < 2 or not all(
+      isinstance(c, str) and c for c in choices):
+    raise ValueError("choices must be a list of two or more non-empty strings")
+  if not isinstance(label, int) or not 0 <= label < len(choices):
+    raise ValueError(f"label must be an index into the {len(choices)} choices, got {label!r}")
+  return Question(str(record["context"]), tuple(choices), label)
+
+
+def read_questions(path: str, warn: Optional[TextIO] = None) -> list[Question]:
+  """Questions from a JSONL file (or a builtin name); malformed lines are reported with
+  their line numbers on `warn` and skipped."""
+  path = BUILTIN.get(path, path)
+  if not os.path.isfile(path):
+    raise MultipleChoiceError(f"multiple-choice file {path!r} does not exist; give a JSONL path "
+                              f"or one of {sorted(BUILTIN)}.")
+  questions = []
+  with open(path, encoding="utf-8") as handle:
+    for number, line in enumerate(handle, start=1):
+      if not line.strip():
+        continue
+      try:
+        questions.append(_question(line))
+      except (ValueError, TypeError) as error:  # json.JSONDecodeError is a ValueError
+        print(f"warning: {path}:{number}: skipped: {error}", file=warn or sys.stderr)
+  if not questions:
+    raise MultipleChoiceError(f"{path} holds no valid question.")
+  return questions
+
+
+def prompts(questions: Sequence[Question], shots: int, seed: int = 0) -> list[str]:
+  """Each question's context after `shots` other questions answered correctly."""
+  if shots and shots >= len(questions):
+    raise MultipleChoiceError(f"{shots}-shot prompts need more than {shots} questions; the set "
+                              f"has {len(questions)}.")
+  rng = np.random.default_rng(seed)
+  built = []
+  for index, question in enumerate(questions):
+    others = [i for i in rng.permutation(len(questions))[:shots + 1] if i != index][:shots]
+    examples = [f"{questions[i].context}{questions[i].choices[questions[i].label]}\n\n"
+                for i in others]
+    built.append("".join(examples) + question.context)
+  return built
+
+
+def rank_classify(model, vocabulary, questions: Sequence[Question], *, shots: int = 0,
+                  seed: int = 0, batch_size: int = 32) -> dict:
+  """Accuracy and length-normalised accuracy of `model` on `questions`."""
+  contexts = [vocabulary.encode(p) for p in prompts(questions, shots, seed)]
+  pairs = [(q, c) for q, question in enumerate(questions) for c in range(len(question.choices))]
+  scores = np.zeros(len(pairs))
+  for start in range(0, len(pairs), batch_size):
+    chunk = pairs[start:start + batch_size]
+    inputs = [contexts[q] for q, _ in chunk]
+    targets = [vocabulary.encode(questions[q].choices[c]) for q, c in chunk]
+    scores[start:start + len(chunk)] = decoding.score(model, inputs, targets)[0]
+  correct = correct_normalised = 0
+  predictions = []
+  position = 0
+  for question in questions:
+    choice_scores = scores[position:position + len(question.choices)]
+    position += len(question.choices)
+    normalised = choice_scores / np.array([len(c) for c in question.choices])
+    predictions.append(int(np.argmax(choice_scores)))
+    correct += predictions[-1] == question.label
+    correct_normalised += int(np.argmax(normalised)) == question.label
+  return {"accuracy": correct / len(questions),
+          "accuracy_norm": correct_normalised / len(questions),
+          "questions": len(questions), "shots": shots,
+          "chance": float(np.mean([1 / len(q.choices) for q in questions])),
+          "predictions": predictions}
