@@ -149,3 +149,15 @@ def test_sampling_is_seeded_and_respects_top_k():
 def test_bad_prompts_are_one_clear_error(inputs, message):
   with pytest.raises(decoding.DecodingError, match=message):
     decoding.generate(tiny_model("causal_decoder"), inputs, max_new_tokens=8)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_score_is_the_sum_of_target_log_probabilities(architecture):
+  model = tiny_model(architecture)
+  prompt, target = [5, 9, 12], [7, 3, 1]
+  logits = full_forward_logits(model, prompt, target[:-1])
+  log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  expected = sum(log_probs[i, token] for i, token in enumerate(target))
+  scores, counts = decoding.score(model, [prompt, [4]], [target, [8, 8]])
+  assert counts.tolist() == [3, 2]
+  assert scores[0] == pytest.approx(expected, abs=1e-4)

@@ -1,0 +1,135 @@
+"""`python -m t5x_lite.infer` and `python -m t5x_lite.evaluate` on a freshly trained tiny model."""
+
+import json
+
+import numpy as np
+import pytest
+
+from t5x_lite import decoding, evaluate, gin_utils, infer, multiple_choice, train
+from tests import train_helpers
+
+TASK = "pydocs.full_lm.byte"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+  directory = tmp_path_factory.mktemp("tiny_run")
+  assert train.main(train_helpers.command_line(directory, steps=2)) == 0
+  return directory
+
+
+def infer_args(model_dir, output, **bindings):
+  values = {"CHECKPOINT_PATH": repr(str(model_dir)), "MIXTURE_OR_TASK_NAME": repr(TASK),
+            "INFER_OUTPUT": repr(str(output)), "infer.max_new_tokens": 8, **bindings}
+  return ["--gin_file=runs/infer.gin", "--gin_file=models/tiny_causal_decoder.gin"] + [
+      f"--gin.{key}={value}" for key, value in values.items()]
+
+
+def loaded_model(model_dir):
+  gin_utils.parse(["models/tiny_causal_decoder.gin"])
+  return infer.load_model(str(model_dir))
+
+
+def test_predictions_from_jsonl_skip_bad_lines_and_match_the_decoder(model_dir, tmp_path,
+                                                                     capsys):
+  inputs = tmp_path / "prompts.jsonl"
+  inputs.write_text('{"inputs": "def f(x):"}\nnot json\n{"inputs": ""}\n'
+                    '{"inputs": "import os", "targets": " path"}\n')
+  output = tmp_path / "predictions.jsonl"
+  assert infer.main(infer_args(model_dir, output, INFER_INPUTS=repr(str(inputs)))) == 0
+  captured = capsys.readouterr()
+  assert "prompts.jsonl:2: skipped" in captured.err and "prompts.jsonl:3: skipped" in captured.err
+  rows = [json.loads(line) for line in output.read_text().splitlines()]
+  assert [row["inputs"] for row in rows] == ["def f(x):", "import os"]
+
+  model = loaded_model(model_dir)
+  prompts = [list(b"def f(x):"), list(b"import os")]
+  ids = [[t + 3 for t in p] for p in prompts]  # seqio's byte vocabulary: byte + 3
+  expected = decoding.generate(model, infer.padded(ids), max_new_tokens=8)
+  np.testing.assert_allclose([row["score"] for row in rows], expected.scores, rtol=1e-5)
+
+
+def test_score_mode_reports_the_targets_log_likelihood(model_dir, tmp_path):
+  inputs = tmp_path / "pairs.jsonl"
+  inputs.write_text('{"inputs": "import os", "targets": " path"}\n')
+  output = tmp_path / "scores.jsonl"
+  assert infer.main(infer_args(model_dir, output, INFER_INPUTS=repr(str(inputs)),
+                               **{"infer.mode": "'score'"})) == 0
+  row = json.loads(output.read_text())
+  model = loaded_model(model_dir)
+  expected, tokens = decoding.score(model, [[t + 3 for t in b"import os"]],
+                                    [[t + 3 for t in b" path"]])
+  assert row["tokens"] == tokens[0] == 5
+  assert row["log_likelihood"] == pytest.approx(float(expected[0]), rel=1e-5)
+
+
+def test_beam_search_from_the_task_split_returns_ranked_beams(model_dir, tmp_path):
+  output = tmp_path / "beams.jsonl"
+  assert infer.main(infer_args(model_dir, output, **{
+      "infer.method": "'beam'", "infer.beams": 3, "infer.num_examples": 2,
+      "infer.prompt_length": 16})) == 0
+  rows = [json.loads(line) for line in output.read_text().splitlines()]
+  assert len(rows) == 2 and all(row["targets"] for row in rows)  # the split's continuation
+  for row in rows:
+    scores = [beam["score"] for beam in row["beams"]]
+    assert scores == sorted(scores, reverse=True) and row["prediction"] == row["beams"][0]["text"]
+
+
+@pytest.mark.parametrize("bindings,message", [
+    ({"infer.max_new_tokens": 120}, "maximum length 128 allows 7"),
+    ({"TransformerConfig.d_model": 96}, "params.decoder"),
+    ({"CHECKPOINT_PATH": "'/nonexistent/run'"}, "does not exist"),
+])
+def test_bad_requests_are_one_clear_error(model_dir, tmp_path, capsys, bindings, message):
+  inputs = tmp_path / "prompts.txt"
+  inputs.write_text("hello world\n")
+  with pytest.raises(SystemExit) as exit_info:
+    infer.main(infer_args(model_dir, tmp_path / "out.jsonl", INFER_INPUTS=repr(str(inputs)),
+                          **bindings))
+  assert exit_info.value.code == 2
+  assert message in capsys.readouterr().err
+  assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_rank_classification_on_a_hand_checked_example(monkeypatch):
+  """Choice log-likelihoods -2.0 (" a", 2 characters) and -3.0 (" bbbbbb", 7): the raw
+  score picks " a"; per character (-1.0 vs -0.43) picks " bbbbbb", the label."""
+  question = multiple_choice.Question("context", (" a", " bbbbbb"), label=1)
+  monkeypatch.setattr(decoding, "score",
+                      lambda model, inputs, targets: (np.array([-2.0, -3.0]), None))
+
+  class Vocabulary:
+    def encode(self, text):
+      return list(text.encode())
+
+  result = multiple_choice.rank_classify(None, Vocabulary(), [question])
+  assert result["predictions"] == [0]
+  assert (result["accuracy"], result["accuracy_norm"]) == (0.0, 1.0)
+
+
+def test_few_shot_prompts_answer_other_questions_first():
+  questions = [multiple_choice.Question(f"q{i}:", (" yes", " no"), i % 2) for i in range(4)]
+  prompts = multiple_choice.prompts(questions, shots=2, seed=0)
+  for question, prompt in zip(questions, prompts):
+    shots, own = prompt.rsplit("\n\n", 1)
+    assert own == question.context and question.context not in shots
+    assert shots.count("\n\n") == 1 and (" yes" in shots or " no" in shots)
+
+
+def test_evaluate_reports_perplexity_and_multiple_choice(model_dir, tmp_path, capsys):
+  questions = tmp_path / "mc.jsonl"
+  questions.write_text(
+      '{"context": "import", "choices": [" os", " zq"], "label": 0}\n'
+      '{"context": "def", "choices": [" f():", " xx"], "label": 0}\n'
+      '{"context": "x", "choices": [" y"], "label": 0}\n')  # one choice: skipped, line 3
+  args = ["--gin_file=runs/evaluate.gin", "--gin_file=models/tiny_causal_decoder.gin",
+          f"--gin.CHECKPOINT_PATH='{model_dir}'", f"--gin.MIXTURE_OR_TASK_NAME='{TASK}'",
+          "--gin.TASK_FEATURE_LENGTHS={'targets': 64}", "--gin.evaluate.eval_batches=2",
+          f"--gin.evaluate.multiple_choice=['{questions}']", "--gin.evaluate.shots=[0, 1]"]
+  assert evaluate.main(args) == 0
+  captured = capsys.readouterr()
+  assert "mc.jsonl:3: skipped" in captured.err
+  results = json.loads((model_dir / "evaluation.json").read_text())
+  assert np.isfinite(results["language_modelling"]["perplexity"])
+  assert set(results["multiple_choice"]) == {f"{questions}/0-shot", f"{questions}/1-shot"}
+  assert results["multiple_choice"][f"{questions}/0-shot"]["questions"] == 2
