@@ -24,9 +24,12 @@ demo: install
 	# Trains the quick-start decoder on the embedded corpus (a few minutes on CPU); a second
 	# run finds the finished checkpoint in MODEL_DIR and only reports it.
 	$(PY) -m t5x_lite.train --gin_file=runs/quickstart.gin
+	# ...then continues two validation passages with it (KV-cache greedy decoding).
+	$(PY) -m t5x_lite.infer --gin_file=runs/quickstart_generate.gin
 
 bench: install
 	$(PY) tools/benchmark.py
+	$(PY) tools/benchmark_decoding.py
 	$(PY) tools/benchmark_data.py
 	$(PY) tools/benchmark_scaling.py
 

@@ -243,8 +243,12 @@ def main(argv: Sequence[str]) -> int:
           checkpoints.CheckpointError, ValueError, OSError) as error:
     gin_utils.fail(str(error))
   for example, result in list(zip(summary["examples_text"], summary["results"]))[:3]:
-    shown = result.get("prediction", result.get("log_likelihood"))
-    print(f"{example['inputs'][-80:]!r} -> {shown!r}")
+    print(f"input:  {example['inputs'][-300:]!r}")
+    if "prediction" in result:
+      print(f"output: {result['prediction']!r} (log-likelihood {result['score']:.2f})\n")
+    else:
+      print(f"targets {example['targets']!r}: log-likelihood {result['log_likelihood']:.2f}, "
+            f"perplexity {result['perplexity']:.2f}\n")
   print(f"{summary['examples']} examples written to {summary['output_path']}")
   return 0
 
