@@ -73,13 +73,26 @@ def test_every_mesh_file_builds_its_mesh_on_eight_devices(name, shape):
       os.path.join(gin_utils.GIN_DIR, "meshes", "*.gin"))} == set(MESH_SHAPES)
 
 
-@pytest.mark.parametrize("run", ["pretrain", "finetune", "quickstart"])
+# run file: the entry point whose configurable it binds
+RUN_FILES = {"pretrain": "train", "finetune": "train", "quickstart": "train",
+             "infer": "infer", "quickstart_generate": "infer", "evaluate": "evaluate"}
+
+
+@pytest.mark.parametrize("run", sorted(RUN_FILES))
 def test_every_run_file_parses_with_its_required_macros_bound(run):
   import gin
 
-  import t5x_lite.trainer  # noqa: F401  Registers train and the optimizer configurables.
-  bindings = ["MODEL_DIR = '/tmp/unused'", "CHECKPOINT_PATH = '/tmp/unused'"]
-  gin_utils.parse([f"runs/{run}.gin", "models/tiny_causal_decoder.gin"],
-                  bindings if run == "finetune" else bindings[:1])
-  assert gin.query_parameter("%TRAIN_STEPS") > 0
+  # Register every configurable the run files bind.
+  import t5x_lite.evaluate  # noqa: F401
+  import t5x_lite.infer  # noqa: F401
+  import t5x_lite.trainer  # noqa: F401
+  bindings = ["MODEL_DIR = '/tmp/unused'", "CHECKPOINT_PATH = '/tmp/unused'",
+              "INFER_OUTPUT = '/tmp/unused.jsonl'"]
+  gin_utils.parse([f"runs/{run}.gin", "models/tiny_causal_decoder.gin"], bindings)
+  entry = RUN_FILES[run]
+  assert gin.query_parameter(f"{entry}.task") is not None
+  if entry == "train":
+    assert gin.query_parameter("%TRAIN_STEPS") > 0
   assert gin.query_parameter("%MIXTURE_OR_TASK_NAME").startswith("pydocs.")
+  assert {os.path.basename(f)[:-4] for f in glob.glob(
+      os.path.join(gin_utils.GIN_DIR, "runs", "*.gin"))} == set(RUN_FILES)
