@@ -161,3 +161,22 @@ def test_score_is_the_sum_of_target_log_probabilities(architecture):
   scores, counts = decoding.score(model, [prompt, [4]], [target, [8, 8]])
   assert counts.tolist() == [3, 2]
   assert scores[0] == pytest.approx(expected, abs=1e-4)
+
+
+def test_decoding_a_sharded_model_equals_one_device():
+  """Params sharded over a (data 2, fsdp 2, tensor 2) mesh of 8 CPU devices decode the same."""
+  import jax
+  from flax import nnx
+
+  from t5x_lite import partitioning
+
+  model = tiny_model("encoder_decoder", "t5_relative")
+  inputs = np.concatenate([prompts(ragged=True), prompts(ragged=False), prompts(ragged=True)])[:8]
+  expected = decoding.beam_search(model, inputs, max_new_tokens=NEW_TOKENS, beams=2)
+  mesh = partitioning.create_mesh((2, 2, 2))
+  graphdef, state = nnx.split(model)
+  sharded = nnx.merge(graphdef, jax.device_put(state, partitioning.state_shardings(state, mesh)))
+  with partitioning.axis_rules(mesh):
+    decoded = decoding.beam_search(sharded, inputs, max_new_tokens=NEW_TOKENS, beams=2)
+  np.testing.assert_array_equal(decoded.tokens, expected.tokens)
+  np.testing.assert_allclose(decoded.scores, expected.scores, atol=1e-4)
