@@ -62,7 +62,8 @@ def perplexity(model, task: str, feature_lengths: Mapping[str, int], split: str,
           "accuracy": totals["correct"] / tokens, "tokens": totals["tokens"]}
 
 
-def task_metrics(model, task: str, split: str, num_examples: int, max_new_tokens: int) -> dict:
+def task_metrics(model, task: str, split: str, num_examples: int, max_new_tokens: int,
+                 feature_lengths: Optional[Mapping[str, int]] = None) -> dict:
   """The seqio task's predict and score metrics on its first `num_examples` examples."""
   import seqio
 
@@ -73,7 +74,8 @@ def task_metrics(model, task: str, split: str, num_examples: int, max_new_tokens
   score_fns = getattr(provider, "score_metric_fns", [])
   if not predict_fns and not score_fns:
     return {}
-  examples = infer.task_examples(task, split, num_examples, prompt_length=32)
+  examples = infer.task_examples(task, split, num_examples, prompt_length=32,
+                                 feature_lengths=feature_lengths)
   input_vocabulary, vocabulary, add_eos = infer.task_vocabularies(task)
   prompts = infer.encode_prompts(examples, input_vocabulary, add_eos)
   targets = [example["targets"] for example in examples]
@@ -109,7 +111,8 @@ def evaluate(checkpoint_path: str = gin.REQUIRED, task: str = gin.REQUIRED,
   results = {"checkpoint": checkpoint_path, "task": task, "split": split,
              "language_modelling": perplexity(model, task, feature_lengths, split, batch_size,
                                               eval_batches),
-             "task_metrics": task_metrics(model, task, split, metric_examples, max_new_tokens),
+             "task_metrics": task_metrics(model, task, split, metric_examples, max_new_tokens,
+                                          feature_lengths),
              "multiple_choice": {}}
   for name, questions in question_sets.items():
     for count in shots:

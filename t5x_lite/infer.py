@@ -20,7 +20,7 @@ import json
 import math
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import gin
 import numpy as np
@@ -85,12 +85,14 @@ def read_examples(path: str, warn=None) -> list[dict]:
   return examples
 
 
-def task_examples(task: str, split: str, count: int, prompt_length: int) -> list[dict]:
-  """The first `count` examples of a task split as text."""
+def task_examples(task: str, split: str, count: int, prompt_length: int,
+                  feature_lengths: Optional[Mapping[str, int]] = None) -> list[dict]:
+  """The first `count` examples of a task split as text, cut by the task's preprocessors
+  at `feature_lengths` (default 4096 tokens each)."""
   import seqio
 
   provider = seqio.get_mixture_or_task(task)
-  lengths = {"inputs": 4096, "targets": 4096}
+  lengths = {"inputs": 4096, "targets": 4096, **(feature_lengths or {})}
   dataset = provider.get_dataset(lengths, split=split, shuffle=False, num_epochs=1)
   vocabulary = provider.output_features["targets"].vocabulary
   examples = []

@@ -133,3 +133,32 @@ def test_evaluate_reports_perplexity_and_multiple_choice(model_dir, tmp_path, ca
   assert np.isfinite(results["language_modelling"]["perplexity"])
   assert set(results["multiple_choice"]) == {f"{questions}/0-shot", f"{questions}/1-shot"}
   assert results["multiple_choice"][f"{questions}/0-shot"]["questions"] == 2
+
+
+def test_a_tasks_own_seqio_metrics_are_computed_from_its_predictions_and_scores(model_dir):
+  import seqio
+
+  base = seqio.get_mixture_or_task("pydocs.prefix_lm.byte")
+  seen = {}
+
+  def exact_match(targets, predictions):
+    seen["predict"] = (targets, predictions)
+    return {"exact_match": float(np.mean([t == p for t, p in zip(targets, predictions)]))}
+
+  def mean_score(targets, scores):
+    seen["score"] = scores
+    return {"mean_log_likelihood": float(np.mean(scores))}
+
+  name = "pydocs.prefix_lm.byte.with_metrics"
+  if name not in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.add(name, source=base.source, preprocessors=base.preprocessors,
+                           output_features=base.output_features,
+                           metric_fns=[exact_match, mean_score])
+  model = loaded_model(model_dir)
+  results = evaluate.task_metrics(model, name, "validation", num_examples=2, max_new_tokens=4,
+                                  feature_lengths={"inputs": 32, "targets": 32})
+  assert set(results) == {"exact_match", "mean_log_likelihood"}
+  targets, predictions = seen["predict"]
+  assert len(targets) == len(predictions) == 2 and all(len(p) <= 4 for p in predictions)
+  assert results["mean_log_likelihood"] == pytest.approx(np.mean(seen["score"]))
+  assert results["mean_log_likelihood"] < 0
