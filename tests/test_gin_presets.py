@@ -61,14 +61,19 @@ def test_architecture_files_parse(path):
 
 
 MESH_SHAPES = {"single_device": (1, 1, 1), "data_parallel": (8, 1, 1), "fsdp": (1, 8, 1),
-               "fsdp_tensor": (1, 2, 4)}
+               "fsdp_tensor": (1, 2, 4), "gpu_multihost": (1, 8, 1), "tpu_pod": (1, 8, 1)}
 
 
 @pytest.mark.parametrize("name, shape", MESH_SHAPES.items())
 def test_every_mesh_file_builds_its_mesh_on_eight_devices(name, shape):
-  from t5x_lite import partitioning
+  import gin
+
+  from t5x_lite import partitioning, train  # noqa: F401  (train: initialize_distributed)
   gin_utils.parse([f"meshes/{name}.gin"])
   assert tuple(partitioning.create_mesh().devices.shape) == shape
+  multihost = name in ("gpu_multihost", "tpu_pod")
+  bound = gin.query_parameter("initialize_distributed.coordinator_address") if multihost else None
+  assert bound == ("auto" if multihost else None)
   assert {os.path.basename(f)[:-4] for f in glob.glob(
       os.path.join(gin_utils.GIN_DIR, "meshes", "*.gin"))} == set(MESH_SHAPES)
 
@@ -96,3 +101,29 @@ def test_every_run_file_parses_with_its_required_macros_bound(run):
   assert gin.query_parameter("%MIXTURE_OR_TASK_NAME").startswith("pydocs.")
   assert {os.path.basename(f)[:-4] for f in glob.glob(
       os.path.join(gin_utils.GIN_DIR, "runs", "*.gin"))} == set(RUN_FILES)
+
+
+@pytest.mark.parametrize("objective,architectures", [
+    ("span_corruption", ["encoder_decoder", "prefix_decoder", "causal_decoder"]),
+    ("prefix_lm", ["encoder_decoder", "prefix_decoder"]),
+    ("full_lm", ["causal_decoder"]),
+])
+def test_every_objective_file_names_a_task_with_its_features(objective, architectures):
+  import gin
+  import seqio
+
+  import t5x_lite.trainer  # noqa: F401
+  from t5x_lite.data import objectives
+
+  for architecture in architectures:
+    gin_utils.parse(["runs/pretrain.gin", f"objectives/{objective}.gin",
+                     f"models/tiny_{architecture}.gin"], ["MODEL_DIR = '/tmp/unused'"])
+    task = seqio.get_mixture_or_task(gin.query_parameter("%MIXTURE_OR_TASK_NAME"))
+    lengths = gin.query_parameter("%TASK_FEATURE_LENGTHS")
+    assert task.name.endswith(objective)
+    assert set(lengths) == set(task.output_features)
+  if objective == "span_corruption":
+    assert lengths["targets"] == objectives.span_corruption_lengths(lengths["inputs"])[1]
+  assert {os.path.basename(f)[:-4] for f in glob.glob(
+      os.path.join(gin_utils.GIN_DIR, "objectives", "*.gin"))} == {
+          "span_corruption", "prefix_lm", "full_lm"}
