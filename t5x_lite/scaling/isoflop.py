@@ -61,7 +61,9 @@ def group_budgets(flops: np.ndarray, tolerance: float = BUDGET_TOLERANCE) -> lis
 
 
 def profiles(runs: Runs, tolerance: float = BUDGET_TOLERANCE) -> list[Profile]:
-  """A fitted parabola per budget with at least three distinct sizes and a minimum."""
+  """A fitted parabola per budget with at least three distinct sizes and its minimum
+  inside the sizes tried (a vertex beyond them is an extrapolation the sweep did not
+  bracket; such budgets are left out)."""
   found = []
   for group in group_budgets(runs.flops, tolerance):
     if len(np.unique(runs.params[group])) < 3:
@@ -69,6 +71,9 @@ def profiles(runs: Runs, tolerance: float = BUDGET_TOLERANCE) -> list[Profile]:
     x = np.log(runs.params[group])
     coefficients = np.polyfit(x, runs.loss[group], 2)
     if coefficients[0] <= 0:  # Opens downwards: no minimum inside this profile.
+      continue
+    vertex = -coefficients[1] / (2 * coefficients[0])
+    if not x.min() <= vertex <= x.max():
       continue
     found.append(Profile(float(np.exp(np.mean(np.log(runs.flops[group])))), runs.params[group],
                          runs.tokens[group], runs.loss[group], coefficients))

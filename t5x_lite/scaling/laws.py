@@ -93,7 +93,9 @@ class PowerLawAllocation:
   b: float
 
   def optimal(self, flops: float) -> Allocation:
-    return Allocation(flops, self.k_N * flops**self.a, self.k_D * flops**self.b)
+    # numpy powers: an absurd bootstrap exponent gives inf, not OverflowError.
+    return Allocation(flops, float(self.k_N * np.power(flops, self.a)),
+                      float(self.k_D * np.power(flops, self.b)))
 
   @classmethod
   def fit_coefficients(cls, a: float, b: float, rows: tuple) -> "PowerLawAllocation":

@@ -38,6 +38,41 @@ def _resample(runs: Runs, method: str, rng: np.random.Generator) -> Runs:
   return dataclasses.replace(resampled, run=renamed)
 
 
+@dataclasses.dataclass(frozen=True)
+class ExactFlopsLaw:
+  """A loss law L(N, D) whose optimum is taken under the runs' own FLOPs per token
+  (C = flops_per_token(N) x D) instead of 6N: at small widths and long sequences
+  attention and logits make the true cost several times 6ND, and the runs' flops
+  column (and every budget) counts it."""
+  law: Law
+  flops_per_token: Callable[[float], float]
+
+  def loss(self, params, tokens):
+    return self.law.loss(params, tokens)
+
+  def optimal(self, flops: float):
+    from t5x_lite.scaling.laws import optimal_numerically
+    return optimal_numerically(self.law.loss, flops, self.flops_per_token)
+
+
+def runs_flops_per_token(runs: Runs, tolerance: float = 0.02) -> Optional[Callable]:
+  """FLOPs per token as a smooth function of N fitted to the runs, or None when the
+  table's flops are 6ND (the default, and Chinchilla's convention).
+
+  The excess over 6N (attention over the sequence, logits) shrinks as models widen:
+  flops / (6ND) is fitted as a power of N (a line in log-log, so the optimum moves
+  smoothly with C) and never taken below 1.
+  """
+  ratio = runs.flops / (6.0 * runs.params * runs.tokens)
+  if np.all(np.abs(ratio - 1.0) <= tolerance):
+    return None
+  slope, intercept = np.polyfit(np.log(runs.params), np.log(ratio), 1)
+
+  def flops_per_token(params: float) -> float:
+    return 6.0 * params * max(1.0, float(np.exp(slope * np.log(params) + intercept)))
+  return flops_per_token
+
+
 def _optimal(law: Law, budget: float) -> dict:
   optimum = law.optimal(budget)
   values = {"params": optimum.params, "tokens": optimum.tokens,
@@ -126,17 +161,30 @@ def fit_runs(runs: Runs, method: str, budget: Optional[float] = None, bootstrap:
           f"[{runs.flops.min():.3g}, {runs.flops.max():.3g}]: the optimum is an "
           "extrapolation.", file=warn or sys.stderr)
   fitter = FITTERS[method]
+  if method == "isoflop":
+    used, budgets = len(isoflop.profiles(runs)), len(isoflop.group_budgets(runs.flops))
+    if used < budgets:
+      print(f"note: {budgets - used} of {budgets} budgets left out of the isoflop fit: their "
+            "loss minimum is not inside the sizes tried (or they have fewer than three).",
+            file=warn or sys.stderr)
+  per_token = runs_flops_per_token(runs)
+  exact = (lambda fitted: ExactFlopsLaw(fitted, per_token)) if per_token and \
+      method in WARM_STARTED else (lambda fitted: fitted)
   law, parameters = fitter(runs)
+  law = exact(law)
   optimal = _optimal(law, budget)
   rng = np.random.default_rng(seed)
-  start = law if method in WARM_STARTED else None
+  start = getattr(law, "law", law) if method in WARM_STARTED else None
   samples = []
   for _ in range(bootstrap):
     try:
       sample_law, sample_parameters = fitter(_resample(runs, method, rng), start)
+      sample_law = exact(sample_law)
+      sample_optimal = _optimal(sample_law, budget)
     except (RunsError, ValueError):  # A resample without enough budgets/sizes: skip it.
       continue
-    samples.append((sample_law, sample_parameters, _optimal(sample_law, budget)))
+    if all(np.isfinite(v) for v in (*sample_parameters.values(), *sample_optimal.values())):
+      samples.append((sample_law, sample_parameters, sample_optimal))
   intervals = {}
   if samples:
     for values, position in ((parameters, 1), (optimal, 2)):

@@ -61,3 +61,16 @@ def test_kaplan_fit_recovers_its_exponents_with_intervals():
   low, high = fitted_report.intervals["alpha_N"]
   assert low < truth.alpha_N < high
   assert fitted_report.optimal["params"] == pytest.approx(truth.optimal(1e20).params, rel=0.15)
+
+
+def test_optima_follow_the_runs_own_flop_count_when_it_is_not_6nd():
+  """Runs costing 12ND (twice 6ND): the optimum at C is the 6ND optimum at C / 2."""
+  truth = KaplanLaw()
+  rng = np.random.default_rng(1)
+  params = np.exp(rng.uniform(np.log(1e7), np.log(1e10), 60))
+  tokens = np.exp(rng.uniform(np.log(1e8), np.log(1e11), 60))
+  runs = Runs(params=params, tokens=tokens, loss=truth.loss(params, tokens),
+              flops=12 * params * tokens)
+  fitted = report.fit_runs(runs, "kaplan", budget=1e20)
+  assert fitted.optimal["params"] == pytest.approx(truth.optimal(5e19).params, rel=0.05)
+  assert fitted.optimal["tokens"] == pytest.approx(truth.optimal(5e19).tokens, rel=0.05)
