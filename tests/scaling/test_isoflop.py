@@ -67,3 +67,20 @@ def test_bad_runs_tables_are_one_clear_error(tmp_path, content, message):
     read_runs(str(path))
   with pytest.raises(RunsError, match="does not exist"):
     read_runs(str(tmp_path / "missing.csv"))
+
+
+def test_a_budget_whose_minimum_lies_beyond_the_sizes_tried_is_left_out(capsys):
+  from t5x_lite.scaling.report import fit_runs
+
+  law = preset("epoch-2024")
+  runs = isoflop_runs(law, [1e19, 1e20, 1e21], sizes_per_budget=7)
+  # Make the smallest budget's loss fall with N all the way: no interior minimum.
+  first = runs.flops == 1e19
+  loss = runs.loss.copy()
+  loss[first] = 5.0 - 0.1 * np.log(runs.params[first])
+  bent = Runs(params=runs.params, tokens=runs.tokens, loss=loss, flops=runs.flops)
+  allocation, found = fit_isoflop(bent)
+  assert sorted(p.flops for p in found) == pytest.approx([1e20, 1e21])
+  assert allocation.a == pytest.approx(law.a, abs=0.02)
+  fit_runs(bent, "isoflop")
+  assert "1 of 3 budgets left out" in capsys.readouterr().err
