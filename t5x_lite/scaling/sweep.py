@@ -51,7 +51,9 @@ def read_plan(path: str) -> dict:
   return plan
 
 
-def _feature_lengths(plan: dict) -> str:
+def _feature_lengths(plan: dict, run: dict) -> str:
+  if "feature_lengths" in run:  # runs of different objectives (experiments/...)
+    return repr(dict(run["feature_lengths"]))
   lengths = {"targets": plan["targets_length"]}
   if plan.get("inputs_length"):
     lengths = {"inputs": plan["inputs_length"], **lengths}
@@ -65,16 +67,18 @@ def train_args(plan: dict, run: dict, sweep_dir: str, gin_files: Sequence[str] =
 
   The sweep's own gin files come first and the plan's family after them, so
   the family's preset is what the shape bindings modify; command-line
-  bindings come last and win.
+  bindings come last and win. A run may carry its own "gin_files" and
+  "feature_lengths" (studies that mix architectures and objectives).
   """
   steps = int(run["steps"])
   every = max(1, steps // max(1, evaluations))
-  args = [f"--gin_file={path}" for path in (*gin_files, *plan["gin_files"])]
+  run_files = run.get("gin_files", plan["gin_files"])  # a run may name its own model
+  args = [f"--gin_file={path}" for path in (*gin_files, *run_files)]
   args += [f"--gin_search_paths={path}" for path in plan.get("gin_search_paths", [])]
   bindings = [*plan.get("gin_bindings", []), *run["bindings"],
               f"MODEL_DIR = {os.path.join(sweep_dir, run['id'])!r}",
               f"TRAIN_STEPS = {steps}", f"BATCH_SIZE = {plan['batch_size']}",
-              f"TASK_FEATURE_LENGTHS = {_feature_lengths(plan)}",
+              f"TASK_FEATURE_LENGTHS = {_feature_lengths(plan, run)}",
               f"WARMUP_STEPS = {max(1, round(warmup_fraction * steps))}",
               f"train.eval_every = {every}", f"train.checkpoint_every = {every}",
               *gin_bindings]
@@ -166,20 +170,20 @@ def collect(plan: dict, sweep_dir: str, runs_csv: str,
   Returns (runs written, ids of unfinished runs left out).
   """
   rows, curves, unfinished = [], [], []
-  tokens_per_step = plan["batch_size"] * (plan["targets_length"] + plan.get("inputs_length", 0))
   for run in plan["runs"]:
     evals = evaluations(os.path.join(sweep_dir, run["id"]))
     if not evals or evals[-1]["step"] < int(run["steps"]):
       unfinished.append(run["id"])
       continue
     flops_per_token = float(run["flops"]) / float(run["tokens"])
+    tokens_per_step = float(run["tokens"]) / int(run["steps"])
     final = evals[-1]
     rows.append({"run": run["id"], "budget": run["budget"], "params": run["params"],
                  "tokens": run["tokens"], "flops": run["flops"], "loss": final["loss"],
                  "steps": run["steps"], "num_layers": run["num_layers"],
                  "d_model": run["d_model"], "d_ff": run["d_ff"]})
     for row in evals:
-      tokens = int(row["step"]) * tokens_per_step
+      tokens = round(int(row["step"]) * tokens_per_step)
       curves.append({"run": run["id"], "step": int(row["step"]), "params": run["params"],
                      "tokens": tokens, "flops": tokens * flops_per_token, "loss": row["loss"]})
   for path, columns, table in ((runs_csv, RUNS_COLUMNS, rows),
