@@ -25,7 +25,9 @@ setup(
         "tensorboard>=2.21",  # tf.summary needs it; tensorflow no longer installs it
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6"],
+        # nbclient, nbformat, ipykernel: CI executes the colab/ notebooks in small mode.
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "nbclient>=0.10",
+                "nbformat>=5.10", "ipykernel>=6.29"],
         # Weight import/export and its parity tests. The Makefile installs the
         # CPU wheel of torch 2.13.0 first so this never pulls a CUDA build.
         "hf": ["torch>=2.4", "transformers>=5.23,<6", "safetensors>=0.4"],
