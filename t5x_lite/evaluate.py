@@ -133,11 +133,7 @@ def main(argv: Sequence[str]) -> int:
   from t5x_lite.data import CorpusError, DataError
 
   try:
-    files, bindings, search_paths, rest = gin_utils.rewrite_gin_args(argv)
-    if rest:
-      raise gin_utils.GinConfigError(f"unknown arguments {rest}; use --gin_file, --gin.KEY=VALUE "
-                                     "or --gin_search_paths.")
-    gin_utils.parse(files, bindings, search_paths)
+    gin_utils.parse_flags(argv)
     results = evaluate()
   except (gin_utils.GinConfigError, infer.InferenceError, decoding.DecodingError,
           multiple_choice.MultipleChoiceError, checkpoints.CheckpointError, DataError,

@@ -75,6 +75,16 @@ def parse(files: Iterable[str], bindings: Iterable[str] = (),
     logging.disable(logging.NOTSET)
 
 
+def parse_flags(argv: Sequence[str]) -> None:
+  """Parses an entry point's whole command line: --gin_file, --gin.KEY=VALUE and
+  --gin_search_paths, anything else being an error."""
+  files, bindings, search_paths, rest = rewrite_gin_args(argv)
+  if rest:
+    raise GinConfigError(f"unknown arguments {rest}; use --gin_file, --gin.KEY=VALUE or "
+                         "--gin_search_paths.")
+  parse(files, bindings, search_paths)
+
+
 def _findable(path: str, search_paths: Iterable[str]) -> bool:
   roots = ["", os.getcwd(), GIN_DIR, *search_paths]
   return any(os.path.exists(os.path.join(root, path)) for root in roots)

@@ -49,11 +49,7 @@ def main(argv: Sequence[str]) -> int:
                  ObjectiveError, checkpoints.CheckpointError, optim.OptimizerConfigError,
                  trainer.TrainingHalted, ValueError, FileNotFoundError)
   try:
-    files, bindings, search_paths, rest = gin_utils.rewrite_gin_args(argv)
-    if rest:
-      raise gin_utils.GinConfigError(f"unknown arguments {rest}; use --gin_file, --gin.KEY=VALUE "
-                                     "or --gin_search_paths.")
-    gin_utils.parse(files, bindings, search_paths)
+    gin_utils.parse_flags(argv)
     initialize_distributed()
     result = trainer.train()
   except user_errors as error:
