@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import sys
 from typing import Mapping, Optional, Sequence
@@ -29,13 +28,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from t5x_lite import gin_utils
+from t5x_lite import gin_utils, losses
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
 def _loss_sums(graphdef, state, batch):
-  from t5x_lite import losses
-
   logits = nnx.merge(graphdef, state)(batch)
   sums = losses.token_loss_sums(logits, batch["decoder_target_tokens"],
                                 batch["decoder_loss_weights"], z_loss=0.0)
@@ -56,10 +53,7 @@ def perplexity(model, task: str, feature_lengths: Mapping[str, int], split: str,
                                                         for k, v in batch.items()}))
     for key in totals:
       totals[key] += float(sums[key])
-  tokens = max(totals["tokens"], 1.0)
-  loss = totals["cross_entropy"] / tokens
-  return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)),
-          "accuracy": totals["correct"] / tokens, "tokens": totals["tokens"]}
+  return losses.eval_metrics(totals)
 
 
 def task_metrics(model, task: str, split: str, num_examples: int, max_new_tokens: int,

@@ -7,7 +7,8 @@ means would weight short batches wrongly).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import math
+from typing import Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -52,3 +53,12 @@ def token_loss_sums(logits: jax.Array, targets: jax.Array, weights: jax.Array,
                   cross_entropy=jnp.sum(cross_entropy * weights),
                   z_loss=jnp.sum(z * weights), correct=jnp.sum(correct * weights),
                   tokens=jnp.sum(weights))
+
+
+def eval_metrics(totals: Mapping[str, float]) -> dict[str, float]:
+  """Loss, token accuracy and perplexity from cross_entropy / correct / tokens summed
+  over evaluation batches (perplexity capped at e^50 for a diverged model)."""
+  tokens = max(totals["tokens"], 1.0)
+  loss = totals["cross_entropy"] / tokens
+  return {"loss": loss, "accuracy": totals["correct"] / tokens,
+          "perplexity": math.exp(min(loss, 50.0)), "tokens": totals["tokens"]}

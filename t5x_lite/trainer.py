@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import os
 import signal
 import sys
@@ -206,10 +205,7 @@ def _evaluate(steps: StepFunctions, state, batches: list[dict], mesh) -> dict[st
     sums = steps.evaluate(state, partitioning.global_batch(batch, mesh))
     for key, value in jax.device_get(sums).items():
       totals[key] = totals.get(key, 0.0) + float(value)
-  tokens = max(totals["tokens"], 1.0)
-  return {"loss": totals["cross_entropy"] / tokens, "accuracy": totals["correct"] / tokens,
-          "perplexity": math.exp(min(totals["cross_entropy"] / tokens, 50.0)),
-          "tokens": totals["tokens"]}
+  return losses.eval_metrics(totals)
 
 
 @gin.configurable(denylist=["stream"])
