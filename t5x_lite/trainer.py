@@ -153,7 +153,7 @@ def abstract_state(state: Any) -> Any:
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
 
 
-def _check_vocabulary(task: str, config: TransformerConfig) -> None:
+def check_vocabulary(task: str, config: TransformerConfig) -> None:
   provider = seqio.get_mixture_or_task(task)
   for name, feature in provider.output_features.items():
     if feature.vocabulary.vocab_size > config.vocab_size:
@@ -255,7 +255,7 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
   shard = seqio.ShardInfo(jax.process_index(), jax.process_count())
   batches = get_batches(task, feature_lengths, "train", batch_size, config.architecture,
                         shard=shard, seed=seed)
-  _check_vocabulary(task, config)  # After get_batches, which names an unknown task clearly.
+  check_vocabulary(task, config)  # After get_batches, which names an unknown task clearly.
   checkpointer = checkpoints.Checkpointer(os.path.join(model_dir, "checkpoints"),
                                           checkpoint_every, keep_checkpoints)
   state = steps.init()

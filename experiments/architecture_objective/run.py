@@ -35,6 +35,7 @@ import csv
 import dataclasses
 import os
 import sys
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -189,16 +190,19 @@ def summarise(rows: list[dict], output_dir: str) -> str:
   return table
 
 
+def training_options(mode: Mode) -> dict:
+  """The gin files and bindings every run of the grid trains with (besides its own)."""
+  return {"gin_files": ["runs/pretrain.gin", "meshes/single_device.gin"],
+          "gin_bindings": [f"LEARNING_RATE = {mode.learning_rate}", "train.eval_steps = 2",
+                           "make_optimizer.weight_decay = 0.01"]}
+
+
 def run(mode_name: str, seeds, work_dir: str, output_dir: str, train=None,
         stream=sys.stdout) -> list[dict]:
   mode = MODES[mode_name]
   the_plan = plan(mode, seeds)
-  bindings = [f"LEARNING_RATE = {mode.learning_rate}", "train.eval_steps = 2",
-              "make_optimizer.weight_decay = 0.01"]
-  failed = sweep.run_sweep(the_plan, work_dir,
-                           gin_files=["runs/pretrain.gin", "meshes/single_device.gin"],
-                           gin_bindings=bindings, evaluations_per_run=2, train=train,
-                           stream=stream)
+  failed = sweep.run_sweep(the_plan, work_dir, **training_options(mode), evaluations_per_run=2,
+                           train=train, stream=stream)
   if failed:
     raise RuntimeError(f"runs failed: {failed}; see their train.log in {work_dir}")
   passages = validation_passages(mode.eval_passages, mode.length)
@@ -214,13 +218,17 @@ def run(mode_name: str, seeds, work_dir: str, output_dir: str, train=None,
   return rows
 
 
-def main() -> None:
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--mode", choices=sorted(MODES), default="full")
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   parser.add_argument("--work_dir", default="/tmp/t5x_lite_ablation")
-  args = parser.parse_args()
+  return parser.parse_args(argv)
+
+
+def main() -> None:
+  args = parse_args()
   output_dir = HERE if args.mode == "full" else args.work_dir
   os.makedirs(args.work_dir, exist_ok=True)
   run(args.mode, args.seeds, os.path.join(args.work_dir, args.mode), output_dir)

@@ -1,0 +1,259 @@
+"""The README is the user guide: every command and code block in it works.
+
+Each ```sh command is exercised by the handler for its program:
+  make T                      the Makefile has T, and CI (.ci/run) runs it (install: via test)
+  python -m t5x_lite.train|infer|evaluate
+                              configured: gin files found, every binding applied, the entry
+                              point's required parameters bound, its model config built and
+                              counted, its task registered with the features it is given
+                              and a vocabulary the model's fits, its mesh built on 8
+                              devices (running them is what tests/test_train.py and
+                              test_infer_evaluate.py do); the two-process command is run
+                              for real, shortened
+  python -m t5x_lite.scaling  run as written (outputs under /tmp go to a test folder)
+  python tools/scaling_sweep.py
+                              run with --commands on the README's plan; every launch command
+                              it prints is configured as above
+  python experiments/architecture_objective/run.py
+                              its arguments parsed, its plan built and every run configured
+                              (the tiny mode trains end to end in tests/colab)
+  bash experiments/...        the script parses, and each command in it is one this test runs
+```python blocks are executed; ```gin blocks are parsed and configured like a training run.
+"""
+
+import contextlib
+import importlib.util
+import inspect
+import io
+import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
+
+import gin
+import pytest
+
+from t5x_lite import gin_utils
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+with open(os.path.join(ROOT, "README.md")) as handle:
+  README = handle.read()
+
+
+def blocks(language: str) -> list[str]:
+  return re.findall(rf"^```{language}\n(.*?)^```", README, flags=re.DOTALL | re.MULTILINE)
+
+
+def shell_commands(text: str) -> list[list[str]]:
+  """Logical command lines (backslash continuations joined, comments dropped)."""
+  joined = re.sub(r"\\\n\s*", " ", text)
+  return [words for line in joined.splitlines() if (words := shlex.split(line, comments=True))]
+
+
+COMMANDS = [command for block in blocks("sh") for command in shell_commands(block)]
+
+
+def command_id(command: list[str]) -> str:
+  return " ".join(command)[:60]
+
+
+def key(command: list[str]) -> tuple[str, ...]:
+  """The program (and subcommand) a command runs, e.g. python -m t5x_lite.scaling fit."""
+  if command[:3] == ["python", "-m", "t5x_lite.scaling"]:
+    return tuple(command[:4])
+  return tuple(command[:3] if command[1] == "-m" else command[:2])
+
+
+def in_test_folder(args: list[str], folder) -> list[str]:
+  return [arg.replace("/tmp/", f"{folder}/") for arg in args]
+
+
+def load_script(relative_path: str, name: str):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, relative_path))
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[name] = module  # dataclasses look their module up there
+  spec.loader.exec_module(module)
+  return module
+
+
+def configure(entry: str, args: list[str]) -> None:
+  """Everything an entry point does with its command line short of running."""
+  import seqio
+
+  import t5x_lite.train  # noqa: F401  (registers initialize_distributed)
+  from t5x_lite import evaluate, infer, partitioning, trainer
+  from t5x_lite.models import TransformerConfig
+  from t5x_lite.scaling.counting import count_params
+
+  function = {"train": trainer.train, "infer": infer.infer, "evaluate": evaluate.evaluate}[entry]
+  gin_utils.parse_flags(args)
+  bindings = gin.get_bindings(function.__name__)
+  required = [name for name, parameter in inspect.signature(function).parameters.items()
+              if parameter.default is gin.REQUIRED]
+  unbound = [name for name in required if bindings.get(name, gin.REQUIRED) is gin.REQUIRED]
+  assert not unbound, f"{entry}: required parameters not bound: {unbound}"
+  config = TransformerConfig()
+  assert count_params(config)[0] > 0
+  task = seqio.get_mixture_or_task(bindings["task"])
+  trainer.check_vocabulary(bindings["task"], config)
+  if "feature_lengths" in bindings:
+    assert set(bindings["feature_lengths"]) == set(task.output_features), bindings["task"]
+  if entry == "train":
+    partitioning.create_mesh()  # raises MeshError when the shape does not fit 8 devices
+
+
+def run_scaling(args: list[str]) -> str:
+  from t5x_lite.scaling.__main__ import main
+
+  output = io.StringIO()
+  with contextlib.redirect_stdout(output):
+    try:
+      main(args)
+    except SystemExit as exit:
+      assert not exit.code, f"python -m t5x_lite.scaling {' '.join(args)} exited {exit.code}"
+  return output.getvalue()
+
+
+def readme_plan(folder) -> str:
+  """Runs the README's plan command; returns where the plan went."""
+  plan = next(c for c in COMMANDS if key(c) == ("python", "-m", "t5x_lite.scaling", "plan"))
+  args = in_test_folder(plan[3:], folder)
+  run_scaling(args)
+  return args[args.index("--output") + 1]
+
+
+def check_make(target: str, _) -> None:
+  with open(os.path.join(ROOT, "Makefile")) as handle:
+    makefile = handle.read()
+  assert re.search(rf"^{target}:", makefile, flags=re.MULTILINE), f"no make target {target}"
+  with open(os.path.join(ROOT, ".ci", "run")) as handle:
+    ci = handle.read()
+  if target == "install":
+    assert re.search(r"^test: install", makefile, flags=re.MULTILINE)
+  else:
+    assert f"make {target}" in ci, f"CI does not run `make {target}`"
+
+
+def check_entry_point(command: list[str], folder) -> None:
+  if any("initialize_distributed.num_processes" in arg for arg in command):
+    pytest.skip("run for real by test_the_two_process_command_trains_as_one_job")
+  configure(command[2].split(".")[1], in_test_folder(command[3:], folder))
+
+
+def check_sweep(command: list[str], folder) -> None:
+  sweep_tool = load_script("tools/scaling_sweep.py", "scaling_sweep_tool")
+  readme_plan(folder)
+  args = in_test_folder(command[2:], folder)
+  output = io.StringIO()
+  with contextlib.redirect_stdout(output):
+    assert sweep_tool.main(args + ([] if "--commands" in args else ["--commands"])) == 0
+  launches = [shlex.split(line) for line in output.getvalue().splitlines()]
+  assert len(launches) == 15
+  for launch in launches:
+    assert launch[1:3] == ["-m", "t5x_lite.train"]
+    configure("train", launch[3:])
+
+
+def check_ablation(command: list[str], folder) -> None:
+  from t5x_lite.scaling import sweep
+
+  runner = load_script(command[1], "ablation_runner_for_readme")
+  args = runner.parse_args(command[2:])
+  mode = runner.MODES[args.mode]
+  plan = runner.plan(mode, args.seeds)
+  assert len(plan["runs"]) == len(runner.GRID) * len(args.seeds)
+  for run in plan["runs"]:
+    configure("train", sweep.train_args(plan, run, str(folder), **runner.training_options(mode)))
+
+
+def check_script(command: list[str], folder) -> None:
+  path = os.path.join(ROOT, command[1])
+  subprocess.run(["bash", "-n", path], check=True)
+  with open(path) as handle:
+    text = re.sub(r"<<'(\w+)'.*?^\1$", "", handle.read(), flags=re.DOTALL | re.MULTILINE)
+  exercised = {key(c) for c in COMMANDS}
+  here = os.path.dirname(command[1])
+  for inner in shell_commands(text.replace("$HERE", here)):
+    if inner[0] in ("python", "bash") and inner[1] != "-":
+      assert key(inner) in exercised, f"{command[1]} runs {key(inner)}, no README command"
+
+
+def check_scaling(command: list[str], folder) -> None:
+  run_scaling(in_test_folder(command[3:], folder))
+
+
+def handler(command: list[str]):
+  if command[0] == "make":
+    return lambda folder: check_make(command[1], folder)
+  if command[:2] == ["python", "-m"] and command[2] in ("t5x_lite.train", "t5x_lite.infer",
+                                                        "t5x_lite.evaluate"):
+    return lambda folder: check_entry_point(command, folder)
+  checks = {("python", "-m", "t5x_lite.scaling"): check_scaling,
+            ("python", "tools/scaling_sweep.py"): check_sweep,
+            ("python", "experiments/architecture_objective/run.py"): check_ablation,
+            ("bash",): check_script}
+  for prefix, check in checks.items():
+    if tuple(command[:len(prefix)]) == prefix:
+      return lambda folder: check(command, folder)
+  raise AssertionError(f"no test exercises this README command: {' '.join(command)}")
+
+
+def test_the_guide_has_its_sections():
+  titles = re.findall(r"^## (.+)$", README, flags=re.MULTILINE)
+  for title in ("Install", "Quick start", "Concepts", "Configuring with gin", "Training",
+                "Sharding and multi-host", "Scaling laws", "Hugging Face weights",
+                "Reproducing the experiments"):
+    assert title in titles
+  assert len(COMMANDS) >= 15
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=command_id)
+def test_readme_command_works(command, tmp_path):
+  handler(command)(tmp_path)
+
+
+def test_the_two_process_command_trains_as_one_job(tmp_path):
+  command = next(c for c in COMMANDS if any("num_processes=2" in arg for arg in c))
+  with socket.socket() as probe:  # a free port instead of the README's
+    probe.bind(("localhost", 0))
+    port = probe.getsockname()[1]
+  args = [arg.replace("12355", str(port)) for arg in in_test_folder(command, tmp_path)]
+  shorter = ["--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=4",
+             "--gin.TASK_FEATURE_LENGTHS={'targets': 32}", "--gin.train.eval_every=2",
+             "--gin.train.eval_steps=1", "--gin.train.log_every=1"]
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  processes = [subprocess.Popen(
+      [sys.executable, *[arg.replace("process_id=0", f"process_id={index}") for arg in args[1:]],
+       *shorter], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for index in range(2)]
+  outputs = [process.communicate(timeout=300)[0] for process in processes]
+  for process, output in zip(processes, outputs):
+    assert process.returncode == 0, output[-3000:]
+  assert "finished at step 2" in outputs[0]  # process 0 reports the job
+  assert "'data': 2" in outputs[0]  # one device per process, one mesh across both
+  assert os.path.exists(tmp_path / "t5x_lite_two_processes" / "metrics.jsonl")
+
+
+def test_python_blocks_run(tmp_path):
+  from transformers import LlamaConfig, LlamaForCausalLM
+
+  hf_dir = tmp_path / "llama"
+  LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                               num_hidden_layers=1, num_attention_heads=4,
+                               num_key_value_heads=2)).save_pretrained(hf_dir)
+  placeholders = {"path/to/hf_model_dir": str(hf_dir), '"out_dir"': repr(str(tmp_path / "out"))}
+  for block in blocks("python"):
+    for placeholder, value in placeholders.items():
+      block = block.replace(placeholder, value)
+    exec(compile(block, "README.md", "exec"), {})
+  assert (tmp_path / "out" / "config.json").exists()
+
+
+def test_gin_blocks_configure_a_training_run(tmp_path):
+  assert blocks("gin")
+  for index, block in enumerate(blocks("gin")):
+    path = tmp_path / f"experiment_{index}.gin"
+    path.write_text(block)
+    configure("train", [f"--gin_file={path}"])
