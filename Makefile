@@ -18,7 +18,7 @@ $(STAMP): setup.py Makefile
 	touch $(STAMP)
 
 test: install
-	$(PY) -m pytest -n 2 tests
+	$(PY) -m pytest -n 2 --durations=25 tests
 
 demo: install
 	# Trains the quick-start decoder on the embedded corpus (a few minutes on CPU); a second

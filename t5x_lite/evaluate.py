@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from t5x_lite import gin_utils, losses
+from t5x_lite import files, gin_utils, losses
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
@@ -114,10 +114,8 @@ def evaluate(checkpoint_path: str = gin.REQUIRED, task: str = gin.REQUIRED,
       outcome.pop("predictions")
       results["multiple_choice"][f"{name}/{count}-shot"] = outcome
   output_path = output_path or os.path.join(checkpoint_path, "evaluation.json")
-  temporary = output_path + ".tmp"
-  with open(temporary, "w") as handle:
+  with files.atomic_write(output_path) as handle:
     json.dump(results, handle, indent=1)
-  os.replace(temporary, output_path)
   results["output_path"] = output_path
   return results
 

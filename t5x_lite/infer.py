@@ -25,7 +25,7 @@ from typing import Mapping, Optional, Sequence
 import gin
 import numpy as np
 
-from t5x_lite import gin_utils
+from t5x_lite import files, gin_utils
 
 
 class InferenceError(ValueError):
@@ -221,12 +221,9 @@ def infer(checkpoint_path: str = gin.REQUIRED, task: str = gin.REQUIRED,
   else:
     results = score_examples(model, examples, prompts, target_vocabulary, batch_size,
                              add_eos)
-  os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
-  temporary = output_path + ".tmp"
-  with open(temporary, "w", encoding="utf-8") as handle:
+  with files.atomic_write(output_path) as handle:
     for example, result in zip(examples, results):
       handle.write(json.dumps({**example, **result}) + "\n")
-  os.replace(temporary, output_path)
   return {"examples": len(results), "output_path": output_path, "results": results,
           "examples_text": examples}
 

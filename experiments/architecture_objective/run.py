@@ -39,7 +39,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from t5x_lite import gin_utils, infer, multiple_choice
+from t5x_lite import files, gin_utils, infer, multiple_choice
 from t5x_lite.data import objectives
 from t5x_lite.models.configs import TransformerConfig
 from t5x_lite.scaling import counting, sweep
@@ -151,7 +151,7 @@ def summarise(rows: list[dict], output_dir: str) -> str:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  with open(os.path.join(output_dir, "results.csv"), "w", newline="") as handle:
+  with files.atomic_write(os.path.join(output_dir, "results.csv"), newline="") as handle:
     writer = csv.DictWriter(handle, fieldnames=COLUMNS)
     writer.writeheader()
     writer.writerows({k: row[k] for k in COLUMNS} for row in rows)
@@ -173,7 +173,7 @@ def summarise(rows: list[dict], output_dir: str) -> str:
       means[key].append(stats[key][0])
       spreads[key].append(stats[key][1])
   table = "\n".join(lines)
-  with open(os.path.join(output_dir, "results.md"), "w") as handle:
+  with files.atomic_write(os.path.join(output_dir, "results.md")) as handle:
     handle.write(table + "\n")
   figure, axes = plt.subplots(1, 2, figsize=(13, 4.5))
   for axis, key, title in ((axes[0], "heldout_loss", "held-out LM loss (lower is better)"),

@@ -26,6 +26,8 @@ import sys
 import time
 from typing import Callable, Optional, Sequence, TextIO
 
+from t5x_lite import files
+
 RUNS_COLUMNS = ("run", "budget", "params", "tokens", "flops", "loss", "steps", "num_layers",
                 "d_model", "d_ff")
 CURVE_COLUMNS = ("run", "step", "params", "tokens", "flops", "loss")
@@ -189,10 +191,8 @@ def collect(plan: dict, sweep_dir: str, runs_csv: str,
   for path, columns, table in ((runs_csv, RUNS_COLUMNS, rows),
                                (curves_csv, CURVE_COLUMNS, curves)):
     if path:
-      temporary = path + ".tmp"
-      with open(temporary, "w", newline="") as handle:
+      with files.atomic_write(path, newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(table)
-      os.replace(temporary, path)  # Never leave a half-written table behind.
   return len(rows), unfinished
