@@ -137,8 +137,7 @@ def check_make(target: str, _) -> None:
 
 
 def check_entry_point(command: list[str], folder) -> None:
-  if any("initialize_distributed.num_processes" in arg for arg in command):
-    pytest.skip("run for real by test_the_two_process_command_trains_as_one_job")
+  # (The two-process command is also run for real: test_the_two_process_command_...)
   configure(command[2].split(".")[1], in_test_folder(command[3:], folder))
 
 
