@@ -22,7 +22,6 @@ Each ```sh command is exercised by the handler for its program:
 """
 
 import contextlib
-import importlib.util
 import inspect
 import io
 import os
@@ -36,8 +35,8 @@ import gin
 import pytest
 
 from t5x_lite import gin_utils
+from tests.scripts import ROOT, load_script
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 with open(os.path.join(ROOT, "README.md")) as handle:
   README = handle.read()
 
@@ -68,14 +67,6 @@ def key(command: list[str]) -> tuple[str, ...]:
 
 def in_test_folder(args: list[str], folder) -> list[str]:
   return [arg.replace("/tmp/", f"{folder}/") for arg in args]
-
-
-def load_script(relative_path: str, name: str):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, relative_path))
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[name] = module  # dataclasses look their module up there
-  spec.loader.exec_module(module)
-  return module
 
 
 def configure(entry: str, args: list[str]) -> None:
@@ -142,7 +133,7 @@ def check_entry_point(command: list[str], folder) -> None:
 
 
 def check_sweep(command: list[str], folder) -> None:
-  sweep_tool = load_script("tools/scaling_sweep.py", "scaling_sweep_tool")
+  sweep_tool = load_script("tools/scaling_sweep.py")
   readme_plan(folder)
   args = in_test_folder(command[2:], folder)
   output = io.StringIO()
@@ -158,7 +149,7 @@ def check_sweep(command: list[str], folder) -> None:
 def check_ablation(command: list[str], folder) -> None:
   from t5x_lite.scaling import sweep
 
-  runner = load_script(command[1], "ablation_runner_for_readme")
+  runner = load_script(command[1])
   args = runner.parse_args(command[2:])
   mode = runner.MODES[args.mode]
   plan = runner.plan(mode, args.seeds)

@@ -3,7 +3,6 @@ what it produces is checked (02 is the architecture x objective runner's tiny mo
 to end: all six models trained, evaluated, tabulated and plotted, and resumable)."""
 
 import csv
-import importlib.util
 import os
 import sys
 
@@ -11,9 +10,10 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from tests.scripts import load_script
+
 COLAB = os.path.join(os.path.dirname(__file__), "..", "..", "colab")
 NOTEBOOKS = sorted(name for name in os.listdir(COLAB) if name.endswith(".ipynb"))
-ABLATION_RUNNER = os.path.join(COLAB, "..", "experiments", "architecture_objective", "run.py")
 
 
 def test_the_three_notebooks_are_there():
@@ -40,10 +40,7 @@ def check_ablation(temp_dir):
     assert f.read().count("\n") == 2 + 6  # header, rule, one line per model
   assert os.path.getsize(os.path.join(work, "results.png")) > 10_000
   # Resumable: a second invocation would find every model finished and skip it.
-  spec = importlib.util.spec_from_file_location("ablation_runner", ABLATION_RUNNER)
-  runner = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = runner  # dataclasses look their module up there
-  spec.loader.exec_module(runner)
+  runner = load_script("experiments/architecture_objective/run.py")
   for planned in runner.plan(runner.MODES["tiny"], [0])["runs"]:
     assert sweep.is_finished(planned, os.path.join(work, "runs"))
 

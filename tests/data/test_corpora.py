@@ -9,6 +9,7 @@ import pytest
 
 from t5x_lite.data import corpora, corpus_store, shakespeare, text_files
 from t5x_lite.data.corpus_store import CorpusError
+from tests.scripts import load_script
 
 
 @pytest.fixture
@@ -122,17 +123,8 @@ def test_tfds_corpora_fail_fast_with_instructions_when_not_prepared(tmp_path, mo
     source.get_dataset("train")
 
 
-def load_tool(name):
-  import importlib.util
-  path = os.path.join(os.path.dirname(__file__), "..", "..", "tools", f"{name}.py")
-  spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def test_build_corpus_tool_builds_once_and_never_overwrites(tmp_path, capsys):
-  build_corpus = load_tool("build_corpus")
+  build_corpus = load_script("tools/build_corpus.py")
   for i in range(3):
     (tmp_path / f"doc{i}.txt").write_text(f"Document {i} says something different. " * 10)
   output = tmp_path / "built"

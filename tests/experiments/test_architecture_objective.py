@@ -2,23 +2,14 @@
 (all six models trained, evaluated, tabulated, plotted; resumable) runs end to end in
 tests/colab/test_notebooks.py, through colab/02_architecture_ablation.ipynb."""
 
-import importlib.util
-import os
-import sys
-
 import pytest
 
-RUNNER = os.path.join(os.path.dirname(__file__), "..", "..", "experiments",
-                      "architecture_objective", "run.py")
+from tests.scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def runner():
-  spec = importlib.util.spec_from_file_location("architecture_objective_run", RUNNER)
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module  # dataclasses look their module up there
-  spec.loader.exec_module(module)
-  return module
+  return load_script("experiments/architecture_objective/run.py")
 
 
 def test_the_grid_is_compute_and_parameter_matched(runner):
