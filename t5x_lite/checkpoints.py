@@ -6,22 +6,37 @@ tf.data iterator state per process, saved synchronously at the same step).
 Orbax writes into a temporary directory and renames it when complete, so a
 save interrupted by kill -9 leaves a temporary directory that is never
 listed, never restored from, and cleaned up by the next run.
+
+Restoring is total: a committed step that cannot be read (a truncated array or
+iterator file, damaged metadata) is skipped with a warning naming the step and
+the cause, and the next older step is used; the trainer moves such a step aside
+(MODEL_DIR/unreadable_checkpoints/) so the run can save that step number again.
+A checkpoint that is readable but belongs to another model or data pipeline is
+a user error, never a reason to fall back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import os
-from typing import Any, Optional
+import shutil
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Iterator, Optional, TextIO
 
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
 from t5x_lite.data import BatchIterator
+from t5x_lite.errors import UserError, file_errors
+from t5x_lite.spec import check_retention
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
   """A checkpoint that cannot be restored into this run; the message says why."""
 
 
@@ -99,44 +114,168 @@ def _shape_mismatches(saved: dict[str, Any], target: dict[str, Any]) -> list[str
   return problems
 
 
+class Unreadable(Exception):
+  """A committed checkpoint step whose files cannot be read (internal: triggers fallback)."""
+
+
+def _cause(error: BaseException) -> str:
+  message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+  message = message.split(" See full TensorStore details")[0]  # a page of JSON follows
+  return f"{type(error).__name__}: {message[:300]}"
+
+
+@contextlib.contextmanager
+def _quiet_if_it_fails() -> Iterator[None]:
+  """Holds back what a failing read prints to stderr; replays it if the read succeeds.
+
+  Orbax reads the arrays of a step concurrently; when one read fails it returns at
+  once and closes its event loop while the other reads are still in flight, and each
+  of those then prints a traceback ("Event loop is closed"; "Exception ignored in"
+  when its coroutine is collected). They are echoes of the failure that _read
+  reports in one line, so they are drained here (collected and discarded).
+  """
+  sys.stderr.flush()
+  saved = os.dup(2)
+  held = tempfile.TemporaryFile()
+  os.dup2(held.fileno(), 2)
+  previous_hook = sys.unraisablehook
+  try:
+    yield
+  except Exception:
+    sys.unraisablehook = lambda unraisable: None
+    time.sleep(0.5)  # let the reads still in flight finish and fail quietly
+    gc.collect()
+    raise
+  else:
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    held.seek(0)
+    os.write(2, held.read())
+  finally:
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    os.close(saved)
+    held.close()
+    sys.unraisablehook = previous_hook
+
+
+def _read(what: str, step: int, read: Callable[[], Any]) -> Any:
+  """Runs one orbax/TensorStore/tf.data read; any failure but a user error is Unreadable.
+
+  Orbax and TensorStore raise plain Exception, ValueError, KeyError, JSONDecodeError or
+  tf errors for damaged files, so only the user errors (a different model or pipeline)
+  are told apart; they propagate unchanged.
+  """
+  try:
+    with _quiet_if_it_fails():
+      return read()
+  except UserError:
+    raise
+  except Exception as error:  # noqa: BLE001  see the docstring
+    raise Unreadable(f"step {step} {what} is unreadable ({_cause(error)})") from error
+
+
+def _restore_newest_readable(manager: ocp.CheckpointManager, directory: str,
+                             restore_step: Callable[[int], Any], stream: TextIO
+                             ) -> tuple[Optional[int], Any, list[int]]:
+  """(step, restored, unreadable steps) trying the newest step first, then older ones.
+
+  Raises CheckpointError when steps exist and none of them can be read.
+  """
+  skipped, causes = [], []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      return step, restore_step(step), skipped
+    except Unreadable as error:
+      print(f"warning: checkpoint {error}; falling back to the previous step.", file=stream,
+            flush=True)
+      skipped.append(step)
+      causes.append(str(error))
+  if skipped:
+    raise CheckpointError(f"no checkpoint in {directory} can be read: {'; '.join(causes)}. "
+                          "Restore the files from a copy or start a new MODEL_DIR.")
+  return None, None, []
+
+
 class Checkpointer:
-  """Saves every `every_steps` steps (and on demand), keeps the last `keep`."""
+  """Saves every `every_steps` steps (and on demand), keeps the newest `keep` (None: all)."""
 
   def __init__(self, directory: str, every_steps: int, keep: Optional[int] = 3,
                asynchronous: bool = True):
+    check_retention(keep)
     self.directory = os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=every_steps, max_to_keep=keep, create=True,
         enable_async_checkpointing=asynchronous, cleanup_tmp_directories=True)
-    self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_handlers=item_handlers())
+    with file_errors("checkpoints in", self.directory):
+      self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                           item_handlers=item_handlers())
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
 
   def save(self, step: int, state: Any, iterator: BatchIterator, force: bool = False) -> bool:
     """Starts saving `state` and the iterator position at `step`; True if a save began."""
-    return self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(flatten_state(state)), data=DataIteratorSave(iterator)),
-        force=force)
+    with file_errors("a checkpoint in", self.directory):
+      return self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(flatten_state(state)), data=DataIteratorSave(iterator)),
+          force=force)
 
-  def restore(self, step: int, abstract_state: Any,
-              iterator: Optional[BatchIterator] = None) -> Any:
-    """Restores the state onto the shardings in `abstract_state` (any mesh shape)."""
+  def restore_latest(self, abstract_state: Any,
+                     make_iterator: Optional[Callable[[], BatchIterator]] = None,
+                     stream: TextIO = sys.stderr
+                     ) -> tuple[Optional[int], Any, Optional[BatchIterator]]:
+    """(step, state, iterator at that step's data position) from the newest readable step,
+    or (None, None, None) when there is no checkpoint.
+
+    State goes onto the shardings of `abstract_state` (any mesh shape). Steps that
+    cannot be read are moved to ../unreadable_checkpoints/ by process 0, after every
+    process has chosen its step, so the run can save those step numbers again.
+    """
     target = flatten_state(abstract_state)
-    check_compatible(self.manager, step, target, self.directory)
-    items = {"state": ocp.args.StandardRestore(target)}
-    if iterator is not None:
-      items["data"] = DataIteratorRestore(iterator)
-    restored = self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
-    return unflatten_state(abstract_state, restored)
+
+    def restore_step(step: int):
+      _read("metadata", step, lambda: check_compatible(self.manager, step, target,
+                                                       self.directory))
+      state = _read("train state", step, lambda: self.manager.restore(
+          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"])
+      iterator = None
+      if make_iterator is not None:
+        iterator = make_iterator()  # fresh: a failed read may have moved the last one
+        _read("data-iterator state", step, lambda: self.manager.restore(
+            step, args=ocp.args.Composite(data=DataIteratorRestore(iterator))))
+      return unflatten_state(abstract_state, state), iterator
+
+    step, restored, skipped = _restore_newest_readable(self.manager, self.directory,
+                                                       restore_step, stream)
+    if skipped:
+      self._set_aside(skipped, stream)
+    return (step, *restored) if step is not None else (None, None, None)
+
+  def _set_aside(self, steps: list[int], stream: TextIO) -> None:
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("t5x_lite: unreadable checkpoints chosen")
+    if jax.process_index() == 0:
+      aside = os.path.join(os.path.dirname(self.directory), "unreadable_checkpoints")
+      for step in steps:
+        destination = os.path.join(aside, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+        with file_errors("unreadable checkpoints to", aside):
+          os.makedirs(aside, exist_ok=True)
+          shutil.move(os.path.join(self.directory, str(step)), destination)
+        print(f"moved unreadable checkpoint step {step} to {destination}", file=stream)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("t5x_lite: unreadable checkpoints moved")
+    self.manager.reload()
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    with file_errors("a checkpoint in", self.directory):
+      self.manager.wait_until_finished()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    with file_errors("a checkpoint in", self.directory):
+      self.manager.wait_until_finished()
+      self.manager.close()
 
 
 def check_compatible(manager: ocp.CheckpointManager, step: int, target: dict[str, Any],
@@ -144,14 +283,11 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, target: dict[str
   """Raises CheckpointError naming the parameters whose shapes differ from the model's.
 
   With `prefix`, only the saved entries under it are compared (e.g. "params.").
+  Unreadable metadata raises whatever orbax raises (see _read).
   """
-  try:
-    saved = manager.item_metadata(step)["state"]
-  except Exception as error:  # Orbax raises several types for an unreadable step.
-    raise CheckpointError(f"checkpoint step {step} in {directory} is unreadable ({error}); "
-                          "delete that step directory to fall back to an earlier one.") from None
+  saved = manager.item_metadata(step)["state"]
   if saved is None:
-    raise CheckpointError(f"checkpoint step {step} in {directory} holds no train state.")
+    raise KeyError(f"checkpoint step {step} holds no train state")
   saved = {name: value for name, value in dict(saved).items() if name.startswith(prefix)}
   problems = _shape_mismatches(saved, target)
   if problems:
@@ -161,10 +297,16 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, target: dict[str
                           "was trained with, or a new MODEL_DIR.")
 
 
-def restore_params(path: str, abstract_params: Any) -> Any:
-  """Params only, from a MODEL_DIR's latest checkpoint (fine-tuning starts here)."""
-  directory = os.path.join(path, "checkpoints") if os.path.isdir(
-      os.path.join(path, "checkpoints")) else path
+def checkpoints_directory(path: str) -> str:
+  """The orbax directory of a MODEL_DIR (or `path` itself when it is one)."""
+  nested = os.path.join(path, "checkpoints")
+  return nested if os.path.isdir(nested) else path
+
+
+def restore_params(path: str, abstract_params: Any, stream: TextIO = sys.stderr) -> Any:
+  """Params only, from the newest readable checkpoint of a MODEL_DIR (fine-tuning and
+  inference start here); unreadable steps are skipped with a warning, never moved."""
+  directory = checkpoints_directory(path)
   if not os.path.isdir(directory):
     raise CheckpointError(f"checkpoint {path} does not exist; check CHECKPOINT_PATH.")
   # The generic PyTree handler reads what StandardCheckpointHandler wrote and, unlike it,
@@ -173,25 +315,37 @@ def restore_params(path: str, abstract_params: Any) -> Any:
                                   item_handlers={"state": ocp.PyTreeCheckpointHandler(),
                                                  "data": DataIteratorHandler()},
                                   options=ocp.CheckpointManagerOptions(read_only=True))
-  step = manager.latest_step()
+  target = flatten_state({"params": abstract_params})
+
+  def restore_step(step: int):
+    _read("metadata", step, lambda: check_compatible(manager, step, target, directory,
+                                                     prefix="params."))
+    return _read("parameters", step, lambda: manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(item=target, partial_restore=True,
+                                     restore_args=ocp.checkpoint_utils.construct_restore_args(
+                                         target))))["state"])
+
+  step, restored, _ = _restore_newest_readable(manager, directory, restore_step, stream)
   if step is None:
     raise CheckpointError(f"{path} holds no finished checkpoint; point CHECKPOINT_PATH at a "
                           "MODEL_DIR of a run that saved one.")
-  target = flatten_state({"params": abstract_params})
-  check_compatible(manager, step, target, directory, prefix="params.")
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.PyTreeRestore(item=target, partial_restore=True,
-                                   restore_args=ocp.checkpoint_utils.construct_restore_args(
-                                       target))))
-  return unflatten_state({"params": abstract_params}, restored["state"])["params"]
+  return unflatten_state({"params": abstract_params}, restored)["params"]
 
 
-def load_model(path: str, config) -> "Transformer":  # noqa: F821
-  """A Transformer of `config` holding the params of the latest checkpoint in `path` (a
-  MODEL_DIR or its checkpoints/ directory), on the default device, for inference."""
+def load_model(path: str, config: Optional["TransformerConfig"] = None  # noqa: F821
+               ) -> "Transformer":  # noqa: F821
+  """A Transformer holding the params of the newest readable checkpoint in `path` (a
+  MODEL_DIR or its checkpoints/ directory), on the default device. `config` defaults to
+  the model the run directory recorded (run_dir.py)."""
   from flax import nnx
 
+  from t5x_lite import run_dir
   from t5x_lite.models.transformer import Transformer
+
+  config = config or run_dir.recorded_model(path)
+  if config is None:
+    raise CheckpointError(f"{path} records no model configuration ({run_dir.SPEC_FILE}); "
+                          "pass the TransformerConfig it was trained with.")
 
   abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(params=0)))
   graphdef, abstract_params = nnx.split(abstract, nnx.Param)

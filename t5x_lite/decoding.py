@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from t5x_lite.errors import UserError
 from t5x_lite.models.transformer import Transformer
 
 EOS_ID = 1
@@ -42,7 +43,7 @@ class Decoded:
   scores: np.ndarray
 
 
-class DecodingError(ValueError):
+class DecodingError(UserError, ValueError):
   """A decoding request that cannot be run; the message says what to change."""
 
 

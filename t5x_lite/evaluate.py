@@ -28,7 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from t5x_lite import files, gin_utils, losses
+from t5x_lite import files, gin_utils, losses, run_dir
+from t5x_lite.errors import run_cli
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
@@ -89,18 +90,28 @@ def task_metrics(model, task: str, split: str, num_examples: int, max_new_tokens
 
 
 @gin.configurable
-def evaluate(checkpoint_path: str = gin.REQUIRED, task: str = gin.REQUIRED,
-             feature_lengths: Mapping[str, int] = gin.REQUIRED, batch_size: int = 8,
+def evaluate(checkpoint_path: str = gin.REQUIRED, task: Optional[str] = None,
+             feature_lengths: Optional[Mapping[str, int]] = None, batch_size: int = 8,
              split: str = "validation", eval_batches: int = 8,
              multiple_choice: Sequence[str] = ("pydocs_cloze",), shots: Sequence[int] = (0,),
              metric_examples: int = 64, max_new_tokens: int = 64, seed: int = 0,
              output_path: Optional[str] = None) -> dict:
-  """Evaluates CHECKPOINT_PATH's model (see the module docstring); returns the results."""
+  """Evaluates CHECKPOINT_PATH's model (see the module docstring); returns the results.
+
+  task, feature_lengths: None means those the checkpoint was trained with.
+  """
   from t5x_lite import infer
   from t5x_lite import multiple_choice as mc
 
   question_sets = {name: mc.read_questions(name) for name in multiple_choice}  # fail early
   model = infer.load_model(checkpoint_path)
+  task = infer.resolve_task(checkpoint_path, task, model.config.vocab_size)
+  if feature_lengths is None:
+    record = run_dir.read_record(checkpoint_path)
+    if record is None:
+      raise gin_utils.GinConfigError(f"{checkpoint_path} records no feature lengths; set "
+                                     "TASK_FEATURE_LENGTHS.")
+    feature_lengths = record["spec"]["train"]["feature_lengths"]
   _, vocabulary, _ = infer.task_vocabularies(task)
   results = {"checkpoint": checkpoint_path, "task": task, "split": split,
              "language_modelling": perplexity(model, task, feature_lengths, split, batch_size,
@@ -121,16 +132,12 @@ def evaluate(checkpoint_path: str = gin.REQUIRED, task: str = gin.REQUIRED,
 
 
 def main(argv: Sequence[str]) -> int:
-  from t5x_lite import checkpoints, decoding, infer, multiple_choice
-  from t5x_lite.data import CorpusError, DataError
+  return run_cli(lambda: _main(argv))
 
-  try:
-    gin_utils.parse_flags(argv)
-    results = evaluate()
-  except (gin_utils.GinConfigError, infer.InferenceError, decoding.DecodingError,
-          multiple_choice.MultipleChoiceError, checkpoints.CheckpointError, DataError,
-          CorpusError, ValueError, OSError) as error:
-    gin_utils.fail(str(error))
+
+def _main(argv: Sequence[str]) -> int:
+  gin_utils.parse_flags(argv)
+  results = evaluate()
   lm = results["language_modelling"]
   print(f"{results['task']} {results['split']}: loss {lm['loss']:.4f}, perplexity "
         f"{lm['perplexity']:.2f}, token accuracy {lm['accuracy']:.3f} ({lm['tokens']:.0f} tokens)")

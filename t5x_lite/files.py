@@ -7,20 +7,24 @@ import contextlib
 import os
 from typing import Iterator, TextIO
 
+from t5x_lite.errors import file_errors
+
 
 @contextlib.contextmanager
 def atomic_write(path: str, newline: str | None = None) -> Iterator[TextIO]:
   """Opens `path + ".tmp"` for text writing and renames it over `path` on success.
 
   The parent directory is created if needed; on an exception the temporary file is
-  removed and `path` is left as it was.
+  removed and `path` is left as it was. A full disk or an unwritable location is a
+  FileSystemError naming `path`.
   """
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   temporary = path + ".tmp"
   try:
-    with open(temporary, "w", encoding="utf-8", newline=newline) as handle:
-      yield handle
-    os.replace(temporary, path)  # atomic on POSIX: readers see the old or the new file
+    with file_errors("file", path):
+      os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+      with open(temporary, "w", encoding="utf-8", newline=newline) as handle:
+        yield handle
+      os.replace(temporary, path)  # atomic on POSIX: readers see the old or the new file
   finally:
     if os.path.exists(temporary):
       os.remove(temporary)

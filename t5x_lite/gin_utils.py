@@ -1,6 +1,12 @@
-"""Gin configuration the T5X way: --gin_file (repeatable), --gin.KEY=VALUE,
---gin_search_paths; the repository's gin/ directory is always searched so
-includes such as `include 'models/t5_1_1.gin'` resolve from anywhere.
+"""Gin at the edge: the T5X command line, and gin turned into plain objects.
+
+Entry points parse --gin_file (repeatable), --gin.KEY=VALUE and --gin_search_paths
+(the repository's gin/ directory is always searched, so includes such as
+`include 'models/t5_1_1.gin'` resolve from anywhere), then call the `resolve_*`
+functions here, which build the typed configs (TransformerConfig, OptimizerConfig,
+ScheduleConfig, RunConfig, the mesh) from the bindings. Nothing below the entry
+points reads gin: this module is the only place the library's classes are
+registered with it, under the names gin files use (spec.SECTIONS).
 """
 
 from __future__ import annotations
@@ -12,10 +18,14 @@ from typing import Iterable, Sequence
 
 import gin
 
+from t5x_lite import partitioning, spec
+from t5x_lite.errors import ConfigError, UserError, fail  # noqa: F401  (fail: for entry points)
+from t5x_lite.models.configs import NON_FUNCTIONAL_KNOBS, TransformerConfig
+
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
 
 
-class GinConfigError(ValueError):
+class GinConfigError(ConfigError):
   """A gin file or binding that cannot be parsed or applied."""
 
 
@@ -52,10 +62,11 @@ def rewrite_gin_args(argv: Sequence[str]) -> tuple[list[str], list[str], list[st
 
 def parse(files: Iterable[str], bindings: Iterable[str] = (),
           search_paths: Iterable[str] = ()) -> None:
-  """Parses gin files and bindings; errors name the file or binding at fault."""
-  # Import here so every configurable is registered before parsing.
-  import t5x_lite.models  # noqa: F401
+  """Parses gin files and bindings; errors name the file or binding at fault.
 
+  A macro set by `bindings` (e.g. --gin.TRAIN_STEPS=5) that no binding uses is refused:
+  gin would silently ignore a mistyped one (--gin.TRAIN_STEP=5).
+  """
   gin.clear_config()
   for path in [os.getcwd(), GIN_DIR, *search_paths]:
     gin.add_config_file_search_path(path)
@@ -73,6 +84,26 @@ def parse(files: Iterable[str], bindings: Iterable[str] = (),
     raise GinConfigError(f"Bad gin configuration: {error}") from None
   finally:
     logging.disable(logging.NOTSET)
+  unused = [name for name in _macros_set(bindings) if name not in _macros_used()]
+  if unused:
+    raise GinConfigError(f"macro {unused[0]} is set but no gin binding uses it (a typo?); "
+                         f"macros used here: {sorted(_macros_used())}.")
+
+
+def _macros_set(bindings: Iterable[str]) -> list[str]:
+  """The macros (NAME = value, no configurable) among bindings."""
+  keys = [binding.split("=", 1)[0].strip() for binding in bindings if "=" in binding]
+  return [key for key in keys if key and "." not in key and "/" not in key
+          and not key.startswith(("include ", "import "))]
+
+
+def _macros_used() -> set[str]:
+  """Every macro referenced as %NAME by a binding of the parsed configuration."""
+  # gin has no public listing of references; its own iterator over the parsed
+  # config is the reliable one (a %NAME inside a string is not a reference).
+  return {"/".join(reference.scopes)
+          for reference in gin.config.iterate_references(gin.config._CONFIG)
+          if reference.selector == "gin.macro"}
 
 
 def parse_flags(argv: Sequence[str]) -> None:
@@ -90,7 +121,99 @@ def _findable(path: str, search_paths: Iterable[str]) -> bool:
   return any(os.path.exists(os.path.join(root, path)) for root in roots)
 
 
-def fail(message: str) -> "NoReturn":  # noqa: F821
-  """One clear line on stderr and a non-zero exit, for user mistakes."""
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
+
+# ------------------------------------------------------------------ gin -> plain objects
+
+# The library's configs under the names gin files use; registered once, here only.
+_CONFIGURABLES = {gin_name: gin.external_configurable(cls, name=gin_name)
+                  for gin_name, cls in spec.SECTIONS.values()}
+_CONFIGURABLES["create_mesh"] = gin.external_configurable(partitioning.create_mesh,
+                                                          name="create_mesh")
+gin.external_configurable(partitioning.single_device, name="single_device")
+
+
+def _required_unbound(gin_name: str) -> None:
+  """gin does not enforce %gin.REQUIRED on registered classes; name what is missing."""
+  resolved = gin.get_bindings(gin_name)
+  raw = gin.get_bindings(gin_name, resolve_references=False)
+  for key, value in resolved.items():
+    if value is gin.REQUIRED:
+      macro = str(raw[key]).lstrip("%")
+      hint = (f"set the macro {macro}, e.g. --gin.{macro}=..." if macro != "gin.REQUIRED"
+              else f"bind it, e.g. --gin.{gin_name}.{key}=...")
+      raise GinConfigError(f"{gin_name}.{key} is required: {hint}")
+
+
+def construct(gin_name: str):
+  """The object that the configurable registered as `gin_name` builds from the bindings."""
+  _required_unbound(gin_name)
+  try:
+    return _CONFIGURABLES[gin_name]()
+  except UserError as error:
+    # gin re-raises as a subclass of the error's class that appends "In call to
+    # configurable ..."; raise the error's own class with its own (first) line.
+    cls = type(error)
+    if "ExceptionProxy" in cls.__init__.__qualname__:
+      cls = cls.__mro__[1]
+    raise cls(str(error).splitlines()[0]) from None
+  except TypeError as error:
+    if "missing" not in str(error):
+      raise  # A bug, not a binding.
+    missing = str(error).split("argument")[-1].split("\n")[0].strip(": ")
+    raise GinConfigError(f"{gin_name} needs {missing}; bind it in a gin file or with "
+                         f"--gin.{gin_name}.NAME=VALUE.") from None
+
+
+def resolve_model_config() -> TransformerConfig:
+  """TransformerConfig from the parsed bindings (defaults for unbound knobs)."""
+  return construct("TransformerConfig")
+
+
+def resolve_train_spec() -> spec.TrainSpec:
+  """The run's TrainSpec from the parsed bindings."""
+  return spec.TrainSpec(**{name: construct(gin_name)
+                           for name, (gin_name, _) in spec.SECTIONS.items()})
+
+
+def resolve_mesh():
+  """The device mesh of `create_mesh.*` (gin/meshes/...)."""
+  return construct("create_mesh")
+
+
+def model_config(files: Iterable[str], bindings: Iterable[str] = (),
+                 search_paths: Iterable[str] = ()) -> TransformerConfig:
+  """Parses model gin files (e.g. "models/tiny_causal_decoder.gin") into a TransformerConfig."""
+  parse(files, bindings, search_paths)
+  return resolve_model_config()
+
+
+def checkpoint_model_config(checkpoint_path: str, stream=sys.stderr) -> TransformerConfig:
+  """The model of a checkpoint's run directory (spec.json), for infer and evaluate.
+
+  TransformerConfig bindings in the parsed gin must agree with it, except the
+  knobs that do not change what the parameters compute (precision, layout,
+  dropout: models.configs.NON_FUNCTIONAL_KNOBS), which override it. A run
+  directory without a record (older runs) takes the model from gin.
+  """
+  from t5x_lite import run_dir
+
+  recorded = run_dir.recorded_model(checkpoint_path)
+  bound = gin.get_bindings("TransformerConfig")
+  if recorded is None:
+    if not bound:
+      raise GinConfigError(f"{checkpoint_path} has no recorded model ({run_dir.SPEC_FILE}); "
+                           "pass the gin file of the model it was trained with.")
+    print(f"warning: {checkpoint_path} has no {run_dir.SPEC_FILE}; using the model from gin.",
+          file=stream)
+    return resolve_model_config()
+  contradictions = {f"TransformerConfig.{key}": (getattr(recorded, key), value)
+                    for key, value in bound.items()
+                    if key not in NON_FUNCTIONAL_KNOBS and getattr(recorded, key) != value}
+  if contradictions:
+    shown = "; ".join(f"{knob}: checkpoint {old!r}, gin {new!r}"
+                      for knob, (old, new) in contradictions.items())
+    raise GinConfigError(f"the gin configuration contradicts the model {checkpoint_path} was "
+                         f"trained with ({shown}); drop the model gin file (the checkpoint's "
+                         "own is used) or fix those bindings.")
+  return recorded.replace(**{key: value for key, value in bound.items()
+                             if key in NON_FUNCTIONAL_KNOBS})

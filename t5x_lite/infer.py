@@ -25,35 +25,49 @@ from typing import Mapping, Optional, Sequence
 import gin
 import numpy as np
 
-from t5x_lite import files, gin_utils
+from t5x_lite import checkpoints, files, gin_utils, run_dir
+from t5x_lite.data import check_vocabulary, get_task, vocabularies
+from t5x_lite.errors import UserError, run_cli
 
 
-class InferenceError(ValueError):
+class InferenceError(UserError, ValueError):
   """Bad inference input: the message names the file, line or setting to fix."""
 
 
 def load_model(checkpoint_path: str):
-  """TransformerConfig() from gin with the params of CHECKPOINT_PATH's latest step."""
-  from t5x_lite import checkpoints
-  from t5x_lite.models.configs import TransformerConfig
+  """The model of CHECKPOINT_PATH: the config its run directory recorded (gin may change
+  only precision/layout knobs, gin_utils.checkpoint_model_config) holding the params of
+  its newest readable checkpoint."""
+  return checkpoints.load_model(checkpoint_path,
+                                gin_utils.checkpoint_model_config(checkpoint_path))
 
-  config = TransformerConfig()
-  config.validate()
-  return checkpoints.load_model(checkpoint_path, config)
+
+def resolve_task(checkpoint_path: str, task: Optional[str], vocab_size: int) -> str:
+  """The task whose vocabulary reads and writes the model's token ids.
+
+  None means the task the checkpoint was trained on. Any task must fit the model's
+  vocabulary size, and, when the run recorded its vocabulary, use that vocabulary.
+  """
+  record = run_dir.read_record(checkpoint_path)
+  if task is None:
+    if record is None:
+      raise InferenceError(f"{checkpoint_path} records no training task; set "
+                           "MIXTURE_OR_TASK_NAME to a task with the model's vocabulary.")
+    task = record["spec"]["train"]["task"]
+  check_vocabulary(task, vocab_size)
+  trained_with = (record or {}).get("vocabulary")
+  used = vocabularies.describe(get_task(task).output_features["targets"].vocabulary)
+  if trained_with and used != trained_with:
+    raise InferenceError(f"task {task!r} uses vocabulary {used} but {checkpoint_path} was "
+                         f"trained with {trained_with}; its token ids would be misread. Use "
+                         "a task with the training vocabulary (or leave MIXTURE_OR_TASK_NAME "
+                         "unset for the training task).")
+  return task
 
 
 def task_vocabularies(task: str):
   """(inputs vocabulary, targets vocabulary, whether inputs end in EOS) of a seqio task."""
-  import seqio
-
-  from t5x_lite import data  # noqa: F401  (registers the tasks)
-
-  try:
-    provider = seqio.get_mixture_or_task(task)
-  except ValueError:
-    raise InferenceError(f"unknown task {task!r}; set MIXTURE_OR_TASK_NAME to a registered "
-                         "task such as 'pydocs.full_lm'.") from None
-  features = provider.output_features
+  features = get_task(task).output_features
   inputs = features.get("inputs", features["targets"])
   return inputs.vocabulary, features["targets"].vocabulary, "inputs" in features and \
       inputs.add_eos
@@ -196,7 +210,7 @@ def score_examples(model, examples: Sequence[dict], prompts: list[list[int]], vo
 
 
 @gin.configurable
-def infer(checkpoint_path: str = gin.REQUIRED, task: str = gin.REQUIRED,
+def infer(checkpoint_path: str = gin.REQUIRED, task: Optional[str] = None,
           output_path: str = gin.REQUIRED, inputs: Optional[str] = None, mode: str = "predict",
           split: str = "validation", num_examples: int = 16, prompt_length: int = 32,
           method: str = "greedy", max_new_tokens: int = 64, temperature: float = 1.0,
@@ -204,15 +218,18 @@ def infer(checkpoint_path: str = gin.REQUIRED, task: str = gin.REQUIRED,
           batch_size: int = 8, seed: int = 0) -> dict:
   """Writes predictions (or scores) of CHECKPOINT_PATH's model for `inputs` to output_path.
 
+  task: supplies the vocabulary (and the examples when `inputs` is None); None means
+    the task the checkpoint was trained on.
   method: 'greedy', 'sample' (temperature, top_k, top_p) or 'beam' (beams, alpha).
   """
   if mode not in ("predict", "score") or method not in ("greedy", "sample", "beam"):
     raise InferenceError(f"infer.mode={mode!r} / infer.method={method!r}: choose mode from "
                          "'predict', 'score' and method from 'greedy', 'sample', 'beam'.")
+  model = load_model(checkpoint_path)
+  task = resolve_task(checkpoint_path, task, model.config.vocab_size)
   input_vocabulary, target_vocabulary, add_eos = task_vocabularies(task)
   examples = read_examples(inputs) if inputs else task_examples(task, split, num_examples,
                                                                 prompt_length)
-  model = load_model(checkpoint_path)
   prompts = encode_prompts(examples, input_vocabulary, add_eos)
   if mode == "predict":
     results = predict(model, prompts, target_vocabulary, method=method,
@@ -229,14 +246,12 @@ def infer(checkpoint_path: str = gin.REQUIRED, task: str = gin.REQUIRED,
 
 
 def main(argv: Sequence[str]) -> int:
-  from t5x_lite import checkpoints, decoding
+  return run_cli(lambda: _main(argv))
 
-  try:
-    gin_utils.parse_flags(argv)
-    summary = infer()
-  except (gin_utils.GinConfigError, InferenceError, decoding.DecodingError,
-          checkpoints.CheckpointError, ValueError, OSError) as error:
-    gin_utils.fail(str(error))
+
+def _main(argv: Sequence[str]) -> int:
+  gin_utils.parse_flags(argv)
+  summary = infer()
   for example, result in list(zip(summary["examples_text"], summary["results"]))[:3]:
     print(f"input:  {example['inputs'][-300:]!r}")
     if "prediction" in result:

@@ -14,6 +14,8 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 
+from t5x_lite.errors import file_errors
+
 # Dense bf16 peak FLOP/s per chip from the vendors' datasheets (no sparsity).
 KNOWN_PEAK_FLOPS = {
     "NVIDIA H100 80GB HBM3": 989e12,
@@ -76,9 +78,11 @@ class MetricsWriter:
     self.enabled = enabled
     self._writers = {}
     self.model_dir = model_dir
+    self.path = os.path.join(model_dir, "metrics.jsonl")
     if enabled:
-      os.makedirs(model_dir, exist_ok=True)
-      self._jsonl = open(os.path.join(model_dir, "metrics.jsonl"), "a")
+      with file_errors("metrics", self.path):
+        os.makedirs(model_dir, exist_ok=True)
+        self._jsonl = open(self.path, "a")
 
   def _tensorboard(self, split: str):
     import tensorflow as tf  # Already loaded by the data pipeline.
@@ -96,15 +100,17 @@ class MetricsWriter:
     with self._tensorboard(split).as_default(step=step):
       for name, value in scalars.items():
         tf.summary.scalar(name, value)
-    self._jsonl.write(json.dumps({"step": step, "split": split,
-                                  **{k: float(v) for k, v in scalars.items()}}) + "\n")
-    self._jsonl.flush()
+    with file_errors("metrics", self.path):
+      self._jsonl.write(json.dumps({"step": step, "split": split,
+                                    **{k: float(v) for k, v in scalars.items()}}) + "\n")
+      self._jsonl.flush()
 
   def close(self) -> None:
     if self.enabled:
       for writer in self._writers.values():
         writer.close()
-      self._jsonl.close()
+      with file_errors("metrics", self.path):
+        self._jsonl.close()
 
 
 class Progress:

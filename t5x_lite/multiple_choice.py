@@ -23,12 +23,13 @@ from typing import Optional, Sequence, TextIO
 import numpy as np
 
 from t5x_lite import decoding
+from t5x_lite.errors import UserError
 
 BUILTIN = {"pydocs_cloze": os.path.join(os.path.dirname(__file__), "data", "multiple_choice",
                                         "pydocs_cloze.jsonl")}
 
 
-class MultipleChoiceError(ValueError):
+class MultipleChoiceError(UserError, ValueError):
   """A question file that cannot be used at all (missing, or no valid question)."""
 
 

@@ -13,11 +13,12 @@ import math
 from typing import Any, Iterator, Sequence
 
 import flax.linen as nn
-import gin
 import jax
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from t5x_lite.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -54,16 +55,15 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
   return nn.with_logical_constraint(x, tuple(logical_axes))
 
 
-class MeshError(ValueError):
+class MeshError(ConfigError):
   """A mesh shape that does not fit the devices; the message says what to set."""
 
 
-@gin.configurable
 def create_mesh(shape: Sequence[int] = (-1, 1, 1),
                 devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A ("data", "fsdp", "tensor") mesh over all devices; one -1 entry takes the rest.
 
-  Bind `create_mesh.shape` in gin (gin/meshes/*.gin). The device order is
+  Entry points bind `create_mesh.shape` in gin (gin/meshes/*.gin). The device order is
   jax's (process-major), so on multi-host systems each host's devices form a
   contiguous block of the data axes and a host feeds exactly its own rows.
   """
@@ -86,7 +86,6 @@ def create_mesh(shape: Sequence[int] = (-1, 1, 1),
   return Mesh(np.array(devices).reshape(shape), MESH_AXES)
 
 
-@gin.configurable
 def single_device() -> list[jax.Device]:
   """This process's first device, for one-device meshes on machines that have more."""
   return [jax.local_devices()[0]]

@@ -5,8 +5,8 @@ Flags follow T5X: repeatable --gin_file, --gin.KEY=VALUE (e.g.
 defines the macros MODEL_DIR, TRAIN_STEPS, MIXTURE_OR_TASK_NAME,
 TASK_FEATURE_LENGTHS and BATCH_SIZE. A user mistake (bad binding, missing
 file, mesh that does not fit, mismatched checkpoint, non-finite loss) ends
-in one message on stderr and exit status 2; SIGTERM/SIGINT finish the step,
-save a checkpoint and exit 0.
+in one message on stderr and exit status 2 (errors.UserError); a bug keeps its
+traceback. SIGTERM/SIGINT finish the step, save a checkpoint and exit 0.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Optional, Sequence
 import gin
 import jax
 
-from t5x_lite import gin_utils
+from t5x_lite import gin_utils, trainer
+from t5x_lite.errors import run_cli
 
 
 @gin.configurable
@@ -42,23 +43,23 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
 
 
 def main(argv: Sequence[str]) -> int:
-  from t5x_lite import checkpoints, optim, partitioning, trainer
-  from t5x_lite.data import CorpusError, DataError, ObjectiveError
+  return run_cli(lambda: _main(argv))
 
-  user_errors = (gin_utils.GinConfigError, partitioning.MeshError, DataError, CorpusError,
-                 ObjectiveError, checkpoints.CheckpointError, optim.OptimizerConfigError,
-                 trainer.TrainingHalted, ValueError, FileNotFoundError)
-  try:
-    gin_utils.parse_flags(argv)
-    initialize_distributed()
-    result = trainer.train()
-  except user_errors as error:
-    gin_utils.fail(str(error))
+
+def _main(argv: Sequence[str]) -> int:
+  gin_utils.parse_flags(argv)
+  spec = gin_utils.resolve_train_spec()  # before jax.distributed: a bad binding fails fast
+  initialize_distributed()
+  mesh = gin_utils.resolve_mesh()
+  result = trainer.train(spec, mesh, operative_config=gin.operative_config_str())
   if jax.process_index() == 0:
     model_dir = result["model_dir"]
     print(f"finished at step {result['step']}"
           + (f": validation loss {result['loss']:.4f}, perplexity {result['perplexity']:.2f}"
              if "loss" in result else ""))
+    if result["skipped_steps"]:
+      print(f"warning: {result['skipped_steps']} non-finite updates were skipped in this run "
+            "(train.nan_policy='skip'); see the console above and metrics.jsonl.")
     print(f"checkpoints: {model_dir}/checkpoints\nmetrics: {model_dir}/metrics.jsonl\n"
           f"TensorBoard: tensorboard --logdir {model_dir}/tensorboard")
   return 0

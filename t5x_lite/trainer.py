@@ -1,9 +1,11 @@
 """The training loop and its step functions.
 
-Read top to bottom: build the mesh, the model (parameters created directly
-in their shardings), the optimizer and the data; restore the latest
-checkpoint if MODEL_DIR has one; then step, report, evaluate and save until
-TRAIN_STEPS, a signal, or a non-finite loss.
+`train(spec, mesh)` reads top to bottom: lock MODEL_DIR, build the optimizer,
+the step functions (parameters created directly in their shardings) and the
+data; compare the spec with the one MODEL_DIR recorded and record it; restore
+the newest readable checkpoint if there is one; then step, report, evaluate and
+save until TRAIN_STEPS, a signal, or a non-finite update. Everything arrives as
+arguments (spec.py); gin stays in the entry point (train.py).
 
 The train state is a plain pytree {"params", "opt_state", "step"}; steps are
 pure functions of it under jax.jit with explicit shardings and donated
@@ -14,28 +16,29 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import signal
 import sys
 import time
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, TextIO
 
-import gin
 import jax
 import jax.numpy as jnp
 import optax
 import seqio
 from flax import nnx
 
-from t5x_lite import checkpoints, losses, metrics, optim, partitioning
-from t5x_lite.data import get_batches
+from t5x_lite import checkpoints, losses, metrics, optim, partitioning, run_dir
+from t5x_lite.data import check_vocabulary, get_batches, get_task, vocabularies
+from t5x_lite.errors import ConfigError, UserError
 from t5x_lite.models import Transformer, TransformerConfig
+from t5x_lite.models.configs import functional_differences
 from t5x_lite.scaling.counting import count
+from t5x_lite.spec import TrainSpec
 
-NAN_POLICIES = ("halt", "skip")
 
-
-class TrainingHalted(RuntimeError):
+class TrainingHalted(UserError):
   """The run stopped on purpose (e.g. a non-finite loss); the message says where and why."""
 
 
@@ -121,13 +124,18 @@ def make_step_functions(config: TransformerConfig, optimizer: optax.GradientTran
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    # A non-finite loss or gradient leaves the state untouched; the loop decides what next.
-    finite = jnp.isfinite(sums.loss) & jnp.isfinite(grad_norm)
+    # An update that overflows (finite loss and gradients, non-finite new parameters) is
+    # as bad as a non-finite loss: either leaves the state untouched, so nothing
+    # non-finite can reach a checkpoint; the loop decides what next.
+    params_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p))
+                                       for p in jax.tree.leaves(params)]))
+    finite = jnp.isfinite(sums.loss) & jnp.isfinite(grad_norm) & params_finite
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
     new_state = {"params": keep(params, state["params"]),
                  "opt_state": keep(opt_state, state["opt_state"]),
                  "step": state["step"] + 1}
-    stats = dict(sums._asdict(), grad_norm=grad_norm, finite=finite)
+    stats = dict(sums._asdict(), grad_norm=grad_norm, finite=finite,
+                 params_finite=params_finite)
     return new_state, stats
 
   def eval_step(state, batch):
@@ -151,16 +159,6 @@ def make_step_functions(config: TransformerConfig, optimizer: optax.GradientTran
 def abstract_state(state: Any) -> Any:
   """Shape/dtype/sharding placeholders of a state, the restore target."""
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-
-
-def check_vocabulary(task: str, config: TransformerConfig) -> None:
-  provider = seqio.get_mixture_or_task(task)
-  for name, feature in provider.output_features.items():
-    if feature.vocabulary.vocab_size > config.vocab_size:
-      raise ValueError(
-          f"task {task!r} feature {name!r} uses {feature.vocabulary.vocab_size} token ids but "
-          f"TransformerConfig.vocab_size is {config.vocab_size}; set vocab_size >= "
-          f"{feature.vocabulary.vocab_size} (rounded up to a multiple of 128).")
 
 
 def _model_lengths(config: TransformerConfig,
@@ -208,76 +206,105 @@ def _evaluate(steps: StepFunctions, state, batches: list[dict], mesh) -> dict[st
   return losses.eval_metrics(totals)
 
 
-@gin.configurable(denylist=["stream"])
-def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
-          task: str = gin.REQUIRED, feature_lengths: Mapping[str, int] = gin.REQUIRED,
-          batch_size: int = gin.REQUIRED, seed: int = 0, microbatches: int = 1,
-          z_loss: float = 1e-4, label_smoothing: float = 0.0, log_every: int = 10,
-          eval_every: int = 100, eval_steps: int = 10, checkpoint_every: int = 100,
-          keep_checkpoints: Optional[int] = 3, init_checkpoint: Optional[str] = None,
-          nan_policy: str = "halt", peak_flops_per_device: Optional[float] = None,
-          stream=None) -> dict[str, float]:
-  """Trains TransformerConfig() (from gin) on `task` and returns the final eval metrics.
+def _non_finite(stats: Mapping[str, Any]) -> str:
+  """Which part of a rejected step went non-finite, for the console and the error."""
+  if not math.isfinite(float(stats["loss"])):
+    return "loss"
+  if not math.isfinite(float(stats["grad_norm"])):
+    return "gradient"
+  return "updated parameters (the update overflowed)"
 
-  Args:
-    model_dir: checkpoints, TensorBoard logs and metrics.jsonl go here; a run
-      resumes from the latest checkpoint found in it.
-    train_steps: total optimizer steps (the schedule's length).
-    task, feature_lengths, batch_size: the data (MIXTURE_OR_TASK_NAME,
-      TASK_FEATURE_LENGTHS, BATCH_SIZE); batch_size is global over all hosts.
-    seed: fixes initialisation, dropout and data order.
-    microbatches: gradient accumulation; batch_size / microbatches rows per pass.
-    z_loss, label_smoothing: see losses.token_loss_sums.
-    log_every, eval_every, eval_steps, checkpoint_every, keep_checkpoints: cadence.
-    init_checkpoint: fine-tuning: take the params (not the optimizer or data
-      position) from this MODEL_DIR when model_dir has no checkpoint yet.
-    nan_policy: on a non-finite loss, "halt" (stop with an error; the last
-      checkpoint stays the newest) or "skip" (drop that update, go on).
-    peak_flops_per_device: the MFU denominator; by default a datasheet figure
-      for known accelerators in bfloat16, else measured on this machine.
+
+def _check_init_checkpoint(path: str, config: TransformerConfig) -> None:
+  """Fine-tuning: the pretrained run's recorded model must compute the same function."""
+  recorded = run_dir.recorded_model(path)
+  changed = {} if recorded is None else functional_differences(recorded, config)
+  if changed:
+    raise run_dir.RunDirError(
+        f"train.init_checkpoint {path} was trained with a different model: "
+        f"{run_dir.format_changes({f'TransformerConfig.{k}': v for k, v in changed.items()})}. "
+        "Fine-tune with the model it was trained with.")
+
+
+def train(spec: TrainSpec, mesh: jax.sharding.Mesh, *, operative_config: Optional[str] = None,
+          stream: Optional[TextIO] = None) -> dict[str, Any]:
+  """Trains `spec.model` on `spec.run.task` over `mesh`; returns the final eval metrics.
+
+  MODEL_DIR (spec.run.model_dir) is locked for the life of the call; its recorded
+  spec is compared and updated (run_dir.py); `operative_config` (the gin text that
+  produced `spec`) is written there as config.gin.
   """
   stream = stream or sys.stdout
-  if nan_policy not in NAN_POLICIES:
-    raise ValueError(f"train.nan_policy={nan_policy!r}; choose one of {NAN_POLICIES}.")
-  if batch_size % microbatches:
-    raise ValueError(f"BATCH_SIZE {batch_size} is not divisible by train.microbatches "
-                     f"{microbatches}.")
-  config = TransformerConfig()
-  config.validate()
-  mesh = partitioning.create_mesh()
+  run = spec.run
   data_shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  if batch_size % data_shards or (batch_size // microbatches) % data_shards:
-    raise ValueError(f"BATCH_SIZE {batch_size} (/{microbatches} microbatches) does not split "
-                     f"over the mesh's {data_shards} data x fsdp shards; use a multiple.")
-  optimizer = optim.make_optimizer(schedule=optim.make_schedule(total_steps=train_steps))
-  steps = make_step_functions(config, optimizer, mesh, seed, microbatches, z_loss,
-                              label_smoothing)
-  shard = seqio.ShardInfo(jax.process_index(), jax.process_count())
-  batches = get_batches(task, feature_lengths, "train", batch_size, config.architecture,
-                        shard=shard, seed=seed)
-  check_vocabulary(task, config)  # After get_batches, which names an unknown task clearly.
-  checkpointer = checkpoints.Checkpointer(os.path.join(model_dir, "checkpoints"),
-                                          checkpoint_every, keep_checkpoints)
-  state = steps.init()
-  start = checkpointer.latest_step()
-  if start is not None:
-    state = checkpointer.restore(start, abstract_state(state), batches)
-    print(f"resumed from {checkpointer.directory} step {start}", file=stream)
-  elif init_checkpoint:
-    state["params"] = checkpoints.restore_params(init_checkpoint,
-                                                 abstract_state(state["params"]))
-    print(f"initialised params from {init_checkpoint}", file=stream)
-  start = int(jax.device_get(state["step"]))
+  if run.batch_size % data_shards or (run.batch_size // run.microbatches) % data_shards:
+    raise ConfigError(f"BATCH_SIZE {run.batch_size} (/{run.microbatches} microbatches) does not "
+                      f"split over the mesh's {data_shards} data x fsdp shards; use a multiple.")
+  lock = run_dir.RunLock(run.model_dir)
+  if jax.process_index() == 0:  # hosts share MODEL_DIR; one of them holds the lock
+    lock.acquire()
+  try:
+    if lock.previous_holder:
+      holder = lock.previous_holder
+      print(f"note: the previous trainer of {run.model_dir} (pid {holder.get('pid')} on "
+            f"{holder.get('host')}) did not exit cleanly; resuming from its last checkpoint.",
+            file=stream)
+    return _train_locked(spec, mesh, operative_config, stream)
+  finally:
+    lock.release()
 
-  encoder_length, decoder_length = _model_lengths(config, feature_lengths)
+
+def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Optional[str],
+                  stream: TextIO) -> dict[str, Any]:
+  run, config = spec.run, spec.model
+  is_main = jax.process_index() == 0
+  shard = seqio.ShardInfo(jax.process_index(), jax.process_count())
+  check_vocabulary(run.task, config.vocab_size)  # also names an unknown task
+  vocabulary = vocabularies.describe(get_task(run.task).output_features["targets"].vocabulary)
+  schedule = optim.make_schedule(spec.schedule, run.train_steps)
+  steps = make_step_functions(config, optim.make_optimizer(spec.optimizer, schedule), mesh,
+                              run.seed, run.microbatches, run.z_loss, run.label_smoothing)
+  first_batches = [get_batches(run.task, run.feature_lengths, "train", run.batch_size,
+                               config.architecture, shard=shard, seed=run.seed)]
+
+  def make_batches():  # the iterator built above first (a seqio pipeline takes seconds)
+    return first_batches.pop() if first_batches else get_batches(
+        run.task, run.feature_lengths, "train", run.batch_size, config.architecture,
+        shard=shard, seed=run.seed)
+
+  checkpointer = checkpoints.Checkpointer(os.path.join(run.model_dir, "checkpoints"),
+                                          run.checkpoint_every, run.keep_checkpoints)
+  resuming = checkpointer.latest_step() is not None
+  if is_main:
+    run_dir.check_and_record(run.model_dir, spec, vocabulary, resuming, operative_config,
+                             stream)
+  state = steps.init()
+  start, restored, batches = checkpointer.restore_latest(abstract_state(state), make_batches)
+  if start is not None:
+    state = restored
+    print(f"resumed from {checkpointer.directory} step {start}", file=stream)
+  else:
+    batches = make_batches()
+    if run.init_checkpoint:
+      _check_init_checkpoint(run.init_checkpoint, config)
+      state["params"] = checkpoints.restore_params(run.init_checkpoint,
+                                                   abstract_state(state["params"]))
+      print(f"initialised params from {run.init_checkpoint}", file=stream)
+  start = int(jax.device_get(state["step"]))
+  if is_main:
+    dropped = run_dir.trim_metrics(run.model_dir, start)
+    if dropped:
+      print(f"dropped {dropped} metric records and TensorBoard events past step {start} "
+            "(written after the checkpoint resumed from)", file=stream)
+
+  encoder_length, decoder_length = _model_lengths(config, run.feature_lengths)
   counts = count(config, inputs_length=encoder_length, targets_length=decoder_length)
-  if peak_flops_per_device:
-    peak, peak_source = peak_flops_per_device, "train.peak_flops_per_device"
+  if run.peak_flops_per_device:
+    peak, peak_source = run.peak_flops_per_device, "train.peak_flops_per_device"
   else:
     peak, peak_source = metrics.peak_flops_per_device(config.dtype)
-  is_main = jax.process_index() == 0
-  writer = metrics.MetricsWriter(model_dir, enabled=is_main)
-  progress = metrics.Progress(train_steps, start, counts.flops_per_token,
+  writer = metrics.MetricsWriter(run.model_dir, enabled=is_main)
+  progress = metrics.Progress(run.train_steps, start, counts.flops_per_token,
                               peak * jax.device_count(), stream=stream if is_main else None)
   if is_main:
     print(f"{config.architecture}: {counts.params / 1e6:.2f}M params, "
@@ -286,50 +313,73 @@ def train(model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED,
 
   # Read once, at the first evaluation: building a seqio pipeline takes seconds.
   validation = functools.cache(lambda: _validation_batches(
-      task, feature_lengths, batch_size, config.architecture, shard, eval_steps, seed))
-  skipped = 0
+      run.task, run.feature_lengths, run.batch_size, config.architecture, shard,
+      run.eval_steps, run.seed))
+  skipped = consecutive = 0
   step = start
   last_eval: dict[str, float] = {}
-  with _StopSignal() as stop:
-    while step < train_steps and stop.received is None:
-      state, stats = steps.train(state, partitioning.global_batch(next(batches), mesh))
-      stats = jax.device_get(stats)
-      step += 1
-      progress.add_tokens(batch_size * counts.tokens_per_sequence)
-      if not stats["finite"]:
-        if nan_policy == "halt":
-          checkpointer.close()
-          raise TrainingHalted(
-              f"non-finite loss at step {step} (loss {stats['loss']}, grad norm "
-              f"{stats['grad_norm']}); nothing was saved for it; the newest checkpoint is step "
-              f"{checkpointer.latest_step()}. Lower the learning rate or set "
-              "train.nan_policy='skip'.")
-        skipped += 1
-      if step % log_every == 0 or step == train_steps:
-        tokens = max(float(stats["tokens"]), 1.0)
-        loss = float(stats["cross_entropy"]) / tokens
-        scalars = {"loss": loss, "z_loss": float(stats["z_loss"]) / tokens,
-                   "accuracy": float(stats["correct"]) / tokens,
-                   "grad_norm": float(stats["grad_norm"]), "skipped_steps": skipped,
-                   **progress.report(step, loss)}
-        writer.write(step, "train", scalars)
-      if step % eval_every == 0 or step == train_steps:
-        eval_start = time.perf_counter()
-        last_eval = _evaluate(steps, state, validation(), mesh)
-        progress.exclude(time.perf_counter() - eval_start)
-        writer.write(step, "eval", last_eval)
+
+  def halt(message: str) -> TrainingHalted:
+    return TrainingHalted(f"{message}; nothing was saved for it; the newest checkpoint is step "
+                          f"{checkpointer.latest_step()}. Lower the learning rate, or set "
+                          "train.nan_policy='skip' (with train.max_consecutive_skips).")
+
+  try:
+    with _StopSignal() as stop:
+      while step < run.train_steps and stop.received is None:
+        state, stats = steps.train(state, partitioning.global_batch(next(batches), mesh))
+        stats = jax.device_get(stats)
+        step += 1
+        progress.add_tokens(run.batch_size * counts.tokens_per_sequence)
+        if stats["finite"]:
+          consecutive = 0
+        else:
+          what = _non_finite(stats)
+          if run.nan_policy == "halt":
+            raise halt(f"non-finite {what} at step {step} (loss {stats['loss']}, grad norm "
+                       f"{stats['grad_norm']})")
+          skipped += 1
+          consecutive += 1
+          if is_main:
+            print(f"step {step}: non-finite {what}: update skipped ({consecutive} in a row, "
+                  f"{skipped} in all)", file=stream, flush=True)
+          if consecutive >= run.max_consecutive_skips:
+            raise halt(f"{consecutive} consecutive non-finite updates (steps "
+                       f"{step - consecutive + 1}-{step}, {skipped} skipped in all)")
+        if step % run.log_every == 0 or step == run.train_steps:
+          tokens = max(float(stats["tokens"]), 1.0)
+          loss = float(stats["cross_entropy"]) / tokens
+          scalars = {"loss": loss, "z_loss": float(stats["z_loss"]) / tokens,
+                     "accuracy": float(stats["correct"]) / tokens,
+                     "grad_norm": float(stats["grad_norm"]), "skipped_steps": skipped,
+                     **progress.report(step, loss)}
+          writer.write(step, "train", scalars)
+        if step % run.eval_every == 0 or step == run.train_steps:
+          eval_start = time.perf_counter()
+          last_eval = _evaluate(steps, state, validation(), mesh)
+          progress.exclude(time.perf_counter() - eval_start)
+          writer.write(step, "eval", last_eval)
+          if is_main:
+            print(f"eval at step {step}: loss {last_eval['loss']:.4f}, perplexity "
+                  f"{last_eval['perplexity']:.2f}, accuracy {last_eval['accuracy']:.3f}",
+                  file=stream)
+        checkpointer.save(step, state, batches, force=step == run.train_steps)
+      if stop.received is not None:
+        if checkpointer.latest_step() != step:
+          checkpointer.save(step, state, batches, force=True)
         if is_main:
-          print(f"eval at step {step}: loss {last_eval['loss']:.4f}, perplexity "
-                f"{last_eval['perplexity']:.2f}, accuracy {last_eval['accuracy']:.3f}",
-                file=stream)
-      checkpointer.save(step, state, batches, force=step == train_steps)
-    if stop.received is not None:
-      if checkpointer.latest_step() != step:
-        checkpointer.save(step, state, batches, force=True)
-      if is_main:
-        print(f"received signal {stop.received}: saved step {step} and stopped", file=stream)
-  if step == train_steps and not last_eval:  # Already finished earlier: report it again.
-    last_eval = _evaluate(steps, state, validation(), mesh)
+          print(f"received signal {stop.received}: saved step {step} and stopped", file=stream)
+    if step >= run.train_steps and not last_eval:  # Finished earlier: report it again.
+      last_eval = _evaluate(steps, state, validation(), mesh)
+  except BaseException:
+    # Let a save in flight finish (or fail) before the error ends the run; a second
+    # error here (e.g. the same full disk) must not hide the first.
+    for close in (checkpointer.close, writer.close):
+      try:
+        close()
+      except Exception:  # noqa: BLE001
+        pass
+    raise
   checkpointer.close()
   writer.close()
-  return {"step": step, "model_dir": model_dir, **last_eval}
+  return {"step": step, "model_dir": run.model_dir, "skipped_steps": skipped, **last_eval}

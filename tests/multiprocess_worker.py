@@ -26,13 +26,13 @@ if num_processes > 1:
 
 from t5x_lite import gin_utils, optim, partitioning, trainer  # noqa: E402
 from t5x_lite.data import get_batches  # noqa: E402
-from t5x_lite.models import TransformerConfig  # noqa: E402
 
-gin_utils.parse(["models/tiny_causal_decoder.gin"])
+config = gin_utils.model_config(["models/tiny_causal_decoder.gin"])
 mesh = partitioning.create_mesh((-1, 1, 1))
 assert mesh.devices.size == 4, mesh
-optimizer = optim.make_optimizer(schedule=optim.make_schedule(warmup_steps=1, total_steps=3))
-steps = trainer.make_step_functions(TransformerConfig(), optimizer, mesh)
+optimizer = optim.make_optimizer(optim.OptimizerConfig(), optim.make_schedule(
+    optim.ScheduleConfig(warmup_steps=1), total_steps=3))
+steps = trainer.make_step_functions(config, optimizer, mesh)
 state = steps.init()
 batches = get_batches("pydocs.full_lm.byte", {"targets": 64}, "train", 8, "causal_decoder")
 rows = 8 // num_processes

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from t5x_lite import gin_utils
-from t5x_lite.models import TransformerConfig, create_model
+from t5x_lite.models import create_model
 from t5x_lite.models.params import count_initialized_params
 from t5x_lite.scaling.counting import count_params
 
@@ -27,15 +27,13 @@ def test_presets_exist():
 
 @pytest.mark.parametrize("path", MODEL_FILES, ids=os.path.basename)
 def test_every_model_preset_parses_and_builds_its_config(path):
-  gin_utils.parse([path])
-  config = TransformerConfig()
+  config = gin_utils.model_config([path])
   assert count_params(config)[0] > 0
 
 
 @pytest.mark.parametrize("architecture", ["causal_decoder", "prefix_decoder", "encoder_decoder"])
 def test_tiny_presets_build_models_of_their_architecture(architecture):
-  gin_utils.parse([f"models/tiny_{architecture}.gin"])
-  config = TransformerConfig()
+  config = gin_utils.model_config([f"models/tiny_{architecture}.gin"])
   assert config.architecture == architecture
   assert count_initialized_params(create_model(config)) == count_params(config)[0]
 
@@ -68,9 +66,9 @@ MESH_SHAPES = {"single_device": (1, 1, 1), "data_parallel": (8, 1, 1), "fsdp": (
 def test_every_mesh_file_builds_its_mesh_on_eight_devices(name, shape):
   import gin
 
-  from t5x_lite import partitioning, train  # noqa: F401  (train: initialize_distributed)
+  from t5x_lite import train  # noqa: F401  (train: initialize_distributed)
   gin_utils.parse([f"meshes/{name}.gin"])
-  assert tuple(partitioning.create_mesh().devices.shape) == shape
+  assert tuple(gin_utils.resolve_mesh().devices.shape) == shape
   multihost = name in ("gpu_multihost", "tpu_pod")
   bound = gin.query_parameter("initialize_distributed.coordinator_address") if multihost else None
   assert bound == ("auto" if multihost else None)
@@ -91,14 +89,19 @@ def test_every_run_file_parses_with_its_required_macros_bound(run):
   import t5x_lite.evaluate  # noqa: F401
   import t5x_lite.infer  # noqa: F401
   import t5x_lite.trainer  # noqa: F401
-  bindings = ["MODEL_DIR = '/tmp/unused'", "CHECKPOINT_PATH = '/tmp/unused'",
-              "INFER_OUTPUT = '/tmp/unused.jsonl'"]
-  gin_utils.parse([f"runs/{run}.gin", "models/tiny_causal_decoder.gin"], bindings)
   entry = RUN_FILES[run]
-  assert gin.query_parameter(f"{entry}.task") is not None
+  required = {"train": ["MODEL_DIR"], "infer": ["CHECKPOINT_PATH", "INFER_OUTPUT"],
+              "evaluate": ["CHECKPOINT_PATH"]}[entry] + (["CHECKPOINT_PATH"] if run == "finetune"
+                                                         else [])
+  gin_utils.parse([f"runs/{run}.gin", "models/tiny_causal_decoder.gin"],
+                  [f"{macro} = '/tmp/unused'" for macro in required])
+  path = "train.model_dir" if entry == "train" else f"{entry}.checkpoint_path"
+  assert gin.get_bindings(entry)[path.split(".")[1]] == "/tmp/unused"
   if entry == "train":
-    assert gin.query_parameter("%TRAIN_STEPS") > 0
-  assert gin.query_parameter("%MIXTURE_OR_TASK_NAME").startswith("pydocs.")
+    spec = gin_utils.resolve_train_spec()
+    assert spec.run.train_steps > 0 and spec.run.task.startswith("pydocs.")
+  else:  # infer and evaluate default to the task the checkpoint was trained on
+    assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") is None
   assert {os.path.basename(f)[:-4] for f in glob.glob(
       os.path.join(gin_utils.GIN_DIR, "runs", "*.gin"))} == set(RUN_FILES)
 

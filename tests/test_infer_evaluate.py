@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from t5x_lite import decoding, evaluate, gin_utils, infer, multiple_choice, train
+from t5x_lite import checkpoints, decoding, evaluate, infer, multiple_choice, train
 from tests import train_helpers
 
 TASK = "pydocs.full_lm.byte"
@@ -26,8 +26,7 @@ def infer_args(model_dir, output, **bindings):
 
 
 def loaded_model(model_dir):
-  gin_utils.parse(["models/tiny_causal_decoder.gin"])
-  return infer.load_model(str(model_dir))
+  return checkpoints.load_model(str(model_dir))  # the model its run directory recorded
 
 
 def test_predictions_from_jsonl_skip_bad_lines_and_match_the_decoder(model_dir, tmp_path,
@@ -77,7 +76,7 @@ def test_beam_search_from_the_task_split_returns_ranked_beams(model_dir, tmp_pat
 
 @pytest.mark.parametrize("bindings,message", [
     ({"infer.max_new_tokens": 120}, "maximum length 128 allows 7"),
-    ({"TransformerConfig.d_model": 96}, "params.decoder"),
+    ({"TransformerConfig.d_model": 96}, "TransformerConfig.d_model: checkpoint 64, gin 96"),
     ({"CHECKPOINT_PATH": "'/nonexistent/run'"}, "does not exist"),
 ])
 def test_bad_requests_are_one_clear_error(model_dir, tmp_path, capsys, bindings, message):

@@ -71,28 +71,32 @@ def in_test_folder(args: list[str], folder) -> list[str]:
 
 def configure(entry: str, args: list[str]) -> None:
   """Everything an entry point does with its command line short of running."""
-  import seqio
-
   import t5x_lite.train  # noqa: F401  (registers initialize_distributed)
-  from t5x_lite import evaluate, infer, partitioning, trainer
-  from t5x_lite.models import TransformerConfig
+  from t5x_lite import evaluate, infer
+  from t5x_lite.data import check_vocabulary, get_task
   from t5x_lite.scaling.counting import count_params
 
-  function = {"train": trainer.train, "infer": infer.infer, "evaluate": evaluate.evaluate}[entry]
   gin_utils.parse_flags(args)
-  bindings = gin.get_bindings(function.__name__)
-  required = [name for name, parameter in inspect.signature(function).parameters.items()
-              if parameter.default is gin.REQUIRED]
-  unbound = [name for name in required if bindings.get(name, gin.REQUIRED) is gin.REQUIRED]
-  assert not unbound, f"{entry}: required parameters not bound: {unbound}"
-  config = TransformerConfig()
-  assert count_params(config)[0] > 0
-  task = seqio.get_mixture_or_task(bindings["task"])
-  trainer.check_vocabulary(bindings["task"], config)
-  if "feature_lengths" in bindings:
-    assert set(bindings["feature_lengths"]) == set(task.output_features), bindings["task"]
   if entry == "train":
-    partitioning.create_mesh()  # raises MeshError when the shape does not fit 8 devices
+    spec = gin_utils.resolve_train_spec()  # every required binding, every value valid
+    config, task, lengths = spec.model, spec.run.task, spec.run.feature_lengths
+    gin_utils.resolve_mesh()  # raises MeshError when the shape does not fit 8 devices
+  else:
+    function = {"infer": infer.infer, "evaluate": evaluate.evaluate}[entry]
+    bindings = gin.get_bindings(function.__name__)
+    required = [name for name, parameter in inspect.signature(function).parameters.items()
+                if parameter.default is gin.REQUIRED]
+    unbound = [name for name in required if bindings.get(name, gin.REQUIRED) is gin.REQUIRED]
+    assert not unbound, f"{entry}: required parameters not bound: {unbound}"
+    # The model comes from the checkpoint's run directory; a model gin file, if given,
+    # is built here (infer checks it against the checkpoint).
+    config = gin_utils.resolve_model_config()
+    task, lengths = bindings.get("task"), bindings.get("feature_lengths")
+  assert count_params(config)[0] > 0
+  if task is not None:
+    check_vocabulary(task, config.vocab_size)
+    if lengths is not None:
+      assert set(lengths) == set(get_task(task).output_features), task
 
 
 def run_scaling(args: list[str]) -> str:

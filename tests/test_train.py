@@ -15,22 +15,19 @@ import pytest
 from t5x_lite import gin_utils, optim, partitioning, train, trainer
 from t5x_lite.checkpoints import Checkpointer
 from t5x_lite.data import get_batches
-from t5x_lite.models import TransformerConfig
 from tests import train_helpers as helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_training(model_dir, architecture="causal_decoder", **extra):
-  gin_utils.parse(helpers.gin_files(architecture),
-                  helpers.bindings(model_dir, architecture, **extra))
-  return trainer.train()
+run_training = helpers.run_training
 
 
 def losses_on_mesh(architecture, shape, batches, microbatches=1):
-  config = TransformerConfig()
+  config = gin_utils.model_config([f"models/tiny_{architecture}.gin"])
   mesh = partitioning.create_mesh(shape, jax.devices()[:int(np.prod(shape))])
-  optimizer = optim.make_optimizer(schedule=optim.make_schedule(warmup_steps=2, total_steps=5))
+  optimizer = optim.make_optimizer(optim.OptimizerConfig(), optim.make_schedule(
+      optim.ScheduleConfig(warmup_steps=2), total_steps=5))
   steps = trainer.make_step_functions(config, optimizer, mesh, microbatches=microbatches)
   state = steps.init()
   losses = []
@@ -42,7 +39,6 @@ def losses_on_mesh(architecture, shape, batches, microbatches=1):
 
 @pytest.mark.parametrize("architecture", list(helpers.TASKS))
 def test_sharded_training_matches_one_device(architecture):
-  gin_utils.parse([f"models/tiny_{architecture}.gin"])
   task, lengths = helpers.TASKS[architecture]
   iterator = get_batches(task, lengths, "train", 8, architecture, seed=0)
   batches = [next(iterator) for _ in range(5)]
@@ -54,7 +50,6 @@ def test_sharded_training_matches_one_device(architecture):
 
 
 def test_gradient_accumulation_over_microbatches_equals_the_full_batch():
-  gin_utils.parse(["models/tiny_causal_decoder.gin"])
   task, lengths = helpers.TASKS["causal_decoder"]
   iterator = get_batches(task, lengths, "train", 8, "causal_decoder", seed=0)
   batches = [next(iterator) for _ in range(3)]
@@ -83,9 +78,7 @@ def test_a_checkpoint_restores_onto_a_different_mesh(tmp_path):
   constant = {"make_schedule.name": "'constant'", "BATCH_SIZE": 8}
   run_training(tmp_path / "straight", steps=6, **constant)
   run_training(tmp_path / "moved", steps=3, **constant)
-  gin_utils.parse(helpers.gin_files("causal_decoder", mesh="fsdp"),
-                  helpers.bindings(tmp_path / "moved", steps=6, **constant))
-  assert trainer.train()["step"] == 6
+  assert run_training(tmp_path / "moved", mesh="fsdp", steps=6, **constant)["step"] == 6
   straight, moved = helpers.train_losses(tmp_path / "straight"), helpers.train_losses(
       tmp_path / "moved")
   np.testing.assert_allclose([moved[s] for s in range(1, 7)], [straight[s] for s in range(1, 7)],
@@ -149,7 +142,7 @@ def test_a_half_written_checkpoint_is_never_restored(tmp_path):
 
 
 def test_a_non_finite_loss_halts_without_writing_a_nan_checkpoint(tmp_path):
-  with pytest.raises(trainer.TrainingHalted, match="non-finite loss at step"):
+  with pytest.raises(trainer.TrainingHalted, match="non-finite (loss|gradient) at step"):
     run_training(tmp_path, steps=20, LEARNING_RATE=1e30)
   for value in helpers.saved_params(tmp_path).values():
     assert np.isfinite(value).all()
@@ -190,6 +183,10 @@ def test_restoring_a_checkpoint_of_another_model_shape_is_one_clear_error(tmp_pa
   run_training(tmp_path, steps=2)
   argv = helpers.command_line(tmp_path, steps=4) + ["--gin.TransformerConfig.d_ff=256"]
   code, err = run_main(argv, capsys)
+  assert code == 2 and "TransformerConfig.d_ff: 128 -> 256" in err
+  # A run directory without a recorded spec (older runs): the checkpoint's shapes refuse it.
+  os.remove(tmp_path / "spec.json")
+  code, err = run_main(argv, capsys)
   assert code == 2 and "does not match this model" in err and "(64, 256)" in err
   assert Checkpointer(str(tmp_path / "checkpoints"), 2).latest_step() == 2
 
@@ -201,7 +198,7 @@ def test_finetuning_starts_from_the_pretrained_params_on_a_new_task(tmp_path):
                                MIXTURE_OR_TASK_NAME="'shakespeare.full_lm.byte'",
                                LEARNING_RATE=0.0, WARMUP_STEPS=0)
   gin_utils.parse(files, overrides + [f"CHECKPOINT_PATH = '{tmp_path / 'pretrained'}'"])
-  assert trainer.train()["step"] == 1
+  assert trainer.train(gin_utils.resolve_train_spec(), gin_utils.resolve_mesh())["step"] == 1
   pretrained, finetuned = helpers.saved_params(tmp_path / "pretrained"), helpers.saved_params(
       tmp_path / "finetuned")
   for name in pretrained:  # A zero learning rate: the params are exactly the pretrained ones.

@@ -34,25 +34,27 @@ def test_dimensions_the_mesh_cannot_divide_are_replicated():
 
 
 def test_warmup_cosine_rises_linearly_then_decays_to_a_tenth_of_the_peak():
-  schedule = optim.make_schedule("warmup_cosine", 1e-3, warmup_steps=10, total_steps=100)
+  schedule = optim.make_schedule(optim.ScheduleConfig("warmup_cosine", 1e-3, warmup_steps=10),
+                                 total_steps=100)
   assert float(schedule(0)) == 0.0 and float(schedule(5)) == pytest.approx(5e-4)
   assert float(schedule(10)) == pytest.approx(1e-3)
   assert float(schedule(100)) == pytest.approx(1e-4)
 
 
 def test_rsqrt_and_constant_schedules():
-  rsqrt = optim.make_schedule("rsqrt", 0.01, warmup_steps=10_000)
+  rsqrt = optim.make_schedule(optim.ScheduleConfig("rsqrt", 0.01, warmup_steps=10_000), 1000)
   assert float(rsqrt(10)) == pytest.approx(0.01) and float(rsqrt(40_000)) == pytest.approx(0.005)
-  constant = optim.make_schedule("constant", 1e-3, warmup_steps=4)
+  constant = optim.make_schedule(optim.ScheduleConfig("constant", 1e-3, warmup_steps=4), 1000)
   assert float(constant(2)) == pytest.approx(5e-4) and float(constant(1000)) == pytest.approx(1e-3)
   with pytest.raises(optim.OptimizerConfigError, match="choose one of"):
-    optim.make_schedule("linear")
+    optim.ScheduleConfig("linear")
 
 
 def test_weight_decay_skips_norm_scales_and_biases():
   params = {"kernel": jnp.ones((3, 3)), "scale": jnp.ones((3,)), "bias": jnp.ones((3,))}
-  optimizer = optim.make_optimizer("adamw", optax.constant_schedule(0.1), weight_decay=0.5,
-                                   clip_norm=None)
+  optimizer = optim.make_optimizer(optim.OptimizerConfig("adamw", weight_decay=0.5,
+                                                         clip_norm=None),
+                                   optax.constant_schedule(0.1))
   zero_grads = jax.tree.map(jnp.zeros_like, params)
   updates, _ = optimizer.update(zero_grads, optimizer.init(params), params)
   assert float(updates["kernel"][0, 0]) == pytest.approx(-0.05)
@@ -61,7 +63,8 @@ def test_weight_decay_skips_norm_scales_and_biases():
 
 def test_adafactor_updates_matrices_with_factored_moments():
   params = {"kernel": jnp.ones((4, 6)), "scale": jnp.ones((6,))}
-  optimizer = optim.make_optimizer("adafactor", optax.constant_schedule(0.01), weight_decay=0.0)
+  optimizer = optim.make_optimizer(optim.OptimizerConfig("adafactor", weight_decay=0.0),
+                                   optax.constant_schedule(0.01))
   state = optimizer.init(params)
   updates, _ = optimizer.update(jax.tree.map(jnp.ones_like, params), state, params)
   assert all(np.isfinite(np.asarray(u)).all() and np.abs(u).max() > 0

@@ -6,6 +6,7 @@ import os
 import numpy as np
 import orbax.checkpoint as ocp
 
+from t5x_lite import gin_utils, trainer
 from t5x_lite.checkpoints import item_handlers
 
 # architecture: (task, feature lengths); byte vocabularies fit the tiny presets' 512 ids.
@@ -29,6 +30,13 @@ def bindings(model_dir, architecture="causal_decoder", steps=6, **extra) -> list
             "train.checkpoint_every": 2, "train.peak_flops_per_device": 1e11}
   values.update(extra)
   return [f"{key} = {value}" for key, value in values.items()]
+
+
+def run_training(model_dir, architecture="causal_decoder", mesh="single_device", stream=None,
+                 **extra) -> dict:
+  """Trains a tiny model configured exactly as `python -m t5x_lite.train` would be."""
+  gin_utils.parse(gin_files(architecture, mesh), bindings(model_dir, architecture, **extra))
+  return trainer.train(gin_utils.resolve_train_spec(), gin_utils.resolve_mesh(), stream=stream)
 
 
 def command_line(model_dir, architecture="causal_decoder", **extra) -> list[str]:

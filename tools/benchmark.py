@@ -62,7 +62,8 @@ def benchmark_config(config: TransformerConfig, batch_size: int, inputs: int, ta
                      steps: int, peak: float) -> dict:
   """Times `steps` steps of the trainer's own train step (AdamW, z-loss, clipping)."""
   mesh = partitioning.create_mesh((1, 1, 1), jax.devices()[:1])
-  optimizer = optim.make_optimizer(schedule=optim.make_schedule(total_steps=steps + 1))
+  optimizer = optim.make_optimizer(optim.OptimizerConfig(),
+                                   optim.make_schedule(optim.ScheduleConfig(), steps + 1))
   step_functions = trainer.make_step_functions(config, optimizer, mesh)
   state = step_functions.init()
   batch = partitioning.global_batch(make_batch(config, batch_size, inputs, targets), mesh)

@@ -25,7 +25,6 @@ from benchmark import benchmark_config  # noqa: E402
 from t5x_lite import gin_utils  # noqa: E402
 from t5x_lite.data import get_batches  # noqa: E402
 from t5x_lite.metrics import measured_peak_flops  # noqa: E402
-from t5x_lite.models import TransformerConfig  # noqa: E402
 
 QUICKSTART_BATCH, QUICKSTART_LENGTH = 16, 256
 PIPELINES = {
@@ -52,8 +51,7 @@ def pipeline_tokens_per_second(name: str, seconds: float) -> dict:
 
 
 def quickstart_training_tokens_per_second(steps: int) -> dict:
-  gin_utils.parse([os.path.join(gin_utils.GIN_DIR, "models", "quickstart_decoder.gin")])
-  config = TransformerConfig()
+  config = gin_utils.model_config(["models/quickstart_decoder.gin"])
   peak = measured_peak_flops("float32")
   return benchmark_config(config, QUICKSTART_BATCH, 0, QUICKSTART_LENGTH, steps, peak)
 

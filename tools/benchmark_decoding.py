@@ -26,7 +26,6 @@ import numpy as np
 from flax import nnx
 
 from t5x_lite import decoding, gin_utils
-from t5x_lite.models import TransformerConfig
 from t5x_lite.models.transformer import create_model
 
 PROMPT = 16
@@ -63,8 +62,8 @@ def main() -> None:
   parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
   parser.add_argument("--json", help="also write the results here")
   args = parser.parse_args()
-  gin_utils.parse(["models/quickstart_decoder.gin"])
-  config = dataclasses.replace(TransformerConfig(), max_length=PROMPT + 1 + args.new_tokens)
+  config = dataclasses.replace(gin_utils.model_config(["models/quickstart_decoder.gin"]),
+                               max_length=PROMPT + 1 + args.new_tokens)
   model = create_model(config)
   graphdef, state = nnx.split(model)
   results = []

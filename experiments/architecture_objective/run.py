@@ -39,7 +39,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from t5x_lite import files, gin_utils, infer, multiple_choice
+from t5x_lite import checkpoints, files, gin_utils, infer, multiple_choice
 from t5x_lite.data import objectives
 from t5x_lite.models.configs import TransformerConfig
 from t5x_lite.scaling import counting, sweep
@@ -83,10 +83,10 @@ def feature_lengths(architecture: str, objective: str, length: int) -> dict:
 
 
 def model_config(architecture: str, mode: Mode) -> TransformerConfig:
-  gin_utils.parse([os.path.join(HERE, "model.gin")])
   decoder_layers = mode.layers if architecture == "encoder_decoder" else 2 * mode.layers
+  base = gin_utils.model_config([os.path.join(HERE, "model.gin")])
   return dataclasses.replace(
-      TransformerConfig(), architecture=architecture, d_model=mode.d_model,
+      base, architecture=architecture, d_model=mode.d_model,
       num_heads=mode.d_model // 32, d_ff=mode.d_model * 8 // 3 // 32 * 32 or 32,
       num_decoder_layers=decoder_layers,
       num_encoder_layers=mode.layers if architecture == "encoder_decoder" else 0)
@@ -131,8 +131,7 @@ def validation_passages(count: int, length: int) -> list[tuple[list[int], list[i
 def evaluate_run(run: dict, model_dir: str, mode: Mode, passages, questions) -> dict:
   from t5x_lite import decoding
 
-  gin_utils.parse([os.path.join(HERE, "model.gin")], run["bindings"][:6])
-  model = infer.load_model(model_dir)
+  model = checkpoints.load_model(model_dir)  # the model its run directory recorded
   sums, tokens = decoding.score(model, [p for p, _ in passages], [c for _, c in passages])
   vocabulary = infer.task_vocabularies("pydocs.full_lm.byte")[1]
   cloze = multiple_choice.rank_classify(model, vocabulary, questions)

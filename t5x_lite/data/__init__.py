@@ -5,8 +5,16 @@ Importing this package registers every `<corpus>.<objective>` task with seqio.
 
 from t5x_lite.data.corpus_store import CorpusError
 from t5x_lite.data.objectives import ObjectiveError, span_corruption_lengths
-from t5x_lite.data.pipeline import BatchIterator, DataError, DataSpec, get_batches
+from t5x_lite.data.pipeline import (
+                                    BatchIterator,
+                                    DataError,
+                                    DataSpec,
+                                    check_vocabulary,
+                                    get_batches,
+                                    get_task,
+)
 from t5x_lite.data.tasks import register_tasks
 
 __all__ = ["BatchIterator", "CorpusError", "DataError", "DataSpec", "ObjectiveError",
-           "get_batches", "register_tasks", "span_corruption_lengths"]
+           "check_vocabulary", "get_batches", "get_task", "register_tasks",
+           "span_corruption_lengths"]

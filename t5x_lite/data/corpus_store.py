@@ -27,6 +27,8 @@ import shutil
 import tempfile
 from typing import Callable, Iterable, Iterator
 
+from t5x_lite.errors import UserError
+
 SPLITS = ("train", "validation")
 MANIFEST = "manifest.json"
 DEFAULT_VALIDATION_FRACTION = 0.05
@@ -34,7 +36,7 @@ DEFAULT_VALIDATION_FRACTION = 0.05
 DEFAULT_SHARDS = 8
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError, ValueError):
   """A corpus that cannot be built or read; the message names what to fix."""
 
 

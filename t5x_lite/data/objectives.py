@@ -16,11 +16,13 @@ from typing import Mapping
 import seqio
 import tensorflow as tf
 
+from t5x_lite.errors import UserError
+
 NOISE_DENSITY = 0.15
 MEAN_NOISE_SPAN_LENGTH = 3.0
 
 
-class ObjectiveError(ValueError):
+class ObjectiveError(UserError, ValueError):
   """Feature lengths or a vocabulary that an objective cannot work with."""
 
 

@@ -20,12 +20,14 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from t5x_lite.errors import UserError
+
 ARCHITECTURES = ("encoder_decoder", "causal_decoder", "prefix_decoder")
 _STATE_FILE = "pipeline.json"
 _TF_CHECKPOINT = "iterator"
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
   """A data request that cannot be served; the message names what to fix."""
 
 
@@ -88,12 +90,10 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
 
   def restore(self, directory: str) -> None:
     """Continues from a position saved by an iterator over the same DataSpec."""
-    path = os.path.join(directory, _STATE_FILE)
-    try:
-      with open(path) as handle:
-        saved = json.load(handle)
-    except FileNotFoundError:
-      raise DataError(f"no data-iterator state in {directory} ({_STATE_FILE} missing).") from None
+    # A missing or damaged file raises as it is: the checkpoint layer treats that step as
+    # unreadable and falls back to an earlier one. A different pipeline is a user error.
+    with open(os.path.join(directory, _STATE_FILE)) as handle:
+      saved = json.load(handle)
     if saved["spec"] != self.spec.to_json():
       changed = sorted(k for k in saved["spec"] if saved["spec"][k] != self.spec.to_json().get(k))
       raise DataError(f"the saved data position in {directory} belongs to a different pipeline "
@@ -109,6 +109,29 @@ def _with_prefix_mask(architecture: str, dataset: tf.data.Dataset) -> tf.data.Da
     return dataset
   return dataset.map(lambda ex: dict(
       ex, decoder_causal_attention=tf.zeros_like(ex["decoder_target_tokens"])))
+
+
+def get_task(task: str) -> seqio.DatasetProviderBase:
+  """The registered seqio task or mixture `task`, or a DataError naming some that exist."""
+  import t5x_lite.data  # noqa: F401  Registers the tasks.
+
+  try:
+    return seqio.get_mixture_or_task(task)
+  except ValueError:
+    known = ", ".join(sorted(seqio.TaskRegistry.names())[:12])
+    raise DataError(f"unknown task or mixture {task!r} (MIXTURE_OR_TASK_NAME); "
+                    f"registered tasks include {known}, ...") from None
+
+
+def check_vocabulary(task: str, vocab_size: int) -> None:
+  """Refuses a task whose token ids do not fit a model of `vocab_size` embeddings."""
+  for name, feature in get_task(task).output_features.items():
+    if feature.vocabulary.vocab_size > vocab_size:
+      raise DataError(
+          f"task {task!r} feature {name!r} uses {feature.vocabulary.vocab_size} token ids but "
+          f"TransformerConfig.vocab_size is {vocab_size}; use a task whose vocabulary fits, or "
+          f"set vocab_size >= {feature.vocabulary.vocab_size} (rounded up to a multiple of "
+          "128).")
 
 
 def get_batches(task: str, feature_lengths: Mapping[str, int], split: str, batch_size: int,
@@ -129,18 +152,11 @@ def get_batches(task: str, feature_lengths: Mapping[str, int], split: str, batch
     num_epochs: None repeats forever (training); 1 for one pass (evaluation).
     pack: pack several examples per row (seqio packing with segment ids/positions).
   """
-  import t5x_lite.data  # noqa: F401  Registers the tasks.
-
   shard = shard or seqio.ShardInfo(index=0, num_shards=1)
   if batch_size % shard.num_shards:
     raise DataError(f"batch size {batch_size} does not divide over {shard.num_shards} hosts; "
                     "choose a multiple of the number of hosts.")
-  try:
-    provider = seqio.get_mixture_or_task(task)
-  except ValueError:
-    known = ", ".join(sorted(seqio.TaskRegistry.names())[:12])
-    raise DataError(f"unknown task or mixture {task!r} (MIXTURE_OR_TASK_NAME); "
-                    f"registered tasks include {known}, ...") from None
+  provider = get_task(task)
   if split not in provider.splits:
     raise DataError(f"task {task!r} has no split {split!r}; it has {list(provider.splits)}.")
   spec = DataSpec(task=task, feature_lengths=dict(feature_lengths), split=split,

@@ -4,6 +4,7 @@ trained offline on the embedded corpus the first time it is needed, any user
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 
@@ -88,3 +89,15 @@ def byte_vocabulary(extra_ids: int = EXTRA_IDS) -> seqio.Vocabulary:
 def padded_vocab_size(vocabulary: seqio.Vocabulary, multiple: int = 128) -> int:
   """The model vocab size for a vocabulary, rounded up so the embedding shards evenly."""
   return -(-vocabulary.vocab_size // multiple) * multiple
+
+
+def describe(vocabulary: seqio.Vocabulary) -> dict:
+  """What identifies a vocabulary's token ids: its kind, size, EOS id and, for
+  SentencePiece, a hash of the model itself (a retrained model keeps its path but not
+  its ids). Run directories record it; infer and resume compare it."""
+  description = {"kind": type(vocabulary).__name__, "size": vocabulary.vocab_size,
+                 "eos_id": vocabulary.eos_id}
+  if isinstance(vocabulary, seqio.SentencePieceVocabulary):
+    description["kind"] = "SentencePieceVocabulary"  # subclasses share the same ids
+    description["sha256"] = hashlib.sha256(vocabulary.sp_model).hexdigest()[:16]
+  return description

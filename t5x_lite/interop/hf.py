@@ -15,12 +15,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from typing import Callable, Optional
 
 import numpy as np
+from flax import nnx
 
+from t5x_lite.errors import UserError
 from t5x_lite.models.configs import TransformerConfig
-from t5x_lite.models.params import FlatParams, flat_params, model_from_params
+from t5x_lite.models.params import FlatParams, abstract_model, flat_params, model_from_params
 from t5x_lite.models.transformer import Transformer
 
 ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_tanh",
@@ -28,8 +31,29 @@ ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_tanh",
 _PREFIXES = ("transformer.", "model.")
 
 
-class UnsupportedModelError(ValueError):
-  """A Hugging Face model or config field that t5x_lite cannot reproduce exactly."""
+class UnsupportedModelError(UserError, ValueError):
+  """A Hugging Face model, config field or weight file that t5x_lite cannot import exactly;
+  the message names the field or tensor and the file."""
+
+
+class _ConfigFields(dict):
+  """config.json's fields; a missing one is an error naming it and the file."""
+
+  def __init__(self, fields: dict, path: str):
+    super().__init__(fields)
+    self.path = path
+
+  def __missing__(self, field: str):
+    raise UnsupportedModelError(f"{self.path} has no field {field!r}, which a "
+                                f"{self.get('model_type')} model needs.")
+
+  def get(self, field, default=None):  # dict.get bypasses __missing__, as it should
+    return super().get(field, default)
+
+
+# Tensors some files carry that are buffers or copies, not parameters of the model.
+_IGNORED_TENSORS = (r"\.attn\.(masked_)?bias$", r"rotary_emb\.inv_freq$",
+                    r"^(encoder|decoder)\.embed_tokens\.weight$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,7 +210,7 @@ def _llama_rows(config: TransformerConfig):
   return rows
 
 
-def _gpt2_params(config: TransformerConfig, weights: dict) -> FlatParams:
+def _gpt2_params(config: TransformerConfig, weights: "_UsedTensors") -> FlatParams:
   """GPT-2 stores Conv1D weights as (in, out) and fuses q, k, v into c_attn."""
   d, h, hd = config.d_model, config.num_heads, config.resolved_head_dim
   flat: FlatParams = {("token_embedding", "embedding"): weights["wte.weight"],
@@ -233,7 +257,7 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
   elif os.path.exists(os.path.join(path, "model.safetensors")):
     files = ["model.safetensors"]
   else:
-    raise FileNotFoundError(
+    raise UnsupportedModelError(
         f"No model.safetensors (or sharded index) in {path}. t5x_lite never unpickles "
         "pytorch_model.bin; re-save the model with save_pretrained(safe_serialization=True).")
   weights = {}
@@ -249,9 +273,16 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
 def read_config(path: str) -> dict:
   config_path = os.path.join(path, "config.json")
   if not os.path.exists(config_path):
-    raise FileNotFoundError(f"{config_path} not found: pass a Hugging Face model directory.")
-  with open(config_path) as f:
-    hf = json.load(f)
+    raise UnsupportedModelError(f"{config_path} not found: pass a Hugging Face model "
+                                "directory.")
+  try:
+    with open(config_path) as f:
+      hf = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    raise UnsupportedModelError(f"{config_path} cannot be read as JSON ({error}).") from None
+  if not isinstance(hf, dict):
+    raise UnsupportedModelError(f"{config_path} is not a JSON object.")
+  hf = _ConfigFields(hf, config_path)
   if hf.get("model_type") not in FAMILIES:
     raise UnsupportedModelError(
         f"Hugging Face model_type {hf.get('model_type')!r} is not supported; t5x_lite imports "
@@ -259,14 +290,14 @@ def read_config(path: str) -> dict:
   return hf
 
 
-def _tie(hf: dict, weights: dict, embedding_key: str, always_tie: bool) -> bool:
+def _tie(hf: dict, used: "_UsedTensors", embedding_key: str, always_tie: bool) -> bool:
   """transformers' rule: tie the output layer to the embedding when the config
   asks to (T5 always does), unless the file holds a different lm_head."""
-  head = weights.get("lm_head.weight")
+  head = used["lm_head.weight"] if "lm_head.weight" in used.weights else None
   if always_tie or hf.get("tie_word_embeddings", True):
-    return head is None or np.array_equal(head, weights[embedding_key])
+    return head is None or np.array_equal(head, used[embedding_key])
   if head is None:
-    raise UnsupportedModelError("config.json says tie_word_embeddings=false but the weights "
+    raise UnsupportedModelError(f"{hf.path} says tie_word_embeddings=false but the weights "
                                 "have no lm_head.weight.")
   return False
 
@@ -282,19 +313,72 @@ def load(path: str, **config_overrides) -> Transformer:
   make_config, make_rows = FAMILIES[family]
   config = make_config(hf)
   weights = read_safetensors(path)
-  tied = _tie(hf, weights, _EMBEDDING_KEYS[family], always_tie=family == "t5")
+  used = _UsedTensors(weights, path)
+  tied = _tie(hf, used, _EMBEDDING_KEYS[family], always_tie=family == "t5")
   config = config.replace(tie_embeddings=tied, **config_overrides)
+  sources: dict = {}  # our path -> the HF tensor it came from, for error messages
   if make_rows is None:
-    flat = _gpt2_params(config, weights)
+    try:
+      flat = _gpt2_params(config, used)
+    except ValueError as error:  # a fused q/k/v or output tensor of the wrong size
+      raise UnsupportedModelError(f"{path}: GPT-2 tensors do not fit config.json ("
+                                  f"{_shape_fields(hf)}): {error}") from None
   else:
-    missing = [theirs for _, theirs, _ in make_rows(config) if theirs not in weights]
-    if missing:
-      raise ValueError(f"{path}: tensors missing for this config: {missing[:5]}.")
-    flat = {ours: transform.to_ours(weights[theirs])
-            for ours, theirs, transform in make_rows(config)}
+    flat, sources = {}, {}
+    for ours, theirs, transform in make_rows(config):
+      tensor, sources[ours] = used[theirs], theirs
+      try:
+        flat[ours] = transform.to_ours(tensor)
+      except ValueError:  # numpy cannot reshape it into heads x head_dim
+        flat[ours] = tensor
   if not tied:
-    flat[("logits_dense", "kernel")] = weights["lm_head.weight"].T
+    flat[("logits_dense", "kernel")] = used["lm_head.weight"].T
+  _check_shapes(config, flat, sources, hf, path)
+  unused = [name for name in weights if name not in used.names
+            and not any(re.search(pattern, name) for pattern in _IGNORED_TENSORS)]
+  if unused:
+    raise UnsupportedModelError(
+        f"{path}: {len(unused)} tensors are not used by config.json ({_shape_fields(hf)}), "
+        f"e.g. {sorted(unused)[:4]}; the config describes a smaller model than the weights "
+        "(fix num_hidden_layers / num_layers / n_layer).")
   return model_from_params(config, flat)  # casts every tensor to the config's param_dtype
+
+
+class _UsedTensors:
+  """The weight file's tensors, recording which ones the import reads; a missing one is
+  an error naming it (the config describes a larger model than the weights)."""
+
+  def __init__(self, weights: dict[str, np.ndarray], path: str):
+    self.weights, self.path, self.names = weights, path, set()
+
+  def __getitem__(self, name: str) -> np.ndarray:
+    if name not in self.weights:
+      raise UnsupportedModelError(f"{self.path}: tensor {name!r} is missing from the weights; "
+                                  "config.json describes a larger model than they hold.")
+    self.names.add(name)
+    return self.weights[name]
+
+
+def _shape_fields(hf: dict) -> str:
+  fields = ("num_hidden_layers", "num_layers", "num_decoder_layers", "n_layer", "hidden_size",
+            "d_model", "n_embd", "num_attention_heads", "num_heads", "n_head",
+            "num_key_value_heads", "head_dim", "d_kv", "intermediate_size", "d_ff")
+  return ", ".join(f"{field}={hf[field]}" for field in fields if hf.get(field) is not None)
+
+
+def _check_shapes(config: TransformerConfig, flat: FlatParams, sources: dict, hf: dict,
+                  path: str) -> None:
+  """Every imported tensor has the shape the config gives it (before anything is built)."""
+  expected = {path_: var.get_value().shape for path_, var in nnx.to_flat_state(nnx.state(
+      abstract_model(config.replace(scan_layers=False)), nnx.Param))}
+  for ours, value in flat.items():
+    if ours in expected and tuple(value.shape) != tuple(expected[ours]):
+      name = "/".join(map(str, ours))
+      tensor = f"tensor {sources[ours]} (our {name})" if ours in sources else f"the {name} weights"
+      raise UnsupportedModelError(
+          f"{path}: {tensor} has shape {tuple(value.shape)} but config.json "
+          f"({_shape_fields(hf)}) gives {tuple(expected[ours])}; the config does not describe "
+          "these weights.")
 
 
 def export(model: Transformer, path: str, *, model_type: Optional[str] = None) -> None:

@@ -1,7 +1,8 @@
-"""`TransformerConfig`: every architecture knob of the model family, bound by gin.
+"""`TransformerConfig`: every architecture knob of the model family.
 
 One frozen dataclass describes encoder-decoder (T5), causal decoder (GPT) and
-non-causal prefix decoder models. Presets live as gin files under gin/models/;
+non-causal prefix decoder models. Entry points bind it with gin (presets live
+as gin files under gin/models/); library code receives it as an argument.
 `validate()` turns a knob combination we cannot build into one clear error.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-import gin
+from t5x_lite.errors import ConfigError, check_field_types
 
 ARCHITECTURES = ("encoder_decoder", "causal_decoder", "prefix_decoder")
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")
@@ -21,8 +22,20 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 ATTENTION_IMPLEMENTATIONS = (None, "xla", "cudnn")
 DTYPES = ("float32", "bfloat16", "float16")
 
+# Knobs that change how the model is computed or stored, not the function it computes
+# from its parameters: a checkpoint may be resumed, fine-tuned from or loaded for
+# inference with different values (see run_dir.py). Every other knob is the model.
+LAYOUT_KNOBS = ("scan_layers", "remat_policy", "attention_impl")
+# Precision: a legitimate choice at inference (e.g. bfloat16 decoding of a float32 run),
+# but a change of numerics on resume, where it must be asked for explicitly.
+PRECISION_KNOBS = ("dtype", "param_dtype")
+# Knobs that only matter while training (dropout) or at initialisation.
+TRAINING_KNOBS = ("dropout_rate", "embedding_init_std")
+# The rest define the function the parameters compute: inference and fine-tuning must
+# use a checkpoint's own values (see `functional_differences`).
+NON_FUNCTIONAL_KNOBS = LAYOUT_KNOBS + PRECISION_KNOBS + TRAINING_KNOBS
 
-@gin.configurable
+
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
   """Architecture of a t5x_lite model.
@@ -126,7 +139,8 @@ class TransformerConfig:
     return dataclasses.replace(self, **changes)
 
   def validate(self) -> None:
-    """Raises ValueError naming the first knob that cannot be honoured."""
+    """Raises ConfigError naming the first knob that cannot be honoured."""
+    check_field_types(self, "TransformerConfig")
     choices = {
         "architecture": ARCHITECTURES,
         "activation": ACTIVATIONS,
@@ -141,30 +155,39 @@ class TransformerConfig:
     for name, allowed in choices.items():
       value = getattr(self, name)
       if value not in allowed:
-        raise ValueError(
+        raise ConfigError(
             f"TransformerConfig.{name}={value!r} is not supported; choose one of {allowed}.")
     positive = ["vocab_size", "d_model", "num_decoder_layers", "num_heads", "d_ff", "max_length"]
     if self.is_encoder_decoder:
       positive.append("num_encoder_layers")
     for name in positive:
       if getattr(self, name) <= 0:
-        raise ValueError(f"TransformerConfig.{name} must be positive, got {getattr(self, name)}.")
+        raise ConfigError(f"TransformerConfig.{name} must be positive, got {getattr(self, name)}.")
     if not self.is_encoder_decoder and self.num_encoder_layers:
-      raise ValueError(
+      raise ConfigError(
           f"TransformerConfig.num_encoder_layers={self.num_encoder_layers} only applies to "
           f"architecture='encoder_decoder', not {self.architecture!r}; set it to 0.")
     if self.head_dim is None and self.d_model % self.num_heads:
-      raise ValueError(
+      raise ConfigError(
           f"TransformerConfig.d_model={self.d_model} is not divisible by num_heads="
           f"{self.num_heads}; set head_dim explicitly.")
     if self.kv_heads <= 0 or self.num_heads % self.kv_heads:
-      raise ValueError(
+      raise ConfigError(
           f"TransformerConfig.num_kv_heads={self.num_kv_heads} must divide num_heads="
           f"{self.num_heads} (MHA: None, GQA: a divisor, MQA: 1).")
     if self.position_encoding == "rope" and self.resolved_head_dim % 2:
-      raise ValueError(
+      raise ConfigError(
           f"RoPE needs an even head_dim, got {self.resolved_head_dim}; change head_dim "
           "or TransformerConfig.position_encoding.")
     if not 0.0 <= self.dropout_rate < 1.0:
-      raise ValueError(
+      raise ConfigError(
           f"TransformerConfig.dropout_rate must be in [0, 1), got {self.dropout_rate}.")
+
+
+def functional_differences(recorded: "TransformerConfig", current: "TransformerConfig"
+                           ) -> dict[str, tuple[object, object]]:
+  """{knob: (recorded, current)} for knobs that change what the same parameters compute."""
+  return {field.name: (getattr(recorded, field.name), getattr(current, field.name))
+          for field in dataclasses.fields(TransformerConfig)
+          if field.name not in NON_FUNCTIONAL_KNOBS
+          and getattr(recorded, field.name) != getattr(current, field.name)}

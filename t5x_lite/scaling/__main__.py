@@ -26,28 +26,19 @@ import json
 import sys
 from typing import Sequence
 
+from t5x_lite import files as result_files
 from t5x_lite import gin_utils
+from t5x_lite.errors import ConfigError, run_cli
 from t5x_lite.scaling import counting, laws
 
 # The fit methods (t5x_lite.scaling.report.METHODS), listed here so --help needs no scipy import.
 METHODS = ("parametric", "isoflop", "envelope", "kaplan")
 
 
-def load_model_config(files: Sequence[str], bindings: Sequence[str],
-                      search_paths: Sequence[str]):
-  from t5x_lite.models.configs import TransformerConfig
-
-  gin_utils.parse(files, bindings, search_paths)
-  try:
-    return TransformerConfig()
-  except (ValueError, TypeError) as error:
-    raise gin_utils.GinConfigError(str(error)) from None
-
-
 def _count(args, files, bindings, search_paths) -> None:
   if not files:
     raise gin_utils.GinConfigError("count needs --gin_file=gin/models/<preset>.gin.")
-  config = load_model_config(files, bindings, search_paths)
+  config = gin_utils.model_config(files, bindings, search_paths)
   counts = counting.count(config, targets_length=args.targets_length,
                           inputs_length=args.inputs_length, convention=args.convention)
   if args.json:
@@ -64,7 +55,7 @@ def _count(args, files, bindings, search_paths) -> None:
 
 def _optimal(args) -> None:
   if not (args.budget > 0 and args.budget < float("inf")):
-    raise ValueError(f"--budget must be a positive number of FLOPs, got {args.budget}.")
+    raise ConfigError(f"--budget must be a positive number of FLOPs, got {args.budget}.")
   allocation = laws.preset(args.law).optimal(args.budget)
   if args.json:
     print(json.dumps({"law": args.law, **allocation.as_dict()}))
@@ -89,7 +80,7 @@ def _plot(args) -> None:
   for method in args.methods:
     table = curves if method == "envelope" else runs
     if table is None:
-      raise ValueError("--methods envelope needs --curves CURVES.csv (training curves).")
+      raise ConfigError("--methods envelope needs --curves CURVES.csv (training curves).")
     fitted.append(reports.fit_runs(table, method, args.budget, args.bootstrap, args.seed))
     print(f"{method}: a = {fitted[-1].parameters['a']:.3f}, b = {fitted[-1].parameters['b']:.3f}"
           if "a" in fitted[-1].parameters else f"{method}: fitted")
@@ -102,7 +93,7 @@ def _plan(args, files, bindings, search_paths) -> None:
 
   if not files:
     raise gin_utils.GinConfigError("plan needs the family's base model: --gin_file=<model>.gin.")
-  base = load_model_config(files, bindings, search_paths)
+  base = gin_utils.model_config(files, bindings, search_paths)
   family = planning.Family(base, aspect_ratio=args.aspect_ratio, head_dim=args.head_dim,
                            ffn_ratio=args.ffn_ratio)
   runs = planning.plan_sweep(
@@ -118,7 +109,7 @@ def _plan(args, files, bindings, search_paths) -> None:
                      "spread": args.spread},
           "runs": [run.as_dict() for run in runs]}
   if args.output:
-    with open(args.output, "w") as handle:
+    with result_files.atomic_write(args.output) as handle:
       json.dump(plan, handle, indent=1)
   if args.json:
     print(json.dumps(plan))
@@ -225,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   plot.add_argument("--bootstrap", type=int, default=100, help="refits per method for the bands")
   plot.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(rest)
-  try:
+  def run() -> int:
     if args.command == "count":
       _count(args, files, bindings, search_paths)
     elif args.command == "optimal":
@@ -236,8 +227,9 @@ def main(argv: Sequence[str] | None = None) -> None:
       _plot(args)
     elif args.command == "plan":
       _plan(args, files, bindings, search_paths)
-  except (gin_utils.GinConfigError, ValueError, OSError) as error:
-    gin_utils.fail(str(error))
+    return 0
+
+  run_cli(run)
 
 
 if __name__ == "__main__":

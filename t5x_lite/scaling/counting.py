@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from t5x_lite.errors import ConfigError
 from t5x_lite.models.configs import TransformerConfig
 
 CONVENTIONS = ("matmul", "chinchilla")
@@ -117,17 +118,17 @@ def count(config: TransformerConfig, *, targets_length: int | None = None,
   the encoder-decoder and 0 for decoders.
   """
   if convention not in CONVENTIONS:
-    raise ValueError(f"convention={convention!r}; choose one of {CONVENTIONS}.")
+    raise ConfigError(f"convention={convention!r}; choose one of {CONVENTIONS}.")
   targets_length = config.max_length if targets_length is None else targets_length
   if inputs_length is None:
     inputs_length = config.max_length if config.is_encoder_decoder else 0
   if targets_length <= 0 or inputs_length < 0:
-    raise ValueError(f"Feature lengths must be positive, got inputs={inputs_length}, "
+    raise ConfigError(f"Feature lengths must be positive, got inputs={inputs_length}, "
                      f"targets={targets_length}.")
   params, non_embedding = count_params(config)
   if config.is_encoder_decoder:
     if inputs_length <= 0:
-      raise ValueError("An encoder-decoder needs a positive inputs_length.")
+      raise ConfigError("An encoder-decoder needs a positive inputs_length.")
     decoder_length = targets_length
     forward = _stack_forward_flops(config, config.num_encoder_layers, inputs_length, 0,
                                    convention)

@@ -22,6 +22,7 @@ import numpy as np
 from scipy import optimize
 
 from t5x_lite.scaling.laws import ChinchillaLaw
+from t5x_lite.scaling.runs import FitError
 
 HUBER_DELTA = 1e-3
 # Bootstrap refits start at the full-data optimum; with delta = 1e-3 the
@@ -86,7 +87,7 @@ def fit_parametric(params, tokens, loss, *, grid=PAPER_GRID,
   _, best_theta = _best_of([theta for _, theta in screened[:POLISHED_STARTS]], log_n, log_d,
                            log_loss, delta, REFIT_OPTIONS)
   if best_theta is None:
-    raise ValueError("The parametric fit failed from every initialisation (non-finite loss).")
+    raise FitError("The parametric fit failed from every initialisation (non-finite loss).")
   return _law(best_theta)
 
 
@@ -111,7 +112,7 @@ def refit_parametric(params, tokens, loss, start: ChinchillaLaw,
   log_n, log_d, log_loss = (np.log(np.asarray(x, float)) for x in (params, tokens, loss))
   _, theta = _best_of([_theta(start)], log_n, log_d, log_loss, delta, REFIT_OPTIONS)
   if theta is None:
-    raise ValueError("The parametric refit failed (non-finite loss).")
+    raise FitError("The parametric refit failed (non-finite loss).")
   return _law(theta)
 
 
@@ -128,7 +129,7 @@ def bootstrap_parametric(params, tokens, loss, *, samples: int = 1000, seed: int
     try:
       laws.append(refit_parametric(np.exp(log_n[index]), np.exp(log_d[index]),
                                    np.exp(log_loss[index]), start, delta))
-    except ValueError:
+    except FitError:
       continue
   return laws
 

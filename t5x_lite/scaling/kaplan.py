@@ -16,6 +16,7 @@ import numpy as np
 from scipy import optimize
 
 from t5x_lite.scaling.laws import KaplanLaw
+from t5x_lite.scaling.runs import FitError
 
 EXPONENT_STARTS = (0.05, 0.1, 0.3)
 SCALE_OFFSETS = (2.0, 8.0, 20.0)  # log N_c - log max(N), log D_c - log max(D)
@@ -41,7 +42,7 @@ def _solve(starts, log_n, log_d, log_loss):
     if np.isfinite(result.cost) and (best is None or result.cost < best.cost):
       best = result
   if best is None:
-    raise ValueError("The Kaplan fit failed from every start (non-finite residuals).")
+    raise FitError("The Kaplan fit failed from every start (non-finite residuals).")
   return _law(best.x)
 
 

@@ -21,6 +21,8 @@ from typing import Callable, Union
 import numpy as np
 from scipy import optimize
 
+from t5x_lite.errors import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class Allocation:
@@ -150,5 +152,5 @@ PRESETS: dict[str, Law] = {
 
 def preset(name: str) -> Law:
   if name not in PRESETS:
-    raise ValueError(f"Unknown scaling-law preset {name!r}; choose one of {sorted(PRESETS)}.")
+    raise ConfigError(f"Unknown scaling-law preset {name!r}; choose one of {sorted(PRESETS)}.")
   return PRESETS[name]

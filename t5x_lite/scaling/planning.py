@@ -29,11 +29,12 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from scipy import optimize
 
+from t5x_lite.errors import UserError
 from t5x_lite.models.configs import TransformerConfig
 from t5x_lite.scaling import counting
 
 
-class PlanError(ValueError):
+class PlanError(UserError, ValueError):
   """A plan request that cannot be met; the message names the option to change."""
 
 

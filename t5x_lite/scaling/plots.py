@@ -19,6 +19,7 @@ matplotlib.use("Agg")  # Files only; no display needed.
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from t5x_lite.errors import file_errors
 from t5x_lite.scaling import envelope, isoflop  # noqa: E402
 from t5x_lite.scaling.report import FitReport  # noqa: E402
 from t5x_lite.scaling.runs import Runs  # noqa: E402
@@ -123,7 +124,8 @@ def plot_fit(runs: Runs, report: FitReport, path: str) -> None:
     error = None if interval is None else [[value - interval[0]], [interval[1] - value]]
     right.errorbar([report.budget], [value], yerr=error, fmt="o", color="black", capsize=3)
   figure.tight_layout()
-  figure.savefig(path, dpi=120)
+  with file_errors("the plot", path):
+    figure.savefig(path, dpi=120)
   plt.close(figure)
 
 
@@ -140,5 +142,6 @@ def plot_study(runs: Runs, reports: Sequence[FitReport], path: str,
   else:
     axes[1, 1].set_axis_off()
   figure.tight_layout()
-  figure.savefig(path, dpi=120)
+  with file_errors("the plot", path):
+    figure.savefig(path, dpi=120)
   plt.close(figure)

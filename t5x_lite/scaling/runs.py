@@ -19,10 +19,16 @@ from typing import Optional
 
 import numpy as np
 
+from t5x_lite.errors import UserError
+
 REQUIRED = ("params", "tokens", "loss")
 
 
-class RunsError(ValueError):
+class FitError(UserError, ValueError):
+  """A fit that cannot be made from these runs (no finite solution from any start)."""
+
+
+class RunsError(UserError, ValueError):
   """A runs table that cannot be fitted; the message names the file, row and column."""
 
 

@@ -27,13 +27,14 @@ import time
 from typing import Callable, Optional, Sequence, TextIO
 
 from t5x_lite import files
+from t5x_lite.errors import UserError
 
 RUNS_COLUMNS = ("run", "budget", "params", "tokens", "flops", "loss", "steps", "num_layers",
                 "d_model", "d_ff")
 CURVE_COLUMNS = ("run", "step", "params", "tokens", "flops", "loss")
 
 
-class SweepError(ValueError):
+class SweepError(UserError, ValueError):
   """A plan file or sweep directory that cannot be used; the message says what to fix."""
 
 

@@ -173,7 +173,60 @@ def test_pickled_weights_are_never_loaded(tmp_path):
   write_config(tmp_path, model_type="gpt2", vocab_size=10, n_embd=8, n_layer=1, n_head=2,
                n_positions=8)
   (tmp_path / "pytorch_model.bin").write_bytes(b"not read")
-  with pytest.raises(FileNotFoundError, match="never unpickles"):
+  with pytest.raises(hf.UnsupportedModelError, match="never unpickles"):
+    hf.load(str(tmp_path))
+
+
+def tiny_llama(path, layers=2):
+  config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48,
+                                    num_hidden_layers=layers, num_attention_heads=4,
+                                    num_key_value_heads=2)
+  transformers.LlamaForCausalLM(config).save_pretrained(path)
+
+
+def edit_config(path, **fields):
+  config = json.loads((path / "config.json").read_text())
+  config.update(fields)
+  for field in [name for name, value in fields.items() if value is None]:
+    config.pop(field)
+  (path / "config.json").write_text(json.dumps(config))
+
+
+def test_a_config_with_fewer_layers_than_the_weights_is_refused(tmp_path):
+  tiny_llama(tmp_path, layers=3)
+  edit_config(tmp_path, num_hidden_layers=2)
+  with pytest.raises(hf.UnsupportedModelError, match=r"not used by config.json.*layers\.2\."):
+    hf.load(str(tmp_path))
+
+
+def test_a_config_with_more_layers_than_the_weights_names_the_missing_tensor(tmp_path):
+  tiny_llama(tmp_path, layers=2)
+  edit_config(tmp_path, num_hidden_layers=3)
+  with pytest.raises(hf.UnsupportedModelError, match=r"'layers\.2\..*' is missing"):
+    hf.load(str(tmp_path))
+
+
+@pytest.mark.parametrize("fields", [{"num_attention_heads": 8}, {"head_dim": 4}])
+def test_query_weights_that_do_not_fit_heads_times_head_dim_are_refused(tmp_path, fields):
+  tiny_llama(tmp_path)
+  edit_config(tmp_path, **fields)
+  with pytest.raises(hf.UnsupportedModelError, match=r"tensor layers\.0\.self_attn\.[qk]_proj"
+                                                     r"\.weight \(our .*\) has shape"):
+    hf.load(str(tmp_path))
+
+
+def test_a_missing_config_field_is_named_with_its_file(tmp_path):
+  tiny_llama(tmp_path)
+  edit_config(tmp_path, intermediate_size=None)
+  with pytest.raises(hf.UnsupportedModelError, match=r"config.json has no field "
+                                                     r"'intermediate_size'"):
+    hf.load(str(tmp_path))
+
+
+def test_an_unreadable_config_is_named(tmp_path):
+  tiny_llama(tmp_path)
+  (tmp_path / "config.json").write_text('{"model_type": "llama", ')
+  with pytest.raises(hf.UnsupportedModelError, match=r"config.json cannot be read as JSON"):
     hf.load(str(tmp_path))
 
 

@@ -12,8 +12,7 @@ from t5x_lite.scaling import counting
 
 
 def preset(name: str) -> TransformerConfig:
-  gin_utils.parse([f"gin/models/{name}.gin"])
-  return TransformerConfig()
+  return gin_utils.model_config([f"gin/models/{name}.gin"])
 
 
 # Published totals: GPT-3 (Brown et al. 2020, Table 2.1), LLaMA (Touvron et al.
