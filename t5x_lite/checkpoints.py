@@ -176,12 +176,13 @@ def _read(what: str, step: int, read: Callable[[], Any]) -> Any:
 
 
 def _restore_newest_readable(manager: ocp.CheckpointManager, directory: str,
-                             restore_step: Callable[[int], Any], stream: TextIO
+                             restore_step: Callable[[int], Any], stream: Optional[TextIO]
                              ) -> tuple[Optional[int], Any, list[int]]:
   """(step, restored, unreadable steps) trying the newest step first, then older ones.
 
   Raises CheckpointError when steps exist and none of them can be read.
   """
+  stream = stream or sys.stderr
   skipped, causes = [], []
   for step in sorted(manager.all_steps(), reverse=True):
     try:
@@ -223,7 +224,7 @@ class Checkpointer:
 
   def restore_latest(self, abstract_state: Any,
                      make_iterator: Optional[Callable[[], BatchIterator]] = None,
-                     stream: TextIO = sys.stderr
+                     stream: Optional[TextIO] = None
                      ) -> tuple[Optional[int], Any, Optional[BatchIterator]]:
     """(step, state, iterator at that step's data position) from the newest readable step,
     or (None, None, None) when there is no checkpoint.
@@ -252,7 +253,7 @@ class Checkpointer:
       self._set_aside(skipped, stream)
     return (step, *restored) if step is not None else (None, None, None)
 
-  def _set_aside(self, steps: list[int], stream: TextIO) -> None:
+  def _set_aside(self, steps: list[int], stream: Optional[TextIO]) -> None:
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices("t5x_lite: unreadable checkpoints chosen")
@@ -263,7 +264,8 @@ class Checkpointer:
         with file_errors("unreadable checkpoints to", aside):
           os.makedirs(aside, exist_ok=True)
           shutil.move(os.path.join(self.directory, str(step)), destination)
-        print(f"moved unreadable checkpoint step {step} to {destination}", file=stream)
+        print(f"moved unreadable checkpoint step {step} to {destination}",
+              file=stream or sys.stderr)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("t5x_lite: unreadable checkpoints moved")
     self.manager.reload()
@@ -303,7 +305,7 @@ def checkpoints_directory(path: str) -> str:
   return nested if os.path.isdir(nested) else path
 
 
-def restore_params(path: str, abstract_params: Any, stream: TextIO = sys.stderr) -> Any:
+def restore_params(path: str, abstract_params: Any, stream: Optional[TextIO] = None) -> Any:
   """Params only, from the newest readable checkpoint of a MODEL_DIR (fine-tuning and
   inference start here); unreadable steps are skipped with a warning, never moved."""
   directory = checkpoints_directory(path)

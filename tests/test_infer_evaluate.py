@@ -2,10 +2,11 @@
 
 import json
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t5x_lite import checkpoints, decoding, evaluate, infer, multiple_choice, train
+from t5x_lite import checkpoints, decoding, evaluate, gin_utils, infer, multiple_choice, train
 from tests import train_helpers
 
 TASK = "pydocs.full_lm.byte"
@@ -74,7 +75,34 @@ def test_beam_search_from_the_task_split_returns_ranked_beams(model_dir, tmp_pat
     assert scores == sorted(scores, reverse=True) and row["prediction"] == row["beams"][0]["text"]
 
 
+def test_infer_with_only_the_checkpoint_path_reproduces_the_training_model(model_dir, tmp_path):
+  """No model gin file, no task: both come from the run directory, and the model is the
+  one training built (same config, same parameters, same logits)."""
+  training_config = gin_utils.model_config(["models/tiny_causal_decoder.gin"])
+  trained = checkpoints.load_model(str(model_dir), training_config)
+  gin_utils.parse([])
+  assert infer.load_model(str(model_dir)).config == training_config
+  tokens = jnp.asarray([[0, 70, 71, 72, 73]])
+  np.testing.assert_array_equal(infer.load_model(str(model_dir))({"decoder_input_tokens": tokens}),
+                                trained({"decoder_input_tokens": tokens}))
+
+  inputs = tmp_path / "prompts.txt"
+  inputs.write_text("def f(x):\n")
+  output = tmp_path / "out.jsonl"
+  assert infer.main(["--gin_file=runs/infer.gin", f"--gin.CHECKPOINT_PATH='{model_dir}'",
+                     f"--gin.INFER_OUTPUT='{output}'", f"--gin.INFER_INPUTS='{inputs}'",
+                     "--gin.infer.max_new_tokens=8"]) == 0
+  expected = decoding.generate(trained, infer.padded([[t + 3 for t in b"def f(x):"]]),
+                               max_new_tokens=8)
+  assert json.loads(output.read_text())["score"] == pytest.approx(float(expected.scores[0]),
+                                                                   rel=1e-6)
+
+
 @pytest.mark.parametrize("bindings,message", [
+    ({"TransformerConfig.architecture": "'prefix_decoder'"},
+     "TransformerConfig.architecture: checkpoint 'causal_decoder', gin 'prefix_decoder'"),
+    ({"MIXTURE_OR_TASK_NAME": "'pydocs.full_lm'"},
+     "uses 8100 token ids but TransformerConfig.vocab_size is 512"),
     ({"infer.max_new_tokens": 120}, "maximum length 128 allows 7"),
     ({"TransformerConfig.d_model": 96}, "TransformerConfig.d_model: checkpoint 64, gin 96"),
     ({"CHECKPOINT_PATH": "'/nonexistent/run'"}, "does not exist"),

@@ -1,6 +1,8 @@
 """The training job as a user relies on it: sharding-invariant, exactly resumable,
 preemption-safe, NaN-safe, and one clear error for each user mistake."""
 
+import io
+import json
 import os
 import shutil
 import signal
@@ -104,8 +106,16 @@ def wait_for_step(model_dir, step, process, timeout=240):
   raise AssertionError("training made no progress")
 
 
-def test_sigterm_saves_the_step_reached_and_the_restart_continues_exactly(tmp_path):
-  run_training(tmp_path / "straight", steps=30)
+@pytest.fixture(scope="module")
+def straight_30(tmp_path_factory):
+  """An uninterrupted 30-step run, the reference of the preemption tests."""
+  model_dir = tmp_path_factory.mktemp("straight_30")
+  run_training(model_dir, steps=30)
+  return model_dir
+
+
+def test_sigterm_saves_the_step_reached_and_the_restart_continues_exactly(tmp_path,
+                                                                          straight_30):
   model_dir = tmp_path / "preempted"
   command = [sys.executable, "-m", "t5x_lite.train", *helpers.command_line(model_dir, steps=30)]
   process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -122,10 +132,34 @@ def test_sigterm_saves_the_step_reached_and_the_restart_continues_exactly(tmp_pa
   result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
   assert f"step {reached}" in result.stdout.splitlines()[0] + result.stdout
-  assert helpers.train_losses(model_dir) == helpers.train_losses(tmp_path / "straight")
-  straight, resumed = helpers.saved_params(tmp_path / "straight"), helpers.saved_params(model_dir)
+  assert helpers.train_losses(model_dir) == helpers.train_losses(straight_30)
+  straight, resumed = helpers.saved_params(straight_30), helpers.saved_params(model_dir)
   for name in straight:
     np.testing.assert_array_equal(straight[name], resumed[name], err_msg=name)
+
+
+def test_after_kill_9_the_resumed_run_reports_every_step_once(tmp_path, straight_30):
+  model_dir = tmp_path / "killed"
+  command = [sys.executable, "-m", "t5x_lite.train",
+             *helpers.command_line(model_dir, steps=30, **{"train.checkpoint_every": 4})]
+  process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  wait_for_step(model_dir, 5, process)
+  while (process.poll() is None and
+         max(helpers.train_losses(model_dir)) <= max(committed_steps(model_dir))):
+    time.sleep(0.05)  # kill between two checkpoints, with steps logged past the last one
+  process.kill()
+  process.wait()
+  logged, saved = max(helpers.train_losses(model_dir)), max(committed_steps(model_dir))
+  assert saved < logged < 30, "nothing to replay: the kill came too late"
+
+  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "did not exit cleanly" in result.stdout
+  with open(model_dir / "metrics.jsonl") as handle:
+    records = [(r["step"], r["split"]) for r in map(json.loads, handle)]
+  assert len(records) == len(set(records))  # the replayed steps appear once
+  assert helpers.train_losses(model_dir) == helpers.train_losses(straight_30)
 
 
 def test_a_half_written_checkpoint_is_never_restored(tmp_path):
@@ -148,11 +182,77 @@ def test_a_non_finite_loss_halts_without_writing_a_nan_checkpoint(tmp_path):
     assert np.isfinite(value).all()
 
 
-def test_skipping_non_finite_steps_keeps_the_state_finite(tmp_path):
-  result = run_training(tmp_path, steps=6, LEARNING_RATE=1e30, **{"train.nan_policy": "'skip'"})
-  assert result["step"] == 6
+def test_skipping_non_finite_steps_keeps_the_state_finite_and_says_so(tmp_path):
+  stream = io.StringIO()
+  result = run_training(tmp_path, steps=6, LEARNING_RATE=1e30, stream=stream,
+                        **{"train.nan_policy": "'skip'", "train.max_consecutive_skips": 100})
+  assert result["step"] == 6 and result["skipped_steps"] > 0
+  skips = [line for line in stream.getvalue().splitlines() if "update skipped" in line]
+  assert len(skips) == result["skipped_steps"]
   for value in helpers.saved_params(tmp_path).values():
     assert np.isfinite(value).all()
+
+
+def test_an_overflowing_update_never_reaches_a_checkpoint(tmp_path):
+  """A learning rate that overflows the update: loss and gradients are finite, the new
+  parameters are not. Every such update is skipped (each one printed) and the run stops
+  after train.max_consecutive_skips of them; the checkpoints hold the initial params."""
+  stream = io.StringIO()
+  with pytest.raises(trainer.TrainingHalted, match="3 consecutive non-finite updates"):
+    run_training(tmp_path, steps=6, LEARNING_RATE=1e39, stream=stream,
+                 **{"train.nan_policy": "'skip'", "train.max_consecutive_skips": 3,
+                    "train.checkpoint_every": 1})
+  assert "step 1: non-finite updated parameters (the update overflowed): update skipped " \
+         "(1 in a row, 1 in all)" in stream.getvalue()
+  first, second = helpers.saved_params(tmp_path, step=1), helpers.saved_params(tmp_path, step=2)
+  for name, value in first.items():
+    assert np.isfinite(value).all()
+    np.testing.assert_array_equal(value, second[name], err_msg=name)
+
+
+def committed_steps(model_dir) -> list[int]:
+  return sorted(int(name) for name in os.listdir(model_dir / "checkpoints") if name.isdigit())
+
+
+def truncate(model_dir, item: str, step: int) -> None:
+  """Truncates the largest file of a step's `item` ("state" arrays or "data" iterator
+  state) to half, as a disk error or an interrupted copy would."""
+  root = model_dir / "checkpoints" / str(step) / item
+  files = [os.path.join(d, f) for d, _, names in os.walk(root) for f in names
+           if item == "data" or "/d/" in os.path.join(d, f)]
+  largest = max(files, key=os.path.getsize)
+  os.truncate(largest, os.path.getsize(largest) // 2)
+
+
+@pytest.mark.parametrize("item", ["state", "data"], ids=["array_file", "iterator_file"])
+def test_an_unreadable_newest_checkpoint_falls_back_and_the_run_ends_as_uninterrupted(
+    tmp_path, capsys, item):
+  constant = {"make_schedule.name": "'constant'"}
+  run_training(tmp_path / "straight", steps=6, **constant)
+  run_training(tmp_path / "damaged", steps=4, **constant)
+  step = committed_steps(tmp_path / "damaged")[-1]
+  truncate(tmp_path / "damaged", item, step)
+  assert run_training(tmp_path / "damaged", steps=6, **constant)["step"] == 6
+  err = capsys.readouterr().err
+  assert f"checkpoint step {step} " in err and "falling back to the previous step" in err
+  assert "Traceback" not in err
+  assert os.listdir(tmp_path / "damaged" / "unreadable_checkpoints")[0].startswith(f"{step}-")
+  assert helpers.train_losses(tmp_path / "damaged") == helpers.train_losses(
+      tmp_path / "straight")
+  straight, resumed = helpers.saved_params(tmp_path / "straight"), helpers.saved_params(
+      tmp_path / "damaged")
+  for name in straight:
+    np.testing.assert_array_equal(straight[name], resumed[name], err_msg=name)
+
+
+def test_when_no_checkpoint_can_be_read_the_error_names_each_step(tmp_path, capsys):
+  run_training(tmp_path, steps=2)
+  for step in committed_steps(tmp_path):
+    truncate(tmp_path, "data", step)
+  code, err = run_main(helpers.command_line(tmp_path, steps=4), capsys)
+  assert code == 2 and "no checkpoint in" in err and "Traceback" not in err
+  for step in committed_steps(tmp_path):  # each named, none moved or deleted
+    assert f"step {step} data-iterator state is unreadable" in err
 
 
 def run_main(argv, capsys):
