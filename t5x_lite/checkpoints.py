@@ -29,10 +29,11 @@ from typing import Any, Callable, Iterator, Optional, TextIO
 
 import jax
 import orbax.checkpoint as ocp
+import tensorflow as tf
 from etils import epath
 
 from t5x_lite.data import BatchIterator
-from t5x_lite.errors import UserError, file_errors
+from t5x_lite.errors import FileSystemError, UserError, file_errors, storage_errors
 from t5x_lite.spec import check_retention
 
 
@@ -47,7 +48,13 @@ class DataIteratorHandler(ocp.CheckpointHandler):
     return os.fspath(directory / f"process_{jax.process_index()}-of-{jax.process_count()}")
 
   def save(self, directory: epath.Path, args: "DataIteratorSave") -> None:
-    args.iterator.save(self._path(directory))
+    path = self._path(directory)
+    try:
+      args.iterator.save(path)
+    except tf.errors.OpError as error:  # tf.train.Checkpoint's I/O errors (e.g. disk full)
+      reason = error.message.split("}} ")[-1].split(" [Op:")[0]  # drop TF's op decoration
+      raise FileSystemError(f"cannot write the data position to {path}: {reason}; free "
+                            "space or choose a writable MODEL_DIR.") from None
 
   def restore(self, directory: epath.Path, args: "DataIteratorRestore") -> BatchIterator:
     path = self._path(directory)
@@ -217,7 +224,7 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, iterator: BatchIterator, force: bool = False) -> bool:
     """Starts saving `state` and the iterator position at `step`; True if a save began."""
-    with file_errors("a checkpoint in", self.directory):
+    with storage_errors("a checkpoint in", self.directory):
       return self.manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(flatten_state(state)), data=DataIteratorSave(iterator)),
           force=force)
@@ -271,11 +278,11 @@ class Checkpointer:
     self.manager.reload()
 
   def wait(self) -> None:
-    with file_errors("a checkpoint in", self.directory):
+    with storage_errors("a checkpoint in", self.directory):
       self.manager.wait_until_finished()
 
   def close(self) -> None:
-    with file_errors("a checkpoint in", self.directory):
+    with storage_errors("a checkpoint in", self.directory):
       self.manager.wait_until_finished()
       self.manager.close()
 

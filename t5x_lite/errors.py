@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
+import logging
+import re
 import sys
 from typing import Callable, Iterator, NoReturn
 
@@ -34,6 +37,39 @@ def file_errors(what: str, path: str) -> Iterator[None]:
     yield
   except OSError as error:
     reason = error.strerror or str(error)
+    raise FileSystemError(f"cannot write {what} {path}: {reason}; free space or choose a "
+                          "writable location.") from error
+
+
+_STORAGE_FAILURES = re.compile(r"No space left on device|Read-only file system|Permission denied|"
+                               r"Disk quota exceeded|os_error_code='(28|30|13|122)'")
+# (group 1 is set only for a bare errno, e.g. os_error_code='28': then the message is kept)
+
+
+def storage_failure(error: BaseException) -> bool:
+  """Whether `error` is a write that the storage refused (full, read-only, no permission),
+  as an OSError or as the ValueError that TensorStore (under orbax) raises for one."""
+  if isinstance(error, FileSystemError):
+    return True
+  if isinstance(error, OSError):
+    return True
+  return bool(_STORAGE_FAILURES.search(str(error)))
+
+
+@contextlib.contextmanager
+def storage_errors(what: str, path: str) -> Iterator[None]:
+  """Like file_errors, for libraries that report a refused write as another exception
+  type (orbax/TensorStore: ValueError); anything else propagates unchanged."""
+  try:
+    yield
+  except UserError:
+    raise
+  except Exception as error:  # noqa: BLE001  narrowed by storage_failure below
+    if not storage_failure(error):
+      raise
+    found = _STORAGE_FAILURES.search(str(error))
+    reason = found.group(0) if found and not found.group(1) else (
+        getattr(error, "strerror", None) or str(error).splitlines()[0][:300])
     raise FileSystemError(f"cannot write {what} {path}: {reason}; free space or choose a "
                           "writable location.") from error
 
@@ -72,9 +108,40 @@ def fail(message: str) -> NoReturn:
   sys.exit(2)
 
 
+class _NoUserErrorTracebacks(logging.Filter):
+  """Libraries that run work in background threads (orbax's savers) log what it raised with
+  a traceback before re-raising it in the main thread, where a user error or a refused
+  write is reported in one line; the logged traceback is dropped."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return not (error is not None and (isinstance(error, UserError) or storage_failure(error)))
+
+
+def _without_closed_loop_echoes(default: Callable) -> Callable:
+  """An unraisable hook that drops "Event loop is closed": when one of orbax's concurrent
+  writes fails, it closes its event loop while TensorStore still completes the others,
+  whose callbacks then fail in TensorStore's threads. The failure itself is raised in the
+  main thread; these are its echoes."""
+  def hook(unraisable) -> None:
+    value = unraisable.exc_value
+    if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
+      default(unraisable)
+  return hook
+
+
 def run_cli(main: Callable[[], int]) -> int:
   """Runs an entry point's body: a UserError becomes one line and exit 2; bugs propagate."""
+  quiet = _NoUserErrorTracebacks()
+  logging.getLogger("absl").addFilter(quiet)
+  sys.unraisablehook = _without_closed_loop_echoes(sys.unraisablehook)
   try:
     return main()
   except UserError as error:
+    # Work a failed background save left behind (orbax's pending writes) would print
+    # "Exception ignored in ..." for each of them as the interpreter shuts down.
+    sys.unraisablehook = lambda unraisable: None
+    gc.collect()
     fail(str(error))
+  finally:
+    logging.getLogger("absl").removeFilter(quiet)

@@ -1,6 +1,8 @@
 """`python -m t5x_lite.infer` and `python -m t5x_lite.evaluate` on a freshly trained tiny model."""
 
 import json
+import os
+import shutil
 
 import jax.numpy as jnp
 import numpy as np
@@ -96,6 +98,21 @@ def test_infer_with_only_the_checkpoint_path_reproduces_the_training_model(model
                                max_new_tokens=8)
   assert json.loads(output.read_text())["score"] == pytest.approx(float(expected.scores[0]),
                                                                    rel=1e-6)
+
+
+def test_inference_skips_an_unreadable_newest_checkpoint_with_a_warning(model_dir, tmp_path,
+                                                                       capsys):
+  copy = tmp_path / "run"
+  shutil.copytree(model_dir, copy)
+  newest = max(int(n) for n in os.listdir(copy / "checkpoints") if n.isdigit())
+  arrays = [os.path.join(d, f) for d, _, names in os.walk(copy / "checkpoints" / str(newest))
+            for f in names if "/d/" in os.path.join(d, f)]
+  os.truncate(max(arrays, key=os.path.getsize), 10)
+  model = checkpoints.load_model(str(copy))
+  err = capsys.readouterr().err
+  assert f"checkpoint step {newest} parameters is unreadable" in err and "Traceback" not in err
+  assert os.path.isdir(copy / "checkpoints" / str(newest))  # read-only: nothing moved
+  assert model.config == checkpoints.load_model(str(model_dir)).config
 
 
 @pytest.mark.parametrize("bindings,message", [

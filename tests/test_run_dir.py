@@ -192,3 +192,14 @@ def test_a_bug_keeps_its_traceback_and_a_user_error_does_not():
   with pytest.raises(SystemExit) as exit_info:
     errors.run_cli(mistake)
   assert exit_info.value.code == 2
+
+
+def test_a_write_the_storage_refuses_is_a_user_error_and_anything_else_is_not():
+  refused = ValueError('RESOURCE_EXHAUSTED: Error writing "params/0": Failed to write 72392 '
+                       "bytes: No space left on device [os_error_code='28']")
+  with pytest.raises(errors.FileSystemError, match="/ckpt: No space left on device"):
+    with errors.storage_errors("a checkpoint in", "/ckpt"):
+      raise refused
+  with pytest.raises(ValueError, match="a shape bug"):
+    with errors.storage_errors("a checkpoint in", "/ckpt"):
+      raise ValueError("a shape bug")

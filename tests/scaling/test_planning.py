@@ -5,8 +5,9 @@ import math
 
 import pytest
 
+from t5x_lite.gin_utils import model_config
 from t5x_lite.scaling import counting
-from t5x_lite.scaling.__main__ import load_model_config, main
+from t5x_lite.scaling.__main__ import main
 from t5x_lite.scaling.planning import Family, PlanError, plan_sweep
 
 FAMILY_GIN = "experiments/scaling/family.gin"
@@ -14,7 +15,7 @@ FAMILY_GIN = "experiments/scaling/family.gin"
 
 @pytest.fixture
 def family():
-  return Family(load_model_config([FAMILY_GIN], [], []), aspect_ratio=32, head_dim=32)
+  return Family(model_config([FAMILY_GIN]), aspect_ratio=32, head_dim=32)
 
 
 def test_shapes_follow_the_family_rule(family):
@@ -48,7 +49,7 @@ def test_sizes_grow_across_each_profile_around_twenty_tokens_per_parameter(famil
 
 
 def test_nearest_shape_tracks_large_targets_closely():
-  base = load_model_config(["models/gpt3_125m.gin"], [], [])
+  base = model_config(["models/gpt3_125m.gin"])
   family = Family(base)  # head_dim 64, aspect ratio 64
   for target in (1e8, 1e9, 1e10):
     config = family.nearest(target)

@@ -7,15 +7,15 @@ import os
 import pytest
 
 from t5x_lite import train
+from t5x_lite.gin_utils import model_config
 from t5x_lite.scaling import sweep
-from t5x_lite.scaling.__main__ import load_model_config
 from t5x_lite.scaling.planning import Family, plan_sweep
 from t5x_lite.scaling.runs import read_runs
 
 
 def make_plan(gin_file="experiments/scaling/family.gin", budgets=(1e12, 3e12), sizes=3,
               batch_size=16, length=256) -> dict:
-  family = Family(load_model_config([gin_file], [], []), aspect_ratio=32, head_dim=32)
+  family = Family(model_config([gin_file]), aspect_ratio=32, head_dim=32)
   runs = plan_sweep(family, list(budgets), sizes=sizes, batch_size=batch_size,
                     targets_length=length)
   return {"gin_files": [gin_file], "gin_bindings": [], "batch_size": batch_size,
