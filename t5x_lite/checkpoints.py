@@ -34,6 +34,7 @@ from etils import epath
 
 from t5x_lite.data import BatchIterator
 from t5x_lite.errors import FileSystemError, UserError, file_errors, storage_errors
+from t5x_lite.models import params
 from t5x_lite.spec import check_retention
 
 
@@ -108,6 +109,38 @@ def unflatten_state(template: Any, flat: dict[str, Any]) -> Any:
   names = list(flatten_state(template))
   return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template),
                                       [flat[name] for name in names])
+
+
+def _paths(flat: dict[str, Any]) -> dict[tuple, Any]:
+  return {tuple(int(part) if part.isdigit() else part for part in name.split(".")): value
+          for name, value in flat.items()}
+
+
+def _names(flat: dict[tuple, Any]) -> dict[str, Any]:
+  return {".".join(map(str, path)): value for path, value in flat.items()}
+
+
+def on_disk(flat: dict[str, Any], take=lambda value, index: value[index]) -> dict[str, Any]:
+  """A flattened state in the one on-disk layout: layers stacked by scan_layers (in the
+  parameters and in the optimizer state that mirrors them) split into one entry per
+  layer (models/params.py), so any layout can restore it."""
+  return _names(params.unstack_layers(_paths(flat), take))
+
+
+def _read_state(manager: ocp.CheckpointManager, step: int, template: Any, directory: str,
+                restore: Callable[[dict[str, Any]], dict[str, Any]], what: str,
+                prefix: str = "") -> Any:
+  """`template`'s state (a pytree of placeholders) from `step`: read in the per-layer
+  on-disk layout (or in the template's own, for checkpoints saved before there was one)
+  by `restore(target)`, then stacked back into the template's layout and structure."""
+  target = flatten_state(template)
+  saved = _read("metadata", step, lambda: _saved_shapes(manager, step, prefix))
+  disk = target if target.keys() <= saved.keys() else on_disk(target, params.abstract_layer)
+  check_compatible(saved, disk, step, directory)
+  restored = _read(what, step, lambda: restore(disk))
+  if disk is not target:
+    restored = _names(params.restack_layers(_paths(restored), _paths(target)))
+  return unflatten_state(template, restored)
 
 
 def _shape_mismatches(saved: dict[str, Any], target: dict[str, Any]) -> list[str]:
@@ -226,7 +259,8 @@ class Checkpointer:
     """Starts saving `state` and the iterator position at `step`; True if a save began."""
     with storage_errors("a checkpoint in", self.directory):
       return self.manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(flatten_state(state)), data=DataIteratorSave(iterator)),
+          state=ocp.args.StandardSave(on_disk(flatten_state(state))),
+          data=DataIteratorSave(iterator)),
           force=force)
 
   def restore_latest(self, abstract_state: Any,
@@ -240,19 +274,16 @@ class Checkpointer:
     cannot be read are moved to ../unreadable_checkpoints/ by process 0, after every
     process has chosen its step, so the run can save those step numbers again.
     """
-    target = flatten_state(abstract_state)
-
     def restore_step(step: int):
-      _read("metadata", step, lambda: check_compatible(self.manager, step, target,
-                                                       self.directory))
-      state = _read("train state", step, lambda: self.manager.restore(
-          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"])
+      state = _read_state(self.manager, step, abstract_state, self.directory, lambda target: (
+          self.manager.restore(step, args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(target)))["state"]), "train state")
       iterator = None
       if make_iterator is not None:
         iterator = make_iterator()  # fresh: a failed read may have moved the last one
         _read("data-iterator state", step, lambda: self.manager.restore(
             step, args=ocp.args.Composite(data=DataIteratorRestore(iterator))))
-      return unflatten_state(abstract_state, state), iterator
+      return state, iterator
 
     step, restored, skipped = _restore_newest_readable(self.manager, self.directory,
                                                        restore_step, stream)
@@ -287,17 +318,18 @@ class Checkpointer:
       self.manager.close()
 
 
-def check_compatible(manager: ocp.CheckpointManager, step: int, target: dict[str, Any],
-                     directory: str, prefix: str = "") -> None:
-  """Raises CheckpointError naming the parameters whose shapes differ from the model's.
-
-  With `prefix`, only the saved entries under it are compared (e.g. "params.").
-  Unreadable metadata raises whatever orbax raises (see _read).
-  """
+def _saved_shapes(manager: ocp.CheckpointManager, step: int, prefix: str = "") -> dict:
+  """The saved entries (with .shape) of a step whose names start with `prefix`.
+  Unreadable metadata raises whatever orbax raises (see _read)."""
   saved = manager.item_metadata(step)["state"]
   if saved is None:
     raise KeyError(f"checkpoint step {step} holds no train state")
-  saved = {name: value for name, value in dict(saved).items() if name.startswith(prefix)}
+  return {name: value for name, value in dict(saved).items() if name.startswith(prefix)}
+
+
+def check_compatible(saved: dict[str, Any], target: dict[str, Any], step: int,
+                     directory: str) -> None:
+  """Raises CheckpointError naming the entries whose shapes differ from the model's."""
   problems = _shape_mismatches(saved, target)
   if problems:
     shown = "; ".join(problems[:4]) + ("; ..." if len(problems) > 4 else "")
@@ -324,21 +356,19 @@ def restore_params(path: str, abstract_params: Any, stream: Optional[TextIO] = N
                                   item_handlers={"state": ocp.PyTreeCheckpointHandler(),
                                                  "data": DataIteratorHandler()},
                                   options=ocp.CheckpointManagerOptions(read_only=True))
-  target = flatten_state({"params": abstract_params})
-
   def restore_step(step: int):
-    _read("metadata", step, lambda: check_compatible(manager, step, target, directory,
-                                                     prefix="params."))
-    return _read("parameters", step, lambda: manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(item=target, partial_restore=True,
-                                     restore_args=ocp.checkpoint_utils.construct_restore_args(
-                                         target))))["state"])
+    return _read_state(manager, step, {"params": abstract_params}, directory,
+                       lambda target: manager.restore(step, args=ocp.args.Composite(
+                           state=ocp.args.PyTreeRestore(
+                               item=target, partial_restore=True,
+                               restore_args=ocp.checkpoint_utils.construct_restore_args(
+                                   target))))["state"], "parameters", prefix="params.")
 
   step, restored, _ = _restore_newest_readable(manager, directory, restore_step, stream)
   if step is None:
     raise CheckpointError(f"{path} holds no finished checkpoint; point CHECKPOINT_PATH at a "
                           "MODEL_DIR of a run that saved one.")
-  return unflatten_state({"params": abstract_params}, restored)["params"]
+  return restored["params"]
 
 
 def load_model(path: str, config: Optional["TransformerConfig"] = None  # noqa: F821

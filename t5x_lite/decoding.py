@@ -60,10 +60,7 @@ def _check_inputs(model: Transformer, inputs: np.ndarray, max_new_tokens: int) -
   if max_new_tokens < 1:
     raise DecodingError(f"max_new_tokens must be positive, got {max_new_tokens}.")
   config = model.config
-  if config.is_encoder_decoder:
-    needed = {"encoder": inputs.shape[1], "decoder": 1 + max_new_tokens}
-  else:
-    needed = {"decoder": 1 + inputs.shape[1] + max_new_tokens}
+  needed = config.architecture_spec.decode_lengths(inputs.shape[1], max_new_tokens)
   for stack, length in needed.items():
     if length > config.max_length:
       raise DecodingError(
@@ -76,9 +73,9 @@ def _check_inputs(model: Transformer, inputs: np.ndarray, max_new_tokens: int) -
 def _prefill(model: Transformer, inputs: jax.Array, max_new_tokens: int):
   """Runs the prompt through the model once. Returns (logits of the next token [b, V],
   cache, cross_mask, prompt lengths in decoder positions [b])."""
-  config = model.config
+  spec = model.config.architecture_spec
   batch = inputs.shape[0]
-  if config.is_encoder_decoder:
+  if spec.has_encoder:
     encoded = model.encode({"encoder_input_tokens": inputs})
     cross_mask = (inputs > 0)[:, None, None, :]
     tokens = jnp.zeros((batch, 1), jnp.int32)
@@ -90,15 +87,14 @@ def _prefill(model: Transformer, inputs: jax.Array, max_new_tokens: int):
     lengths = (inputs > 0).sum(axis=1).astype(jnp.int32) + 1
     cache = model.init_cache(batch, tokens.shape[1] + max_new_tokens)
   length, cache_length = tokens.shape[1], cache["key"].shape[2]
-  query = jnp.arange(length)[:, None]
-  key = jnp.arange(cache_length)[None, :]
-  visible = key <= query  # [t, S]
-  mask = visible[None] & (key[None] < lengths[:, None, None])
-  if config.architecture == "prefix_decoder":
-    in_prefix = query[None] < lengths[:, None, None]
-    mask = mask | (in_prefix & (key[None] < lengths[:, None, None]))
   positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
-  logits, cache = model.decode_cached(tokens, positions, mask[:, None], cache,
+  slots = jnp.broadcast_to(jnp.arange(cache_length), (batch, cache_length))
+  # The whole prompt (BOS and inputs) is the prefix, as PrefixLMFeatureConverter marks it;
+  # padding slots past a row's prompt are never attended to.
+  mask = spec.decoder_mask(positions, slots, positions < lengths[:, None],
+                           slots < lengths[:, None])
+  mask = mask & (slots < lengths[:, None])[:, None, None, :]
+  logits, cache = model.decode_cached(tokens, positions, mask, cache,
                                       None if cross_mask is None else
                                       jnp.broadcast_to(cross_mask, (batch, 1, length,
                                                                     inputs.shape[1])))
@@ -318,40 +314,21 @@ def score(model: Transformer, inputs: list, targets: list) -> tuple[np.ndarray, 
   """
   if len(inputs) != len(targets) or any(len(t) == 0 for t in targets):
     raise DecodingError("score needs one non-empty target per input.")
-  architecture = model.config.architecture
-  count = len(targets)
-  if architecture == "encoder_decoder":
+  spec = model.config.architecture_spec
+  if spec.has_encoder:
     if any(len(i) == 0 for i in inputs):
       raise DecodingError("the encoder-decoder needs non-empty inputs to score targets.")
-    encoder = np.zeros((count, _bucket(max(map(len, inputs)))), np.int32)
-    for row, tokens in enumerate(inputs):
-      encoder[row, :len(tokens)] = tokens
-    sequences, starts = targets, [0] * count
+    longest = max(map(len, targets))
   else:
-    encoder = None
-    sequences = [list(i) + list(t) for i, t in zip(inputs, targets)]
-    starts = [len(i) for i in inputs]
-  length = _bucket(max(map(len, sequences)))
-  if length > model.config.max_length and model.config.position_encoding == "learned":
-    raise DecodingError(f"a sequence of {max(map(len, sequences))} tokens exceeds the model's "
-                        f"maximum length {model.config.max_length}.")
-  decoder_targets = np.zeros((count, length), np.int32)
-  weights = np.zeros((count, length), np.float32)
-  prefix = np.zeros((count, length), np.int32)
-  for row, (tokens, start) in enumerate(zip(sequences, starts)):
-    decoder_targets[row, :len(tokens)] = tokens
-    weights[row, start:len(tokens)] = 1.0
-    prefix[row, :start + 1] = 1
-  batch = {"decoder_target_tokens": decoder_targets,
-           "decoder_input_tokens": np.pad(decoder_targets[:, :-1], ((0, 0), (1, 0))),
-           "decoder_loss_weights": weights}
-  if encoder is not None:
-    batch["encoder_input_tokens"] = encoder
-  if architecture == "prefix_decoder":
-    batch["decoder_causal_attention"] = prefix
+    longest = max(len(i) + len(t) for i, t in zip(inputs, targets))
+  if longest > model.config.max_length and model.config.position_encoding == "learned":
+    raise DecodingError(f"a sequence of {longest} tokens exceeds the model's maximum length "
+                        f"{model.config.max_length}.")
+  batch = spec.score_features(inputs, targets, _bucket(longest),
+                              _bucket(max(map(len, inputs))) if spec.has_encoder else 0)
   graphdef, state = nnx.split(model)
   sums = _score(graphdef, state, {k: jnp.asarray(v) for k, v in batch.items()})
-  return np.asarray(sums), weights.sum(axis=1)
+  return np.asarray(sums), batch["decoder_loss_weights"].sum(axis=1)
 
 
 @functools.partial(jax.jit, static_argnums=(0,))

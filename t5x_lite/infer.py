@@ -142,12 +142,8 @@ def padded(rows: Sequence[Sequence[int]], limit: Optional[int] = None) -> np.nda
   return array
 
 
-def _prompt_limit(config, max_new_tokens: int) -> int:
-  return config.max_length if config.is_encoder_decoder else config.max_length - 1 - max_new_tokens
-
-
 def _check_lengths(prompts: Sequence[Sequence[int]], config, max_new_tokens: int) -> None:
-  limit = _prompt_limit(config, max_new_tokens)
+  limit = config.architecture_spec.prompt_limit(config.max_length, max_new_tokens)
   for number, tokens in enumerate(prompts, start=1):
     if len(tokens) > limit:
       raise InferenceError(
@@ -163,7 +159,7 @@ def predict(model, prompts: list[list[int]], vocabulary, *, method: str, max_new
   from t5x_lite import decoding
 
   _check_lengths(prompts, model.config, max_new_tokens)
-  limit = _prompt_limit(model.config, max_new_tokens)
+  limit = model.config.architecture_spec.prompt_limit(model.config.max_length, max_new_tokens)
   results = []
   for start in range(0, len(prompts), batch_size):
     batch = padded(prompts[start:start + batch_size], limit)

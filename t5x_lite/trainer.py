@@ -161,13 +161,6 @@ def abstract_state(state: Any) -> Any:
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
 
 
-def _model_lengths(config: TransformerConfig,
-                   feature_lengths: Mapping[str, int]) -> tuple[int, int]:
-  """(encoder length, decoder length) the model sees for these task feature lengths."""
-  inputs, targets = feature_lengths.get("inputs", 0), feature_lengths["targets"]
-  return (inputs, targets) if config.is_encoder_decoder else (0, inputs + targets)
-
-
 class _StopSignal:
   """SIGTERM/SIGINT set a flag; the loop finishes the step, saves and exits cleanly."""
 
@@ -297,7 +290,7 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
       print(f"dropped {dropped} metric records and TensorBoard events past step {start} "
             "(written after the checkpoint resumed from)", file=stream)
 
-  encoder_length, decoder_length = _model_lengths(config, run.feature_lengths)
+  encoder_length, decoder_length = config.architecture_spec.model_lengths(run.feature_lengths)
   counts = count(config, inputs_length=encoder_length, targets_length=decoder_length)
   if run.peak_flops_per_device:
     peak, peak_source = run.peak_flops_per_device, "train.peak_flops_per_device"

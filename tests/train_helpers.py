@@ -52,10 +52,15 @@ def train_losses(model_dir) -> dict[int, float]:
   return {r["step"]: r["loss"] for r in records if r["split"] == "train"}
 
 
-def saved_params(model_dir, step=None) -> dict[str, np.ndarray]:
+def saved_state(model_dir, step=None) -> dict[str, np.ndarray]:
+  """Every array of a checkpoint step as stored on disk (the newest step by default)."""
   manager = ocp.CheckpointManager(os.path.join(str(model_dir), "checkpoints"),
                                   item_handlers=item_handlers(),
                                   options=ocp.CheckpointManagerOptions(read_only=True))
   step = manager.latest_step() if step is None else step
   state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  return {k: np.asarray(v) for k, v in state["state"].items() if k.startswith("params.")}
+  return {k: np.asarray(v) for k, v in state["state"].items()}
+
+
+def saved_params(model_dir, step=None) -> dict[str, np.ndarray]:
+  return {k: v for k, v in saved_state(model_dir, step).items() if k.startswith("params.")}

@@ -21,23 +21,14 @@ import seqio
 import tensorflow as tf
 
 from t5x_lite.errors import UserError
+from t5x_lite.models import architectures
 
-ARCHITECTURES = ("encoder_decoder", "causal_decoder", "prefix_decoder")
 _STATE_FILE = "pipeline.json"
 _TF_CHECKPOINT = "iterator"
 
 
 class DataError(UserError, ValueError):
   """A data request that cannot be served; the message names what to fix."""
-
-
-def feature_converter(architecture: str, pack: bool = True) -> seqio.FeatureConverter:
-  """seqio's converter for an architecture (decoders take LM and prefix-LM tasks alike)."""
-  if architecture == "encoder_decoder":
-    return seqio.EncDecFeatureConverter(pack=pack)
-  if architecture in ("causal_decoder", "prefix_decoder"):
-    return seqio.DecoderFeatureConverter(pack=pack)
-  raise DataError(f"unknown architecture {architecture!r}; choose from {ARCHITECTURES}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,9 +94,11 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
     self.position = saved["position"]
 
 
-def _with_prefix_mask(architecture: str, dataset: tf.data.Dataset) -> tf.data.Dataset:
+def _with_prefix_mask(spec: architectures.Architecture,
+                      dataset: tf.data.Dataset) -> tf.data.Dataset:
   """A prefix decoder fed a targets-only (full LM) task sees an empty prefix: causal."""
-  if architecture != "prefix_decoder" or "decoder_causal_attention" in dataset.element_spec:
+  if ("decoder_causal_attention" not in spec.features
+      or "decoder_causal_attention" in dataset.element_spec):
     return dataset
   return dataset.map(lambda ex: dict(
       ex, decoder_causal_attention=tf.zeros_like(ex["decoder_target_tokens"])))
@@ -145,7 +138,8 @@ def get_batches(task: str, feature_lengths: Mapping[str, int], split: str, batch
     feature_lengths: task feature lengths, e.g. {"inputs": 512, "targets": 114}.
     split: "train" or "validation".
     batch_size: the global batch size; each of shard.num_shards hosts gets an equal part.
-    architecture: picks the seqio feature converter (see feature_converter).
+    architecture: TransformerConfig.architecture; its spec picks the seqio feature
+      converter and the features (models/architectures.py).
     shard: this host's shard; None for a single host.
     seed: fixes shuffling and every objective's random choices.
     shuffle: defaults to True for "train" and False otherwise.
@@ -164,14 +158,18 @@ def get_batches(task: str, feature_lengths: Mapping[str, int], split: str, batch
                   num_shards=shard.num_shards, seed=seed,
                   shuffle=split == "train" if shuffle is None else shuffle,
                   num_epochs=num_epochs, pack=pack)
-  converter = feature_converter(architecture, pack)
-  if architecture == "encoder_decoder" and "inputs" not in feature_lengths:
+  if architecture not in architectures.ARCHITECTURES:
+    raise DataError(f"unknown architecture {architecture!r}; choose from "
+                    f"{list(architectures.ARCHITECTURES)}.")
+  arch = architectures.get(architecture)
+  converter = arch.feature_converter(pack)
+  if arch.has_encoder and "inputs" not in feature_lengths:
     raise DataError(f"the encoder-decoder needs an inputs length; task {task!r} got "
                     f"{dict(feature_lengths)} (use a span_corruption or prefix_lm task).")
   dataset = seqio.get_dataset(provider, dict(feature_lengths), converter, dataset_split=split,
                               shuffle=spec.shuffle, num_epochs=num_epochs, shard_info=shard,
                               verbose=False, seed=seed)
-  dataset = _with_prefix_mask(architecture, dataset)
+  dataset = _with_prefix_mask(arch, dataset)
   per_host_batch = batch_size // shard.num_shards
   dataset = dataset.batch(per_host_batch, drop_remainder=False).prefetch(tf.data.AUTOTUNE)
   return BatchIterator(spec, dataset, per_host_batch)

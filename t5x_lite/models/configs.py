@@ -12,8 +12,9 @@ import dataclasses
 from typing import Optional
 
 from t5x_lite.errors import ConfigError, check_field_types
+from t5x_lite.models import architectures
 
-ARCHITECTURES = ("encoder_decoder", "causal_decoder", "prefix_decoder")
+ARCHITECTURES = tuple(architectures.ARCHITECTURES)
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")
 NORMS = ("rms", "layer")
 NORM_POSITIONS = ("pre", "post")
@@ -132,8 +133,13 @@ class TransformerConfig:
     return self.scale_decoder_outputs
 
   @property
+  def architecture_spec(self) -> architectures.Architecture:
+    """The rules of this architecture (models/architectures.py)."""
+    return architectures.get(self.architecture)
+
+  @property
   def is_encoder_decoder(self) -> bool:
-    return self.architecture == "encoder_decoder"
+    return self.architecture_spec.has_encoder
 
   def replace(self, **changes) -> "TransformerConfig":
     return dataclasses.replace(self, **changes)

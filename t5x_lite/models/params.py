@@ -2,19 +2,22 @@
 
 Paths are tuples such as ("decoder", "layers", 3, "mlp", "wo", "kernel") in the
 per-layer layout. With scan_layers=True the layer index disappears and every
-layer parameter gains a leading axis; `stack_layers` / `unstack_layers`
-convert between the two, so weight import, export and checkpoints can use the
-per-layer layout whatever the model was built with.
+layer parameter gains a leading axis; `stack_layers` / `unstack_layers` (and
+`restack_layers` for sharded device arrays) convert between the two. The
+per-layer layout is the one on disk: weight import, export and checkpoints
+(parameters and the optimizer state that mirrors them) use it whatever the
+model was built with, so a run can change scan_layers and keep its checkpoints.
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Callable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from t5x_lite.models.configs import TransformerConfig
 from t5x_lite.models.transformer import Transformer
@@ -23,8 +26,18 @@ Path = tuple
 FlatParams = dict[Path, np.ndarray]
 
 
-def _is_layer_path(path: Path) -> bool:
-  return len(path) > 2 and path[1] == "layers"
+def stacked_at(path: Path) -> Optional[int]:
+  """Where "layers" is in a path whose leaf stacks every layer on a leading axis
+  (scan_layers: no layer index follows it); None for other paths."""
+  for position, part in enumerate(path[:-1]):
+    if part == "layers" and not str(path[position + 1]).isdigit():
+      return position
+  return None
+
+
+def layer_path(path: Path, position: int, index: int) -> Path:
+  """The per-layer path of layer `index` of a stacked path ("layers" at `position`)."""
+  return path[:position + 1] + (index,) + path[position + 1:]
 
 
 def flat_params(model: Transformer) -> FlatParams:
@@ -36,15 +49,45 @@ def flat_params(model: Transformer) -> FlatParams:
   return flat
 
 
-def unstack_layers(flat: Mapping[Path, np.ndarray]) -> FlatParams:
-  """Scanned layout (leading layer axis) -> one entry per layer index."""
-  out: FlatParams = {}
+def unstack_layers(flat: Mapping[Path, Any],
+                   take: Callable[[Any, int], Any] = lambda value, index: value[index]
+                   ) -> dict[Path, Any]:
+  """Scanned layout (a leading layer axis) -> one entry per layer index; other entries
+  (and entries of the per-layer layout) pass through. `take(value, index)` is one layer
+  of a stacked value (numpy, jax, or `abstract_layer` for shape placeholders)."""
+  out = {}
   for path, value in flat.items():
-    if _is_layer_path(path):
-      for index in range(value.shape[0]):
-        out[path[:2] + (index,) + path[2:]] = value[index]
-    else:
+    position = stacked_at(path)
+    if position is None:
       out[path] = value
+    else:
+      for index in range(value.shape[0]):
+        out[layer_path(path, position, index)] = take(value, index)
+  return out
+
+
+def abstract_layer(leaf: jax.ShapeDtypeStruct, index: int = 0) -> jax.ShapeDtypeStruct:
+  """The placeholder of one layer of a stacked leaf: no leading axis, the rest sharded
+  as before (the layer axis itself is never sharded: partitioning.py)."""
+  sharding = leaf.sharding
+  if isinstance(sharding, NamedSharding):
+    spec = tuple(sharding.spec) + (None,) * (len(leaf.shape) - len(sharding.spec))
+    sharding = NamedSharding(sharding.mesh, PartitionSpec(*spec[1:]))
+  return jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype, sharding=sharding)
+
+
+def restack_layers(per_layer: Mapping[Path, jax.Array],
+                   template: Mapping[Path, jax.ShapeDtypeStruct]) -> dict[Path, jax.Array]:
+  """The inverse of unstack_layers for device arrays: every stacked entry of `template`
+  gathered from its per-layer entries, placed with the template's sharding."""
+  out = {}
+  for path, leaf in template.items():
+    position = stacked_at(path)
+    if position is None:
+      out[path] = per_layer[path]
+      continue
+    layers = [per_layer[layer_path(path, position, i)] for i in range(leaf.shape[0])]
+    out[path] = jax.jit(jnp.stack, out_shardings=leaf.sharding)(layers)
   return out
 
 
@@ -53,8 +96,8 @@ def stack_layers(flat: Mapping[Path, np.ndarray]) -> FlatParams:
   grouped: dict[Path, dict[int, np.ndarray]] = {}
   out: FlatParams = {}
   for path, value in flat.items():
-    if _is_layer_path(path):
-      grouped.setdefault(path[:2] + path[3:], {})[path[2]] = value
+    if len(path) > 3 and path[1] == "layers" and str(path[2]).isdigit():
+      grouped.setdefault(path[:2] + path[3:], {})[int(path[2])] = value
     else:
       out[path] = value
   for path, by_index in grouped.items():

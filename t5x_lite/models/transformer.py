@@ -218,14 +218,14 @@ class Transformer(nnx.Module):
 
   def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
     self.config = config
+    spec = config.architecture_spec
     self.token_embedding = layers.make_token_embedding(config, rngs=rngs)
-    if config.is_encoder_decoder:
+    if spec.has_encoder:
       self.encoder = TransformerStack(config, config.num_encoder_layers, bidirectional=True,
                                       cross_attention=False, rngs=rngs)
-    self.decoder = TransformerStack(
-        config, config.num_decoder_layers,
-        bidirectional=config.architecture == "prefix_decoder",
-        cross_attention=config.is_encoder_decoder, rngs=rngs)
+    self.decoder = TransformerStack(config, config.num_decoder_layers,
+                                    bidirectional=spec.bidirectional_prefix,
+                                    cross_attention=spec.has_encoder, rngs=rngs)
     if not config.tie_embeddings:
       self.logits_dense = nnx.Linear(
           config.d_model, config.vocab_size, use_bias=False,
@@ -241,7 +241,7 @@ class Transformer(nnx.Module):
     if dropout_rng is not None:
       encoder_rng, decoder_rng = jax.random.split(dropout_rng)
     encoded = None
-    if self.config.is_encoder_decoder:
+    if self.config.architecture_spec.has_encoder:
       encoded = self.encode(batch, dropout_rng=encoder_rng)
     return self.decode(batch, encoded, dropout_rng=decoder_rng)
 
@@ -264,15 +264,15 @@ class Transformer(nnx.Module):
   def decode(self, batch: Batch, encoded: Optional[Array] = None, *,
              dropout_rng: Optional[Array] = None) -> Array:
     """Decoder logits; encoded is the encoder output for encoder_decoder."""
-    config = self.config
     tokens = batch["decoder_input_tokens"]
     segments = batch.get("decoder_segment_ids")
     prefix = None
-    if config.architecture == "prefix_decoder":
+    if self.config.architecture_spec.bidirectional_prefix:
       prefix = batch.get("decoder_causal_attention")
-    if config.architecture == "prefix_decoder" and prefix is None:
-      raise ValueError("architecture='prefix_decoder' needs the 'decoder_causal_attention' "
-                       "feature (use seqio's PrefixLMFeatureConverter).")
+      if prefix is None:
+        raise ValueError(f"architecture={self.config.architecture!r} needs the "
+                         "'decoder_causal_attention' feature (use seqio's "
+                         "PrefixLMFeatureConverter).")
     ctx = self._decoder_self_attention(tokens.shape[1], segments, prefix)
     if encoded is not None:
       ctx = dataclasses.replace(ctx, encoded=encoded,
@@ -311,16 +311,13 @@ class Transformer(nnx.Module):
     logits = constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
     return logits.astype(jnp.float32)
 
-  @staticmethod
-  def _decoder_self_attention(length: int, segments: Optional[Array],
+  def _decoder_self_attention(self, length: int, segments: Optional[Array],
                               prefix: Optional[Array]) -> AttentionContext:
     if segments is None and prefix is None:
       return AttentionContext(self_mask=None, is_causal=True)
-    index = jnp.arange(length)
-    mask = (index[:, None] >= index[None, :])[None, None]
-    if prefix is not None:
-      in_prefix = prefix.astype(bool)
-      mask = mask | (in_prefix[:, :, None] & in_prefix[:, None, :])[:, None]
+    index = jnp.arange(length)[None]
+    in_prefix = None if prefix is None else prefix.astype(bool)
+    mask = self.config.architecture_spec.decoder_mask(index, index, in_prefix, in_prefix)
     if segments is not None:
       mask = mask & _same_segment(segments, segments)
     return AttentionContext(self_mask=mask)
