@@ -31,10 +31,14 @@ import jax
 import orbax.checkpoint as ocp
 import tensorflow as tf
 from etils import epath
+from flax import nnx
+from jax.experimental import multihost_utils
 
+from t5x_lite import run_dir
 from t5x_lite.data import BatchIterator
 from t5x_lite.errors import FileSystemError, UserError, file_errors, storage_errors
 from t5x_lite.models import params
+from t5x_lite.models.transformer import Transformer
 from t5x_lite.spec import check_retention
 
 
@@ -293,7 +297,6 @@ class Checkpointer:
 
   def _set_aside(self, steps: list[int], stream: Optional[TextIO]) -> None:
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices("t5x_lite: unreadable checkpoints chosen")
     if jax.process_index() == 0:
       aside = os.path.join(os.path.dirname(self.directory), "unreadable_checkpoints")
@@ -376,11 +379,6 @@ def load_model(path: str, config: Optional["TransformerConfig"] = None  # noqa: 
   """A Transformer holding the params of the newest readable checkpoint in `path` (a
   MODEL_DIR or its checkpoints/ directory), on the default device. `config` defaults to
   the model the run directory recorded (run_dir.py)."""
-  from flax import nnx
-
-  from t5x_lite import run_dir
-  from t5x_lite.models.transformer import Transformer
-
   config = config or run_dir.recorded_model(path)
   if config is None:
     raise CheckpointError(f"{path} records no model configuration ({run_dir.SPEC_FILE}); "

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from t5x_lite import losses
 from t5x_lite.errors import UserError
 from t5x_lite.models.transformer import Transformer
 
@@ -327,13 +328,6 @@ def score(model: Transformer, inputs: list, targets: list) -> tuple[np.ndarray, 
   batch = spec.score_features(inputs, targets, _bucket(longest),
                               _bucket(max(map(len, inputs))) if spec.has_encoder else 0)
   graphdef, state = nnx.split(model)
-  sums = _score(graphdef, state, {k: jnp.asarray(v) for k, v in batch.items()})
-  return np.asarray(sums), batch["decoder_loss_weights"].sum(axis=1)
-
-
-@functools.partial(jax.jit, static_argnums=(0,))
-def _score(graphdef, state, batch):
-  logits = nnx.merge(graphdef, state)(batch)
-  log_probs = jax.nn.log_softmax(logits, axis=-1)
-  picked = jnp.take_along_axis(log_probs, batch["decoder_target_tokens"][..., None], axis=-1)
-  return (picked[..., 0] * batch["decoder_loss_weights"]).sum(axis=1)
+  sums = losses.evaluate_batch(graphdef, state, {k: jnp.asarray(v) for k, v in batch.items()},
+                               per_example=True)
+  return -np.asarray(sums.cross_entropy), batch["decoder_loss_weights"].sum(axis=1)

@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 
 import gin
 
-from t5x_lite import partitioning, spec
+from t5x_lite import partitioning, run_dir, spec
 from t5x_lite.errors import ConfigError, UserError, fail  # noqa: F401  (fail: for entry points)
 from t5x_lite.models.configs import NON_FUNCTIONAL_KNOBS, TransformerConfig
 
@@ -195,8 +195,6 @@ def checkpoint_model_config(checkpoint_path: str, stream=sys.stderr) -> Transfor
   dropout: models.configs.NON_FUNCTIONAL_KNOBS), which override it. A run
   directory without a record (older runs) takes the model from gin.
   """
-  from t5x_lite import run_dir
-
   recorded = run_dir.recorded_model(checkpoint_path)
   bound = gin.get_bindings("TransformerConfig")
   if recorded is None:

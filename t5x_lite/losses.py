@@ -1,18 +1,21 @@
-"""The training loss: token cross-entropy with z-loss and label smoothing.
+"""The loss: token cross-entropy with z-loss and label smoothing, and the one
+forward+loss path that training, evaluation and scoring share (`model_loss_sums`).
 
 Sums are returned alongside the token count so callers can normalise by the
 number of target tokens across microbatches and hosts (a mean of per-batch
-means would weight short batches wrongly).
+means would weight short batches wrongly); scoring asks for sums per example.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Mapping, NamedTuple
+from typing import Mapping, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
 
 
 class LossSums(NamedTuple):
@@ -25,8 +28,10 @@ class LossSums(NamedTuple):
 
 
 def token_loss_sums(logits: jax.Array, targets: jax.Array, weights: jax.Array,
-                    z_loss: float = 1e-4, label_smoothing: float = 0.0) -> LossSums:
-  """Loss sums over the tokens with non-zero weight (padding has weight 0).
+                    z_loss: float = 1e-4, label_smoothing: float = 0.0,
+                    per_example: bool = False) -> LossSums:
+  """Loss sums over the tokens with non-zero weight (padding has weight 0): scalars, or
+  [batch] sums over each row with per_example=True.
 
   z-loss (PaLM) adds z_loss * log(Z)^2 per token to keep the softmax
   normaliser near 1; label smoothing mixes the one-hot target with the
@@ -49,10 +54,30 @@ def token_loss_sums(logits: jax.Array, targets: jax.Array, weights: jax.Array,
     training = cross_entropy
   z = z_loss * jnp.square(log_z)
   correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
-  return LossSums(loss=jnp.sum((training + z) * weights),
-                  cross_entropy=jnp.sum(cross_entropy * weights),
-                  z_loss=jnp.sum(z * weights), correct=jnp.sum(correct * weights),
-                  tokens=jnp.sum(weights))
+  total = functools.partial(jnp.sum, axis=-1 if per_example else None)
+  return LossSums(loss=total((training + z) * weights),
+                  cross_entropy=total(cross_entropy * weights),
+                  z_loss=total(z * weights), correct=total(correct * weights),
+                  tokens=total(weights))
+
+
+def model_loss_sums(model, batch: Mapping[str, jax.Array], *, z_loss: float = 0.0,
+                    label_smoothing: float = 0.0, dropout_rng: Optional[jax.Array] = None,
+                    per_example: bool = False) -> LossSums:
+  """The model's loss sums on a seqio feature dict: the one forward+loss path of
+  training (with dropout_rng), evaluation and scoring (per_example: a target's
+  log-likelihood is minus its cross_entropy sum)."""
+  logits = model(batch, dropout_rng=dropout_rng)
+  return token_loss_sums(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"],
+                         z_loss, label_smoothing, per_example)
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames="per_example")
+def evaluate_batch(graphdef: nnx.GraphDef, state: nnx.State, batch: Mapping[str, jax.Array],
+                   per_example: bool = False) -> LossSums:
+  """model_loss_sums in evaluation mode, jitted over the split model (compiled once per
+  model structure and batch shape)."""
+  return model_loss_sums(nnx.merge(graphdef, state), batch, per_example=per_example)
 
 
 def eval_metrics(totals: Mapping[str, float]) -> dict[str, float]:

@@ -13,6 +13,7 @@ from typing import Mapping
 
 import jax
 import jax.numpy as jnp
+import tensorflow as tf
 
 from t5x_lite.errors import file_errors
 
@@ -85,8 +86,6 @@ class MetricsWriter:
         self._jsonl = open(self.path, "a")
 
   def _tensorboard(self, split: str):
-    import tensorflow as tf  # Already loaded by the data pipeline.
-
     if split not in self._writers:
       self._writers[split] = tf.summary.create_file_writer(
           os.path.join(self.model_dir, "tensorboard", split))
@@ -95,8 +94,6 @@ class MetricsWriter:
   def write(self, step: int, split: str, scalars: Mapping[str, float]) -> None:
     if not self.enabled:
       return
-    import tensorflow as tf
-
     with self._tensorboard(split).as_default(step=step):
       for name, value in scalars.items():
         tf.summary.scalar(name, value)

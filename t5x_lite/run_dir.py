@@ -23,6 +23,8 @@ import sys
 import time
 from typing import Any, Mapping, Optional, TextIO
 
+import tensorflow as tf
+
 from t5x_lite import files
 from t5x_lite.errors import UserError, file_errors
 from t5x_lite.models.configs import TransformerConfig
@@ -207,8 +209,6 @@ def _metrics_step(line: str) -> Optional[int]:
 
 def _trim_events(path: str, step: int) -> int:
   """Rewrites a TensorBoard event file without the events past `step`."""
-  import tensorflow as tf  # Already loaded by the data pipeline.
-
   records, dropped = [], 0
   try:
     for record in tf.data.TFRecordDataset(path).as_numpy_iterator():

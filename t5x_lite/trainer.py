@@ -93,10 +93,8 @@ def make_step_functions(config: TransformerConfig, optimizer: optax.GradientTran
             "step": jax.device_put(jnp.zeros((), jnp.int32), replicated)}
 
   def loss_sums(params, batch, rng):
-    model = nnx.merge(graphdef, params)
-    logits = model(batch, dropout_rng=rng)
-    return losses.token_loss_sums(logits, batch["decoder_target_tokens"],
-                                  batch["decoder_loss_weights"], z_loss, label_smoothing)
+    return losses.model_loss_sums(nnx.merge(graphdef, params), batch, z_loss=z_loss,
+                                  label_smoothing=label_smoothing, dropout_rng=rng)
 
   def train_step(state, batch):
     total_tokens = jnp.maximum(jnp.sum(batch["decoder_loss_weights"].astype(jnp.float32)), 1.0)

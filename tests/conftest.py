@@ -9,6 +9,14 @@ import gin  # noqa: E402
 import pytest  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def project_tasks():
+  """The project's seqio tasks, registered as every entry point registers them."""
+  from t5x_lite.data import register_tasks
+
+  return register_tasks()
+
+
 @pytest.fixture(autouse=True)
 def clear_gin_bindings():
   """gin bindings are process-global; a preset parsed by one test must never

@@ -25,8 +25,9 @@ if num_processes > 1:
   jax.distributed.initialize(f"localhost:{port}", num_processes, process_id)
 
 from t5x_lite import gin_utils, optim, partitioning, trainer  # noqa: E402
-from t5x_lite.data import get_batches  # noqa: E402
+from t5x_lite.data import get_batches, register_tasks  # noqa: E402
 
+register_tasks()
 config = gin_utils.model_config(["models/tiny_causal_decoder.gin"])
 mesh = partitioning.create_mesh((-1, 1, 1))
 assert mesh.devices.size == 4, mesh

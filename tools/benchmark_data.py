@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchmark import benchmark_config  # noqa: E402
 
 from t5x_lite import gin_utils  # noqa: E402
-from t5x_lite.data import get_batches  # noqa: E402
+from t5x_lite.data import get_batches, register_tasks  # noqa: E402
 from t5x_lite.metrics import measured_peak_flops  # noqa: E402
 
 QUICKSTART_BATCH, QUICKSTART_LENGTH = 16, 256
@@ -57,6 +57,7 @@ def quickstart_training_tokens_per_second(steps: int) -> dict:
 
 
 def main() -> None:
+  register_tasks()
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--seconds", type=float, default=15.0)

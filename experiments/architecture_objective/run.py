@@ -39,8 +39,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from t5x_lite import checkpoints, files, gin_utils, infer, multiple_choice
-from t5x_lite.data import objectives
+from t5x_lite import checkpoints, files, gin_utils, inference, multiple_choice
+from t5x_lite.data import objectives, register_tasks
 from t5x_lite.models.configs import TransformerConfig
 from t5x_lite.scaling import counting, sweep
 
@@ -121,9 +121,9 @@ def plan(mode: Mode, seeds) -> dict:
 
 def validation_passages(count: int, length: int) -> list[tuple[list[int], list[int]]]:
   """(first half, second half) byte ids of the first `count` validation passages."""
-  examples = infer.task_examples("pydocs.full_lm.byte", "validation", count, length // 2,
+  examples = inference.task_examples("pydocs.full_lm.byte", "validation", count, length // 2,
                                  {"targets": length})
-  vocabulary = infer.task_vocabularies("pydocs.full_lm.byte")[1]
+  vocabulary = inference.task_vocabularies("pydocs.full_lm.byte")[1]
   return [(list(vocabulary.encode(e["inputs"])), list(vocabulary.encode(e["targets"])))
           for e in examples]
 
@@ -133,7 +133,7 @@ def evaluate_run(run: dict, model_dir: str, mode: Mode, passages, questions) -> 
 
   model = checkpoints.load_model(model_dir)  # the model its run directory recorded
   sums, tokens = decoding.score(model, [p for p, _ in passages], [c for _, c in passages])
-  vocabulary = infer.task_vocabularies("pydocs.full_lm.byte")[1]
+  vocabulary = inference.task_vocabularies("pydocs.full_lm.byte")[1]
   cloze = multiple_choice.rank_classify(model, vocabulary, questions)
   return {"heldout_loss": float(-sums.sum() / tokens.sum()), "cloze_accuracy": cloze["accuracy"],
           "cloze_accuracy_norm": cloze["accuracy_norm"]}
@@ -198,6 +198,7 @@ def training_options(mode: Mode) -> dict:
 
 def run(mode_name: str, seeds, work_dir: str, output_dir: str, train=None,
         stream=sys.stdout) -> list[dict]:
+  register_tasks()  # the evaluation reads a task split in this process
   mode = MODES[mode_name]
   the_plan = plan(mode, seeds)
   failed = sweep.run_sweep(the_plan, work_dir, **training_options(mode), evaluations_per_run=2,

@@ -1,6 +1,6 @@
 """Data for t5x_lite: offline corpora, vocabularies, objectives and seqio tasks.
 
-Importing this package registers every `<corpus>.<objective>` task with seqio.
+`register_tasks()` registers every `<corpus>.<objective>` task with seqio.
 """
 
 from t5x_lite.data.corpus_store import CorpusError

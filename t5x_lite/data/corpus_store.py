@@ -27,6 +27,8 @@ import shutil
 import tempfile
 from typing import Callable, Iterable, Iterator
 
+import tensorflow as tf
+
 from t5x_lite.errors import UserError
 
 SPLITS = ("train", "validation")
@@ -131,8 +133,6 @@ def fingerprint(splits: dict[str, list[str]]) -> str:
 
 
 def _write_shards(directory: str, split: str, documents: list[str], num_shards: int) -> list[str]:
-  import tensorflow as tf  # Deferred: TensorFlow is slow to import.
-
   num_shards = max(1, min(num_shards, len(documents)))
   names = [f"{split}-{i:05d}-of-{num_shards:05d}.tfrecord" for i in range(num_shards)]
   writers = [tf.io.TFRecordWriter(os.path.join(directory, name)) for name in names]

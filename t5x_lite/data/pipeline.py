@@ -105,9 +105,8 @@ def _with_prefix_mask(spec: architectures.Architecture,
 
 
 def get_task(task: str) -> seqio.DatasetProviderBase:
-  """The registered seqio task or mixture `task`, or a DataError naming some that exist."""
-  import t5x_lite.data  # noqa: F401  Registers the tasks.
-
+  """The registered seqio task or mixture `task`, or a DataError naming some that exist
+  (the project's tasks exist once `t5x_lite.data.register_tasks()` has run)."""
   try:
     return seqio.get_mixture_or_task(task)
   except ValueError:

@@ -1,16 +1,18 @@
-"""seqio Tasks named `<corpus>.<objective>`, registered when t5x_lite.data is imported.
+"""seqio Tasks named `<corpus>.<objective>`, registered by `register_tasks()`.
 
 Every corpus (corpora.py) is offered with every objective (objectives.py):
 `pydocs.span_corruption`, `shakespeare.full_lm`, `c4.prefix_lm`, ... with the
 default vocabulary (8,000 SentencePiece pieces trained on the embedded
 corpus, plus 100 sentinels), and again with seqio's byte vocabulary under a
-`.byte` suffix (`pydocs.full_lm.byte`). `register_tasks` registers the same
-set for any other vocabulary.
+`.byte` suffix (`pydocs.full_lm.byte`). Entry points call `register_tasks()`
+(idempotent) before they name a task; `register_tasks(vocabulary, suffix)`
+registers the same set for any other vocabulary.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Optional
 
 import seqio
 
@@ -44,8 +46,16 @@ def make_task(name: str, corpus: str, objective: str, vocabulary: seqio.Vocabula
                     output_features=output_features(objective, vocabulary), metric_fns=[])
 
 
-def register_tasks(vocabulary: seqio.Vocabulary, suffix: str = "") -> list[str]:
-  """Registers `<corpus>.<objective><suffix>` for every corpus and objective; returns the names."""
+def register_tasks(vocabulary: Optional[seqio.Vocabulary] = None, suffix: str = "") -> list[str]:
+  """Registers `<corpus>.<objective><suffix>` for every corpus and objective with
+  `vocabulary`; returns the names. With no vocabulary, the project's tasks: the default
+  vocabulary's and the byte vocabulary's (`.byte`), registered once however often it is
+  called."""
+  if vocabulary is None:
+    if not _PROJECT_TASKS:
+      _PROJECT_TASKS.extend(register_tasks(vocabularies.default_vocabulary()) +
+                            register_tasks(vocabularies.byte_vocabulary(), suffix=".byte"))
+    return list(_PROJECT_TASKS)
   names = []
   for corpus in CORPORA:
     for objective in OBJECTIVES:
@@ -56,5 +66,4 @@ def register_tasks(vocabulary: seqio.Vocabulary, suffix: str = "") -> list[str]:
   return names
 
 
-DEFAULT_TASKS = register_tasks(vocabularies.default_vocabulary())
-BYTE_TASKS = register_tasks(vocabularies.byte_vocabulary(), suffix=".byte")
+_PROJECT_TASKS: list[str] = []

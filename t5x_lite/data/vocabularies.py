@@ -8,7 +8,9 @@ import hashlib
 import io
 import os
 
+import sentencepiece as spm
 import seqio
+import tensorflow as tf
 
 from t5x_lite.data import corpora
 from t5x_lite.data.corpus_store import CorpusError, file_lock, publish_atomically
@@ -21,9 +23,6 @@ TRAINER_SENTENCES = 2_000_000
 
 def _train_sentencepiece(corpus: corpora.LocalCorpus, pieces: int, path: str) -> None:
   """Trains a T5-convention model (pad 0, eos 1, unk 2, no bos) on the corpus's train split."""
-  import sentencepiece as spm
-  import tensorflow as tf
-
   manifest = corpus.build()
   files = manifest.file_paths(corpus.directory, "train")
   # seqio first loads the model while tracing the tokenize map; read the corpus eagerly.

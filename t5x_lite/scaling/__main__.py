@@ -29,10 +29,10 @@ from typing import Sequence
 from t5x_lite import files as result_files
 from t5x_lite import gin_utils
 from t5x_lite.errors import ConfigError, run_cli
-from t5x_lite.scaling import counting, laws
+from t5x_lite.scaling import counting, laws, planning
+from t5x_lite.scaling import report as reports
+from t5x_lite.scaling.runs import read_runs
 
-# The fit methods (t5x_lite.scaling.report.METHODS), listed here so --help needs no scipy import.
-METHODS = ("parametric", "isoflop", "envelope", "kaplan")
 
 
 def _count(args, files, bindings, search_paths) -> None:
@@ -70,10 +70,6 @@ def _optimal(args) -> None:
 
 
 def _plot(args) -> None:
-  from t5x_lite.scaling import report as reports
-  from t5x_lite.scaling.plots import plot_study
-  from t5x_lite.scaling.runs import read_runs
-
   runs = read_runs(args.runs)
   curves = read_runs(args.curves) if args.curves else None
   fitted = []
@@ -84,13 +80,13 @@ def _plot(args) -> None:
     fitted.append(reports.fit_runs(table, method, args.budget, args.bootstrap, args.seed))
     print(f"{method}: a = {fitted[-1].parameters['a']:.3f}, b = {fitted[-1].parameters['b']:.3f}"
           if "a" in fitted[-1].parameters else f"{method}: fitted")
+  from t5x_lite.scaling.plots import plot_study  # matplotlib: only when plotting
+
   plot_study(runs, fitted, args.output, curves)
   print(f"plot: {args.output}")
 
 
 def _plan(args, files, bindings, search_paths) -> None:
-  from t5x_lite.scaling import planning
-
   if not files:
     raise gin_utils.GinConfigError("plan needs the family's base model: --gin_file=<model>.gin.")
   base = gin_utils.model_config(files, bindings, search_paths)
@@ -127,13 +123,10 @@ def _plan(args, files, bindings, search_paths) -> None:
 
 
 def _fit(args) -> None:
-  from t5x_lite.scaling import report as reports
-  from t5x_lite.scaling.runs import read_runs
-
   runs = read_runs(args.runs)
   fitted = reports.fit_runs(runs, args.method, args.budget, args.bootstrap, args.seed)
   if args.plot:
-    from t5x_lite.scaling.plots import plot_fit
+    from t5x_lite.scaling.plots import plot_fit  # matplotlib: only when plotting
     plot_fit(runs, fitted, args.plot)
   if args.json:
     print(json.dumps(fitted.as_dict()))
@@ -179,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   optimal.add_argument("--json", action="store_true", help="print one JSON object")
   fit = commands.add_parser("fit", help="fit a runs table and report the optimum")
   fit.add_argument("runs", help="CSV with params, tokens, loss [, flops, run, step]")
-  fit.add_argument("--method", choices=METHODS, default="parametric")
+  fit.add_argument("--method", choices=reports.METHODS, default="parametric")
   fit.add_argument("--budget", type=float, default=None,
                    help="FLOPs for the optimum (default: the largest run's)")
   fit.add_argument("--bootstrap", type=int, default=0, help="bootstrap refits for 95%% CIs")
@@ -211,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   plot.add_argument("runs", help="RUNS.csv (one row per run)")
   plot.add_argument("--output", required=True, help="figure file (.png, .pdf, .svg)")
   plot.add_argument("--curves", help="training curves (CURVES.csv) for the envelope")
-  plot.add_argument("--methods", nargs="+", choices=METHODS, default=["isoflop", "parametric"])
+  plot.add_argument("--methods", nargs="+", choices=reports.METHODS, default=["isoflop", "parametric"])
   plot.add_argument("--budget", type=float, default=None)
   plot.add_argument("--bootstrap", type=int, default=100, help="refits per method for the bands")
   plot.add_argument("--seed", type=int, default=0)

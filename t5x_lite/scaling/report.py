@@ -10,7 +10,7 @@ from typing import Callable, Optional, TextIO
 import numpy as np
 
 from t5x_lite.scaling import envelope, fitting, isoflop, kaplan
-from t5x_lite.scaling.laws import Law
+from t5x_lite.scaling.laws import Law, optimal_numerically
 from t5x_lite.scaling.runs import Runs, RunsError
 
 METHODS = ("parametric", "isoflop", "envelope", "kaplan")
@@ -51,7 +51,6 @@ class ExactFlopsLaw:
     return self.law.loss(params, tokens)
 
   def optimal(self, flops: float):
-    from t5x_lite.scaling.laws import optimal_numerically
     return optimal_numerically(self.law.loss, flops, self.flops_per_token)
 
 

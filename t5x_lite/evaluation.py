@@ -1,0 +1,85 @@
+"""Evaluation as a library: how good is a loaded model on a task? The command line
+(`python -m t5x_lite.evaluate`) is evaluate.py.
+
+  - validation loss, perplexity and token accuracy over packed batches, through the
+    same forward+loss path as training (losses.model_loss_sums);
+  - the task's own seqio metrics, when it defines any (predict metrics from greedy
+    decoding of its inputs, score metrics from target log-likelihoods);
+  - zero/few-shot rank-classification multiple choice (multiple_choice.py).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from t5x_lite import inference, losses
+from t5x_lite import multiple_choice as mc
+from t5x_lite.data import get_batches, get_task
+
+
+def perplexity(model, task: str, feature_lengths: Mapping[str, int], split: str,
+               batch_size: int, eval_batches: int) -> dict:
+  """Loss / perplexity / token accuracy over the first `eval_batches` batches of `split`."""
+  batches = get_batches(task, feature_lengths, split, batch_size, model.config.architecture,
+                        shuffle=False, num_epochs=1)
+  graphdef, state = nnx.split(model)
+  totals = {"cross_entropy": 0.0, "correct": 0.0, "tokens": 0.0}
+  for _, batch in zip(range(eval_batches), batches):
+    sums = jax.device_get(losses.evaluate_batch(
+        graphdef, state, {k: jnp.asarray(v) for k, v in batch.items()}))._asdict()
+    for key in totals:
+      totals[key] += float(sums[key])
+  return losses.eval_metrics(totals)
+
+
+def task_metrics(model, task: str, split: str, num_examples: int, max_new_tokens: int,
+                 feature_lengths: Mapping[str, int] | None = None) -> dict:
+  """The seqio task's predict and score metrics on its first `num_examples` examples."""
+  provider = get_task(task)
+  predict_fns = getattr(provider, "predict_metric_fns", [])
+  score_fns = getattr(provider, "score_metric_fns", [])
+  if not predict_fns and not score_fns:
+    return {}
+  examples = inference.task_examples(task, split, num_examples, prompt_length=32,
+                                     feature_lengths=feature_lengths)
+  input_vocabulary, vocabulary, add_eos = inference.task_vocabularies(task)
+  prompts = inference.encode_prompts(examples, input_vocabulary, add_eos)
+  targets = [example["targets"] for example in examples]
+  results = {}
+  if predict_fns:
+    predictions = [p["prediction"] for p in inference.predict(
+        model, prompts, vocabulary, method="greedy", max_new_tokens=max_new_tokens,
+        temperature=0.0, top_k=0, top_p=1.0, beams=1, alpha=0.0, batch_size=8, seed=0)]
+    for fn in predict_fns:
+      results.update(fn(targets, predictions))
+  if score_fns:
+    scores = [s["log_likelihood"] for s in inference.score_examples(
+        model, examples, prompts, vocabulary, 8, add_eos)]
+    for fn in score_fns:
+      results.update(fn(targets, scores))
+  return {name: float(np.asarray(value)) for name, value in results.items()}
+
+
+def evaluate(model, task: str, feature_lengths: Mapping[str, int], *, split: str = "validation",
+             batch_size: int = 8, eval_batches: int = 8,
+             question_sets: Mapping[str, Sequence[mc.Question]] = (), shots: Sequence[int] = (0,),
+             metric_examples: int = 64, max_new_tokens: int = 64, seed: int = 0) -> dict:
+  """Language modelling, task metrics and multiple choice (each set at each shot count)."""
+  _, vocabulary, _ = inference.task_vocabularies(task)
+  results = {"task": task, "split": split,
+             "language_modelling": perplexity(model, task, feature_lengths, split, batch_size,
+                                              eval_batches),
+             "task_metrics": task_metrics(model, task, split, metric_examples, max_new_tokens,
+                                          feature_lengths),
+             "multiple_choice": {}}
+  for name, questions in dict(question_sets).items():
+    for count in shots:
+      outcome = mc.rank_classify(model, vocabulary, questions, shots=count, seed=seed)
+      outcome.pop("predictions")
+      results["multiple_choice"][f"{name}/{count}-shot"] = outcome
+  return results
