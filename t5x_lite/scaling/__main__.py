@@ -34,7 +34,6 @@ from t5x_lite.scaling import report as reports
 from t5x_lite.scaling.runs import read_runs
 
 
-
 def _count(args, files, bindings, search_paths) -> None:
   if not files:
     raise gin_utils.GinConfigError("count needs --gin_file=gin/models/<preset>.gin.")
@@ -204,7 +203,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   plot.add_argument("runs", help="RUNS.csv (one row per run)")
   plot.add_argument("--output", required=True, help="figure file (.png, .pdf, .svg)")
   plot.add_argument("--curves", help="training curves (CURVES.csv) for the envelope")
-  plot.add_argument("--methods", nargs="+", choices=reports.METHODS, default=["isoflop", "parametric"])
+  plot.add_argument("--methods", nargs="+", choices=reports.METHODS,
+                    default=["isoflop", "parametric"])
   plot.add_argument("--budget", type=float, default=None)
   plot.add_argument("--bootstrap", type=int, default=100, help="refits per method for the bands")
   plot.add_argument("--seed", type=int, default=0)
