@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -29,9 +29,10 @@ from flax import nnx
 
 from t5x_lite import losses
 from t5x_lite.errors import UserError
+from t5x_lite.models.architectures import BOS_ID
 from t5x_lite.models.transformer import Transformer
 
-EOS_ID = 1
+EOS_ID = 1  # seqio/T5 vocabularies; callers with a vocabulary pass its eos_id
 NEG_INF = -1.0e7
 
 
@@ -71,62 +72,73 @@ def _check_inputs(model: Transformer, inputs: np.ndarray, max_new_tokens: int) -
   return inputs
 
 
-def _prefill(model: Transformer, inputs: jax.Array, max_new_tokens: int):
-  """Runs the prompt through the model once. Returns (logits of the next token [b, V],
-  cache, cross_mask, prompt lengths in decoder positions [b])."""
+class Prefilled(NamedTuple):
+  """The prompt run through the model once (B = batch, V = vocab, P = prompt length)."""
+  logits_BxV: jax.Array        # next-token logits after each row's prompt
+  cache: dict                  # keys/values [layers, B, positions, kv heads, head_dim]
+  cross_mask: Optional[jax.Array]  # [B, 1, 1, P] encoder padding (encoder-decoder only)
+  lengths_B: jax.Array         # decoder positions each prompt fills (BOS included)
+
+
+def _prefill(model: Transformer, inputs_BxP: jax.Array, max_new_tokens: int) -> Prefilled:
+  """Runs the prompts through the model once, filling a cache for max_new_tokens more."""
   spec = model.config.architecture_spec
-  batch = inputs.shape[0]
+  batch = inputs_BxP.shape[0]
   if spec.has_encoder:
-    encoded = model.encode({"encoder_input_tokens": inputs})
-    cross_mask = (inputs > 0)[:, None, None, :]
-    tokens = jnp.zeros((batch, 1), jnp.int32)
-    lengths = jnp.ones((batch,), jnp.int32)
+    encoded = model.encode({"encoder_input_tokens": inputs_BxP})
+    cross_mask = (inputs_BxP > 0)[:, None, None, :]
+    tokens_BxT = jnp.full((batch, 1), BOS_ID, jnp.int32)
+    lengths_B = jnp.ones((batch,), jnp.int32)
     cache = model.init_cache(batch, 1 + max_new_tokens, encoded)
   else:
     cross_mask = None
-    tokens = jnp.concatenate([jnp.zeros((batch, 1), inputs.dtype), inputs], axis=1)
-    lengths = (inputs > 0).sum(axis=1).astype(jnp.int32) + 1
-    cache = model.init_cache(batch, tokens.shape[1] + max_new_tokens)
-  length, cache_length = tokens.shape[1], cache["key"].shape[2]
-  positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
-  slots = jnp.broadcast_to(jnp.arange(cache_length), (batch, cache_length))
+    tokens_BxT = jnp.concatenate([jnp.full((batch, 1), BOS_ID, inputs_BxP.dtype), inputs_BxP],
+                                 axis=1)
+    lengths_B = (inputs_BxP > 0).sum(axis=1).astype(jnp.int32) + 1
+    cache = model.init_cache(batch, tokens_BxT.shape[1] + max_new_tokens)
+  length, cache_length = tokens_BxT.shape[1], cache["key"].shape[2]
+  positions_BxT = jnp.broadcast_to(jnp.arange(length), (batch, length))
+  slots_BxS = jnp.broadcast_to(jnp.arange(cache_length), (batch, cache_length))
   # The whole prompt (BOS and inputs) is the prefix, as PrefixLMFeatureConverter marks it;
   # padding slots past a row's prompt are never attended to.
-  mask = spec.decoder_mask(positions, slots, positions < lengths[:, None],
-                           slots < lengths[:, None])
-  mask = mask & (slots < lengths[:, None])[:, None, None, :]
-  logits, cache = model.decode_cached(tokens, positions, mask, cache,
-                                      None if cross_mask is None else
-                                      jnp.broadcast_to(cross_mask, (batch, 1, length,
-                                                                    inputs.shape[1])))
-  last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
-  return last, cache, cross_mask, lengths
+  filled_BxS = slots_BxS < lengths_B[:, None]
+  mask = spec.decoder_mask(positions_BxT, slots_BxS, positions_BxT < lengths_B[:, None],
+                           filled_BxS)
+  mask = mask & filled_BxS[:, None, None, :]
+  logits_BxTxV, cache = model.decode_cached(
+      tokens_BxT, positions_BxT, mask, cache,
+      None if cross_mask is None else jnp.broadcast_to(
+          cross_mask, (batch, 1, length, inputs_BxP.shape[1])))
+  last_BxV = jnp.take_along_axis(logits_BxTxV, (lengths_B - 1)[:, None, None], axis=1)[:, 0]
+  return Prefilled(last_BxV, cache, cross_mask, lengths_B)
 
 
-def _step(model: Transformer, tokens: jax.Array, positions: jax.Array, cache: dict,
-          cross_mask: Optional[jax.Array]):
-  """One new token per row at `positions` [b]: (logits [b, V], cache)."""
+def _step(model: Transformer, tokens_B: jax.Array, positions_B: jax.Array, cache: dict,
+          cross_mask: Optional[jax.Array]) -> tuple[jax.Array, dict]:
+  """One new token per row at its position: (next-token logits [B, V], updated cache)."""
   cache_length = cache["key"].shape[2]
-  mask = (jnp.arange(cache_length)[None, :] <= positions[:, None])[:, None, None, :]
-  logits, cache = model.decode_cached(tokens[:, None], positions[:, None], mask, cache,
-                                      cross_mask)
-  return logits[:, 0], cache
+  mask = (jnp.arange(cache_length)[None, :] <= positions_B[:, None])[:, None, None, :]
+  logits_Bx1xV, cache = model.decode_cached(tokens_B[:, None], positions_B[:, None], mask,
+                                            cache, cross_mask)
+  return logits_Bx1xV[:, 0], cache
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
-def _teacher_forced(graphdef, state, inputs, continuation):
+def _teacher_forced(graphdef, state, inputs_BxP, continuation_BxN):
   model = nnx.merge(graphdef, state)
-  logits, cache, cross_mask, lengths = _prefill(model, inputs, continuation.shape[1])
+  prefilled = _prefill(model, inputs_BxP, continuation_BxN.shape[1])
 
   def step(carry, token_and_offset):
-    logits, cache = carry
-    token, offset = token_and_offset
-    next_logits, cache = _step(model, token, lengths + offset, cache, cross_mask)
-    return (next_logits, cache), logits
+    logits_BxV, cache = carry
+    token_B, offset = token_and_offset
+    next_BxV, cache = _step(model, token_B, prefilled.lengths_B + offset, cache,
+                            prefilled.cross_mask)
+    return (next_BxV, cache), logits_BxV
 
-  steps = (continuation.T, jnp.arange(continuation.shape[1]))
-  (last, _), before = jax.lax.scan(step, (logits, cache), steps)
-  return jnp.concatenate([jnp.swapaxes(before, 0, 1), last[:, None]], axis=1)
+  steps = (continuation_BxN.T, jnp.arange(continuation_BxN.shape[1]))
+  (last_BxV, _), before_NxBxV = jax.lax.scan(step, (prefilled.logits_BxV, prefilled.cache),
+                                             steps)
+  return jnp.concatenate([jnp.swapaxes(before_NxBxV, 0, 1), last_BxV[:, None]], axis=1)
 
 
 def cached_logits(model: Transformer, inputs, continuation) -> np.ndarray:
@@ -155,40 +167,53 @@ def filter_logits(logits: jax.Array, temperature: float, top_k: int, top_p: floa
   return logits
 
 
+class SamplingState(NamedTuple):
+  """The carry of the sampling loop (B = batch, V = vocab, N = max_new_tokens)."""
+  step: jax.Array           # tokens generated so far (the loop index)
+  logits_BxV: jax.Array     # next-token logits
+  cache: dict
+  tokens_BxN: jax.Array     # generated ids, 0 after EOS
+  done_B: jax.Array         # the row has produced EOS
+  scores_B: jax.Array       # log-likelihood of the tokens so far (untempered)
+  rng: jax.Array
+
+
 @functools.partial(jax.jit, static_argnums=(0,),
                    static_argnames=("max_new_tokens", "temperature", "top_k", "top_p", "eos_id"))
-def _sample(graphdef, state, inputs, rng, *, max_new_tokens: int, temperature: float,
+def _sample(graphdef, state, inputs_BxP, rng, *, max_new_tokens: int, temperature: float,
             top_k: int, top_p: float, eos_id: int):
   model = nnx.merge(graphdef, state)
-  logits, cache, cross_mask, lengths = _prefill(model, inputs, max_new_tokens)
-  batch = inputs.shape[0]
+  prefilled = _prefill(model, inputs_BxP, max_new_tokens)
+  batch = inputs_BxP.shape[0]
 
-  def choose(logits, rng):
+  def choose(logits_BxV, rng):
     if temperature == 0.0:
-      return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    return jax.random.categorical(rng, filter_logits(logits, temperature, top_k, top_p)
+      return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+    return jax.random.categorical(rng, filter_logits(logits_BxV, temperature, top_k, top_p)
                                   ).astype(jnp.int32)
 
-  def body(carry):
-    n, logits, cache, output, done, scores, rng = carry
-    rng, step_rng = jax.random.split(rng)
-    token = jnp.where(done, 0, choose(logits, step_rng))
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
-    scores = scores + jnp.where(done, 0.0, jnp.take_along_axis(log_probs, token[:, None],
-                                                                axis=1)[:, 0])
-    output = output.at[:, n].set(token)
-    done = done | (token == eos_id)
-    logits, cache = _step(model, token, lengths + n, cache, cross_mask)
-    return n + 1, logits, cache, output, done, scores, rng
+  def body(s: SamplingState) -> SamplingState:
+    rng, step_rng = jax.random.split(s.rng)
+    token_B = jnp.where(s.done_B, 0, choose(s.logits_BxV, step_rng))
+    log_probs_BxV = jax.nn.log_softmax(s.logits_BxV, axis=-1)
+    picked_B = jnp.take_along_axis(log_probs_BxV, token_B[:, None], axis=1)[:, 0]
+    logits_BxV, cache = _step(model, token_B, prefilled.lengths_B + s.step, s.cache,
+                              prefilled.cross_mask)
+    return SamplingState(step=s.step + 1, logits_BxV=logits_BxV, cache=cache,
+                         tokens_BxN=s.tokens_BxN.at[:, s.step].set(token_B),
+                         done_B=s.done_B | (token_B == eos_id),
+                         scores_B=s.scores_B + jnp.where(s.done_B, 0.0, picked_B), rng=rng)
 
-  def cond(carry):
-    n, done = carry[0], carry[4]
-    return (n < max_new_tokens) & ~jnp.all(done)
+  def cond(s: SamplingState) -> jax.Array:
+    return (s.step < max_new_tokens) & ~jnp.all(s.done_B)
 
-  carry = (0, logits, cache, jnp.zeros((batch, max_new_tokens), jnp.int32),
-           jnp.zeros((batch,), bool), jnp.zeros((batch,), jnp.float32), rng)
-  _, _, _, output, _, scores, _ = jax.lax.while_loop(cond, body, carry)
-  return output, scores
+  start = SamplingState(step=jnp.zeros((), jnp.int32), logits_BxV=prefilled.logits_BxV,
+                        cache=prefilled.cache,
+                        tokens_BxN=jnp.zeros((batch, max_new_tokens), jnp.int32),
+                        done_B=jnp.zeros((batch,), bool),
+                        scores_B=jnp.zeros((batch,), jnp.float32), rng=rng)
+  end = jax.lax.while_loop(cond, body, start)
+  return end.tokens_BxN, end.scores_B
 
 
 def generate(model: Transformer, inputs, *, max_new_tokens: int, temperature: float = 0.0,
@@ -212,76 +237,100 @@ def length_penalty(length, alpha: float):
   return ((5.0 + length) / 6.0) ** alpha
 
 
-def _gather_beams(tree, beam_index: jax.Array, batch: int, beams: int, axis: int = 0):
-  """Selects beams [batch, beams] along `axis` (which holds batch x beams rows)."""
-  def gather(array):
-    shape = array.shape
-    grouped = array.reshape(shape[:axis] + (batch, beams) + shape[axis + 1:])
-    index = beam_index.reshape((1,) * axis + (batch, beams) + (1,) * (len(shape) - axis - 1))
-    picked = jnp.take_along_axis(grouped, index, axis=axis + 1)
-    return picked.reshape(shape)
-  return jax.tree.map(gather, tree)
+def _flatten_beams(x_BxKx: jax.Array) -> jax.Array:
+  """[B, K, ...] -> [B*K, ...]: beams as rows, batch-major (what the model decodes)."""
+  return x_BxKx.reshape((-1,) + x_BxKx.shape[2:])
+
+
+def _gather_cache_beams(cache: dict, beam_BxK: jax.Array, beams: int) -> dict:
+  """The cache rows of the chosen source beams: cache arrays are [layers, B*K, ...]."""
+  def gather(array_LxBKx):
+    grouped = array_LxBKx.reshape((array_LxBKx.shape[0], -1, beams) + array_LxBKx.shape[2:])
+    index = beam_BxK.reshape((1,) + beam_BxK.shape + (1,) * (grouped.ndim - 3))
+    return jnp.take_along_axis(grouped, index, axis=2).reshape(array_LxBKx.shape)
+  return jax.tree.map(gather, cache)
+
+
+class BeamState(NamedTuple):
+  """The carry of beam search (B = batch, K = beams, V = vocab, N = max_new_tokens)."""
+  step: jax.Array
+  logits_BKxV: jax.Array          # next-token logits of every live beam
+  cache: dict                     # rows are the B*K live beams
+  alive_BxKxN: jax.Array          # live (unfinished) sequences, best first
+  alive_scores_BxK: jax.Array     # their log-likelihoods (NEG_INF: no such beam)
+  finished_BxKxN: jax.Array       # the best finished sequences so far
+  finished_scores_BxK: jax.Array  # their length-penalised scores
 
 
 @functools.partial(jax.jit, static_argnums=(0,),
                    static_argnames=("max_new_tokens", "beams", "alpha", "eos_id"))
-def _beam_search(graphdef, state, inputs, *, max_new_tokens: int, beams: int, alpha: float,
+def _beam_search(graphdef, state, inputs_BxP, *, max_new_tokens: int, beams: int, alpha: float,
                  eos_id: int):
   model = nnx.merge(graphdef, state)
-  logits, cache, cross_mask, lengths = _prefill(model, inputs, max_new_tokens)
-  batch = inputs.shape[0]
+  prefilled = _prefill(model, inputs_BxP, max_new_tokens)
+  batch = inputs_BxP.shape[0]
   # Every beam starts as a copy of its row's prompt; only beam 0 is live at first.
-  repeat = lambda array, axis: jnp.repeat(array, beams, axis=axis)  # noqa: E731
-  logits, lengths = repeat(logits, 0), repeat(lengths, 0)
-  cache = jax.tree.map(lambda array: repeat(array, 1), cache)
-  cross_mask = None if cross_mask is None else repeat(cross_mask, 0)
-  vocab = logits.shape[-1]
+  copies = lambda array, axis: jnp.repeat(array, beams, axis=axis)  # noqa: E731
+  lengths_BK = copies(prefilled.lengths_B, 0)
+  cross_mask = None if prefilled.cross_mask is None else copies(prefilled.cross_mask, 0)
+  vocab = prefilled.logits_BxV.shape[-1]
 
-  def body(carry):
-    n, logits, cache, alive, alive_scores, finished, finished_scores = carry
-    log_probs = jax.nn.log_softmax(logits, axis=-1).reshape(batch, beams, vocab)
-    candidates = (alive_scores[:, :, None] + log_probs).reshape(batch, beams * vocab)
-    top_scores, top_index = jax.lax.top_k(candidates, 2 * beams)
-    source, token = top_index // vocab, (top_index % vocab).astype(jnp.int32)
-    sequences = jnp.take_along_axis(alive, source[:, :, None], axis=1).at[:, :, n].set(token)
+  def body(s: BeamState) -> BeamState:
+    log_probs_BxKxV = jax.nn.log_softmax(s.logits_BKxV, axis=-1).reshape(batch, beams, vocab)
+    candidates_BxKV = (s.alive_scores_BxK[:, :, None] + log_probs_BxKxV).reshape(
+        batch, beams * vocab)
+    top_scores_Bx2K, top_index_Bx2K = jax.lax.top_k(candidates_BxKV, 2 * beams)
+    source_Bx2K = top_index_Bx2K // vocab
+    token_Bx2K = (top_index_Bx2K % vocab).astype(jnp.int32)
+    sequences_Bx2KxN = jnp.take_along_axis(s.alive_BxKxN, source_Bx2K[:, :, None], axis=1
+                                           ).at[:, :, s.step].set(token_Bx2K)
     # Sequences that reach max_new_tokens are finished too (truncated), so a full-length
     # beam competes with shorter ones instead of losing to any that ended.
-    ended = (token == eos_id) | (n + 1 == max_new_tokens)
+    ended_Bx2K = (token_Bx2K == eos_id) | (s.step + 1 == max_new_tokens)
     # Alive: the best candidates that did not just end.
-    alive_rank = jax.lax.top_k(jnp.where(ended, NEG_INF, top_scores), beams)[1]
-    alive = jnp.take_along_axis(sequences, alive_rank[:, :, None], axis=1)
-    alive_scores = jnp.take_along_axis(jnp.where(ended, NEG_INF, top_scores), alive_rank, axis=1)
-    alive_tokens = jnp.take_along_axis(token, alive_rank, axis=1)
-    cache = _gather_beams(cache, jnp.take_along_axis(source, alive_rank, axis=1), batch, beams,
-                          axis=1)
+    open_scores_Bx2K = jnp.where(ended_Bx2K, NEG_INF, top_scores_Bx2K)
+    alive_scores_BxK, rank_BxK = jax.lax.top_k(open_scores_Bx2K, beams)
+    alive_BxKxN = jnp.take_along_axis(sequences_Bx2KxN, rank_BxK[:, :, None], axis=1)
+    alive_tokens_BxK = jnp.take_along_axis(token_Bx2K, rank_BxK, axis=1)
+    cache = _gather_cache_beams(s.cache, jnp.take_along_axis(source_Bx2K, rank_BxK, axis=1),
+                                beams)
     # Finished: merge the candidates that just ended (length-penalised) into the pool.
-    ended_scores = jnp.where(ended, top_scores / length_penalty(n + 1, alpha), NEG_INF)
-    pool = jnp.concatenate([finished, sequences], axis=1)
-    pool_scores = jnp.concatenate([finished_scores, ended_scores], axis=1)
-    finished_scores, keep = jax.lax.top_k(pool_scores, beams)
-    finished = jnp.take_along_axis(pool, keep[:, :, None], axis=1)
-    logits, cache = _step(model, alive_tokens.reshape(-1), lengths + n, cache, cross_mask)
-    return n + 1, logits, cache, alive, alive_scores, finished, finished_scores
+    ended_scores_Bx2K = jnp.where(ended_Bx2K,
+                                  top_scores_Bx2K / length_penalty(s.step + 1, alpha), NEG_INF)
+    pool_Bx3KxN = jnp.concatenate([s.finished_BxKxN, sequences_Bx2KxN], axis=1)
+    pool_scores_Bx3K = jnp.concatenate([s.finished_scores_BxK, ended_scores_Bx2K], axis=1)
+    finished_scores_BxK, keep_BxK = jax.lax.top_k(pool_scores_Bx3K, beams)
+    logits_BKxV, cache = _step(model, _flatten_beams(alive_tokens_BxK), lengths_BK + s.step,
+                               cache, cross_mask)
+    return BeamState(step=s.step + 1, logits_BKxV=logits_BKxV, cache=cache,
+                     alive_BxKxN=alive_BxKxN, alive_scores_BxK=alive_scores_BxK,
+                     finished_BxKxN=jnp.take_along_axis(pool_Bx3KxN, keep_BxK[:, :, None],
+                                                        axis=1),
+                     finished_scores_BxK=finished_scores_BxK)
 
-  def cond(carry):
-    n, alive_scores, finished_scores = carry[0], carry[4], carry[6]
+  def cond(s: BeamState) -> jax.Array:
     # Stop once no live beam can still beat the worst kept finished sequence: scores
     # only fall, so a live beam's best is its score under the largest penalty.
-    best_alive = alive_scores[:, 0] / length_penalty(max_new_tokens, alpha)
-    improvable = jnp.any(best_alive > jnp.min(finished_scores, axis=1))
-    return (n < max_new_tokens) & improvable
+    best_alive_B = s.alive_scores_BxK[:, 0] / length_penalty(max_new_tokens, alpha)
+    improvable = jnp.any(best_alive_B > jnp.min(s.finished_scores_BxK, axis=1))
+    return (s.step < max_new_tokens) & improvable
 
-  alive_scores = jnp.tile(jnp.array([0.0] + [NEG_INF] * (beams - 1)), (batch, 1))
-  empty = jnp.zeros((batch, beams, max_new_tokens), jnp.int32)
-  carry = (0, logits, cache, empty, alive_scores, empty, jnp.full((batch, beams), NEG_INF))
-  n, _, _, alive, alive_scores, finished, finished_scores = jax.lax.while_loop(cond, body,
-                                                                              carry)
+  empty_BxKxN = jnp.zeros((batch, beams, max_new_tokens), jnp.int32)
+  start = BeamState(
+      step=jnp.zeros((), jnp.int32), logits_BKxV=copies(prefilled.logits_BxV, 0),
+      cache=jax.tree.map(lambda array: copies(array, 1), prefilled.cache),
+      alive_BxKxN=empty_BxKxN,
+      alive_scores_BxK=jnp.tile(jnp.array([0.0] + [NEG_INF] * (beams - 1)), (batch, 1)),
+      finished_BxKxN=empty_BxKxN, finished_scores_BxK=jnp.full((batch, beams), NEG_INF))
+  end = jax.lax.while_loop(cond, body, start)
   # Rows where nothing ended keep their live beams, scored at their length.
-  none_finished = jnp.all(finished_scores <= NEG_INF / 2, axis=1)
-  finished = jnp.where(none_finished[:, None, None], alive, finished)
-  finished_scores = jnp.where(none_finished[:, None],
-                              alive_scores / length_penalty(n, alpha), finished_scores)
-  return finished, finished_scores
+  none_finished_B = jnp.all(end.finished_scores_BxK <= NEG_INF / 2, axis=1)
+  finished_BxKxN = jnp.where(none_finished_B[:, None, None], end.alive_BxKxN,
+                             end.finished_BxKxN)
+  finished_scores_BxK = jnp.where(none_finished_B[:, None],
+                                  end.alive_scores_BxK / length_penalty(end.step, alpha),
+                                  end.finished_scores_BxK)
+  return finished_BxKxN, finished_scores_BxK
 
 
 def beam_search(model: Transformer, inputs, *, max_new_tokens: int, beams: int = 4,

@@ -73,9 +73,9 @@ class Block(nnx.Module):
     return norm(x + layers.dropout(branch(x), rate, rng))
 
   def __call__(self, x: Array, ctx: AttentionContext, dropout_rng: Optional[Array],
-               cache: Optional[dict] = None):
-    """The layer's output; with a decoding `cache` (this layer's key/value arrays),
-    (output, updated cache)."""
+               cache: Optional[dict] = None) -> tuple[Array, Optional[dict]]:
+    """(the layer's output, its decoding cache updated by this call's keys and values);
+    the cache is None when none is given (training and evaluation)."""
     rngs = [None] * 4 if dropout_rng is None else list(jax.random.split(dropout_rng, 4))
     updated = None if cache is None else dict(cache)
 
@@ -102,7 +102,7 @@ class Block(nnx.Module):
       x = self._residual(x, self.cross_attention_norm, cross_attend, rngs[1])
     x = self._residual(x, self.mlp_norm, lambda h: self.mlp(h, dropout_rng=rngs[3]), rngs[2])
     x = constrain(x, HIDDEN_AXES)
-    return x if cache is None else (x, updated)
+    return x, updated
 
 
 class TransformerStack(nnx.Module):
@@ -135,9 +135,10 @@ class TransformerStack(nnx.Module):
       self.final_norm = layers.make_norm(config, rngs=rngs)
 
   def __call__(self, x: Array, ctx: AttentionContext, positions: Array,
-               dropout_rng: Optional[Array] = None, cache: Optional[dict] = None):
-    """The stack's output; with a decoding `cache` (arrays stacked over layers, tokens
-    written at `positions`), (output, updated cache)."""
+               dropout_rng: Optional[Array] = None, cache: Optional[dict] = None
+               ) -> tuple[Array, Optional[dict]]:
+    """(the stack's output, the decoding cache with this call's tokens written at
+    `positions`): arrays stacked over layers; None when no cache is given."""
     config = self.config
     if config.position_encoding in ("learned", "sinusoidal"):
       if cache is None and x.shape[1] > config.max_length:
@@ -164,8 +165,6 @@ class TransformerStack(nnx.Module):
     x = constrain(x, HIDDEN_AXES)
 
     def apply_block(graphdef, state, h, rng, layer_cache):
-      if layer_cache is None:
-        return nnx.merge(graphdef, state)(h, ctx, rng), None
       return nnx.merge(graphdef, state)(h, ctx, rng, layer_cache)
 
     if config.remat_policy != "none" and cache is None:
@@ -188,7 +187,7 @@ class TransformerStack(nnx.Module):
     if config.norm_position == "pre":
       x = self.final_norm(x)
     x = layers.dropout(x, config.dropout_rate, dropout_rng)
-    return x if cache is None else (x, cache)
+    return x, cache
 
   def cross_keys_values(self, encoded: Array) -> dict:
     """Every layer's cross-attention keys and values of the encoder output, stacked."""
@@ -258,8 +257,9 @@ class Transformer(nnx.Module):
     else:
       mask = _same_segment(segments, segments)
     ctx = AttentionContext(self_mask=mask)
-    return self.encoder(self.embed(tokens), ctx, _positions(batch, "encoder", tokens),
-                        dropout_rng)
+    encoded, _ = self.encoder(self.embed(tokens), ctx, _positions(batch, "encoder", tokens),
+                              dropout_rng)
+    return encoded
 
   def decode(self, batch: Batch, encoded: Optional[Array] = None, *,
              dropout_rng: Optional[Array] = None) -> Array:
@@ -277,8 +277,8 @@ class Transformer(nnx.Module):
     if encoded is not None:
       ctx = dataclasses.replace(ctx, encoded=encoded,
                                 cross_mask=self._cross_mask(batch, tokens.shape[1]))
-    hidden = self.decoder(self.embed(tokens), ctx, _positions(batch, "decoder", tokens),
-                          dropout_rng)
+    hidden, _ = self.decoder(self.embed(tokens), ctx, _positions(batch, "decoder", tokens),
+                             dropout_rng)
     return self.logits(hidden)
 
   def init_cache(self, batch_size: int, length: int, encoded: Optional[Array] = None) -> dict:
