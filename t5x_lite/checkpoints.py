@@ -259,6 +259,10 @@ class Checkpointer:
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
 
+  def should_save(self, step: int) -> bool:
+    """Whether `save(step, ...)` would save (the interval, or no checkpoint yet)."""
+    return self.manager.should_save(step)
+
   def save(self, step: int, state: Any, iterator: BatchIterator, force: bool = False) -> bool:
     """Starts saving `state` and the iterator position at `step`; True if a save began."""
     with storage_errors("a checkpoint in", self.directory):

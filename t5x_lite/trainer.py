@@ -197,13 +197,46 @@ def _evaluate(steps: StepFunctions, state, batches: list[dict], mesh) -> dict[st
   return losses.eval_metrics(totals)
 
 
-def _non_finite(stats: Mapping[str, Any]) -> str:
-  """Which part of a rejected step went non-finite, for the console and the error."""
-  if not math.isfinite(float(stats["loss"])):
-    return "loss"
-  if not math.isfinite(float(stats["grad_norm"])):
-    return "gradient"
-  return "updated parameters (the update overflowed)"
+class _UpdateGuard:
+  """train.nan_policy, applied to each step's statistics in step order.
+
+  A step whose loss, gradient or updated parameters are not finite left the state as it
+  was (train_step); "halt" stops the run naming it, "skip" prints it and stops after
+  `max_consecutive` in a row. Nothing is saved for a step before it is checked here.
+  """
+
+  def __init__(self, policy: str, max_consecutive: int, checkpointer: checkpoints.Checkpointer,
+               stream: Optional[TextIO]):
+    self.policy, self.max_consecutive = policy, max_consecutive
+    self.checkpointer, self.stream = checkpointer, stream
+    self.skipped = self.consecutive = 0
+
+  def check(self, step: int, stats: Any) -> dict:
+    """The step's statistics on the host (this waits for the step to finish)."""
+    stats = jax.device_get(stats)
+    if stats["finite"]:
+      self.consecutive = 0
+      return stats
+    what = ("loss" if not math.isfinite(float(stats["loss"])) else
+            "gradient" if not math.isfinite(float(stats["grad_norm"])) else
+            "updated parameters (the update overflowed)")
+    if self.policy == "halt":
+      raise self._halted(f"non-finite {what} at step {step} (loss {stats['loss']}, grad norm "
+                         f"{stats['grad_norm']})")
+    self.skipped += 1
+    self.consecutive += 1
+    if self.stream is not None:
+      print(f"step {step}: non-finite {what}: update skipped ({self.consecutive} in a row, "
+            f"{self.skipped} in all)", file=self.stream, flush=True)
+    if self.consecutive >= self.max_consecutive:
+      raise self._halted(f"{self.consecutive} consecutive non-finite updates (steps "
+                         f"{step - self.consecutive + 1}-{step}, {self.skipped} skipped in all)")
+    return stats
+
+  def _halted(self, message: str) -> TrainingHalted:
+    return TrainingHalted(f"{message}; nothing was saved for it; the newest checkpoint is step "
+                          f"{self.checkpointer.latest_step()}. Lower the learning rate, or set "
+                          "train.nan_policy='skip' (with train.max_consecutive_skips).")
 
 
 def _check_init_checkpoint(path: str, config: TransformerConfig) -> None:
@@ -306,46 +339,37 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
   validation = functools.cache(lambda: _validation_batches(
       run.task, run.feature_lengths, run.batch_size, config.architecture, shard,
       run.eval_steps, run.seed))
-  skipped = consecutive = 0
+  guard = _UpdateGuard(run.nan_policy, run.max_consecutive_skips, checkpointer,
+                       stream if is_main else None)
   step = start
   last_eval: dict[str, float] = {}
-
-  def halt(message: str) -> TrainingHalted:
-    return TrainingHalted(f"{message}; nothing was saved for it; the newest checkpoint is step "
-                          f"{checkpointer.latest_step()}. Lower the learning rate, or set "
-                          "train.nan_policy='skip' (with train.max_consecutive_skips).")
-
+  # Each step's statistics are read one step late, while the next step runs, so the host
+  # never waits on the step it has just dispatched; a step that must be logged, evaluated
+  # or saved is read at once (a checkpoint never holds a step not yet checked).
+  pending: Optional[tuple[int, Any]] = None
   try:
     with _StopSignal() as stop:
       while step < run.train_steps and stop.received is None:
         state, stats = steps.train(state, partitioning.global_batch(next(batches), mesh))
-        stats = jax.device_get(stats)
         step += 1
         progress.add_tokens(run.batch_size * counts.tokens_per_sequence)
-        if stats["finite"]:
-          consecutive = 0
-        else:
-          what = _non_finite(stats)
-          if run.nan_policy == "halt":
-            raise halt(f"non-finite {what} at step {step} (loss {stats['loss']}, grad norm "
-                       f"{stats['grad_norm']})")
-          skipped += 1
-          consecutive += 1
-          if is_main:
-            print(f"step {step}: non-finite {what}: update skipped ({consecutive} in a row, "
-                  f"{skipped} in all)", file=stream, flush=True)
-          if consecutive >= run.max_consecutive_skips:
-            raise halt(f"{consecutive} consecutive non-finite updates (steps "
-                       f"{step - consecutive + 1}-{step}, {skipped} skipped in all)")
-        if step % run.log_every == 0 or step == run.train_steps:
+        if pending is not None:
+          guard.check(*pending)
+        pending = (step, stats)
+        logs, evaluates = step % run.log_every == 0, step % run.eval_every == 0
+        last = step == run.train_steps or stop.received is not None
+        if not (logs or evaluates or last or checkpointer.should_save(step)):
+          continue
+        stats, pending = guard.check(*pending), None
+        if logs or last:
           tokens = max(float(stats["tokens"]), 1.0)
           loss = float(stats["cross_entropy"]) / tokens
           scalars = {"loss": loss, "z_loss": float(stats["z_loss"]) / tokens,
                      "accuracy": float(stats["correct"]) / tokens,
-                     "grad_norm": float(stats["grad_norm"]), "skipped_steps": skipped,
+                     "grad_norm": float(stats["grad_norm"]), "skipped_steps": guard.skipped,
                      **progress.report(step, loss)}
           writer.write(step, "train", scalars)
-        if step % run.eval_every == 0 or step == run.train_steps:
+        if evaluates or step == run.train_steps:
           eval_start = time.perf_counter()
           last_eval = _evaluate(steps, state, validation(), mesh)
           progress.exclude(time.perf_counter() - eval_start)
@@ -354,8 +378,10 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
             print(f"eval at step {step}: loss {last_eval['loss']:.4f}, perplexity "
                   f"{last_eval['perplexity']:.2f}, accuracy {last_eval['accuracy']:.3f}",
                   file=stream)
-        checkpointer.save(step, state, batches, force=step == run.train_steps)
-      if stop.received is not None:
+        checkpointer.save(step, state, batches, force=last)
+      if stop.received is not None:  # it may have come after the last step's check
+        if pending is not None:
+          guard.check(*pending)
         if checkpointer.latest_step() != step:
           checkpointer.save(step, state, batches, force=True)
         if is_main:
@@ -373,4 +399,5 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
     raise
   checkpointer.close()
   writer.close()
-  return {"step": step, "model_dir": run.model_dir, "skipped_steps": skipped, **last_eval}
+  return {"step": step, "model_dir": run.model_dir, "skipped_steps": guard.skipped,
+          **last_eval}

@@ -17,18 +17,16 @@ from t5x_lite import (
   infer,
   inference,
   multiple_choice,
-  train,
 )
-from tests import train_helpers
 
 TASK = "pydocs.full_lm.byte"
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-  directory = tmp_path_factory.mktemp("tiny_run")
-  assert train.main(train_helpers.command_line(directory, steps=2)) == 0
-  return directory
+def model_dir(tiny_run_once):
+  """The shared 2-step tiny run (these tests only read it; evaluate writes its
+  evaluation.json next to it)."""
+  return tiny_run_once
 
 
 def infer_args(model_dir, output, **bindings):

@@ -32,10 +32,9 @@ def recorded(model_dir) -> dict:
 
 
 @pytest.fixture
-def trained(tmp_path):
-  """A tiny causal decoder trained for 2 steps (checkpoint at step 2)."""
-  helpers.run_training(tmp_path, steps=2)
-  return tmp_path
+def trained(tiny_run):
+  """A tiny causal decoder trained for 2 steps (checkpoints at steps 1 and 2)."""
+  return tiny_run
 
 
 def test_the_run_directory_records_its_configuration(trained):

@@ -285,13 +285,12 @@ def test_an_unreadable_newest_checkpoint_falls_back_and_the_run_ends_as_uninterr
     np.testing.assert_array_equal(straight[name], resumed[name], err_msg=name)
 
 
-def test_when_no_checkpoint_can_be_read_the_error_names_each_step(tmp_path, capsys):
-  run_training(tmp_path, steps=2)
-  for step in committed_steps(tmp_path):
-    truncate(tmp_path, "data", step)
-  code, err = run_main(helpers.command_line(tmp_path, steps=4), capsys)
+def test_when_no_checkpoint_can_be_read_the_error_names_each_step(tiny_run, capsys):
+  for step in committed_steps(tiny_run):
+    truncate(tiny_run, "data", step)
+  code, err = run_main(helpers.command_line(tiny_run, steps=4), capsys)
   assert code == 2 and "no checkpoint in" in err and "Traceback" not in err
-  for step in committed_steps(tmp_path):  # each named, none moved or deleted
+  for step in committed_steps(tiny_run):  # each named, none moved or deleted
     assert f"step {step} data-iterator state is unreadable" in err
 
 
@@ -319,27 +318,25 @@ def test_an_unknown_task_is_one_clear_error(tmp_path, capsys):
   assert code == 2 and "unknown task or mixture 'pydocs.nope'" in err
 
 
-def test_restoring_a_checkpoint_of_another_model_shape_is_one_clear_error(tmp_path, capsys):
-  run_training(tmp_path, steps=2)
-  argv = helpers.command_line(tmp_path, steps=4) + ["--gin.TransformerConfig.d_ff=256"]
+def test_restoring_a_checkpoint_of_another_model_shape_is_one_clear_error(tiny_run, capsys):
+  argv = helpers.command_line(tiny_run, steps=4) + ["--gin.TransformerConfig.d_ff=256"]
   code, err = run_main(argv, capsys)
   assert code == 2 and "TransformerConfig.d_ff: 128 -> 256" in err
   # A run directory without a recorded spec (older runs): the checkpoint's shapes refuse it.
-  os.remove(tmp_path / "spec.json")
+  os.remove(tiny_run / "spec.json")
   code, err = run_main(argv, capsys)
   assert code == 2 and "does not match this model" in err and "(64, 256)" in err
-  assert Checkpointer(str(tmp_path / "checkpoints"), 2).latest_step() == 2
+  assert Checkpointer(str(tiny_run / "checkpoints"), 2).latest_step() == 2
 
 
-def test_finetuning_starts_from_the_pretrained_params_on_a_new_task(tmp_path):
-  run_training(tmp_path / "pretrained", steps=2)
+def test_finetuning_starts_from_the_pretrained_params_on_a_new_task(tiny_run, tmp_path):
   files = ["runs/finetune.gin", "models/tiny_causal_decoder.gin", "meshes/single_device.gin"]
   overrides = helpers.bindings(tmp_path / "finetuned", steps=1,
                                MIXTURE_OR_TASK_NAME="'shakespeare.full_lm.byte'",
                                LEARNING_RATE=0.0, WARMUP_STEPS=0)
-  gin_utils.parse(files, overrides + [f"CHECKPOINT_PATH = '{tmp_path / 'pretrained'}'"])
+  gin_utils.parse(files, overrides + [f"CHECKPOINT_PATH = '{tiny_run}'"])
   assert trainer.train(gin_utils.resolve_train_spec(), gin_utils.resolve_mesh())["step"] == 1
-  pretrained, finetuned = helpers.saved_params(tmp_path / "pretrained"), helpers.saved_params(
+  pretrained, finetuned = helpers.saved_params(tiny_run), helpers.saved_params(
       tmp_path / "finetuned")
   for name in pretrained:  # A zero learning rate: the params are exactly the pretrained ones.
     np.testing.assert_array_equal(pretrained[name], finetuned[name], err_msg=name)

@@ -61,14 +61,30 @@ def test_weight_decay_skips_norm_scales_and_biases():
   assert float(updates["scale"][0]) == 0.0 and float(updates["bias"][0]) == 0.0
 
 
-def test_adafactor_updates_matrices_with_factored_moments():
-  params = {"kernel": jnp.ones((4, 6)), "scale": jnp.ones((6,))}
-  optimizer = optim.make_optimizer(optim.OptimizerConfig("adafactor", weight_decay=0.0),
+def test_adafactor_has_t5s_settings():
+  """T5's Adafactor: second moments factored into row and column statistics (matrices of at
+  least 128 x 128), no momentum, updates clipped to RMS 1 and scaled by the parameter's
+  RMS, and the learning rate from the schedule (no relative step)."""
+  params = {"kernel": jnp.full((128, 256), 2.0), "scale": jnp.ones((256,))}
+  optimizer = optim.make_optimizer(optim.OptimizerConfig("adafactor", weight_decay=0.0,
+                                                         clip_norm=None),
                                    optax.constant_schedule(0.01))
   state = optimizer.init(params)
-  updates, _ = optimizer.update(jax.tree.map(jnp.ones_like, params), state, params)
-  assert all(np.isfinite(np.asarray(u)).all() and np.abs(u).max() > 0
-             for u in jax.tree.leaves(updates))
+  factored = [s for s in jax.tree.leaves(state, is_leaf=lambda x: hasattr(x, "v_row"))
+              if hasattr(s, "v_row")]
+  assert len(factored) == 1
+  assert factored[0].v_row["kernel"].shape == (128,)
+  assert factored[0].v_col["kernel"].shape == (256,)
+  assert factored[0].v["kernel"].shape == (1,)  # no full second moment for the matrix
+  assert factored[0].v["scale"].shape == (256,)  # vectors keep a full one
+  # No momentum: the only parameter-shaped state is the vector's second moment.
+  shaped = [x for x in jax.tree.leaves(state) if x.shape in ((128, 256),)]
+  assert not shaped
+  grads = {"kernel": jnp.full((128, 256), 5.0), "scale": jnp.full((256,), 5.0)}
+  updates, _ = optimizer.update(grads, state, params)
+  # Clipped to RMS 1, times the parameter RMS (2 and 1), times the schedule's 0.01.
+  np.testing.assert_allclose(updates["kernel"], -0.02, rtol=1e-5)
+  np.testing.assert_allclose(updates["scale"], -0.01, rtol=1e-5)
 
 
 def test_loss_is_cross_entropy_over_weighted_tokens_plus_z_loss():

@@ -97,8 +97,8 @@ def apply_rope(x: Array, positions: Array, theta: float) -> Array:
   layout, not interleaved pairs). x: [batch, length, heads, head_dim]."""
   half = x.shape[-1] // 2
   inv_freq = 1.0 / (theta ** (jnp.arange(0, 2 * half, 2, dtype=jnp.float32) / (2 * half)))
-  angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [batch, length, half]
-  sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
+  angles_BxLxH = positions.astype(jnp.float32)[..., None] * inv_freq[None, None, :]
+  sin, cos = jnp.sin(angles_BxLxH)[:, :, None, :], jnp.cos(angles_BxLxH)[:, :, None, :]
   first, second = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
   rotated = jnp.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
   return rotated.astype(x.dtype)
@@ -235,8 +235,8 @@ def sinusoidal_positions(positions: Array, d_model: int, max_timescale: float = 
   """Fixed sin/cos position features [b, t, d_model] (sin half, then cos half)."""
   half = d_model // 2
   inv_timescale = jnp.exp(-math.log(max_timescale) * jnp.arange(half) / max(half - 1, 1))
-  angles = positions.astype(jnp.float32)[..., None] * inv_timescale
-  features = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+  angles_BxTxH = positions.astype(jnp.float32)[..., None] * inv_timescale[None, None, :]
+  features = jnp.concatenate([jnp.sin(angles_BxTxH), jnp.cos(angles_BxTxH)], axis=-1)
   return jnp.pad(features, [(0, 0), (0, 0), (0, d_model - 2 * half)])
 
 
