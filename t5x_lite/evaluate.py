@@ -22,7 +22,6 @@ import gin
 
 from t5x_lite import checkpoints, evaluation, files, gin_utils, inference, run_dir
 from t5x_lite import multiple_choice as mc
-from t5x_lite.data import register_tasks
 from t5x_lite.errors import run_cli
 
 
@@ -64,7 +63,7 @@ def main(argv: Sequence[str]) -> int:
 
 def _main(argv: Sequence[str]) -> int:
   gin_utils.parse_flags(argv)
-  register_tasks()
+  gin_utils.register_tasks()
   results = evaluate()
   lm = results["language_modelling"]
   print(f"{results['task']} {results['split']}: loss {lm['loss']:.4f}, perplexity "

@@ -18,7 +18,8 @@ from typing import Iterable, Sequence
 
 import gin
 
-from t5x_lite import partitioning, run_dir, spec
+from t5x_lite import data, partitioning, run_dir, spec
+from t5x_lite.data import corpora
 from t5x_lite.errors import ConfigError, UserError, fail  # noqa: F401  (fail: for entry points)
 from t5x_lite.models.configs import NON_FUNCTIONAL_KNOBS, TransformerConfig
 
@@ -129,6 +130,8 @@ _CONFIGURABLES = {gin_name: gin.external_configurable(cls, name=gin_name)
                   for gin_name, cls in spec.SECTIONS.values()}
 _CONFIGURABLES["create_mesh"] = gin.external_configurable(partitioning.create_mesh,
                                                           name="create_mesh")
+_CONFIGURABLES["text_files_corpus"] = gin.external_configurable(corpora.TextFiles,
+                                                                name="text_files_corpus")
 gin.external_configurable(partitioning.single_device, name="single_device")
 
 
@@ -173,6 +176,13 @@ def resolve_train_spec() -> spec.TrainSpec:
   """The run's TrainSpec from the parsed bindings."""
   return spec.TrainSpec(**{name: construct(gin_name)
                            for name, (gin_name, _) in spec.SECTIONS.items()})
+
+
+def register_tasks() -> None:
+  """The project's seqio tasks, the `text_files.*` ones reading the files bound as
+  `text_files_corpus.patterns` (entry points call this before naming a task)."""
+  bound = gin.get_bindings("text_files_corpus")
+  data.register_tasks(text_files=construct("text_files_corpus") if bound else None)
 
 
 def resolve_mesh():

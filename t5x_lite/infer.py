@@ -25,7 +25,6 @@ from typing import Optional, Sequence
 import gin
 
 from t5x_lite import checkpoints, files, gin_utils, inference
-from t5x_lite.data import register_tasks
 from t5x_lite.errors import run_cli
 
 
@@ -74,7 +73,7 @@ def main(argv: Sequence[str]) -> int:
 
 def _main(argv: Sequence[str]) -> int:
   gin_utils.parse_flags(argv)
-  register_tasks()
+  gin_utils.register_tasks()
   summary = infer()
   for example, result in list(zip(summary["examples_text"], summary["results"]))[:3]:
     print(f"input:  {example['inputs'][-300:]!r}")

@@ -18,7 +18,6 @@ import gin
 import jax
 
 from t5x_lite import gin_utils, trainer
-from t5x_lite.data import register_tasks
 from t5x_lite.errors import run_cli
 
 
@@ -49,7 +48,7 @@ def main(argv: Sequence[str]) -> int:
 
 def _main(argv: Sequence[str]) -> int:
   gin_utils.parse_flags(argv)
-  register_tasks()
+  gin_utils.register_tasks()
   spec = gin_utils.resolve_train_spec()  # before jax.distributed: a bad binding fails fast
   initialize_distributed()
   mesh = gin_utils.resolve_mesh()

@@ -16,7 +16,6 @@ import hashlib
 import os
 from typing import Callable, Iterable, Mapping, Optional, Sequence
 
-import gin
 import seqio
 import tensorflow as tf
 
@@ -58,9 +57,19 @@ def shakespeare_corpus() -> LocalCorpus:
                      documents=shakespeare.documents, source=shakespeare.SOURCE)
 
 
-@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class TextFiles:
+  """Which of the user's files make the `text_files` corpus (gin, at the entry points:
+  `text_files_corpus.patterns`, `text_files_corpus.jsonl_key`)."""
+  patterns: tuple[str, ...] = ()
+  jsonl_key: str = "text"
+
+  def __post_init__(self):
+    object.__setattr__(self, "patterns", tuple(self.patterns))
+
+
 def text_files_corpus(patterns: Sequence[str] = (), jsonl_key: str = "text") -> LocalCorpus:
-  """The user's text/JSONL files (bind `text_files_corpus.patterns` in gin).
+  """The user's text/JSONL files.
 
   The cache directory is keyed by the files' paths, sizes and modification
   times, so editing a file builds a fresh corpus rather than reusing a stale one.
@@ -80,8 +89,7 @@ def text_files_corpus(patterns: Sequence[str] = (), jsonl_key: str = "text") -> 
 class LocalCorpusSource(seqio.DataSource):
   """A seqio DataSource over a LocalCorpus, built the first time a dataset is asked for.
 
-  Building lazily keeps `import t5x_lite.data` (which registers every task)
-  instant and lets gin bindings such as text_files_corpus.patterns apply.
+  Building lazily keeps registering every task (data.register_tasks) instant.
   """
 
   def __init__(self, corpus_fn: Callable[[], LocalCorpus]):
@@ -174,8 +182,11 @@ LOCAL_CORPORA: dict[str, Callable[[], LocalCorpus]] = {
 }
 
 
-def data_source(corpus: str) -> seqio.DataSource:
-  """The seqio DataSource of a corpus by name."""
+def data_source(corpus: str, text_files: TextFiles = TextFiles()) -> seqio.DataSource:
+  """The seqio DataSource of a corpus by name (`text_files`: the files of `text_files`)."""
+  if corpus == "text_files":
+    return LocalCorpusSource(lambda: text_files_corpus(text_files.patterns,
+                                                       text_files.jsonl_key))
   if corpus in LOCAL_CORPORA:
     return LocalCorpusSource(LOCAL_CORPORA[corpus])
   if corpus in TFDS_CORPORA:

@@ -33,7 +33,8 @@ def output_features(objective: str, vocabulary: seqio.Vocabulary) -> dict[str, s
   return {key: seqio.Feature(vocabulary, add_eos=True) for key in ("inputs", "targets")}
 
 
-def make_task(name: str, corpus: str, objective: str, vocabulary: seqio.Vocabulary) -> seqio.Task:
+def make_task(name: str, corpus: str, objective: str, vocabulary: seqio.Vocabulary,
+              text_files: corpora.TextFiles = corpora.TextFiles()) -> seqio.Task:
   """One corpus x objective Task (not registered)."""
   preprocessors = [
       functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"}),
@@ -42,26 +43,32 @@ def make_task(name: str, corpus: str, objective: str, vocabulary: seqio.Vocabula
   ]
   if objective != "full_lm":
     preprocessors.append(seqio.preprocessors.append_eos_after_trim)
-  return seqio.Task(name, source=corpora.data_source(corpus), preprocessors=preprocessors,
+  return seqio.Task(name, source=corpora.data_source(corpus, text_files),
+                    preprocessors=preprocessors,
                     output_features=output_features(objective, vocabulary), metric_fns=[])
 
 
-def register_tasks(vocabulary: Optional[seqio.Vocabulary] = None, suffix: str = "") -> list[str]:
+def register_tasks(vocabulary: Optional[seqio.Vocabulary] = None, suffix: str = "",
+                   text_files: Optional[corpora.TextFiles] = None) -> list[str]:
   """Registers `<corpus>.<objective><suffix>` for every corpus and objective with
   `vocabulary`; returns the names. With no vocabulary, the project's tasks: the default
   vocabulary's and the byte vocabulary's (`.byte`), registered once however often it is
-  called."""
+  called. `text_files` (re)binds the `text_files.*` tasks to those files."""
   if vocabulary is None:
     if not _PROJECT_TASKS:
       _PROJECT_TASKS.extend(register_tasks(vocabularies.default_vocabulary()) +
                             register_tasks(vocabularies.byte_vocabulary(), suffix=".byte"))
+    if text_files is not None:
+      register_tasks(vocabularies.default_vocabulary(), text_files=text_files)
+      register_tasks(vocabularies.byte_vocabulary(), suffix=".byte", text_files=text_files)
     return list(_PROJECT_TASKS)
   names = []
-  for corpus in CORPORA:
+  for corpus in CORPORA if text_files is None else ("text_files",):
     for objective in OBJECTIVES:
       name = f"{corpus}.{objective}{suffix}"
       seqio.TaskRegistry.remove(name)
-      seqio.TaskRegistry.add_provider(name, make_task(name, corpus, objective, vocabulary))
+      seqio.TaskRegistry.add_provider(name, make_task(name, corpus, objective, vocabulary,
+                                                      text_files or corpora.TextFiles()))
       names.append(name)
   return names
 

@@ -172,11 +172,13 @@ def test_byte_vocabulary_tasks_are_registered():
 
 
 def test_text_files_tasks_read_the_files_bound_in_gin(tmp_path, monkeypatch):
-  import gin
+  from t5x_lite import gin_utils
+
   monkeypatch.setenv("T5X_LITE_CACHE", str(tmp_path / "cache"))
   for i in range(4):
     (tmp_path / f"notes{i}.txt").write_text(f"Note number {i}: " + "lorem ipsum " * 40)
-  gin.parse_config(f"text_files_corpus.patterns = ['{tmp_path}/notes*.txt']")
+  gin_utils.parse([], [f"text_files_corpus.patterns = ['{tmp_path}/notes*.txt']"])
+  gin_utils.register_tasks()  # as every entry point does
   batch = next(get_batches("text_files.full_lm.byte", {"targets": 32}, "train", 2,
                            "causal_decoder"))
   text = bytes(int(t) - 3 for t in batch["decoder_target_tokens"].ravel() if t > 2)
