@@ -388,8 +388,7 @@ def load_model(path: str, config: Optional["TransformerConfig"] = None  # noqa: 
     raise CheckpointError(f"{path} records no model configuration ({run_dir.SPEC_FILE}); "
                           "pass the TransformerConfig it was trained with.")
 
-  abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(params=0)))
-  graphdef, abstract_params = nnx.split(abstract, nnx.Param)
+  graphdef, abstract_params = nnx.split(params.abstract_model(config), nnx.Param)
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                         abstract_params)

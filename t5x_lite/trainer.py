@@ -34,6 +34,7 @@ from t5x_lite.data import check_vocabulary, get_batches, get_task, vocabularies
 from t5x_lite.errors import ConfigError, UserError
 from t5x_lite.models import Transformer, TransformerConfig
 from t5x_lite.models.configs import functional_differences
+from t5x_lite.models.params import abstract_model
 from t5x_lite.scaling.counting import count
 from t5x_lite.spec import TrainSpec
 
@@ -66,8 +67,7 @@ def make_step_functions(config: TransformerConfig, optimizer: optax.GradientTran
                         mesh: jax.sharding.Mesh, seed: int = 0, microbatches: int = 1,
                         z_loss: float = 1e-4, label_smoothing: float = 0.0) -> StepFunctions:
   """Builds jitted init / train / eval functions with shardings from the rules table."""
-  abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(params=seed)))
-  graphdef, abstract_params = nnx.split(abstract, nnx.Param)
+  graphdef, abstract_params = nnx.split(abstract_model(config), nnx.Param)
   param_shardings = partitioning.state_shardings(abstract_params, mesh)
   replicated = partitioning.replicated(mesh)
   batch_sharding = partitioning.batch_sharding(mesh)
