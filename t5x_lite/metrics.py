@@ -9,13 +9,15 @@ import math
 import os
 import sys
 import time
-from typing import Mapping
+from typing import Mapping, Optional
 
 import jax
 import jax.numpy as jnp
 import tensorflow as tf
 
-from t5x_lite.errors import file_errors
+from t5x_lite.data.corpus_store import cache_root
+from t5x_lite.errors import UserError, file_errors
+from t5x_lite.files import atomic_write
 
 # Dense bf16 peak FLOP/s per chip from the vendors' datasheets (no sparsity).
 KNOWN_PEAK_FLOPS = {
@@ -53,12 +55,48 @@ def measured_peak_flops(dtype: str = "float32", size: int = 2048, repeats: int =
   return 2 * size**3 * repeats / best
 
 
-def peak_flops_per_device(dtype: str) -> tuple[float, str]:
-  """(peak FLOP/s of one device, where the figure comes from)."""
+def real_device_count() -> int:
+  """Devices with a peak of their own: the accelerators, or on CPU one per process (the
+  fake devices of --xla_force_host_platform_device_count share their host's cores)."""
+  return jax.process_count() if jax.devices()[0].platform == "cpu" else jax.device_count()
+
+
+def best_measured_peak_flops(dtype: str) -> tuple[float, float]:
+  """(this machine's matmul peak, the measurement just taken). The peak is the best of
+  now and every earlier measurement on this machine (kept under the t5x_lite cache): a
+  machine busy with other work measures low, and MFU against that would read high."""
+  now = measured_peak_flops(dtype)
+  key = f"{jax.devices()[0].device_kind}/{dtype}/{os.cpu_count()}"
+  path = os.path.join(cache_root(), "peak_flops.json")
+  try:
+    with open(path) as handle:
+      seen = json.load(handle)
+  except (OSError, ValueError):
+    seen = {}
+  best = max(now, float(seen.get(key, 0.0)))
+  if best > float(seen.get(key, 0.0)):
+    try:
+      with atomic_write(path) as handle:
+        json.dump({**seen, key: best}, handle)
+    except UserError:
+      pass  # an unwritable cache only costs the memory of a better measurement
+  return best, now
+
+
+def job_peak_flops(dtype: str, per_device: Optional[float] = None) -> tuple[float, str]:
+  """(the peak FLOP/s of all devices of this job, where the figure comes from): the
+  override or a bfloat16 datasheet figure per accelerator, else this machine's best
+  measured matmul, times real_device_count()."""
+  devices = real_device_count()
   kind = jax.devices()[0].device_kind
-  if kind in KNOWN_PEAK_FLOPS and dtype == "bfloat16":
-    return KNOWN_PEAK_FLOPS[kind], f"{kind} datasheet"
-  return measured_peak_flops(dtype), f"measured {dtype} matmul on {kind}"
+  if per_device:
+    peak, source = per_device, "train.peak_flops_per_device"
+  elif kind in KNOWN_PEAK_FLOPS and dtype == "bfloat16":
+    peak, source = KNOWN_PEAK_FLOPS[kind], f"{kind} datasheet"
+  else:
+    peak, source = best_measured_peak_flops(dtype)[0], f"best measured {dtype} matmul on {kind}"
+  unit = "host" if jax.devices()[0].platform == "cpu" else "device"
+  return peak * devices, f"{peak / 1e9:.0f} GFLOP/s per {unit} ({source}) x {devices}"
 
 
 def format_duration(seconds: float) -> str:

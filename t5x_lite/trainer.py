@@ -323,17 +323,14 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
 
   encoder_length, decoder_length = config.architecture_spec.model_lengths(run.feature_lengths)
   counts = count(config, inputs_length=encoder_length, targets_length=decoder_length)
-  if run.peak_flops_per_device:
-    peak, peak_source = run.peak_flops_per_device, "train.peak_flops_per_device"
-  else:
-    peak, peak_source = metrics.peak_flops_per_device(config.dtype)
+  peak, peak_source = metrics.job_peak_flops(config.dtype, run.peak_flops_per_device)
   writer = metrics.MetricsWriter(run.model_dir, enabled=is_main)
-  progress = metrics.Progress(run.train_steps, start, counts.flops_per_token,
-                              peak * jax.device_count(), stream=stream if is_main else None)
+  progress = metrics.Progress(run.train_steps, start, counts.flops_per_token, peak,
+                              stream=stream if is_main else None)
   if is_main:
     print(f"{config.architecture}: {counts.params / 1e6:.2f}M params, "
           f"{counts.flops_per_token / 1e6:.1f} MFLOP/token; mesh {dict(mesh.shape)}; "
-          f"peak {peak / 1e9:.0f} GFLOP/s per device ({peak_source})", file=stream)
+          f"MFU against {peak_source}", file=stream)
 
   # Read once, at the first evaluation: building a seqio pipeline takes seconds.
   validation = functools.cache(lambda: _validation_batches(

@@ -180,3 +180,18 @@ def test_decoding_a_sharded_model_equals_one_device():
     decoded = decoding.beam_search(sharded, inputs, max_new_tokens=NEW_TOKENS, beams=2)
   np.testing.assert_array_equal(decoded.tokens, expected.tokens)
   np.testing.assert_allclose(decoded.scores, expected.scores, atol=1e-4)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_a_batch_of_eight_decodes_as_eight_single_prompts(architecture):
+  model = tiny_model(architecture)
+  rng = np.random.default_rng(1)
+  lengths = [7, 3, 5, 1, 7, 2, 6, 4]
+  batch = np.zeros((8, 7), np.int64)
+  for row, length in enumerate(lengths):  # ragged, right-padded prompts
+    batch[row, :length] = rng.integers(2, 64, length)
+  together = decoding.generate(model, batch, max_new_tokens=NEW_TOKENS)
+  for row in range(len(lengths)):  # each row alone (same width: one compilation)
+    alone = decoding.generate(model, batch[row:row + 1], max_new_tokens=NEW_TOKENS)
+    np.testing.assert_array_equal(together.tokens[row], alone.tokens[0], err_msg=str(row))
+    np.testing.assert_allclose(together.scores[row], alone.scores[0], rtol=1e-5)

@@ -107,3 +107,12 @@ def test_label_smoothing_scores_the_best_possible_prediction_as_zero():
   sums = losses.token_loss_sums(best, targets, jnp.ones((1, 2)), z_loss=0.0,
                                 label_smoothing=smoothing)
   assert float(sums.loss) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_mfu_counts_real_devices_not_fake_cpu_devices():
+  """Eight fake CPU devices share one host's cores: the job's peak is the host's, once."""
+  from t5x_lite import metrics
+
+  assert jax.device_count() == 8 and metrics.real_device_count() == 1
+  peak, source = metrics.job_peak_flops("float32", per_device=1e11)
+  assert peak == 1e11 and "per host" in source and "x 1" in source

@@ -1,27 +1,46 @@
-"""Training-step throughput and MFU on this machine (`make bench`).
+"""Training-step speed side by side with PyTorch, as ratios and MFU (`make bench`).
 
-MFU = (training FLOPs per token from t5x_lite.scaling.counting, matmul
-convention) x (tokens per second) / (peak FLOP/s). The peak is measured here
-with a large float32 matmul (or bfloat16 with --dtype=bfloat16), so the
-figure is against what this machine's XLA can actually do, not a datasheet.
+For each model, the step of t5x_lite's trainer (trainer.make_step_functions: forward,
+cross-entropy + z-loss, backward, global-norm clipping, AdamW) and the same step in
+PyTorch (tools/torch_reference.py: a nanoGPT-style decoder with exactly our parameters,
+function and FLOPs, eager and torch.compile; Hugging Face T5 for the encoder-decoder) are
+timed in interleaved rounds on the same batches (random tokens, targets shifted by one,
+four distinct batches in turn). Denormals are flushed in PyTorch, as XLA does. Reported:
+median step time, tokens/s, our speed as a ratio of each peer's (> 1: we are faster),
+and MFU.
 
-  python tools/benchmark.py [--configs decoder_6x512 ...] [--steps 5] [--json out.json]
+MFU = training FLOPs per token (t5x_lite.scaling.counting, matmul convention: every
+projection, the logits and both attention matmuls over the full length, as PaLM counts
+them; MaxText counts causal attention at half, so its MFU reads lower for the same
+speed) x tokens/s / peak. The peak is a datasheet bfloat16 figure for known accelerators;
+on CPU it is measured at the start and the end of the run, the better of XLA's and
+PyTorch's float32 matmul, and the run warns when a measurement falls under 85% of the
+best this machine has shown (metrics.best_measured_peak_flops): a busy machine.
+
+  python tools/benchmark.py [--configs decoder_6x512 ...] [--rounds 5] [--no-compile]
+  python tools/benchmark.py --preset gpt3_1_3b --dtype bfloat16 --seq 2048 --batch 8
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
+import sys
 import time
+from typing import Callable, Optional
 
 import jax
 import numpy as np
 
-from t5x_lite import optim, partitioning, trainer
-from t5x_lite.metrics import measured_peak_flops
-from t5x_lite.models import TransformerConfig
-from t5x_lite.scaling.counting import count
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from t5x_lite import gin_utils, metrics, optim, partitioning, trainer  # noqa: E402
+from t5x_lite.models import TransformerConfig  # noqa: E402
+from t5x_lite.scaling.counting import count  # noqa: E402
+
+BUSY = 0.85
 # name: (config fields, batch size, inputs length, targets length)
 CONFIGS = {
     "decoder_6x512": (dict(architecture="causal_decoder", d_model=512, num_decoder_layers=6,
@@ -29,80 +48,188 @@ CONFIGS = {
     "prefix_decoder_6x512": (dict(architecture="prefix_decoder", d_model=512,
                                   num_decoder_layers=6, num_heads=8, d_ff=2048,
                                   vocab_size=32128), 4, 256, 256),
+    # T5 v1.1-style, so Hugging Face's T5 is the same model.
     "encoder_decoder_3+3x512": (dict(architecture="encoder_decoder", d_model=512,
                                      num_encoder_layers=3, num_decoder_layers=3, num_heads=8,
-                                     d_ff=2048, vocab_size=32128), 4, 512, 128),
-    "decoder_2x256": (dict(architecture="causal_decoder", d_model=256, num_decoder_layers=2,
-                           num_heads=4, d_ff=1024, vocab_size=8192), 8, 0, 256),
+                                     d_ff=2048, vocab_size=32128, gated=True,
+                                     position_encoding="t5_relative",
+                                     scale_attention_logits=False), 4, 512, 128),
 }
 
 
-def make_batch(config: TransformerConfig, batch: int, inputs: int, targets: int) -> dict:
-  rng = np.random.default_rng(0)
+def make_batches(config: TransformerConfig, batch: int, inputs: int, targets: int,
+                 count_: int = 4, seed: int = 0) -> list[dict]:
+  """`count_` distinct batches: random text, decoder inputs = targets shifted right by one
+  (BOS 0), every target weighted; prefix decoders mark their first `inputs` positions."""
+  rng = np.random.default_rng(seed)
   length = targets if config.is_encoder_decoder else inputs + targets
-  tokens = rng.integers(1, config.vocab_size, (batch, length), dtype=np.int32)
-  features = {"decoder_input_tokens": tokens, "decoder_target_tokens": tokens,
-              "decoder_loss_weights": np.ones_like(tokens)}
-  if config.is_encoder_decoder:
-    features["encoder_input_tokens"] = rng.integers(1, config.vocab_size, (batch, inputs),
-                                                    dtype=np.int32)
-  if config.architecture == "prefix_decoder":
-    features["decoder_causal_attention"] = np.repeat(
-        (np.arange(length) < inputs)[None].astype(np.int32), batch, 0)
-  return features
+  batches = []
+  for _ in range(count_):
+    text = rng.integers(2, config.vocab_size, (batch, length + 1), dtype=np.int32)
+    features = {"decoder_input_tokens": np.pad(text[:, :-1], ((0, 0), (1, 0)))[:, :length],
+                "decoder_target_tokens": text[:, :length],
+                "decoder_loss_weights": np.ones((batch, length), np.float32)}
+    if config.is_encoder_decoder:
+      features["encoder_input_tokens"] = rng.integers(2, config.vocab_size, (batch, inputs),
+                                                      dtype=np.int32)
+    if config.architecture_spec.bidirectional_prefix:
+      features["decoder_causal_attention"] = np.repeat(
+          (np.arange(length) < inputs)[None].astype(np.int32), batch, 0)
+    batches.append(features)
+  return batches
 
 
-def benchmark(name: str, dtype: str, steps: int, peak: float) -> dict:
-  fields, batch_size, inputs, targets = CONFIGS[name]
-  config = TransformerConfig(dtype=dtype, **fields)
-  return dict(benchmark_config(config, batch_size, inputs, targets, steps, peak), config=name)
-
-
-def benchmark_config(config: TransformerConfig, batch_size: int, inputs: int, targets: int,
-                     steps: int, peak: float) -> dict:
-  """Times `steps` steps of the trainer's own train step (AdamW, z-loss, clipping)."""
+def ours(config: TransformerConfig, batches: list[dict]) -> Callable[[int], None]:
+  """One t5x_lite training step on batch i (the trainer's own step function)."""
   mesh = partitioning.create_mesh((1, 1, 1), jax.devices()[:1])
   optimizer = optim.make_optimizer(optim.OptimizerConfig(),
-                                   optim.make_schedule(optim.ScheduleConfig(), steps + 1))
-  step_functions = trainer.make_step_functions(config, optimizer, mesh)
-  state = step_functions.init()
-  batch = partitioning.global_batch(make_batch(config, batch_size, inputs, targets), mesh)
-  state, stats = step_functions.train(state, batch)  # compile
-  jax.block_until_ready(stats)
-  start = time.perf_counter()
-  for _ in range(steps):
-    state, stats = step_functions.train(state, batch)
-  jax.block_until_ready(stats)
-  seconds = (time.perf_counter() - start) / steps
+                                   optim.make_schedule(optim.ScheduleConfig(), 10_000))
+  steps = trainer.make_step_functions(config, optimizer, mesh)
+  state = {"state": steps.init()}
+  device_batches = [partitioning.global_batch(b, mesh) for b in batches]
+
+  def step(i: int) -> None:
+    state["state"], stats = steps.train(state["state"], device_batches[i % len(batches)])
+    jax.block_until_ready(stats)
+  return step
+
+
+def peers(config: TransformerConfig, batches: list[dict], compile_: bool) -> dict:
+  """The PyTorch steps of the same model: name -> step(i)."""
+  import torch
+  import torch_reference as reference
+
+  torch.set_flush_denormal(True)
+  torch.manual_seed(0)
+  if config.is_encoder_decoder:
+    models = {"HF T5 eager": reference.hf_t5(config)}
+    forward = reference.t5_forward
+  else:
+    models = {"PyTorch eager": reference.Decoder(config)}
+    forward = reference.decoder_forward
+  result = {}
+  for name, model in models.items():
+    runs = [(name, forward(model))]
+    if compile_:
+      runs.append((name.replace("eager", "torch.compile"), torch.compile(forward(model))))
+    for run_name, run in runs:
+      step_fn = reference.TrainStep(model, run)
+      torch_batches = [{k: torch.tensor(v) for k, v in b.items()} for b in batches]
+      result[run_name] = lambda i, s=step_fn, b=torch_batches: s(b[i % len(b)])
+  return result
+
+
+def torch_matmul_peak(size: int = 2048, repeats: int = 10) -> float:
+  import torch
+
+  a = torch.ones(size, size) / size
+  x = a @ a
+  best = float("inf")
+  for _ in range(3):
+    start = time.perf_counter()
+    x = a
+    for _ in range(repeats):
+      x = x @ a
+    best = min(best, time.perf_counter() - start)
+  return 2 * size**3 * repeats / best
+
+
+def peak(dtype: str, with_torch: bool) -> tuple[float, float, str]:
+  """(peak FLOP/s of one device, this run's measurement, description)."""
+  kind = jax.devices()[0].device_kind
+  if kind in metrics.KNOWN_PEAK_FLOPS and dtype == "bfloat16":
+    value = metrics.KNOWN_PEAK_FLOPS[kind]
+    return value, value, f"{kind} datasheet bfloat16"
+  metrics.measured_peak_flops.cache_clear()
+  best, xla_now = metrics.best_measured_peak_flops(dtype)
+  now = max(xla_now, torch_matmul_peak() if with_torch else 0.0)
+  return max(best, now), now, f"{dtype} matmul, best of XLA and PyTorch on {kind}"
+
+
+def time_rounds(runs: dict[str, Callable[[int], None]], rounds: int, warmup: int = 2
+                ) -> dict[str, float]:
+  """Median seconds per step of each run, the runs interleaved round by round."""
+  for run in runs.values():
+    for i in range(warmup):
+      run(i)
+  samples: dict[str, list[float]] = {name: [] for name in runs}
+  for round_ in range(rounds):
+    for name, run in runs.items():
+      start = time.perf_counter()
+      run(round_)
+      samples[name].append(time.perf_counter() - start)
+  return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def benchmark(name: str, config: TransformerConfig, batch: int, inputs: int, targets: int,
+              rounds: int, peak_flops: float, compile_: bool, with_torch: bool) -> dict:
+  batches = make_batches(config, batch, inputs, targets)
+  runs = {"t5x_lite": ours(config, batches)}
+  if with_torch:
+    runs.update(peers(config, batches, compile_))
+  seconds = time_rounds(runs, rounds)
   counts = count(config, inputs_length=inputs, targets_length=targets)
-  tokens_per_second = batch_size * counts.tokens_per_sequence / seconds
-  return {"dtype": config.dtype, "params": counts.params,
-          "tokens_per_step": batch_size * counts.tokens_per_sequence,
-          "step_seconds": seconds, "tokens_per_second": tokens_per_second,
-          "mfu": counts.flops_per_token * tokens_per_second / peak}
+  tokens = batch * counts.tokens_per_sequence
+  rows = {run: {"step_seconds": s, "tokens_per_second": tokens / s,
+                "mfu": counts.flops_per_token * tokens / s / peak_flops}
+          for run, s in seconds.items()}
+  for run, row in rows.items():
+    row["ours_vs_this"] = seconds[run] / seconds["t5x_lite"]
+  return {"config": name, "dtype": config.dtype, "params": counts.params,
+          "tokens_per_step": tokens, "flops_per_token": counts.flops_per_token, "runs": rows}
 
 
-def main() -> None:
+def report(result: dict) -> None:
+  print(f"\n{result['config']} ({result['params'] / 1e6:.1f}M params, "
+        f"{result['tokens_per_step']} tokens/step, {result['dtype']})")
+  for run, row in result["runs"].items():
+    ratio = "" if run == "t5x_lite" else f"  t5x_lite is {row['ours_vs_this']:.2f}x this"
+    print(f"  {run:24s} step {row['step_seconds']:.3f}s  {row['tokens_per_second']:9,.0f} "
+          f"tok/s  MFU {100 * row['mfu']:5.1f}%{ratio}")
+
+
+def main(argv: Optional[list[str]] = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+  parser.add_argument("--preset", help="a gin/models preset instead, e.g. gpt3_1_3b")
+  parser.add_argument("--seq", type=int, default=2048, help="--preset: sequence length")
+  parser.add_argument("--batch", type=int, default=8, help="--preset: batch size")
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-  parser.add_argument("--steps", type=int, default=5)
-  parser.add_argument("--json", help="also write the results to this file")
-  args = parser.parse_args()
-  peak = measured_peak_flops(args.dtype)
-  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; measured {args.dtype} "
-        f"matmul peak {peak / 1e9:.1f} GFLOP/s")
+  parser.add_argument("--rounds", type=int, default=5)
+  parser.add_argument("--no-compile", dest="compile", action="store_false",
+                      help="skip torch.compile (its compilation takes minutes on CPU)")
+  parser.add_argument("--json", help="also write the results here")
+  args = parser.parse_args(argv)
+  with_torch = jax.devices()[0].platform == "cpu"  # the torch wheel here is CPU-only
+  peak_flops, measured, source = peak(args.dtype, with_torch)
+  print(f"device: {jax.devices()[0].device_kind}; peak {peak_flops / 1e9:,.0f} GFLOP/s "
+        f"({source}); measured now {measured / 1e9:,.0f}")
+  if measured < BUSY * peak_flops:
+    print(f"warning: the machine is busy (matmul at {100 * measured / peak_flops:.0f}% of its "
+          "best): timings are low and MFU against the best peak is honest but pessimistic")
+  if args.preset:
+    base = gin_utils.model_config([f"models/{args.preset}.gin"])
+    todo = [(args.preset, base.replace(dtype=args.dtype, max_length=max(base.max_length,
+                                                                        args.seq)),
+             args.batch, 0, args.seq)]
+  else:
+    todo = [(name, TransformerConfig(dtype=args.dtype, **fields), batch, inputs, targets)
+            for name, (fields, batch, inputs, targets) in
+            ((n, CONFIGS[n]) for n in args.configs)]
   results = []
-  for name in args.configs:
-    result = benchmark(name, args.dtype, args.steps, peak)
-    results.append(result)
-    print(f"{name:26s} {result['params'] / 1e6:7.1f}M params  "
-          f"{result['tokens_per_second']:9.0f} tokens/s  "
-          f"step {result['step_seconds']:.3f}s  MFU {100 * result['mfu']:5.1f}%")
+  for name, config, batch, inputs, targets in todo:
+    results.append(benchmark(name, config, batch, inputs, targets, args.rounds, peak_flops,
+                             args.compile, with_torch))
+    report(results[-1])
+  after = peak(args.dtype, with_torch)[1]
+  if after < BUSY * peak_flops:
+    print(f"warning: the machine was busy by the end (matmul at {100 * after / peak_flops:.0f}% "
+          "of its best)")
   if args.json:
-    with open(args.json, "w") as f:
-      json.dump({"peak_flops": peak, "results": results}, f, indent=2)
+    with open(args.json, "w") as handle:
+      json.dump({"peak_flops": peak_flops, "peak_source": source, "results": results}, handle,
+                indent=2)
 
 
 if __name__ == "__main__":

@@ -1,87 +1,98 @@
-"""Generation speed with and without the KV cache (`make bench`).
+"""Generation speed side by side with Hugging Face generate (`make bench`).
 
-The quick-start decoder (gin/models/quickstart_decoder.gin, random weights: speed
-does not depend on them; max_length raised to fit) continues a 16-token prompt
-by 256 greedy tokens:
-  - cached: t5x_lite.decoding.generate (prefill once, then one decoder step per token
-    over the key/value cache, inside one jitted while_loop);
-  - uncached: a full forward pass over the whole (fixed-size, padded) sequence for
-    every new token, jitted once, the argmax appended on device.
-Reports generated tokens/s of each and their ratio, at batch 1 and 8.
+The quick-start decoder (gin/models/quickstart_decoder.gin: 4 x 256, SwiGLU, RoPE, tied
+embeddings; random weights, speed does not depend on them) and the same model as a
+transformers Llama (LlamaForCausalLM of equal shape and parameter count) continue a
+16-token prompt by `--new_tokens` greedy tokens, EOS disabled so every row runs the
+full length, at each batch size in turn, the two interleaved round by round:
+  - t5x_lite: decoding.generate (prefill once, then one decoder step per token over the
+    key/value cache, inside one jitted while_loop);
+  - HF generate: transformers' greedy generate with its KV cache (PyTorch eager).
+Reports generated tokens/s of each and their ratio (> 1: t5x_lite is faster).
 
-  python tools/benchmark_decoding.py [--new_tokens 256] [--batches 1 8] [--json out.json]
+  python tools/benchmark_decoding.py [--new_tokens 256] [--batches 1 8 32] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
+import os
+import statistics
+import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from t5x_lite import decoding, gin_utils
-from t5x_lite.models.transformer import create_model
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from t5x_lite import decoding, gin_utils  # noqa: E402
+from t5x_lite.models import TransformerConfig  # noqa: E402
+from t5x_lite.models.transformer import create_model  # noqa: E402
+from t5x_lite.scaling.counting import count  # noqa: E402
 
 PROMPT = 16
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _uncached(graphdef, state, tokens, steps: int):
-  """Greedy decoding by re-running the full forward pass for every new token."""
-  model = nnx.merge(graphdef, state)
+def hf_llama(config: TransformerConfig):
+  """transformers' Llama of the quick-start decoder's shape."""
+  import torch
+  import transformers
 
-  def step(n, tokens):
-    logits = model({"decoder_input_tokens": tokens})
-    position = PROMPT + n  # the last filled position: BOS + the prompt + n new tokens
-    token = jnp.argmax(logits[:, position], axis=-1).astype(tokens.dtype)
-    return tokens.at[:, position + 1].set(token)
-
-  return jax.lax.fori_loop(0, steps, step, tokens)
-
-
-def timed(function, repeats: int = 2) -> float:
-  function()  # compile
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(function())
-    best = min(best, time.perf_counter() - start)
-  return best
+  torch.manual_seed(0)
+  hf = transformers.LlamaConfig(
+      vocab_size=config.vocab_size, hidden_size=config.d_model,
+      intermediate_size=config.d_ff, num_hidden_layers=config.num_decoder_layers,
+      num_attention_heads=config.num_heads, num_key_value_heads=config.kv_heads,
+      head_dim=config.resolved_head_dim, max_position_embeddings=config.max_length,
+      tie_word_embeddings=config.tie_embeddings, rms_norm_eps=config.norm_epsilon)
+  return transformers.LlamaForCausalLM(hf).eval()
 
 
-def main() -> None:
+def main(argv=None) -> None:
+  import torch
+
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--new_tokens", type=int, default=256)
-  parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+  parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+  parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--json", help="also write the results here")
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
+  torch.set_flush_denormal(True)
   config = dataclasses.replace(gin_utils.model_config(["models/quickstart_decoder.gin"]),
                                max_length=PROMPT + 1 + args.new_tokens)
-  model = create_model(config)
-  graphdef, state = nnx.split(model)
+  model, llama = create_model(config), hf_llama(config)
+  assert sum(p.numel() for p in llama.parameters()) == count(config).params
   results = []
   for batch in args.batches:
-    prompt = np.random.default_rng(0).integers(2, config.vocab_size, (batch, PROMPT))
-    cached = timed(lambda: decoding.generate(model, prompt, max_new_tokens=args.new_tokens,
-                                             eos_id=-1).tokens)
-    buffer = jnp.zeros((batch, PROMPT + 1 + args.new_tokens), jnp.int32)
-    buffer = buffer.at[:, 1:PROMPT + 1].set(prompt)
-    uncached = timed(lambda: _uncached(graphdef, state, buffer, args.new_tokens), repeats=1)
-    row = {"batch": batch, "new_tokens": args.new_tokens,
-           "cached_tokens_per_s": batch * args.new_tokens / cached,
-           "uncached_tokens_per_s": batch * args.new_tokens / uncached,
-           "speedup": uncached / cached}
+    prompt = np.random.default_rng(batch).integers(2, config.vocab_size, (batch, PROMPT))
+
+    def ours():
+      jax.block_until_ready(decoding.generate(model, prompt, max_new_tokens=args.new_tokens,
+                                              eos_id=-1).tokens)
+
+    def theirs():
+      with torch.no_grad():
+        llama.generate(torch.tensor(prompt), attention_mask=torch.ones(prompt.shape),
+                       max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                       do_sample=False, eos_token_id=None, pad_token_id=0)
+
+    ours(), theirs()  # compile / warm up
+    times = {"t5x_lite": [], "HF generate": []}
+    for _ in range(args.rounds):
+      for name, run in (("t5x_lite", ours), ("HF generate", theirs)):
+        start = time.perf_counter()
+        run()
+        times[name].append(time.perf_counter() - start)
+    rates = {name: batch * args.new_tokens / statistics.median(t) for name, t in times.items()}
+    row = {"batch": batch, "new_tokens": args.new_tokens, "tokens_per_second": rates,
+           "ratio": rates["t5x_lite"] / rates["HF generate"]}
     results.append(row)
-    print(f"batch {batch}: cached {row['cached_tokens_per_s']:,.0f} tok/s, uncached "
-          f"{row['uncached_tokens_per_s']:,.0f} tok/s: the cache is {row['speedup']:.1f}x faster",
-          flush=True)
+    print(f"batch {batch:3d}: t5x_lite {rates['t5x_lite']:8,.0f} tok/s  HF generate "
+          f"{rates['HF generate']:8,.0f} tok/s  ratio {row['ratio']:.2f}", flush=True)
   if args.json:
     with open(args.json, "w") as handle:
       json.dump({"device": jax.devices()[0].device_kind, "results": results}, handle, indent=1)
