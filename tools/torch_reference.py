@@ -210,7 +210,8 @@ class TrainStep:
 
   def __call__(self, batch: dict[str, torch.Tensor]) -> float:
     logits = self.forward(batch).float()
-    targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"].float()
+    targets = batch["decoder_target_tokens"].long()
+    weights = batch["decoder_loss_weights"].float()
     log_z = torch.logsumexp(logits, dim=-1)
     cross_entropy = F.cross_entropy(logits.flatten(0, 1), targets.flatten(),
                                     reduction="none").view_as(weights)
