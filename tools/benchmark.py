@@ -5,7 +5,8 @@ cross-entropy + z-loss, backward, global-norm clipping, AdamW) and the same step
 PyTorch (tools/torch_reference.py: a nanoGPT-style decoder with exactly our parameters,
 function and FLOPs, eager and torch.compile; Hugging Face T5 for the encoder-decoder) are
 timed in interleaved rounds on the same batches (random tokens, targets shifted by one,
-four distinct batches in turn). Denormals are flushed in PyTorch, as XLA does. Reported:
+four distinct batches in turn), each framework in a process of its own
+(tools/interleave.py says why). Denormals are flushed in PyTorch, as XLA does. Reported:
 median step time, tokens/s, our speed as a ratio of each peer's (> 1: we are faster),
 and MFU.
 
@@ -26,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from typing import Callable, Optional
@@ -36,6 +36,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import interleave  # noqa: E402
 from t5x_lite import gin_utils, metrics, optim, partitioning, trainer  # noqa: E402
 from t5x_lite.models import TransformerConfig  # noqa: E402
 from t5x_lite.scaling.counting import count  # noqa: E402
@@ -79,8 +80,8 @@ def make_batches(config: TransformerConfig, batch: int, inputs: int, targets: in
   return batches
 
 
-def ours(config: TransformerConfig, batches: list[dict]) -> Callable[[int], None]:
-  """One t5x_lite training step on batch i (the trainer's own step function)."""
+def ours(config: TransformerConfig, batches: list[dict]) -> dict[str, Callable[[int], None]]:
+  """{"t5x_lite": one training step on batch i (the trainer's own step function)}."""
   mesh = partitioning.create_mesh((1, 1, 1), jax.devices()[:1])
   optimizer = optim.make_optimizer(optim.OptimizerConfig(),
                                    optim.make_schedule(optim.ScheduleConfig(), 10_000))
@@ -91,7 +92,7 @@ def ours(config: TransformerConfig, batches: list[dict]) -> Callable[[int], None
   def step(i: int) -> None:
     state["state"], stats = steps.train(state["state"], device_batches[i % len(batches)])
     jax.block_until_ready(stats)
-  return step
+  return {"t5x_lite": step}
 
 
 def peers(config: TransformerConfig, batches: list[dict], compile_: bool) -> dict:
@@ -146,28 +147,17 @@ def peak(dtype: str, with_torch: bool) -> tuple[float, float, str]:
   return max(best, now), now, f"{dtype} matmul, best of XLA and PyTorch on {kind}"
 
 
-def time_rounds(runs: dict[str, Callable[[int], None]], rounds: int, warmup: int = 2
-                ) -> dict[str, float]:
-  """Median seconds per step of each run, the runs interleaved round by round."""
-  for run in runs.values():
-    for i in range(warmup):
-      run(i)
-  samples: dict[str, list[float]] = {name: [] for name in runs}
-  for round_ in range(rounds):
-    for name, run in runs.items():
-      start = time.perf_counter()
-      run(round_)
-      samples[name].append(time.perf_counter() - start)
-  return {name: statistics.median(values) for name, values in samples.items()}
-
-
 def benchmark(name: str, config: TransformerConfig, batch: int, inputs: int, targets: int,
               rounds: int, peak_flops: float, compile_: bool, with_torch: bool) -> dict:
   batches = make_batches(config, batch, inputs, targets)
-  runs = {"t5x_lite": ours(config, batches)}
-  if with_torch:
-    runs.update(peers(config, batches, compile_))
-  seconds = time_rounds(runs, rounds)
+  workers = [interleave.Worker(ours, config, batches)]
+  try:
+    if with_torch:
+      workers.append(interleave.Worker(peers, config, batches, compile_))
+    seconds = interleave.time_rounds(workers, rounds)
+  finally:
+    for worker in workers:
+      worker.close()
   counts = count(config, inputs_length=inputs, targets_length=targets)
   tokens = batch * counts.tokens_per_sequence
   rows = {run: {"step_seconds": s, "tokens_per_second": tokens / s,

@@ -174,12 +174,92 @@ class Attention(nnx.Module):
     value = constrain(value, ("activation_batch", "activation_length", "activation_kv_heads",
                               None))
     scale = (1.0 / math.sqrt(query.shape[-1])) if self.config.scale_attention_logits else 1.0
-    if bias is not None:
-      bias = bias.astype(query.dtype)
-    attended = jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask,
-                                            scale=scale, is_causal=is_causal,
-                                            implementation=self.config.attention_impl)
+    attended = dot_product_attention(query, key, value, mask=mask, bias=bias, scale=scale,
+                                     is_causal=is_causal,
+                                     implementation=resolve_attention_impl(self.config))
     return self.out(attended)
+
+
+def resolve_attention_impl(config: TransformerConfig) -> str:
+  """The attention implementation to run: config.attention_impl, or when it is None
+  the fastest one measured for this backend (see dot_product_attention)."""
+  if config.attention_impl is not None:
+    return config.attention_impl
+  backend = jax.default_backend()
+  if backend == "cpu":
+    return "einsum"
+  if backend == "gpu" and config.dtype in ("bfloat16", "float16"):
+    return "cudnn"
+  return "xla"
+
+
+def dot_product_attention(query_BxTxNxH: Array, key_BxSxKxH: Array, value_BxSxKxH: Array, *,
+                          mask: Optional[Array], bias: Optional[Array], scale: float,
+                          is_causal: bool, implementation: str) -> Array:
+  """softmax(scale * q k^T + bias, where mask) v over N query heads sharing K key/value
+  heads (N = K * groups); output [B, T, N, H].
+
+  mask: bool [B|1, 1|N, T, S], True where allowed (segment isolation and padding live
+  here on every implementation); bias: [B|1, N, T, S]; is_causal: a lower-triangular
+  mask without materialising it (T == S).
+
+  implementation:
+    "einsum": two einsums and a float32 softmax, key/value heads never repeated. On
+      XLA:CPU it is ~1.7x faster than jax.nn.dot_product_attention for a training step
+      of causal attention (whose vmap over head groups adds transposes and a reduction
+      to the backward pass).
+    "xla" / "cudnn": jax.nn.dot_product_attention (cudnn: the fused flash kernel on
+      NVIDIA GPUs, for 16-bit dtypes; a mask becomes a bias there). A shape cuDNN
+      refuses falls back to "xla".
+  """
+  if bias is not None:
+    bias = bias.astype(query_BxTxNxH.dtype)
+  if implementation == "einsum":
+    return _einsum_attention(query_BxTxNxH, key_BxSxKxH, value_BxSxKxH, mask, bias, scale,
+                             is_causal)
+  if implementation == "cudnn":
+    try:
+      return jax.nn.dot_product_attention(query_BxTxNxH, key_BxSxKxH, value_BxSxKxH,
+                                          bias=bias, mask=mask, scale=scale,
+                                          is_causal=is_causal, implementation="cudnn")
+    except (ValueError, NotImplementedError, RuntimeError):
+      implementation = "xla"  # a shape, dtype or mask cuDNN does not take
+  return jax.nn.dot_product_attention(query_BxTxNxH, key_BxSxKxH, value_BxSxKxH, bias=bias,
+                                      mask=mask, scale=scale, is_causal=is_causal,
+                                      implementation=implementation)
+
+
+def _einsum_attention(query_BxTxNxH: Array, key_BxSxKxH: Array, value_BxSxKxH: Array,
+                      mask: Optional[Array], bias: Optional[Array], scale: float,
+                      is_causal: bool) -> Array:
+  batch, length, heads, head_dim = query_BxTxNxH.shape
+  kv_heads, kv_length = key_BxSxKxH.shape[2], key_BxSxKxH.shape[1]
+  groups = heads // kv_heads
+  if scale != 1.0:
+    # Scaling the queries costs T*H multiplies per head instead of T*S on the logits.
+    query_BxTxNxH = query_BxTxNxH * jnp.asarray(scale, query_BxTxNxH.dtype)
+  query_BxTxKxGxH = query_BxTxNxH.reshape(batch, length, kv_heads, groups, head_dim)
+  logits_BxKxGxTxS = jnp.einsum("btkgh,bskh->bkgts", query_BxTxKxGxH, key_BxSxKxH,
+                                preferred_element_type=jnp.float32)
+
+  def grouped(array):  # [b, 1|N, T, S] -> [b, 1|K, 1|G, T, S]
+    if array.shape[1] == 1:
+      return array[:, :, None]
+    return array.reshape(array.shape[0], kv_heads, groups, *array.shape[2:])
+
+  if bias is not None:
+    logits_BxKxGxTxS = logits_BxKxGxTxS + grouped(bias).astype(jnp.float32)
+  if is_causal:
+    causal_TxS = jnp.arange(length)[:, None] >= jnp.arange(kv_length)[None, :]
+    mask = causal_TxS[None, None] if mask is None else mask & causal_TxS
+  if mask is not None:
+    # As jax.nn.dot_product_attention: a large finite negative, so a row with every
+    # key masked averages the values uniformly instead of producing NaN.
+    logits_BxKxGxTxS = jnp.where(grouped(mask), logits_BxKxGxTxS,
+                                 -0.7 * jnp.finfo(jnp.float32).max)
+  probs_BxKxGxTxS = jax.nn.softmax(logits_BxKxGxTxS, axis=-1).astype(value_BxSxKxH.dtype)
+  out_BxTxKxGxH = jnp.einsum("bkgts,bskh->btkgh", probs_BxKxGxTxS, value_BxSxKxH)
+  return out_BxTxKxGxH.reshape(batch, length, heads, head_dim)
 
 
 def relative_position_bucket(relative_position: Array, *, bidirectional: bool, num_buckets: int,

@@ -13,6 +13,10 @@ Incremental decoding (t5x_lite/decoding.py) runs the same blocks over a key/valu
 cache: `init_cache` allocates it (with the encoder's cross-attention keys and
 values computed once), `decode_cached` writes the new tokens' keys and values at
 their positions and attends over the whole cache under a caller-built mask.
+The cache is one array per kind for the whole stack, [layers, batch, kv_heads,
+positions, head_dim]: every layer writes its new keys into it in place (no per-layer
+copies restacked each token), and heads come before positions because that is the
+layout the attention matmuls read without a transpose.
 """
 
 from __future__ import annotations
@@ -73,28 +77,37 @@ class Block(nnx.Module):
     return norm(x + layers.dropout(branch(x), rate, rng))
 
   def __call__(self, x: Array, ctx: AttentionContext, dropout_rng: Optional[Array],
-               cache: Optional[dict] = None) -> tuple[Array, Optional[dict]]:
-    """(the layer's output, its decoding cache updated by this call's keys and values);
-    the cache is None when none is given (training and evaluation)."""
+               cache: Optional[dict] = None, layer: Array | int = 0
+               ) -> tuple[Array, Optional[dict]]:
+    """(the layer's output, the stack's decoding cache with this layer's slice updated by
+    this call's keys and values); the cache is None when none is given (training and
+    evaluation). cache: the whole stack's, [layers, B, kv_heads, positions, head_dim]
+    arrays; `layer` is this block's index in it."""
     rngs = [None] * 4 if dropout_rng is None else list(jax.random.split(dropout_rng, 4))
     updated = None if cache is None else dict(cache)
+
+    def cached(name: str) -> Array:  # this layer's [B, positions, kv_heads, head_dim]
+      return jnp.swapaxes(updated[name][layer], 1, 2)
 
     def self_attend(h):
       attention = self.self_attention
       if cache is None:
         return attention(h, h, mask=ctx.self_mask, bias=ctx.self_bias, is_causal=ctx.is_causal,
                          q_positions=ctx.positions, kv_positions=ctx.positions)
-      key, value = attention.keys_values(h, ctx.positions)
-      rows = jnp.arange(h.shape[0])[:, None]
-      updated["key"] = cache["key"].at[rows, ctx.cache_positions].set(key)
-      updated["value"] = cache["value"].at[rows, ctx.cache_positions].set(value)
-      return attention.attend(h, updated["key"], updated["value"], mask=ctx.self_mask,
+      key_BxTxKxH, value_BxTxKxH = attention.keys_values(h, ctx.positions)
+      rows_Bx1 = jnp.arange(h.shape[0])[:, None]
+      # Advanced indices around a slice: the indexed shape is [B, T, kv_heads, head_dim].
+      updated["key"] = cache["key"].at[layer, rows_Bx1, :, ctx.cache_positions].set(
+          key_BxTxKxH)
+      updated["value"] = cache["value"].at[layer, rows_Bx1, :, ctx.cache_positions].set(
+          value_BxTxKxH)
+      return attention.attend(h, cached("key"), cached("value"), mask=ctx.self_mask,
                               bias=ctx.self_bias, q_positions=ctx.positions)
 
     def cross_attend(h):
       if cache is None:
         return self.cross_attention(h, ctx.encoded, mask=ctx.cross_mask)
-      return self.cross_attention.attend(h, cache["cross_key"], cache["cross_value"],
+      return self.cross_attention.attend(h, cached("cross_key"), cached("cross_value"),
                                          mask=ctx.cross_mask)
 
     x = self._residual(x, self.self_attention_norm, self_attend, rngs[0])
@@ -150,7 +163,7 @@ class TransformerStack(nnx.Module):
       if cache is None:
         bias = self.relative_bias(x.shape[1], x.shape[1])
       else:
-        bias = self.relative_bias(x.shape[1], cache["key"].shape[2], q_positions=positions)
+        bias = self.relative_bias(x.shape[1], cache_length(cache), q_positions=positions)
       ctx = dataclasses.replace(ctx, self_bias=bias)
     if config.position_encoding == "rope":
       ctx = dataclasses.replace(ctx, positions=positions)
@@ -164,41 +177,50 @@ class TransformerStack(nnx.Module):
       layer_rngs = None
     x = constrain(x, HIDDEN_AXES)
 
-    def apply_block(graphdef, state, h, rng, layer_cache):
-      return nnx.merge(graphdef, state)(h, ctx, rng, layer_cache)
+    def apply_block(graphdef, state, h, rng, cache, layer):
+      return nnx.merge(graphdef, state)(h, ctx, rng, cache, layer)
 
     if config.remat_policy != "none" and cache is None:
       apply_block = jax.checkpoint(apply_block, policy=REMAT_POLICIES[config.remat_policy],
                                    static_argnums=(0,))
     if config.scan_layers:
       graphdef, state = nnx.split(self.layers)
-      x, cache = jax.lax.scan(lambda h, xs: apply_block(graphdef, xs[0], h, xs[1], xs[2]),
-                              x, (state, layer_rngs, cache))
+
+      def scan_body(carry, xs):
+        h, cache = carry
+        layer_state, rng, layer = xs
+        return apply_block(graphdef, layer_state, h, rng, cache, layer), None
+
+      (x, cache), _ = jax.lax.scan(scan_body, (x, cache),
+                                   (state, layer_rngs, jnp.arange(self.num_layers)))
     else:
-      updated = []
       for i, block in enumerate(self.layers):
         graphdef, state = nnx.split(block)
-        layer_cache = None if cache is None else jax.tree.map(lambda a, i=i: a[i], cache)
-        x, layer_cache = apply_block(graphdef, state, x,
-                                     None if layer_rngs is None else layer_rngs[i], layer_cache)
-        updated.append(layer_cache)
-      if cache is not None:
-        cache = jax.tree.map(lambda *arrays: jnp.stack(arrays), *updated)
+        x, cache = apply_block(graphdef, state, x,
+                               None if layer_rngs is None else layer_rngs[i], cache, i)
     if config.norm_position == "pre":
       x = self.final_norm(x)
     x = layers.dropout(x, config.dropout_rate, dropout_rng)
     return x, cache
 
   def cross_keys_values(self, encoded: Array) -> dict:
-    """Every layer's cross-attention keys and values of the encoder output, stacked."""
+    """Every layer's cross-attention keys and values of the encoder output, stacked in
+    the cache layout [layers, B, kv_heads, encoder positions, head_dim]."""
     def layer(block):
-      key, value = block.cross_attention.keys_values(encoded)
-      return {"cross_key": key, "cross_value": value}
+      key_BxSxKxH, value_BxSxKxH = block.cross_attention.keys_values(encoded)
+      return {"cross_key": jnp.swapaxes(key_BxSxKxH, 1, 2),
+              "cross_value": jnp.swapaxes(value_BxSxKxH, 1, 2)}
 
     if self.config.scan_layers:
       graphdef, state = nnx.split(self.layers)
       return jax.lax.map(lambda layer_state: layer(nnx.merge(graphdef, layer_state)), state)
     return jax.tree.map(lambda *arrays: jnp.stack(arrays), *[layer(b) for b in self.layers])
+
+
+def cache_length(cache: dict) -> int:
+  """Positions a decoding cache holds (its arrays are [layers, B, kv_heads, positions,
+  head_dim])."""
+  return cache["key"].shape[3]
 
 
 def _positions(batch: Batch, prefix: str, tokens: Array) -> Array:
@@ -285,7 +307,7 @@ class Transformer(nnx.Module):
     """An empty decoding cache of `length` positions, plus the cross-attention keys and
     values of `encoded` (encoder_decoder). Arrays are stacked over decoder layers."""
     config = self.config
-    shape = (config.num_decoder_layers, batch_size, length, config.kv_heads,
+    shape = (config.num_decoder_layers, batch_size, config.kv_heads, length,
              config.resolved_head_dim)
     cache = {"key": jnp.zeros(shape, config.dtype), "value": jnp.zeros(shape, config.dtype)}
     if encoded is not None:
