@@ -29,8 +29,8 @@ from flax import nnx
 
 from t5x_lite import losses
 from t5x_lite.errors import UserError
-from t5x_lite.models.architectures import BOS_ID
 from t5x_lite.models import transformer
+from t5x_lite.models.architectures import BOS_ID
 from t5x_lite.models.transformer import Transformer
 
 EOS_ID = 1  # seqio/T5 vocabularies; callers with a vocabulary pass its eos_id

@@ -37,6 +37,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import interleave  # noqa: E402
+
 from t5x_lite import gin_utils, metrics, optim, partitioning, trainer  # noqa: E402
 from t5x_lite.models import TransformerConfig  # noqa: E402
 from t5x_lite.scaling.counting import count  # noqa: E402
