@@ -19,7 +19,7 @@ from typing import Iterable, Sequence
 import gin
 
 from t5x_lite import data, partitioning, run_dir, spec
-from t5x_lite.data import corpora
+from t5x_lite.data import corpora, supervised
 from t5x_lite.errors import ConfigError, UserError, fail  # noqa: F401  (fail: for entry points)
 from t5x_lite.models.configs import NON_FUNCTIONAL_KNOBS, TransformerConfig
 
@@ -132,6 +132,8 @@ _CONFIGURABLES["create_mesh"] = gin.external_configurable(partitioning.create_me
                                                           name="create_mesh")
 _CONFIGURABLES["text_files_corpus"] = gin.external_configurable(corpora.TextFiles,
                                                                 name="text_files_corpus")
+_CONFIGURABLES["supervised_data"] = gin.external_configurable(supervised.SupervisedData,
+                                                              name="supervised_data")
 gin.external_configurable(partitioning.single_device, name="single_device")
 
 
@@ -180,9 +182,11 @@ def resolve_train_spec() -> spec.TrainSpec:
 
 def register_tasks() -> None:
   """The project's seqio tasks, the `text_files.*` ones reading the files bound as
-  `text_files_corpus.patterns` (entry points call this before naming a task)."""
-  bound = gin.get_bindings("text_files_corpus")
-  data.register_tasks(text_files=construct("text_files_corpus") if bound else None)
+  `text_files_corpus.patterns` and `supervised` the rows bound as `supervised_data.*`
+  (entry points call this before naming a task)."""
+  text_files = construct("text_files_corpus") if gin.get_bindings("text_files_corpus") else None
+  rows = construct("supervised_data") if gin.get_bindings("supervised_data") else None
+  data.register_tasks(text_files=text_files, supervised_data=rows)
 
 
 def resolve_mesh():

@@ -51,6 +51,10 @@ class RunConfig:
       known accelerators in bfloat16, else measured on this machine.
     allow_changes: knobs (gin names, e.g. "TransformerConfig.dropout_rate") that may
       differ from the run directory's recorded configuration on resume.
+    profile_start_step, profile_steps: trace steps profile_start_step + 1 ...
+      profile_start_step + profile_steps with jax.profiler into MODEL_DIR/profile
+      (open it with TensorBoard's profile plugin or xprof; tools/top_ops.py lists the
+      costliest ops). None: no profile.
   """
   model_dir: str
   train_steps: int
@@ -71,6 +75,8 @@ class RunConfig:
   max_consecutive_skips: int = 5
   peak_flops_per_device: Optional[float] = None
   allow_changes: tuple[str, ...] = ()
+  profile_start_step: Optional[int] = None
+  profile_steps: int = 3
 
   def __post_init__(self):
     check_field_types(self, "train")
@@ -84,7 +90,11 @@ class RunConfig:
                    microbatches=self.microbatches, log_every=self.log_every,
                    eval_every=self.eval_every, eval_steps=self.eval_steps,
                    checkpoint_every=self.checkpoint_every,
-                   max_consecutive_skips=self.max_consecutive_skips)
+                   max_consecutive_skips=self.max_consecutive_skips,
+                   profile_steps=self.profile_steps)
+    if self.profile_start_step is not None and self.profile_start_step < 0:
+      raise ConfigError(f"train.profile_start_step must be >= 0 or None, got "
+                        f"{self.profile_start_step}.")
     check_positive("train.feature_lengths", **self.feature_lengths)
     check_retention(self.keep_checkpoints)
     if self.nan_policy not in NAN_POLICIES:
@@ -121,7 +131,8 @@ MAY_CHANGE_ON_RESUME = frozenset({
     "train.model_dir", "train.train_steps", "train.microbatches", "train.log_every",
     "train.eval_every", "train.eval_steps", "train.checkpoint_every", "train.keep_checkpoints",
     "train.init_checkpoint", "train.nan_policy", "train.max_consecutive_skips",
-    "train.peak_flops_per_device", "train.allow_changes",
+    "train.peak_flops_per_device", "train.allow_changes", "train.profile_start_step",
+    "train.profile_steps",
     *(f"make_schedule.{field.name}" for field in dataclasses.fields(ScheduleConfig)),
     *(f"TransformerConfig.{name}" for name in LAYOUT_KNOBS),
 })

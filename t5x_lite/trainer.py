@@ -36,7 +36,7 @@ from t5x_lite.models import Transformer, TransformerConfig
 from t5x_lite.models.configs import functional_differences
 from t5x_lite.models.params import abstract_model
 from t5x_lite.scaling.counting import count
-from t5x_lite.spec import TrainSpec
+from t5x_lite.spec import RunConfig, TrainSpec
 
 
 class TrainingHalted(UserError):
@@ -250,6 +250,36 @@ def _check_init_checkpoint(path: str, config: TransformerConfig) -> None:
         "Fine-tune with the model it was trained with.")
 
 
+class _StepProfiler:
+  """Traces steps profile_start_step + 1 ... + profile_steps (RunConfig) with jax.profiler
+  into MODEL_DIR/profile; waits for the last traced step so the trace holds its ops."""
+
+  def __init__(self, run: RunConfig, stream: Optional[TextIO]):
+    self.first = run.profile_start_step
+    self.last = None if self.first is None else self.first + run.profile_steps
+    self.directory = os.path.join(run.model_dir, "profile")
+    self.stream = stream
+    self.active = False
+
+  def before(self, step: int) -> None:
+    if self.first is not None and step == self.first and not self.active:
+      jax.profiler.start_trace(self.directory)
+      self.active = True
+
+  def after(self, step: int, stats: Any) -> None:
+    if self.active and step >= self.last:
+      jax.block_until_ready(stats)
+      self.close()
+      if self.stream is not None:
+        print(f"profiled steps {self.first + 1}-{step} into {self.directory} "
+              "(tools/top_ops.py lists the costliest ops)", file=self.stream)
+
+  def close(self) -> None:
+    if self.active:
+      self.active = False
+      jax.profiler.stop_trace()
+
+
 def train(spec: TrainSpec, mesh: jax.sharding.Mesh, *, operative_config: Optional[str] = None,
           stream: Optional[TextIO] = None) -> dict[str, Any]:
   """Trains `spec.model` on `spec.run.task` over `mesh`; returns the final eval metrics.
@@ -344,11 +374,14 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
   # never waits on the step it has just dispatched; a step that must be logged, evaluated
   # or saved is read at once (a checkpoint never holds a step not yet checked).
   pending: Optional[tuple[int, Any]] = None
+  profiler = _StepProfiler(run, stream if is_main else None)
   try:
     with _StopSignal() as stop:
       while step < run.train_steps and stop.received is None:
+        profiler.before(step)
         state, stats = steps.train(state, partitioning.global_batch(next(batches), mesh))
         step += 1
+        profiler.after(step, stats)
         progress.add_tokens(run.batch_size * counts.tokens_per_sequence)
         if pending is not None:
           guard.check(*pending)
@@ -386,6 +419,7 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
     if step >= run.train_steps and not last_eval:  # Finished earlier: report it again.
       last_eval = _evaluate(steps, state, validation(), mesh)
   except BaseException:
+    profiler.close()
     # Let a save in flight finish (or fail) before the error ends the run; a second
     # error here (e.g. the same full disk) must not hide the first.
     for close in (checkpointer.close, writer.close):
@@ -394,6 +428,7 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
       except Exception:  # noqa: BLE001
         pass
     raise
+  profiler.close()
   checkpointer.close()
   writer.close()
   return {"step": step, "model_dir": run.model_dir, "skipped_steps": guard.skipped,

@@ -340,3 +340,13 @@ def test_finetuning_starts_from_the_pretrained_params_on_a_new_task(tiny_run, tm
       tmp_path / "finetuned")
   for name in pretrained:  # A zero learning rate: the params are exactly the pretrained ones.
     np.testing.assert_array_equal(pretrained[name], finetuned[name], err_msg=name)
+
+
+def test_profile_knobs_trace_the_requested_steps_into_the_run_directory(tmp_path):
+  stream = io.StringIO()
+  result = run_training(tmp_path, steps=3, stream=stream,
+                        **{"train.profile_start_step": 1, "train.profile_steps": 1})
+  assert result["step"] == 3
+  traces = list((tmp_path / "profile").rglob("*.xplane.pb"))
+  assert len(traces) == 1 and traces[0].stat().st_size > 0
+  assert "profiled steps 2-2" in stream.getvalue()

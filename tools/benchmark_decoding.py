@@ -4,7 +4,8 @@ The quick-start decoder (gin/models/quickstart_decoder.gin: 4 x 256, SwiGLU, RoP
 embeddings; random weights, speed does not depend on them) and the same model as a
 transformers Llama (LlamaForCausalLM of equal shape and parameter count) continue a
 16-token prompt by `--new_tokens` greedy tokens, EOS disabled so every row runs the
-full length, at each batch size in turn, the two interleaved round by round:
+full length, at each batch size, the two interleaved round by round, each in a process
+of its own (tools/interleave.py):
   - t5x_lite: decoding.generate (prefill once, then one decoder step per token over the
     key/value cache, inside one jitted while_loop);
   - HF generate: transformers' greedy generate with its KV cache (PyTorch eager).
@@ -19,14 +20,14 @@ import argparse
 import dataclasses
 import json
 import os
-import statistics
 import sys
-import time
 
 import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import interleave  # noqa: E402
 
 from t5x_lite import decoding, gin_utils  # noqa: E402
 from t5x_lite.models import TransformerConfig  # noqa: E402
@@ -51,9 +52,34 @@ def hf_llama(config: TransformerConfig):
   return transformers.LlamaForCausalLM(hf).eval()
 
 
-def main(argv=None) -> None:
+def ours(config: TransformerConfig, prompts: dict[int, np.ndarray], new_tokens: int) -> dict:
+  """{"t5x_lite b<batch>": greedy generation of that batch's prompts}."""
+  model = create_model(config)
+
+  def run(prompt):
+    jax.block_until_ready(decoding.generate(model, prompt, max_new_tokens=new_tokens,
+                                            eos_id=-1).tokens)
+  return {f"t5x_lite b{batch}": lambda _, p=prompt: run(p) for batch, prompt in prompts.items()}
+
+
+def theirs(config: TransformerConfig, prompts: dict[int, np.ndarray], new_tokens: int) -> dict:
+  """{"HF generate b<batch>": transformers' greedy generate of the same prompts}."""
   import torch
 
+  torch.set_flush_denormal(True)
+  llama = hf_llama(config)
+  assert sum(p.numel() for p in llama.parameters()) == count(config).params
+
+  def run(prompt):
+    with torch.no_grad():
+      llama.generate(torch.tensor(prompt), attention_mask=torch.ones(prompt.shape),
+                     max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                     eos_token_id=None, pad_token_id=0)
+  return {f"HF generate b{batch}": lambda _, p=prompt: run(p)
+          for batch, prompt in prompts.items()}
+
+
+def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--new_tokens", type=int, default=256)
@@ -61,33 +87,21 @@ def main(argv=None) -> None:
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--json", help="also write the results here")
   args = parser.parse_args(argv)
-  torch.set_flush_denormal(True)
   config = dataclasses.replace(gin_utils.model_config(["models/quickstart_decoder.gin"]),
                                max_length=PROMPT + 1 + args.new_tokens)
-  model, llama = create_model(config), hf_llama(config)
-  assert sum(p.numel() for p in llama.parameters()) == count(config).params
+  prompts = {batch: np.random.default_rng(batch).integers(2, config.vocab_size, (batch, PROMPT))
+             for batch in args.batches}
+  workers = [interleave.Worker(ours, config, prompts, args.new_tokens),
+             interleave.Worker(theirs, config, prompts, args.new_tokens)]
+  try:
+    seconds = interleave.time_rounds(workers, args.rounds, warmup=1)
+  finally:
+    for worker in workers:
+      worker.close()
   results = []
   for batch in args.batches:
-    prompt = np.random.default_rng(batch).integers(2, config.vocab_size, (batch, PROMPT))
-
-    def ours():
-      jax.block_until_ready(decoding.generate(model, prompt, max_new_tokens=args.new_tokens,
-                                              eos_id=-1).tokens)
-
-    def theirs():
-      with torch.no_grad():
-        llama.generate(torch.tensor(prompt), attention_mask=torch.ones(prompt.shape),
-                       max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-                       do_sample=False, eos_token_id=None, pad_token_id=0)
-
-    ours(), theirs()  # compile / warm up
-    times = {"t5x_lite": [], "HF generate": []}
-    for _ in range(args.rounds):
-      for name, run in (("t5x_lite", ours), ("HF generate", theirs)):
-        start = time.perf_counter()
-        run()
-        times[name].append(time.perf_counter() - start)
-    rates = {name: batch * args.new_tokens / statistics.median(t) for name, t in times.items()}
+    rates = {name: batch * args.new_tokens / seconds[f"{name} b{batch}"]
+             for name in ("t5x_lite", "HF generate")}
     row = {"batch": batch, "new_tokens": args.new_tokens, "tokens_per_second": rates,
            "ratio": rates["t5x_lite"] / rates["HF generate"]}
     results.append(row)

@@ -6,7 +6,10 @@ default vocabulary (8,000 SentencePiece pieces trained on the embedded
 corpus, plus 100 sentinels), and again with seqio's byte vocabulary under a
 `.byte` suffix (`pydocs.full_lm.byte`). Entry points call `register_tasks()`
 (idempotent) before they name a task; `register_tasks(vocabulary, suffix)`
-registers the same set for any other vocabulary.
+registers the same set for any other vocabulary. The user's (inputs, targets) data
+(supervised.py) is the `supervised` task (and `supervised.byte`) once bound; the
+offline multitask mixture (multitask.py) is `multitask.<task>`, `multitask.train` and
+`multitask.held_out`.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Optional
 
 import seqio
 
-from t5x_lite.data import corpora, objectives, vocabularies
+from t5x_lite.data import corpora, multitask, objectives, supervised, vocabularies
 
 OBJECTIVES = {
     "full_lm": objectives.full_lm,
@@ -48,16 +51,34 @@ def make_task(name: str, corpus: str, objective: str, vocabulary: seqio.Vocabula
                     output_features=output_features(objective, vocabulary), metric_fns=[])
 
 
+def register_supervised(data: supervised.SupervisedData) -> list[str]:
+  """(Re)registers `supervised` (default vocabulary) and `supervised.byte` on `data`."""
+  names = []
+  for vocabulary, suffix in ((vocabularies.default_vocabulary(), ""),
+                             (vocabularies.byte_vocabulary(), ".byte")):
+    name = f"supervised{suffix}"
+    seqio.TaskRegistry.remove(name)
+    seqio.TaskRegistry.add_provider(name, supervised.make_task(name, data, vocabulary))
+    names.append(name)
+  return names
+
+
 def register_tasks(vocabulary: Optional[seqio.Vocabulary] = None, suffix: str = "",
-                   text_files: Optional[corpora.TextFiles] = None) -> list[str]:
+                   text_files: Optional[corpora.TextFiles] = None,
+                   supervised_data: Optional[supervised.SupervisedData] = None) -> list[str]:
   """Registers `<corpus>.<objective><suffix>` for every corpus and objective with
   `vocabulary`; returns the names. With no vocabulary, the project's tasks: the default
   vocabulary's and the byte vocabulary's (`.byte`), registered once however often it is
-  called. `text_files` (re)binds the `text_files.*` tasks to those files."""
+  called. `text_files` (re)binds the `text_files.*` tasks to those files;
+  `supervised_data` (re)binds the `supervised` tasks."""
+  if supervised_data is not None:
+    register_supervised(supervised_data)
   if vocabulary is None:
     if not _PROJECT_TASKS:
       _PROJECT_TASKS.extend(register_tasks(vocabularies.default_vocabulary()) +
-                            register_tasks(vocabularies.byte_vocabulary(), suffix=".byte"))
+                            register_tasks(vocabularies.byte_vocabulary(), suffix=".byte") +
+                            multitask.register() +
+                            multitask.register(vocabularies.byte_vocabulary(), ".byte"))
     if text_files is not None:
       register_tasks(vocabularies.default_vocabulary(), text_files=text_files)
       register_tasks(vocabularies.byte_vocabulary(), suffix=".byte", text_files=text_files)

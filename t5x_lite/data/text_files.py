@@ -14,8 +14,11 @@ TEXT_SUFFIXES = (".txt", ".text", ".md")
 JSONL_SUFFIXES = (".jsonl", ".json")
 
 
-def resolve_files(patterns: str | Sequence[str]) -> list[str]:
-  """Expands directories (recursively) and globs into a sorted list of text/JSONL files."""
+def resolve_files(patterns: str | Sequence[str],
+                  suffixes: Sequence[str] = TEXT_SUFFIXES + JSONL_SUFFIXES) -> list[str]:
+  """Expands directories (recursively, keeping files with these suffixes) and globs into
+  a sorted list of files."""
+  suffixes = tuple(suffixes)
   if isinstance(patterns, str):
     patterns = [patterns]
   if not patterns:
@@ -24,11 +27,11 @@ def resolve_files(patterns: str | Sequence[str]) -> list[str]:
   for pattern in patterns:
     if os.path.isdir(pattern):
       matches = [os.path.join(root, name) for root, _, names in os.walk(pattern) for name in names]
-      matches = [m for m in matches if m.endswith(TEXT_SUFFIXES + JSONL_SUFFIXES)]
+      matches = [m for m in matches if m.endswith(suffixes)]
     else:
       matches = glob.glob(os.path.expanduser(pattern), recursive=True)
     if not matches:
-      raise CorpusError(f"{pattern!r} matches no .txt/.jsonl file; check the path.")
+      raise CorpusError(f"{pattern!r} matches no {'/'.join(suffixes)} file; check the path.")
     files.update(matches)
   return sorted(files)
 
