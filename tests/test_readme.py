@@ -77,6 +77,7 @@ def configure(entry: str, args: list[str]) -> None:
   from t5x_lite.scaling.counting import count_params
 
   gin_utils.parse_flags(args)
+  gin_utils.register_tasks()  # as every entry point does: binds text_files / supervised data
   if entry == "train":
     spec = gin_utils.resolve_train_spec()  # every required binding, every value valid
     config, task, lengths = spec.model, spec.run.task, spec.run.feature_lengths
