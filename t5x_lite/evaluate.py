@@ -9,6 +9,12 @@ perplexity and token accuracy on the task (by default the training task at the
 training feature lengths), the task's own seqio metrics, and zero/few-shot
 rank-classification multiple choice on each set in `multiple_choice` at every
 count in `shots`. The model comes from the checkpoint's run directory.
+
+Held-out tasks of the multitask mixture, zero-shot, per task and averaged per cluster:
+
+  python -m t5x_lite.evaluate --gin_file=runs/evaluate.gin \
+      --gin.CHECKPOINT_PATH="'/tmp/t5x_lite_quickstart'" \
+      --gin.evaluate.multiple_choice="['multitask.held_out']"
 """
 
 from __future__ import annotations
@@ -31,12 +37,12 @@ def evaluate(checkpoint_path: str = gin.REQUIRED, task: Optional[str] = None,
              split: str = "validation", eval_batches: int = 8,
              multiple_choice: Sequence[str] = ("pydocs_cloze",), shots: Sequence[int] = (0,),
              metric_examples: int = 64, max_new_tokens: int = 64, seed: int = 0,
-             output_path: Optional[str] = None) -> dict:
+             max_questions: Optional[int] = None, output_path: Optional[str] = None) -> dict:
   """Evaluates CHECKPOINT_PATH's model (see the module docstring); returns the results.
 
   task, feature_lengths: None means those the checkpoint was trained with.
   """
-  question_sets = {name: mc.read_questions(name) for name in multiple_choice}  # fail early
+  question_sets = mc.question_sets(multiple_choice, max_questions)  # fail early
   model = checkpoints.load_model(checkpoint_path,
                                  gin_utils.checkpoint_model_config(checkpoint_path))
   task = inference.resolve_task(checkpoint_path, task, model.config.vocab_size)
@@ -73,6 +79,10 @@ def _main(argv: Sequence[str]) -> int:
   for name, outcome in results["multiple_choice"].items():
     print(f"{name}: accuracy {outcome['accuracy']:.3f}, length-normalised "
           f"{outcome['accuracy_norm']:.3f} ({outcome['questions']} questions, chance "
+          f"{outcome['chance']:.2f})")
+  for name, outcome in results.get("multitask_clusters", {}).items():
+    print(f"cluster {name}: mean accuracy {outcome['accuracy']:.3f}, length-normalised "
+          f"{outcome['accuracy_norm']:.3f} over {outcome['tasks']} tasks (chance "
           f"{outcome['chance']:.2f})")
   print(f"results: {results['output_path']}")
   return 0

@@ -82,4 +82,7 @@ def evaluate(model, task: str, feature_lengths: Mapping[str, int], *, split: str
       outcome = mc.rank_classify(model, vocabulary, questions, shots=count, seed=seed)
       outcome.pop("predictions")
       results["multiple_choice"][f"{name}/{count}-shot"] = outcome
+  clusters = mc.cluster_means(results["multiple_choice"])
+  if clusters:
+    results["multitask_clusters"] = clusters
   return results

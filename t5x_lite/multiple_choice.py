@@ -9,7 +9,9 @@ choice, before the context, separated by blank lines. Two accuracies are
 reported: by total log-likelihood, and length-normalised (per character of the
 choice, lm-eval's acc_norm), which removes the bias towards short choices.
 `pydocs_cloze` names the set that ships with the project (see
-tools/build_cloze.py).
+tools/build_cloze.py); `multitask.<task>` names a task of the offline multitask
+mixture (validation examples with answer choices, data/multitask.py), and
+`multitask.held_out` every held-out one.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Optional, Sequence, TextIO
 import numpy as np
 
 from t5x_lite import decoding
+from t5x_lite.data import multitask
 from t5x_lite.errors import UserError
 
 BUILTIN = {"pydocs_cloze": os.path.join(os.path.dirname(__file__), "data", "multiple_choice",
@@ -75,6 +78,49 @@ def read_questions(path: str, warn: Optional[TextIO] = None) -> list[Question]:
   if not questions:
     raise MultipleChoiceError(f"{path} holds no valid question.")
   return questions
+
+
+def multitask_questions(task: str, split: str = "validation") -> list[Question]:
+  """A multitask-mixture task's examples with answer choices as questions: the prompt as
+  context, each choice continuing it after a space."""
+  if task not in multitask.TASKS:
+    raise MultipleChoiceError(f"no multitask task {task!r}; choose from {list(multitask.TASKS)}.")
+  questions = [Question(example["inputs"], tuple(f" {c}" for c in example["choices"]),
+                        example["choices"].index(example["targets"]))
+               for example in multitask.examples(task, split) if example["choices"]]
+  if not questions:
+    raise MultipleChoiceError(f"multitask task {task!r} has no answer choices (it is scored "
+                              "by generation).")
+  return questions
+
+
+def question_sets(names: Sequence[str], limit: Optional[int] = None
+                  ) -> dict[str, list[Question]]:
+  """{set name: questions} for builtin names, JSONL paths, `multitask.<task>` and
+  `multitask.held_out` (expanded to each held-out task); the first `limit` of each."""
+  sets: dict[str, list[Question]] = {}
+  for name in names:
+    if name == "multitask.held_out":
+      for task in multitask.held_out_tasks():
+        sets[f"multitask.{task}"] = multitask_questions(task)
+    elif name.startswith("multitask."):
+      sets[name] = multitask_questions(name.removeprefix("multitask."))
+    else:
+      sets[name] = read_questions(name)
+  return {name: questions[:limit] for name, questions in sets.items()}
+
+
+def cluster_means(results: dict[str, dict]) -> dict[str, dict]:
+  """Mean accuracies per multitask cluster over results keyed "multitask.<task>/<k>-shot"."""
+  grouped: dict[str, list[dict]] = {}
+  for key, outcome in results.items():
+    name, _, shots = key.partition("/")
+    task = name.removeprefix("multitask.")
+    if name.startswith("multitask.") and task in multitask.TASKS:
+      grouped.setdefault(f"{multitask.TASKS[task][0]}/{shots}", []).append(outcome)
+  return {key: {metric: float(np.mean([o[metric] for o in outcomes]))
+                for metric in ("accuracy", "accuracy_norm", "chance")} | {"tasks": len(outcomes)}
+          for key, outcomes in grouped.items()}
 
 
 def prompts(questions: Sequence[Question], shots: int, seed: int = 0) -> list[str]:

@@ -217,3 +217,27 @@ def test_a_tasks_own_seqio_metrics_are_computed_from_its_predictions_and_scores(
   assert len(targets) == len(predictions) == 2 and all(len(p) <= 4 for p in predictions)
   assert results["mean_log_likelihood"] == pytest.approx(np.mean(seen["score"]))
   assert results["mean_log_likelihood"] < 0
+
+
+def test_held_out_multitask_tasks_are_scored_per_task_and_averaged_per_cluster():
+  from t5x_lite.data import multitask
+  from t5x_lite.models import TransformerConfig, create_model
+
+  sets = multiple_choice.question_sets(["multitask.held_out"], limit=2)
+  assert set(sets) == {f"multitask.{task}" for task in multitask.held_out_tasks()}
+  for name, questions in sets.items():
+    examples = multitask.examples(name.split(".")[1], "validation")
+    for question, example in zip(questions, examples):
+      assert question.context == example["inputs"]
+      assert question.choices[question.label] == " " + example["targets"]
+  model = create_model(TransformerConfig(vocab_size=512, d_model=32, num_heads=2, d_ff=64,
+                                         num_decoder_layers=1, max_length=2048))
+  results = evaluation.evaluate(model, TASK, {"targets": 64}, eval_batches=1,
+                                question_sets=sets, metric_examples=0)
+  clusters = results["multitask_clusters"]
+  assert set(clusters) == {f"{c}/0-shot" for c in multitask.HELD_OUT_CLUSTERS}
+  for key, summary in clusters.items():
+    members = [outcome for name, outcome in results["multiple_choice"].items()
+               if multitask.TASKS[name.split(".")[1].split("/")[0]][0] == key.split("/")[0]]
+    assert summary["tasks"] == len(members) == 2
+    assert summary["accuracy"] == pytest.approx(np.mean([m["accuracy"] for m in members]))
