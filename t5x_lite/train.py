@@ -11,6 +11,7 @@ traceback. SIGTERM/SIGINT finish the step, save a checkpoint and exit 0.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -19,6 +20,23 @@ import jax
 
 from t5x_lite import gin_utils, trainer
 from t5x_lite.errors import run_cli
+
+# XLA:CPU's YNNPACK/XNNPACK dot fusions made the training step of the 6 x 512 causal
+# decoder at length 512 (vocabulary 32k) 15% slower than its default dots (5.98 s vs
+# 5.05 s a step, interleaved in one run on 2 cores; the 3+3 encoder-decoder: 3.47 s vs
+# 3.42 s), while they make small-batch decoding faster (1.0 vs 1.3 ms a token at batch 1).
+# So training processes turn them off and inference keeps XLA's defaults.
+TRAINING_XLA_CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=",
+                          "--xla_cpu_use_xnnpack=false")
+
+
+def use_training_xla_flags() -> None:
+  """Adds TRAINING_XLA_CPU_FLAGS to XLA_FLAGS (a flag the user already set wins). Only
+  CPU compilations read them, and only when set before JAX's first computation."""
+  current = os.environ.get("XLA_FLAGS", "")
+  added = [flag for flag in TRAINING_XLA_CPU_FLAGS if flag.split("=")[0] not in current]
+  if added:
+    os.environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
 
 
 @gin.configurable
@@ -47,6 +65,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 def _main(argv: Sequence[str]) -> int:
+  use_training_xla_flags()
   gin_utils.parse_flags(argv)
   gin_utils.register_tasks()
   spec = gin_utils.resolve_train_spec()  # before jax.distributed: a bad binding fails fast

@@ -14,6 +14,12 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 import gin  # noqa: E402
 import pytest  # noqa: E402
 
+from t5x_lite.train import use_training_xla_flags  # noqa: E402
+
+# In-process training compiles as `python -m t5x_lite.train` subprocesses do, so runs
+# compared across the two agree bit for bit (no JAX computation has run yet).
+use_training_xla_flags()
+
 
 @pytest.fixture(scope="session", autouse=True)
 def project_tasks():

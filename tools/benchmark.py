@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import interleave  # noqa: E402
 
-from t5x_lite import gin_utils, metrics, optim, partitioning, trainer  # noqa: E402
+from t5x_lite import gin_utils, metrics, optim, partitioning, train, trainer  # noqa: E402
 from t5x_lite.models import TransformerConfig  # noqa: E402
 from t5x_lite.scaling.counting import count  # noqa: E402
 
@@ -82,7 +82,9 @@ def make_batches(config: TransformerConfig, batch: int, inputs: int, targets: in
 
 
 def ours(config: TransformerConfig, batches: list[dict]) -> dict[str, Callable[[int], None]]:
-  """{"t5x_lite": one training step on batch i (the trainer's own step function)}."""
+  """{"t5x_lite": one training step on batch i (the trainer's own step function, under
+  the XLA flags `python -m t5x_lite.train` uses)}."""
+  train.use_training_xla_flags()  # this worker has not computed anything yet
   mesh = partitioning.create_mesh((1, 1, 1), jax.devices()[:1])
   optimizer = optim.make_optimizer(optim.OptimizerConfig(),
                                    optim.make_schedule(optim.ScheduleConfig(), 10_000))

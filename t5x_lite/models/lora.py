@@ -1,0 +1,157 @@
+"""LoRA (Hu et al., 2021) on the attention and MLP projections of any t5x_lite model.
+
+`apply_lora(model, LoraConfig(...))` wraps each targeted projection so it computes
+    y = base(x) + (alpha / rank) * unflatten(flatten(x) @ A @ B)
+with A [in, rank] and B [rank, out] from Flax's `nnx.LoRA` (A random, B zero, so the
+wrapped model starts as exactly the base model). Adapters are `nnx.LoRAParam`
+variables: train them with an optimizer over that filter
+(`nnx.Optimizer(model, tx, wrt=nnx.LoRAParam)`) and the base `nnx.Param`s stay frozen
+(no gradient, no optimizer state). `merge_lora` folds the adapters into the base
+kernels and returns a plain model (for infer, evaluate and Hugging Face export).
+
+Projections are named as in the model: attention `query`, `key`, `value`, `out`
+(self- and cross-attention), MLP `wi_0`, `wi_1` (gated models), `wo`. Attention
+kernels are 3-D einsums ([d_model, heads, head_dim] in, [heads, head_dim, d_model]
+out): the adapter sees their input and output dimensions flattened.
+
+LoRA is applied to the unscanned layout (`scan_layers=False`); checkpoints store one
+layout, so a scanned run's checkpoint loads unscanned for adaptation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from t5x_lite.errors import ConfigError, check_field_types
+
+PROJECTIONS = ("query", "key", "value", "out", "wi_0", "wi_1", "wo")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+  """Which projections get adapters, and their rank and scale (gin: `lora.*`).
+
+  Attributes:
+    rank: inner dimension r of A [in, r] and B [r, out].
+    alpha: the update is scaled by alpha / rank (so changing the rank keeps the
+      update's size at initialisation comparable, as in the paper).
+    targets: projection names (see PROJECTIONS) to adapt in every layer.
+  """
+  rank: int = 8
+  alpha: float = 16.0
+  targets: tuple[str, ...] = ("query", "key", "value", "out", "wi_0", "wi_1", "wo")
+
+  def __post_init__(self):
+    object.__setattr__(self, "targets", tuple(self.targets))
+    check_field_types(self, "lora")
+    if self.rank <= 0 or self.alpha <= 0:
+      raise ConfigError(f"lora.rank and lora.alpha must be positive, got {self.rank} and "
+                        f"{self.alpha}.")
+    unknown = [t for t in self.targets if t not in PROJECTIONS]
+    if unknown or not self.targets:
+      raise ConfigError(f"lora.targets {list(self.targets)}: {unknown or 'none given'} are not "
+                        f"projections; choose from {list(PROJECTIONS)}.")
+
+  @property
+  def scale(self) -> float:
+    return self.alpha / self.rank
+
+
+def _contracted_dims(base: nnx.Module) -> int:
+  """How many leading kernel dimensions the projection's input contracts."""
+  if isinstance(base, nnx.Einsum):
+    operands, _ = base.einsum_str.replace(" ", "").split("->")
+    inputs, kernel = operands.split(",")
+    return sum(1 for letter in kernel if letter in inputs)
+  return 1
+
+
+class LoraProjection(nnx.Module):
+  """A projection (nnx.Linear or nnx.Einsum) plus a scaled low-rank update."""
+
+  def __init__(self, base: nnx.Module, config: LoraConfig, *, rngs: nnx.Rngs):
+    self.base = base
+    self.scale = config.scale
+    kernel_shape = base.kernel.shape
+    self.in_dims = _contracted_dims(base)
+    self.out_shape = tuple(kernel_shape[self.in_dims:])
+    self.lora = nnx.LoRA(math.prod(kernel_shape[:self.in_dims]), config.rank,
+                         math.prod(self.out_shape), param_dtype=base.kernel.dtype,
+                         rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x_flat = x.reshape(x.shape[:x.ndim - self.in_dims] + (-1,))
+    update = self.lora(x_flat).reshape(x_flat.shape[:-1] + self.out_shape)
+    y = self.base(x)
+    return y + (self.scale * update).astype(y.dtype)
+
+  def merged(self) -> nnx.Module:
+    """The base projection with the update folded into its kernel."""
+    delta = (self.lora.lora_a[...] @ self.lora.lora_b[...]) * self.scale
+    kernel = self.base.kernel
+    kernel[...] = kernel[...] + delta.reshape(kernel.shape).astype(kernel.dtype)
+    return self.base
+
+
+def _owners(model: nnx.Module):
+  """(module, attribute name) of every projection in every layer of every stack."""
+  for stack_name in ("encoder", "decoder"):
+    stack = getattr(model, stack_name, None)
+    if stack is None:
+      continue
+    for block in stack.layers:
+      for part in ("self_attention", "cross_attention", "mlp"):
+        owner = getattr(block, part, None)
+        if owner is None:
+          continue
+        for name in PROJECTIONS:
+          if hasattr(owner, name):
+            yield owner, name
+
+
+def apply_lora(model: nnx.Module, config: LoraConfig, seed: int = 0) -> nnx.Module:
+  """Wraps the targeted projections of `model` (in place) with adapters; returns it."""
+  if model.config.scan_layers:
+    raise ConfigError("LoRA needs the unscanned layout: set TransformerConfig.scan_layers="
+                      "False (checkpoints store one layout, so a scanned run loads unscanned).")
+  rngs = nnx.Rngs(params=seed)
+  found = {owner_name for _, owner_name in _owners(model)}
+  missing = [t for t in config.targets if t not in found]
+  if missing:
+    raise ConfigError(f"lora.targets {missing} match no layer of this "
+                      f"{model.config.architecture} (it has {sorted(found)}; wi_1 exists only "
+                      "in gated models).")
+  for owner, name in list(_owners(model)):
+    if name in config.targets:
+      setattr(owner, name, LoraProjection(getattr(owner, name), config, rngs=rngs))
+  return model
+
+
+def merge_lora(model: nnx.Module) -> nnx.Module:
+  """Folds every adapter into its base kernel (in place); returns the plain model."""
+  for owner, name in list(_owners(model)):
+    projection = getattr(owner, name)
+    if isinstance(projection, LoraProjection):
+      setattr(owner, name, projection.merged())
+  return model
+
+
+def parameter_counts(model: nnx.Module) -> dict[str, int]:
+  """Trainable (adapter) and frozen (base) parameter counts."""
+  def total(state) -> int:
+    return sum(int(leaf.size) for leaf in jax.tree.leaves(state))
+  return {"adapter": total(nnx.state(model, nnx.LoRAParam)),
+          "base": total(nnx.state(model, nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))))}
+
+
+def optimizer_state_bytes(model: nnx.Module, tx, wrt=nnx.LoRAParam) -> int:
+  """Bytes of `tx`'s state for the parameters `wrt` selects (adapters by default,
+  nnx.Param for full fine-tuning)."""
+  state = jax.eval_shape(tx.init, nnx.state(model, wrt))
+  return sum(int(jnp.dtype(leaf.dtype).itemsize * math.prod(leaf.shape))
+             for leaf in jax.tree.leaves(state) if hasattr(leaf, "shape"))
