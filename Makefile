@@ -32,6 +32,7 @@ bench: install
 	$(PY) tools/benchmark_decoding.py
 	$(PY) tools/benchmark_data.py
 	$(PY) tools/benchmark_scaling.py
+	$(PY) tools/benchmark_lora.py
 
 lint: install
 	$(PY) -m ruff check t5x_lite tests tools

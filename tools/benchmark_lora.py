@@ -1,0 +1,97 @@
+"""LoRA vs full fine-tuning on the quick-start decoder (`make bench`): step time and
+memory (trainable parameters, AdamW state bytes), the two steps interleaved in one run.
+
+Both steps are the same jitted forward + cross-entropy + AdamW update over nnx state;
+full fine-tuning differentiates and updates every nnx.Param, LoRA only the adapters
+(t5x_lite/models/lora.py, nnx.LoRAParam) with the base frozen.
+
+  python tools/benchmark_lora.py [--rank 8] [--batch 16] [--length 256] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import jax
+import numpy as np
+import optax
+from flax import nnx
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from t5x_lite import gin_utils  # noqa: E402
+from t5x_lite.models import create_model  # noqa: E402
+from t5x_lite.models.lora import (  # noqa: E402
+  LoraConfig,
+  apply_lora,
+  optimizer_state_bytes,
+  parameter_counts,
+)
+
+
+def make_step(model, wrt):
+  """A jitted AdamW step of `model` over the parameters `wrt` selects."""
+  optimizer = nnx.Optimizer(model, optax.adamw(1e-4), wrt=wrt)
+
+  @nnx.jit
+  def step(model, optimizer, batch):
+    def loss(model):
+      logits = model(batch)
+      return optax.softmax_cross_entropy_with_integer_labels(
+          logits, batch["decoder_target_tokens"]).mean()
+    value, grads = nnx.value_and_grad(loss, argnums=nnx.DiffState(0, wrt))(model)
+    optimizer.update(model, grads)
+    return value
+
+  return lambda batch: jax.block_until_ready(step(model, optimizer, batch))
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--rank", type=int, default=8)
+  parser.add_argument("--batch", type=int, default=16)
+  parser.add_argument("--length", type=int, default=256)
+  parser.add_argument("--rounds", type=int, default=5)
+  parser.add_argument("--json", help="also write the results here")
+  args = parser.parse_args(argv)
+  config = gin_utils.model_config(["models/quickstart_decoder.gin"])
+  rng = np.random.default_rng(0)
+  text = rng.integers(2, config.vocab_size, (args.batch, args.length + 1))
+  batch = {"decoder_input_tokens": np.pad(text[:, :-1], ((0, 0), (1, 0)))[:, :args.length],
+           "decoder_target_tokens": text[:, :args.length]}
+  full = create_model(config)
+  adapted = apply_lora(create_model(config), LoraConfig(rank=args.rank, alpha=2.0 * args.rank))
+  tx = optax.adamw(1e-4)
+  runs = {"full fine-tuning": (make_step(full, nnx.Param), full, nnx.Param),
+          f"LoRA rank {args.rank}": (make_step(adapted, nnx.LoRAParam), adapted, nnx.LoRAParam)}
+  for step, _, _ in runs.values():
+    step(batch)  # compile
+  times = {name: [] for name in runs}
+  for _ in range(args.rounds):
+    for name, (step, _, _) in runs.items():
+      start = time.perf_counter()
+      step(batch)
+      times[name].append(time.perf_counter() - start)
+  counts = parameter_counts(adapted)
+  results = []
+  for name, (_, model, wrt) in runs.items():
+    trainable = counts["adapter"] if wrt is nnx.LoRAParam else counts["base"]
+    row = {"run": name, "step_seconds": statistics.median(times[name]),
+           "trainable_params": trainable,
+           "optimizer_state_bytes": optimizer_state_bytes(model, tx, wrt=wrt)}
+    results.append(row)
+    print(f"{name:18s} step {row['step_seconds']:.3f}s  trainable {trainable:>10,d} params  "
+          f"AdamW state {row['optimizer_state_bytes'] / 2**20:8.2f} MiB")
+  if args.json:
+    with open(args.json, "w") as handle:
+      json.dump(results, handle, indent=1)
+
+
+if __name__ == "__main__":
+  main()
