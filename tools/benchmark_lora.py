@@ -34,9 +34,9 @@ from t5x_lite.models.lora import (  # noqa: E402
 )
 
 
-def make_step(model, wrt):
-  """A jitted AdamW step of `model` over the parameters `wrt` selects."""
-  optimizer = nnx.Optimizer(model, optax.adamw(1e-4), wrt=wrt)
+def make_step(model, tx, wrt):
+  """A jitted step of `model` with optimizer `tx` over the parameters `wrt` selects."""
+  optimizer = nnx.Optimizer(model, tx, wrt=wrt)
 
   @nnx.jit
   def step(model, optimizer, batch):
@@ -68,8 +68,9 @@ def main(argv=None) -> None:
   full = create_model(config)
   adapted = apply_lora(create_model(config), LoraConfig(rank=args.rank, alpha=2.0 * args.rank))
   tx = optax.adamw(1e-4)
-  runs = {"full fine-tuning": (make_step(full, nnx.Param), full, nnx.Param),
-          f"LoRA rank {args.rank}": (make_step(adapted, nnx.LoRAParam), adapted, nnx.LoRAParam)}
+  runs = {"full fine-tuning": (make_step(full, tx, nnx.Param), full, nnx.Param),
+          f"LoRA rank {args.rank}": (make_step(adapted, tx, nnx.LoRAParam), adapted,
+                                     nnx.LoRAParam)}
   for step, _, _ in runs.values():
     step(batch)  # compile
   times = {name: [] for name in runs}

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import os
 import random
@@ -37,9 +36,9 @@ import re
 from typing import Callable, Optional
 
 import seqio
-import tensorflow as tf
 
-from t5x_lite.data import pydocs, shakespeare, vocabularies
+from t5x_lite.data import pydocs, shakespeare, supervised, vocabularies
+from t5x_lite.data.corpus_store import is_validation
 
 TEMPLATES_FILE = os.path.join(os.path.dirname(__file__), "multitask_templates.json")
 HELD_OUT_CLUSTERS = ("cloze", "membership")
@@ -67,9 +66,7 @@ class ModuleDoc:
 
 
 def _split_of(key: str) -> str:
-  digest = hashlib.sha256(key.encode()).digest()
-  return "validation" if int.from_bytes(digest[:8], "big") / 2**64 < VALIDATION_FRACTION \
-      else "train"
+  return "validation" if is_validation(key, VALIDATION_FRACTION) else "train"
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
@@ -108,11 +105,13 @@ def _modules() -> dict[str, list[ModuleDoc]]:
     relative = os.path.relpath(path, stdlib).removesuffix(".py").removesuffix("/__init__")
     module = relative.replace(os.sep, ".")
     text = pydocs.module_docstrings(path)
-    # Some modules repeat another's documentation: keep the first, so no passage is in
-    # both splits (the split follows the text) or names two modules.
-    if len(sentences(text)) >= 4 and not module.startswith("_") and text not in seen:
-      seen.add(text)
-      found[_split_of(text)].append(ModuleDoc(module, text))
+    # Some modules repeat (the opening of) another's documentation: keep the first of
+    # those whose opening four sentences agree, and split by that opening, so no passage
+    # drawn from it is in both splits or names two modules.
+    opening = " ".join(sentences(text)[:4])
+    if len(sentences(text)) >= 4 and not module.startswith("_") and opening not in seen:
+      seen.add(opening)
+      found[_split_of(opening)].append(ModuleDoc(module, text))
   return found
 
 
@@ -217,31 +216,27 @@ def _same_play(rng, speeches, modules):
               choices=["yes", "no"], options=_options(["yes", "no"]))
 
 
-# task: (cluster, maker)
-TASKS: dict[str, tuple[str, Callable]] = {
-    "play_name": ("identification", _play_name),
-    "module_name": ("identification", _module_name),
-    "speaker_name": ("speaker", _speaker_name),
-    "true_continuation": ("continuation", _true_continuation),
-    "sentence_order": ("continuation", _sentence_order),
-    "docstring_summary": ("summary", _docstring_summary),
-    "masked_word_docs": ("cloze", _masked_word_docs),
-    "masked_word_verse": ("cloze", _masked_word_verse),
-    "sentence_in_document": ("membership", _sentence_in_document),
-    "same_play": ("membership", _same_play),
+# task: (cluster, maker, the corpus whose documents bound its size)
+TASKS: dict[str, tuple[str, Callable, str]] = {
+    "play_name": ("identification", _play_name, "speeches"),
+    "module_name": ("identification", _module_name, "modules"),
+    "speaker_name": ("speaker", _speaker_name, "speeches"),
+    "true_continuation": ("continuation", _true_continuation, "modules"),
+    "sentence_order": ("continuation", _sentence_order, "modules"),
+    "docstring_summary": ("summary", _docstring_summary, "modules"),
+    "masked_word_docs": ("cloze", _masked_word_docs, "modules"),
+    "masked_word_verse": ("cloze", _masked_word_verse, "speeches"),
+    "sentence_in_document": ("membership", _sentence_in_document, "modules"),
+    "same_play": ("membership", _same_play, "speeches"),
 }
 
 
-MODULE_MAKERS = (_module_name, _true_continuation, _sentence_order, _docstring_summary,
-                 _masked_word_docs, _sentence_in_document)
-
-
 def training_tasks() -> list[str]:
-  return [name for name, (cluster, _) in TASKS.items() if cluster not in HELD_OUT_CLUSTERS]
+  return [name for name, (cluster, _, _) in TASKS.items() if cluster not in HELD_OUT_CLUSTERS]
 
 
 def held_out_tasks() -> list[str]:
-  return [name for name, (cluster, _) in TASKS.items() if cluster in HELD_OUT_CLUSTERS]
+  return [name for name, (cluster, _, _) in TASKS.items() if cluster in HELD_OUT_CLUSTERS]
 
 
 @functools.lru_cache(maxsize=1)
@@ -255,12 +250,11 @@ def templates() -> dict[str, list[dict[str, str]]]:
 def examples(task: str, split: str) -> tuple[dict, ...]:
   """The task's examples of a split: {"inputs", "targets", "choices" (rendered through the
   same template as the targets; empty without choices), "cluster", "template"}."""
-  cluster, maker = TASKS[task]
+  cluster, maker, corpus = TASKS[task]
   rng = random.Random(f"{SEED}:{task}:{split}")
   speeches, modules = _speeches()[split], _modules()[split]
-  uses_modules = maker in MODULE_MAKERS
   wanted = min(MAX_EXAMPLES[split],
-               EXAMPLES_PER_DOCUMENT * len(modules if uses_modules else speeches))
+               EXAMPLES_PER_DOCUMENT * len(modules if corpus == "modules" else speeches))
   drawn, seen, attempts = [], set(), 0
   while len(drawn) < wanted and attempts < 20 * wanted:
     attempts += 1
@@ -287,8 +281,8 @@ class _Source(seqio.FunctionDataSource):
     def dataset_fn(split: str, shuffle_files: bool, seed: Optional[int] = None):
       del shuffle_files, seed
       found = examples(task, split)
-      return tf.data.Dataset.from_tensor_slices({"inputs": [e["inputs"] for e in found],
-                                                 "targets": [e["targets"] for e in found]})
+      return supervised.examples_dataset([e["inputs"] for e in found],
+                                         [e["targets"] for e in found])
     super().__init__(dataset_fn, splits=("train", "validation"))
     self.task = task
 
@@ -304,13 +298,8 @@ def register(vocabulary: Optional[seqio.Vocabulary] = None, suffix: str = "") ->
   for task in TASKS:
     name = f"multitask.{task}{suffix}"
     seqio.TaskRegistry.remove(name)
-    seqio.TaskRegistry.add(
-        name, source=_Source(task),
-        preprocessors=[functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
-                       seqio.preprocessors.append_eos_after_trim],
-        output_features={f: seqio.Feature(vocabulary, add_eos=True)
-                         for f in ("inputs", "targets")},
-        metric_fns=[])
+    seqio.TaskRegistry.add_provider(
+        name, supervised.text_to_text_task(name, _Source(task), vocabulary))
     names.append(name)
   rate = functools.partial(seqio.mixing_rate_num_examples, maximum=RATE_CAP)
   for mixture, tasks in (("train", training_tasks()), ("held_out", held_out_tasks())):

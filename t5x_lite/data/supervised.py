@@ -37,7 +37,7 @@ import seqio
 import tensorflow as tf
 
 from t5x_lite.data import text_files
-from t5x_lite.data.corpus_store import CorpusError
+from t5x_lite.data.corpus_store import CorpusError, is_validation
 
 FIELDS = ("inputs", "targets")
 
@@ -127,13 +127,8 @@ def template_fields(template: dict[str, str]) -> set[str]:
 
 def _rows(path: str) -> Iterator[tuple[int, object]]:
   """(line number, parsed row or an error string) of a .jsonl or .tsv file."""
-  with open(path, newline="") as handle:
-    try:
-      text = handle.read()
-    except UnicodeDecodeError as error:
-      raise CorpusError(f"{path}: bytes at offset {error.start} are not UTF-8; re-encode the "
-                        "file as UTF-8.") from None
-  lines = text.splitlines()
+  with open(path, "rb") as handle:
+    lines = text_files.decode_utf8(handle.read(), path).splitlines()
   if path.endswith(".tsv"):
     if not lines:
       return
@@ -167,7 +162,7 @@ def read_examples(data: SupervisedData, split: str,
   if not patterns:
     raise CorpusError("supervised_data.train names no files: bind "
                       "supervised_data.train = ['path/to/train.jsonl'].")
-  files = text_files.resolve_files(patterns, suffixes=(".jsonl", ".tsv", ".json"))
+  files = text_files.resolve_files(patterns, suffixes=text_files.JSONL_SUFFIXES + (".tsv",))
   report, examples, seen_fields = RowReport(), [], set()
   needed = set().union(*(template_fields(t) for t in templates))
   for path in files:
@@ -181,9 +176,9 @@ def read_examples(data: SupervisedData, split: str,
         continue
       seen_fields.update(row)
       # The row's own content picks its template and split: stable under reordering.
-      key = int.from_bytes(hashlib.sha256(json.dumps(row, sort_keys=True).encode()).digest()[:8],
-                           "big")
-      template = templates[key % len(templates)]
+      content = json.dumps(row, sort_keys=True)
+      template = templates[int(hashlib.sha256(content.encode()).hexdigest(), 16)
+                           % len(templates)]
       missing = sorted(f for f in template_fields(template) if not isinstance(row.get(f), str))
       if missing:
         report.skipped.append(f"{where}: missing or non-string field(s) {missing}")
@@ -192,8 +187,8 @@ def read_examples(data: SupervisedData, split: str,
       if not example["targets"].strip():
         report.skipped.append(f"{where}: empty targets")
         continue
-      if hash_split is not None and ((key >> 16) / 2**48 < data.validation_fraction) != (
-          hash_split == "validation"):
+      if hash_split is not None and (is_validation(content, data.validation_fraction)
+                                     != (hash_split == "validation")):
         continue
       too_long = _over_limits(example, data, vocabulary)
       if too_long:
@@ -225,6 +220,11 @@ def _over_limits(example: dict[str, str], data: SupervisedData,
   return None
 
 
+def examples_dataset(inputs: Sequence[str], targets: Sequence[str]) -> tf.data.Dataset:
+  """{"inputs", "targets"} string examples held in memory."""
+  return tf.data.Dataset.from_tensor_slices({"inputs": list(inputs), "targets": list(targets)})
+
+
 def data_source(data: SupervisedData, vocabulary: seqio.Vocabulary) -> seqio.DataSource:
   """A seqio source of {"inputs", "targets"} strings (rows read, checked and reported on
   first use of each split)."""
@@ -237,22 +237,22 @@ def data_source(data: SupervisedData, vocabulary: seqio.Vocabulary) -> seqio.Dat
       examples, report = read_examples(data, split, vocabulary)
       report.print(split)
       read[split] = ([e["inputs"] for e in examples], [e["targets"] for e in examples])
-    inputs, targets = read[split]
-    return tf.data.Dataset.from_tensor_slices({"inputs": inputs, "targets": targets})
+    return examples_dataset(*read[split])
   return seqio.FunctionDataSource(dataset_fn, splits=("train", "validation"))
 
 
-def make_task(name: str, data: SupervisedData, vocabulary: seqio.Vocabulary) -> seqio.Task:
-  """The supervised Task: tokenised inputs and targets, each ending in EOS."""
+def text_to_text_task(name: str, source: seqio.DataSource,
+                      vocabulary: seqio.Vocabulary) -> seqio.Task:
+  """A Task of {"inputs", "targets"} strings: both tokenised, each ending in EOS (the
+  supervised task and every multitask task)."""
   return seqio.Task(
-      name, source=data_source(data, vocabulary),
+      name, source=source,
       preprocessors=[functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
                      seqio.preprocessors.append_eos_after_trim],
       output_features={field: seqio.Feature(vocabulary, add_eos=True) for field in FIELDS},
       metric_fns=[])
 
 
-def validate(data: SupervisedData, vocabulary: Optional[seqio.Vocabulary] = None,
-             splits: Sequence[str] = ("train", "validation")) -> dict[str, RowReport]:
-  """Reads every split once, raising on what cannot be used; the bad-row reports."""
-  return {split: read_examples(data, split, vocabulary)[1] for split in splits}
+def make_task(name: str, data: SupervisedData, vocabulary: seqio.Vocabulary) -> seqio.Task:
+  """The supervised Task on the user's rows."""
+  return text_to_text_task(name, data_source(data, vocabulary), vocabulary)

@@ -36,7 +36,8 @@ def resolve_files(patterns: str | Sequence[str],
   return sorted(files)
 
 
-def _decode(data: bytes, path: str) -> str:
+def decode_utf8(data: bytes, path: str) -> str:
+  """The text of a file's bytes, or a CorpusError naming the first non-UTF-8 offset."""
   try:
     return data.decode("utf-8")
   except UnicodeDecodeError as error:
@@ -50,9 +51,9 @@ def read_documents(patterns: str | Sequence[str], jsonl_key: str = "text") -> It
     with open(path, "rb") as handle:
       data = handle.read()
     if not path.endswith(JSONL_SUFFIXES):
-      yield _decode(data, path)
+      yield decode_utf8(data, path)
       continue
-    for number, line in enumerate(_decode(data, path).splitlines(), start=1):
+    for number, line in enumerate(decode_utf8(data, path).splitlines(), start=1):
       if not line.strip():
         continue
       try:

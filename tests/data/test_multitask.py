@@ -8,7 +8,7 @@ from t5x_lite.data import multitask
 
 
 def test_task_types_clusters_and_templates():
-  clusters = {cluster for cluster, _ in multitask.TASKS.values()}
+  clusters = {cluster for cluster, _, _ in multitask.TASKS.values()}
   assert len(multitask.TASKS) >= 8 and len(clusters) >= 4
   assert set(multitask.HELD_OUT_CLUSTERS) < clusters
   for task in multitask.TASKS:
