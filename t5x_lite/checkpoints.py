@@ -354,6 +354,12 @@ def checkpoints_directory(path: str) -> str:
 def restore_params(path: str, abstract_params: Any, stream: Optional[TextIO] = None) -> Any:
   """Params only, from the newest readable checkpoint of a MODEL_DIR (fine-tuning and
   inference start here); unreadable steps are skipped with a warning, never moved."""
+  return newest_params(path, abstract_params, stream)[1]
+
+
+def newest_params(path: str, abstract_params: Any, stream: Optional[TextIO] = None
+                  ) -> tuple[int, Any]:
+  """(step, params) of restore_params."""
   directory = checkpoints_directory(path)
   if not os.path.isdir(directory):
     raise CheckpointError(f"checkpoint {path} does not exist; check CHECKPOINT_PATH.")
@@ -375,14 +381,33 @@ def restore_params(path: str, abstract_params: Any, stream: Optional[TextIO] = N
   if step is None:
     raise CheckpointError(f"{path} holds no finished checkpoint; point CHECKPOINT_PATH at a "
                           "MODEL_DIR of a run that saved one.")
-  return restored["params"]
+  return step, restored["params"]
+
+
+def save_params(model_dir: str, step: int, params: Any) -> None:
+  """A params-only checkpoint in `model_dir`/checkpoints (e.g. merged adapters), in the
+  one on-disk layout: what restore_params and load_model read. Waits until written."""
+  directory = os.path.abspath(os.path.join(model_dir, "checkpoints"))
+  with storage_errors("a checkpoint in", directory):
+    manager = ocp.CheckpointManager(directory, item_handlers=item_handlers(),
+                                    options=ocp.CheckpointManagerOptions(
+                                        create=True, enable_async_checkpointing=False))
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(on_disk(flatten_state({"params": params})))))
+    manager.wait_until_finished()
+    manager.close()
 
 
 def load_model(path: str, config: Optional["TransformerConfig"] = None  # noqa: F821
                ) -> "Transformer":  # noqa: F821
   """A Transformer holding the params of the newest readable checkpoint in `path` (a
   MODEL_DIR or its checkpoints/ directory), on the default device. `config` defaults to
-  the model the run directory recorded (run_dir.py)."""
+  the model the run directory recorded (run_dir.py). A LoRA run's directory loads as its
+  base with the adapters merged in (adapters.py)."""
+  record = run_dir.read_record(path)
+  if record is not None and "lora" in record["spec"]:
+    from t5x_lite import adapters  # adapters.py builds on this module
+    return adapters.load_merged(path, config)
   config = config or run_dir.recorded_model(path)
   if config is None:
     raise CheckpointError(f"{path} records no model configuration ({run_dir.SPEC_FILE}); "

@@ -70,6 +70,7 @@ def main(argv: Sequence[str]) -> int:
 def _main(argv: Sequence[str]) -> int:
   gin_utils.parse_flags(argv)
   gin_utils.register_tasks()
+  gin_utils.check_required("evaluate")
   results = evaluate()
   lm = results["language_modelling"]
   print(f"{results['task']} {results['split']}: loss {lm['loss']:.4f}, perplexity "

@@ -127,7 +127,8 @@ def _findable(path: str, search_paths: Iterable[str]) -> bool:
 
 # The library's configs under the names gin files use; registered once, here only.
 _CONFIGURABLES = {gin_name: gin.external_configurable(cls, name=gin_name)
-                  for gin_name, cls in spec.SECTIONS.values()}
+                  for gin_name, cls in (*spec.SECTIONS.values(),
+                                        *spec.OPTIONAL_SECTIONS.values())}
 _CONFIGURABLES["create_mesh"] = gin.external_configurable(partitioning.create_mesh,
                                                           name="create_mesh")
 _CONFIGURABLES["text_files_corpus"] = gin.external_configurable(corpora.TextFiles,
@@ -137,8 +138,9 @@ _CONFIGURABLES["supervised_data"] = gin.external_configurable(supervised.Supervi
 gin.external_configurable(partitioning.single_device, name="single_device")
 
 
-def _required_unbound(gin_name: str) -> None:
-  """gin does not enforce %gin.REQUIRED on registered classes; name what is missing."""
+def check_required(gin_name: str) -> None:
+  """gin does not enforce %gin.REQUIRED reached through a macro, nor on registered
+  classes; raises GinConfigError naming what is missing."""
   resolved = gin.get_bindings(gin_name)
   raw = gin.get_bindings(gin_name, resolve_references=False)
   for key, value in resolved.items():
@@ -151,7 +153,7 @@ def _required_unbound(gin_name: str) -> None:
 
 def construct(gin_name: str):
   """The object that the configurable registered as `gin_name` builds from the bindings."""
-  _required_unbound(gin_name)
+  check_required(gin_name)
   try:
     return _CONFIGURABLES[gin_name]()
   except UserError as error:
@@ -175,9 +177,18 @@ def resolve_model_config() -> TransformerConfig:
 
 
 def resolve_train_spec() -> spec.TrainSpec:
-  """The run's TrainSpec from the parsed bindings."""
-  return spec.TrainSpec(**{name: construct(gin_name)
-                           for name, (gin_name, _) in spec.SECTIONS.items()})
+  """The run's TrainSpec from the parsed bindings (an optional section, e.g. `lora.*`,
+  when any of its knobs is bound)."""
+  sections = {name: construct(gin_name) for name, (gin_name, _) in spec.SECTIONS.items()}
+  sections.update({name: construct(gin_name)
+                   for name, (gin_name, _) in spec.OPTIONAL_SECTIONS.items()
+                   if gin.get_bindings(gin_name)})
+  init_checkpoint = sections["run"].init_checkpoint
+  if init_checkpoint and run_dir.read_record(init_checkpoint) is not None:
+    # Fine-tuning: the model is the one the checkpoint was trained with (a model gin file
+    # may restate it, and change only what does not change what it computes).
+    sections["model"] = checkpoint_model_config(init_checkpoint)
+  return spec.TrainSpec(**sections)
 
 
 def register_tasks() -> None:
@@ -202,7 +213,8 @@ def model_config(files: Iterable[str], bindings: Iterable[str] = (),
 
 
 def checkpoint_model_config(checkpoint_path: str, stream=sys.stderr) -> TransformerConfig:
-  """The model of a checkpoint's run directory (spec.json), for infer and evaluate.
+  """The model of a checkpoint's run directory (spec.json), for infer, evaluate and
+  fine-tuning.
 
   TransformerConfig bindings in the parsed gin must agree with it, except the
   knobs that do not change what the parameters compute (precision, layout,

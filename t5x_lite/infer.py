@@ -74,6 +74,7 @@ def main(argv: Sequence[str]) -> int:
 def _main(argv: Sequence[str]) -> int:
   gin_utils.parse_flags(argv)
   gin_utils.register_tasks()
+  gin_utils.check_required("infer")
   summary = infer()
   for example, result in list(zip(summary["examples_text"], summary["results"]))[:3]:
     print(f"input:  {example['inputs'][-300:]!r}")

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Optional
 
 from t5x_lite.errors import ConfigError, check_field_types, check_positive
 from t5x_lite.models.configs import LAYOUT_KNOBS, TransformerConfig
+from t5x_lite.models.lora import LoraConfig
 from t5x_lite.optim import OptimizerConfig, ScheduleConfig
 
 NAN_POLICIES = ("halt", "skip")
@@ -120,7 +121,11 @@ SECTIONS: dict[str, tuple[str, type]] = {
     "schedule": ("make_schedule", ScheduleConfig),
     "run": ("train", RunConfig),
 }
-KNOBS = frozenset(f"{gin_name}.{field.name}" for gin_name, cls in SECTIONS.values()
+# Sections present only when bound: `lora.*` makes the run train LoRA adapters over a
+# frozen base (train.init_checkpoint) instead of every parameter.
+OPTIONAL_SECTIONS: dict[str, tuple[str, type]] = {"lora": ("lora", LoraConfig)}
+KNOBS = frozenset(f"{gin_name}.{field.name}"
+                  for gin_name, cls in (*SECTIONS.values(), *OPTIONAL_SECTIONS.values())
                   for field in dataclasses.fields(cls))
 
 # Knobs that may differ on resume without being asked for: they change where, how long,
@@ -140,22 +145,37 @@ MAY_CHANGE_ON_RESUME = frozenset({
 
 @dataclasses.dataclass(frozen=True)
 class TrainSpec:
-  """The four configs of a training run (the mesh is chosen separately: it may change)."""
+  """The configs of a training run (the mesh is chosen separately: it may change).
+
+  `lora` set: the run trains LoRA adapters over the frozen parameters of
+  `run.init_checkpoint` (the base), in the unscanned layout.
+  """
   model: TransformerConfig
   optimizer: OptimizerConfig
   schedule: ScheduleConfig
   run: RunConfig
+  lora: Optional[LoraConfig] = None
+
+  def __post_init__(self):
+    if self.lora is not None and not self.run.init_checkpoint:
+      raise ConfigError("LoRA adapts a pretrained model: set CHECKPOINT_PATH (train."
+                        "init_checkpoint) to the MODEL_DIR of the base model.")
+    if self.lora is not None and self.model.scan_layers:
+      raise ConfigError("LoRA needs the unscanned layout: set TransformerConfig.scan_layers="
+                        "False (checkpoints store one layout, so a scanned run's base loads).")
 
   def to_json(self) -> dict[str, dict[str, Any]]:
-    """{gin name: {field: value}}: what spec.json holds."""
-    return {SECTIONS[name][0]: _jsonable(dataclasses.asdict(getattr(self, name)))
-            for name in SECTIONS}
+    """{gin name: {field: value}}: what spec.json holds (optional sections when set)."""
+    sections = {**SECTIONS, **OPTIONAL_SECTIONS}
+    return {sections[name][0]: _jsonable(dataclasses.asdict(getattr(self, name)))
+            for name in sections if getattr(self, name) is not None}
 
   @classmethod
   def from_json(cls, record: Mapping[str, Mapping[str, Any]]) -> "TrainSpec":
     """The spec recorded by `to_json` (fields added since then take their defaults)."""
+    sections = {**SECTIONS, **OPTIONAL_SECTIONS}
     return cls(**{name: config_from_json(config_cls, record[gin_name])
-                  for name, (gin_name, config_cls) in SECTIONS.items()})
+                  for name, (gin_name, config_cls) in sections.items() if gin_name in record})
 
 
 def config_from_json(cls: type, values: Mapping[str, Any]) -> Any:
@@ -173,8 +193,12 @@ def _jsonable(values: dict) -> dict:
 def differences(recorded: Mapping[str, Mapping[str, Any]],
                 current: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[Any, Any]]:
   """{knob: (recorded value, current value)} for every knob that differs between two
-  `to_json` records (a knob missing from the older record is not a difference)."""
+  `to_json` records (a knob missing from the older record is not a difference; an
+  optional section in one record and not the other is, under the section's name)."""
   changed = {}
+  for gin_name, _ in OPTIONAL_SECTIONS.values():
+    if (gin_name in recorded) != (gin_name in current):
+      changed[gin_name] = (recorded.get(gin_name), current.get(gin_name))
   for section, values in current.items():
     for key, value in values.items():
       old = recorded.get(section, {}).get(key, value)

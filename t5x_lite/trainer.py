@@ -29,11 +29,12 @@ import optax
 import seqio
 from flax import nnx
 
-from t5x_lite import checkpoints, losses, metrics, optim, partitioning, run_dir
+from t5x_lite import adapters, checkpoints, losses, metrics, optim, partitioning, run_dir
 from t5x_lite.data import check_vocabulary, get_batches, get_task, vocabularies
 from t5x_lite.errors import ConfigError, UserError
 from t5x_lite.models import Transformer, TransformerConfig
 from t5x_lite.models.configs import functional_differences
+from t5x_lite.models.lora import AdaptedModel, adapt
 from t5x_lite.models.params import abstract_model
 from t5x_lite.scaling.counting import count
 from t5x_lite.spec import RunConfig, TrainSpec
@@ -63,12 +64,33 @@ def _split_microbatches(batch: Mapping[str, jax.Array], microbatches: int) -> di
   return {k: split(v) for k, v in batch.items()}
 
 
+def sharded_abstract_params(config: TransformerConfig, mesh: jax.sharding.Mesh) -> Any:
+  """The model's parameter placeholders with their shardings on `mesh` (restore targets)."""
+  abstract_params = nnx.split(abstract_model(config), nnx.Param)[1]
+  shardings = partitioning.state_shardings(abstract_params, mesh)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      abstract_params, shardings)
+
+
 def make_step_functions(config: TransformerConfig, optimizer: optax.GradientTransformation,
                         mesh: jax.sharding.Mesh, seed: int = 0, microbatches: int = 1,
-                        z_loss: float = 1e-4, label_smoothing: float = 0.0) -> StepFunctions:
-  """Builds jitted init / train / eval functions with shardings from the rules table."""
-  graphdef, abstract_params = nnx.split(abstract_model(config), nnx.Param)
+                        z_loss: float = 1e-4, label_smoothing: float = 0.0,
+                        adapted: Optional[AdaptedModel] = None) -> StepFunctions:
+  """Builds jitted init / train / eval functions with shardings from the rules table.
+
+  With `adapted` (models/lora.adapt over the loaded base) the state's params are the
+  LoRA adapters, initialised from `adapted.adapters`; the base parameters are a frozen
+  input of every step: no gradient, no optimizer state, never saved by the trainer.
+  """
+  if adapted is None:
+    graphdef, abstract_params = nnx.split(abstract_model(config), nnx.Param)
+    frozen = {}
+  else:
+    graphdef, frozen = adapted.graphdef, adapted.base
+    abstract_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                                   adapted.adapters)
   param_shardings = partitioning.state_shardings(abstract_params, mesh)
+  frozen_shardings = jax.tree.map(lambda x: x.sharding, frozen)
   replicated = partitioning.replicated(mesh)
   batch_sharding = partitioning.batch_sharding(mesh)
   dropout_key = jax.random.key(seed + 1)
@@ -77,7 +99,8 @@ def make_step_functions(config: TransformerConfig, optimizer: optax.GradientTran
     return nnx.split(Transformer(config, rngs=nnx.Rngs(params=seed)), nnx.Param)[1]
 
   with partitioning.axis_rules(mesh):
-    params_init = jax.jit(init_params, out_shardings=param_shardings)
+    params_init = (jax.jit(init_params, out_shardings=param_shardings) if adapted is None else
+                   lambda: jax.device_put(adapted.adapters, param_shardings))
     abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
   # Optimizer leaves shaped like their parameter follow its sharding; others replicate.
   opt_shardings = optax.tree_map_params(
@@ -92,16 +115,17 @@ def make_step_functions(config: TransformerConfig, optimizer: optax.GradientTran
     return {"params": params, "opt_state": opt_state,
             "step": jax.device_put(jnp.zeros((), jnp.int32), replicated)}
 
-  def loss_sums(params, batch, rng):
-    return losses.model_loss_sums(nnx.merge(graphdef, params), batch, z_loss=z_loss,
+  def loss_sums(params, frozen, batch, rng):
+    model = nnx.merge(graphdef, params, *([frozen] if adapted is not None else []))
+    return losses.model_loss_sums(model, batch, z_loss=z_loss,
                                   label_smoothing=label_smoothing, dropout_rng=rng)
 
-  def train_step(state, batch):
+  def train_step(state, frozen, batch):
     total_tokens = jnp.maximum(jnp.sum(batch["decoder_loss_weights"].astype(jnp.float32)), 1.0)
     rng = jax.random.fold_in(dropout_key, state["step"])
 
     def normalised_loss(params, microbatch, rng):
-      sums = loss_sums(params, microbatch, rng)
+      sums = loss_sums(params, frozen, microbatch, rng)
       return sums.loss / total_tokens, sums
 
     grad_fn = jax.value_and_grad(normalised_loss, has_aux=True)
@@ -136,19 +160,19 @@ def make_step_functions(config: TransformerConfig, optimizer: optax.GradientTran
                  params_finite=params_finite)
     return new_state, stats
 
-  def eval_step(state, batch):
-    return loss_sums(state["params"], batch, None)._asdict()
+  def eval_step(state, frozen, batch):
+    return loss_sums(state["params"], frozen, batch, None)._asdict()
 
   with partitioning.axis_rules(mesh):
-    train = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
+    train = jax.jit(train_step, in_shardings=(state_shardings, frozen_shardings, batch_sharding),
                     out_shardings=(state_shardings, replicated), donate_argnums=0)
-    evaluate = jax.jit(eval_step, in_shardings=(state_shardings, batch_sharding),
-                       out_shardings=replicated)
+    evaluate = jax.jit(eval_step, in_shardings=(state_shardings, frozen_shardings,
+                                                batch_sharding), out_shardings=replicated)
 
   def traced(fn):
-    def run(*args):
+    def run(state, batch):
       with partitioning.axis_rules(mesh):
-        return fn(*args)
+        return fn(state, frozen, batch)
     return run
 
   return StepFunctions(init=init, train=traced(train), evaluate=traced(evaluate))
@@ -316,8 +340,20 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
   check_vocabulary(run.task, config.vocab_size)  # also names an unknown task
   vocabulary = vocabularies.describe(get_task(run.task).output_features["targets"].vocabulary)
   schedule = optim.make_schedule(spec.schedule, run.train_steps)
+  checkpointer = checkpoints.Checkpointer(os.path.join(run.model_dir, "checkpoints"),
+                                          run.checkpoint_every, run.keep_checkpoints)
+  resuming = checkpointer.latest_step() is not None
+  adapted = None
+  if spec.lora is not None:  # the base is frozen and loaded every time, resumed or not
+    _check_init_checkpoint(run.init_checkpoint, config)
+    base = checkpoints.restore_params(run.init_checkpoint, sharded_abstract_params(config, mesh))
+    if is_main:
+      adapters.record_base(run.model_dir, run.init_checkpoint, base, resuming)
+    adapted = adapt(nnx.merge(nnx.graphdef(abstract_model(config)), base), spec.lora,
+                    seed=run.seed)
   steps = make_step_functions(config, optim.make_optimizer(spec.optimizer, schedule), mesh,
-                              run.seed, run.microbatches, run.z_loss, run.label_smoothing)
+                              run.seed, run.microbatches, run.z_loss, run.label_smoothing,
+                              adapted)
   first_batches = [get_batches(run.task, run.feature_lengths, "train", run.batch_size,
                                config.architecture, shard=shard, seed=run.seed)]
 
@@ -326,9 +362,6 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
         run.task, run.feature_lengths, "train", run.batch_size, config.architecture,
         shard=shard, seed=run.seed)
 
-  checkpointer = checkpoints.Checkpointer(os.path.join(run.model_dir, "checkpoints"),
-                                          run.checkpoint_every, run.keep_checkpoints)
-  resuming = checkpointer.latest_step() is not None
   if is_main:
     run_dir.check_and_record(run.model_dir, spec, vocabulary, resuming, operative_config,
                              stream)
@@ -339,7 +372,7 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
     print(f"resumed from {checkpointer.directory} step {start}", file=stream)
   else:
     batches = make_batches()
-    if run.init_checkpoint:
+    if run.init_checkpoint and adapted is None:
       _check_init_checkpoint(run.init_checkpoint, config)
       state["params"] = checkpoints.restore_params(run.init_checkpoint,
                                                    abstract_state(state["params"]))
@@ -355,12 +388,21 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
   counts = count(config, inputs_length=encoder_length, targets_length=decoder_length)
   peak, peak_source = metrics.job_peak_flops(config.dtype, run.peak_flops_per_device)
   writer = metrics.MetricsWriter(run.model_dir, enabled=is_main)
-  progress = metrics.Progress(run.train_steps, start, counts.flops_per_token, peak,
+  # A step is forward + backward = 3 forwards; over a frozen base, the backward computes
+  # activation gradients but no weight gradients, so 2 forwards (the adapters' own FLOPs
+  # are negligible at low rank).
+  flops_per_token = counts.flops_per_token * (2 / 3 if adapted is not None else 1)
+  progress = metrics.Progress(run.train_steps, start, flops_per_token, peak,
                               stream=stream if is_main else None)
   if is_main:
     print(f"{config.architecture}: {counts.params / 1e6:.2f}M params, "
-          f"{counts.flops_per_token / 1e6:.1f} MFLOP/token; mesh {dict(mesh.shape)}; "
+          f"{flops_per_token / 1e6:.1f} MFLOP/token; mesh {dict(mesh.shape)}; "
           f"MFU against {peak_source}", file=stream)
+    if adapted is not None:
+      trained = sum(int(x.size) for x in jax.tree.leaves(adapted.adapters))
+      print(f"LoRA rank {spec.lora.rank} on {list(spec.lora.targets)}: {trained:,} trainable "
+            f"parameters ({trained / counts.params:.2%}); the base {run.init_checkpoint} is "
+            "frozen", file=stream)
 
   # Read once, at the first evaluation: building a seqio pipeline takes seconds.
   validation = functools.cache(lambda: _validation_batches(

@@ -11,6 +11,7 @@ Each ```sh command is exercised by the handler for its program:
                               test_infer_evaluate.py do); the two-process command is run
                               for real, shortened
   python -m t5x_lite.scaling  run as written (outputs under /tmp go to a test folder)
+  python -m t5x_lite.merge    its flags parsed (tests/test_adapters.py runs merges)
   python tools/scaling_sweep.py
                               run with --commands on the README's plan; every launch command
                               it prints is configured as above
@@ -179,6 +180,13 @@ def check_scaling(command: list[str], folder) -> None:
   run_scaling(in_test_folder(command[3:], folder))
 
 
+def check_merge(command: list[str], _) -> None:
+  from t5x_lite import merge
+
+  args = merge.parse_args(command[3:])
+  assert args.adapters and args.output
+
+
 def handler(command: list[str]):
   if command[0] == "make":
     return lambda folder: check_make(command[1], folder)
@@ -186,6 +194,7 @@ def handler(command: list[str]):
                                                         "t5x_lite.evaluate"):
     return lambda folder: check_entry_point(command, folder)
   checks = {("python", "-m", "t5x_lite.scaling"): check_scaling,
+            ("python", "-m", "t5x_lite.merge"): check_merge,
             ("python", "tools/scaling_sweep.py"): check_sweep,
             ("python", "experiments/architecture_objective/run.py"): check_ablation,
             ("bash",): check_script}

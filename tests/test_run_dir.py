@@ -2,6 +2,7 @@
 that would continue a different run, has one writer at a time, keeps its newest checkpoint,
 and never reports a step twice."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -9,7 +10,7 @@ import sys
 
 import pytest
 
-from t5x_lite import errors, run_dir, train
+from t5x_lite import errors, gin_utils, run_dir, train, trainer
 from t5x_lite.checkpoints import Checkpointer
 from tests import train_helpers as helpers
 
@@ -123,7 +124,22 @@ def test_finetuning_from_a_model_that_computes_something_else_is_refused(trained
           "--gin.TASK_FEATURE_LENGTHS={'targets': 64}", "--gin.BATCH_SIZE=4",
           "--gin.TransformerConfig.activation='relu'"]
   code, _, err = run_main(argv, capsys)
-  assert code == 2 and "TransformerConfig.activation: 'silu' -> 'relu'" in err
+  assert code == 2 and "TransformerConfig.activation: checkpoint 'silu', gin 'relu'" in err
+  # The trainer refuses it too, for a spec built without gin.
+  gin_utils.parse_flags(argv[:-1])
+  spec = gin_utils.resolve_train_spec()
+  spec = dataclasses.replace(spec, model=spec.model.replace(activation="relu"))
+  with pytest.raises(run_dir.RunDirError, match="TransformerConfig.activation: 'silu' -> 'relu'"):
+    trainer.train(spec, gin_utils.resolve_mesh())
+  assert not os.listdir(tmp_path / "finetuned" / "checkpoints")  # nothing saved
+
+
+def test_finetuning_takes_the_model_from_the_checkpoint(trained, tmp_path):
+  gin_utils.parse_flags(["--gin_file=runs/finetune.gin", f"--gin.CHECKPOINT_PATH='{trained}'",
+                         f"--gin.MODEL_DIR='{tmp_path}'", "--gin.TransformerConfig.dtype="
+                         "'bfloat16'"])
+  model = gin_utils.resolve_train_spec().model
+  assert model == run_dir.recorded_model(str(trained)).replace(dtype="bfloat16")
 
 
 @pytest.mark.parametrize("binding,message", [

@@ -8,9 +8,12 @@ variables: train them with an optimizer over that filter
 (`nnx.Optimizer(model, tx, wrt=nnx.LoRAParam)`) and the base `nnx.Param`s stay frozen
 (no gradient, no optimizer state). `merge_lora` folds the adapters into the base
 kernels and returns a plain model (for infer, evaluate and Hugging Face export).
+`adapt` splits an adapted model into adapters and frozen base, as the trainer trains
+it (gin/runs/lora.gin; adapter checkpoints and their base: adapters.py).
 
 Projections are named as in the model: attention `query`, `key`, `value`, `out`
-(self- and cross-attention), MLP `wi_0`, `wi_1` (gated models), `wo`. Attention
+(self- and cross-attention), MLP `wi_0`, `wi_1` (gated models), `wo`; the groups
+`attention` and `mlp` name those of each kind that the model has. Attention
 kernels are 3-D einsums ([d_model, heads, head_dim] in, [heads, head_dim, d_model]
 out): the adapter sees their input and output dimensions flattened.
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +34,8 @@ from flax import nnx
 from t5x_lite.errors import ConfigError, check_field_types
 
 PROJECTIONS = ("query", "key", "value", "out", "wi_0", "wi_1", "wo")
+# Target groups: every projection of the kind that the model has (wi_1 only when gated).
+GROUPS = {"attention": ("query", "key", "value", "out"), "mlp": ("wi_0", "wi_1", "wo")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,11 +46,12 @@ class LoraConfig:
     rank: inner dimension r of A [in, r] and B [r, out].
     alpha: the update is scaled by alpha / rank (so changing the rank keeps the
       update's size at initialisation comparable, as in the paper).
-    targets: projection names (see PROJECTIONS) to adapt in every layer.
+    targets: projection names (PROJECTIONS) or groups (GROUPS) to adapt in every
+      layer; by default all attention and MLP projections.
   """
   rank: int = 8
   alpha: float = 16.0
-  targets: tuple[str, ...] = ("query", "key", "value", "out", "wi_0", "wi_1", "wo")
+  targets: tuple[str, ...] = ("attention", "mlp")
 
   def __post_init__(self):
     object.__setattr__(self, "targets", tuple(self.targets))
@@ -52,10 +59,11 @@ class LoraConfig:
     if self.rank <= 0 or self.alpha <= 0:
       raise ConfigError(f"lora.rank and lora.alpha must be positive, got {self.rank} and "
                         f"{self.alpha}.")
-    unknown = [t for t in self.targets if t not in PROJECTIONS]
+    unknown = [t for t in self.targets if t not in PROJECTIONS and t not in GROUPS]
     if unknown or not self.targets:
       raise ConfigError(f"lora.targets {list(self.targets)}: {unknown or 'none given'} are not "
-                        f"projections; choose from {list(PROJECTIONS)}.")
+                        f"projections; choose from {list(PROJECTIONS)} or the groups "
+                        f"{list(GROUPS)}.")
 
   @property
   def scale(self) -> float:
@@ -121,15 +129,30 @@ def apply_lora(model: nnx.Module, config: LoraConfig, seed: int = 0) -> nnx.Modu
                       "False (checkpoints store one layout, so a scanned run loads unscanned).")
   rngs = nnx.Rngs(params=seed)
   found = {owner_name for _, owner_name in _owners(model)}
-  missing = [t for t in config.targets if t not in found]
+  missing = [t for t in config.targets if t in PROJECTIONS and t not in found]
   if missing:
     raise ConfigError(f"lora.targets {missing} match no layer of this "
                       f"{model.config.architecture} (it has {sorted(found)}; wi_1 exists only "
                       "in gated models).")
+  targets = {name for t in config.targets for name in GROUPS.get(t, (t,))}
   for owner, name in list(_owners(model)):
-    if name in config.targets:
+    if name in targets:
       setattr(owner, name, LoraProjection(getattr(owner, name), config, rngs=rngs))
   return model
+
+
+class AdaptedModel(NamedTuple):
+  """A LoRA model split for training: `adapters` (nnx.LoRAParam, trained) and `base`
+  (the frozen nnx.Params, in the adapted model's layout); nnx.merge(graphdef, adapters,
+  base) rebuilds it."""
+  graphdef: nnx.GraphDef
+  adapters: nnx.State
+  base: nnx.State
+
+
+def adapt(model: nnx.Module, config: LoraConfig, seed: int = 0) -> AdaptedModel:
+  """apply_lora, split into adapters and frozen base (the base arrays are not copied)."""
+  return AdaptedModel(*nnx.split(apply_lora(model, config, seed), nnx.LoRAParam, nnx.Param))
 
 
 def merge_lora(model: nnx.Module) -> nnx.Module:
