@@ -187,7 +187,8 @@ def resolve_train_spec() -> spec.TrainSpec:
   if init_checkpoint and run_dir.read_record(init_checkpoint) is not None:
     # Fine-tuning: the model is the one the checkpoint was trained with (a model gin file
     # may restate it, and change only what does not change what it computes).
-    sections["model"] = checkpoint_model_config(init_checkpoint)
+    sections["model"] = checkpoint_model_config(init_checkpoint,
+                                                allowed=sections["run"].allow_changes)
   return spec.TrainSpec(**sections)
 
 
@@ -212,14 +213,17 @@ def model_config(files: Iterable[str], bindings: Iterable[str] = (),
   return resolve_model_config()
 
 
-def checkpoint_model_config(checkpoint_path: str, stream=sys.stderr) -> TransformerConfig:
+def checkpoint_model_config(checkpoint_path: str, stream=sys.stderr,
+                            allowed: Iterable[str] = ()) -> TransformerConfig:
   """The model of a checkpoint's run directory (spec.json), for infer, evaluate and
   fine-tuning.
 
   TransformerConfig bindings in the parsed gin must agree with it, except the
   knobs that do not change what the parameters compute (precision, layout,
   dropout: models.configs.NON_FUNCTIONAL_KNOBS), which override it. A run
-  directory without a record (older runs) takes the model from gin.
+  directory without a record (older runs) takes the model from gin. Knobs named in
+  `allowed` (train.allow_changes, e.g. "TransformerConfig.architecture" to continue a
+  causal decoder as a prefix decoder) take their gin value too.
   """
   recorded = run_dir.recorded_model(checkpoint_path)
   bound = gin.get_bindings("TransformerConfig")
@@ -230,14 +234,15 @@ def checkpoint_model_config(checkpoint_path: str, stream=sys.stderr) -> Transfor
     print(f"warning: {checkpoint_path} has no {run_dir.SPEC_FILE}; using the model from gin.",
           file=stream)
     return resolve_model_config()
+  free = set(NON_FUNCTIONAL_KNOBS) | {knob.removeprefix("TransformerConfig.")
+                                      for knob in allowed}
   contradictions = {f"TransformerConfig.{key}": (getattr(recorded, key), value)
                     for key, value in bound.items()
-                    if key not in NON_FUNCTIONAL_KNOBS and getattr(recorded, key) != value}
+                    if key not in free and getattr(recorded, key) != value}
   if contradictions:
     shown = "; ".join(f"{knob}: checkpoint {old!r}, gin {new!r}"
                       for knob, (old, new) in contradictions.items())
     raise GinConfigError(f"the gin configuration contradicts the model {checkpoint_path} was "
                          f"trained with ({shown}); drop the model gin file (the checkpoint's "
                          "own is used) or fix those bindings.")
-  return recorded.replace(**{key: value for key, value in bound.items()
-                             if key in NON_FUNCTIONAL_KNOBS})
+  return recorded.replace(**{key: value for key, value in bound.items() if key in free})

@@ -51,7 +51,9 @@ class RunConfig:
     peak_flops_per_device: the MFU denominator; by default a datasheet figure for
       known accelerators in bfloat16, else measured on this machine.
     allow_changes: knobs (gin names, e.g. "TransformerConfig.dropout_rate") that may
-      differ from the run directory's recorded configuration on resume.
+      differ from the run directory's recorded configuration on resume, and model
+      knobs that may differ from init_checkpoint's model when fine-tuning (e.g.
+      "TransformerConfig.architecture": a causal decoder continued as a prefix decoder).
     profile_start_step, profile_steps: trace steps profile_start_step + 1 ...
       profile_start_step + profile_steps with jax.profiler into MODEL_DIR/profile
       (open it with TensorBoard's profile plugin or xprof; tools/top_ops.py lists the

@@ -263,10 +263,14 @@ class _UpdateGuard:
                           "train.nan_policy='skip' (with train.max_consecutive_skips).")
 
 
-def _check_init_checkpoint(path: str, config: TransformerConfig) -> None:
-  """Fine-tuning: the pretrained run's recorded model must compute the same function."""
+def _check_init_checkpoint(path: str, config: TransformerConfig,
+                           allowed: tuple[str, ...] = ()) -> None:
+  """Fine-tuning: the pretrained run's recorded model must compute the same function,
+  but for the knobs named in train.allow_changes (e.g. the architecture, to continue a
+  causal decoder as a prefix decoder)."""
   recorded = run_dir.recorded_model(path)
   changed = {} if recorded is None else functional_differences(recorded, config)
+  changed = {k: v for k, v in changed.items() if f"TransformerConfig.{k}" not in allowed}
   if changed:
     raise run_dir.RunDirError(
         f"train.init_checkpoint {path} was trained with a different model: "
@@ -345,7 +349,7 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
   resuming = checkpointer.latest_step() is not None
   adapted = None
   if spec.lora is not None:  # the base is frozen and loaded every time, resumed or not
-    _check_init_checkpoint(run.init_checkpoint, config)
+    _check_init_checkpoint(run.init_checkpoint, config, run.allow_changes)
     base = checkpoints.restore_params(run.init_checkpoint, sharded_abstract_params(config, mesh))
     if is_main:
       adapters.record_base(run.model_dir, run.init_checkpoint, base, resuming)
@@ -373,7 +377,7 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
   else:
     batches = make_batches()
     if run.init_checkpoint and adapted is None:
-      _check_init_checkpoint(run.init_checkpoint, config)
+      _check_init_checkpoint(run.init_checkpoint, config, run.allow_changes)
       state["params"] = checkpoints.restore_params(run.init_checkpoint,
                                                    abstract_state(state["params"]))
       print(f"initialised params from {run.init_checkpoint}", file=stream)

@@ -40,7 +40,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from t5x_lite import checkpoints, files, gin_utils, inference, multiple_choice
-from t5x_lite.data import objectives, register_tasks
+from t5x_lite.data import multitask, objectives, register_tasks
 from t5x_lite.models.configs import TransformerConfig
 from t5x_lite.scaling import counting, sweep
 
@@ -60,13 +60,20 @@ class Mode:
   eval_passages: int
   cloze_questions: int
   learning_rate: float = 2e-3
+  # The adaptation stage: multitask fine-tuning FLOPs per model, the causal decoder's
+  # prefix-LM adaptation as a fraction of its pretraining, held-out questions per task.
+  finetune_budget: float = 2e12
+  adaptation_fraction: float = 0.1
+  heldout_questions: int = 300
+  finetune_learning_rate: float = 1e-3
 
 
 MODES = {
     "full": Mode(d_model=96, layers=2, length=256, batch_size=16, budget=6e12,
                  eval_passages=128, cloze_questions=200),
     "tiny": Mode(d_model=32, layers=1, length=32, batch_size=2, budget=6e7,
-                 eval_passages=4, cloze_questions=4),
+                 eval_passages=4, cloze_questions=4, finetune_budget=2e7,
+                 heldout_questions=4),
 }
 
 
@@ -92,29 +99,35 @@ def model_config(architecture: str, mode: Mode) -> TransformerConfig:
       num_encoder_layers=mode.layers if architecture == "encoder_decoder" else 0)
 
 
+def planned_run(run_id: str, config: TransformerConfig, lengths: dict, budget: float,
+                mode: Mode, **fields) -> dict:
+  """A run of `budget` training FLOPs (to the nearest step), counted for its layout."""
+  if config.architecture == "encoder_decoder":
+    counts = counting.count(config, inputs_length=lengths.get("inputs", 0),
+                            targets_length=lengths["targets"])
+  else:
+    counts = counting.count(config, inputs_length=0,
+                            targets_length=lengths.get("inputs", 0) + lengths["targets"])
+  steps = max(1, round(budget / (counts.flops_per_sequence * mode.batch_size)))
+  return {"id": run_id, "architecture": config.architecture, "params": counts.params,
+          "steps": steps, "tokens": steps * mode.batch_size * counts.tokens_per_sequence,
+          "flops": steps * mode.batch_size * counts.flops_per_sequence,
+          "feature_lengths": lengths, **fields}
+
+
 def plan(mode: Mode, seeds) -> dict:
   runs = []
   for seed in seeds:
     for architecture, objective in GRID:
       config = model_config(architecture, mode)
-      lengths = feature_lengths(architecture, objective, mode.length)
-      if architecture == "encoder_decoder":
-        counts = counting.count(config, inputs_length=lengths.get("inputs", 0),
-                                targets_length=lengths["targets"])
-      else:
-        counts = counting.count(config, inputs_length=0,
-                                targets_length=lengths.get("inputs", 0) + lengths["targets"])
-      steps = max(1, round(mode.budget / (counts.flops_per_sequence * mode.batch_size)))
       bindings = [f"TransformerConfig.{name} = {getattr(config, name)!r}" for name in
                   ("architecture", "d_model", "num_heads", "d_ff", "num_decoder_layers",
                    "num_encoder_layers")]
       bindings += [f"MIXTURE_OR_TASK_NAME = 'pydocs.{objective}.byte'", f"train.seed = {seed}"]
-      runs.append({"id": f"{architecture}-{objective}-seed{seed}", "architecture": architecture,
-                   "objective": objective, "seed": seed, "params": counts.params,
-                   "steps": steps, "tokens": steps * mode.batch_size * counts.tokens_per_sequence,
-                   "flops": steps * mode.batch_size * counts.flops_per_sequence,
-                   "feature_lengths": lengths, "bindings": bindings,
-                   "gin_files": [os.path.join(HERE, "model.gin")]})
+      runs.append(planned_run(f"{architecture}-{objective}-seed{seed}", config,
+                              feature_lengths(architecture, objective, mode.length),
+                              mode.budget, mode, objective=objective, seed=seed,
+                              bindings=bindings, gin_files=[os.path.join(HERE, "model.gin")]))
   return {"gin_files": [], "batch_size": mode.batch_size, "targets_length": mode.length,
           "runs": runs}
 
@@ -218,12 +231,179 @@ def run(mode_name: str, seeds, work_dir: str, output_dir: str, train=None,
   return rows
 
 
+# ---------------------------------------------------------------- the adaptation stage
+# Wang et al.'s second half: every pretrained model is multitask-finetuned on the
+# training clusters of the multitask mixture (the same FLOPs for each) and scored
+# zero-shot on the held-out clusters; and the causal decoder trained with full LM is
+# continued as a prefix decoder with prefix LM for a fraction of its pretraining
+# compute (their cheap "non-causal adaptation") before the same multitask stage.
+
+ADAPTED = ("causal_decoder", "full_lm")
+
+
+def finetune_lengths(mode: Mode) -> dict:
+  """Multitask rows: prompt (inputs) and answer (targets) in a decoder row of mode.length."""
+  return {"inputs": mode.length * 3 // 4, "targets": mode.length // 4}
+
+
+def adaptation_plans(mode: Mode, seeds, work_dir: str) -> tuple[dict, dict]:
+  """(prefix-LM adaptation runs, multitask fine-tuning runs); each run starts from the
+  MODEL_DIR in `work_dir` named by its "init"."""
+  meta = {"gin_files": [], "batch_size": mode.batch_size, "targets_length": mode.length}
+  adaptations = []
+  for seed in seeds:
+    source = f"{ADAPTED[0]}-{ADAPTED[1]}-seed{seed}"
+    adaptations.append(planned_run(
+        f"{source}-prefix_lm_adapted", model_config("prefix_decoder", mode),
+        feature_lengths("prefix_decoder", "prefix_lm", mode.length),
+        mode.adaptation_fraction * mode.budget, mode, objective="full_lm+prefix_lm",
+        seed=seed, init=source, bindings=[
+            "TransformerConfig.architecture = 'prefix_decoder'",
+            "train.allow_changes = ['TransformerConfig.architecture']",
+            "MIXTURE_OR_TASK_NAME = 'pydocs.prefix_lm.byte'", f"train.seed = {seed}",
+            f"CHECKPOINT_PATH = {os.path.join(work_dir, source)!r}"]))
+  multitask_runs = []
+  for run in [*plan(mode, seeds)["runs"], *adaptations]:
+    multitask_runs.append(planned_run(
+        f"{run['id']}-multitask", model_config(run["architecture"], mode),
+        finetune_lengths(mode), mode.finetune_budget, mode, objective=run["objective"],
+        seed=run["seed"], init=run["id"], bindings=[
+            "MIXTURE_OR_TASK_NAME = 'multitask.train.byte'", f"train.seed = {run['seed']}",
+            f"CHECKPOINT_PATH = {os.path.join(work_dir, run['id'])!r}"]))
+  return {**meta, "runs": adaptations}, {**meta, "runs": multitask_runs}
+
+
+def finetuning_options(mode: Mode) -> dict:
+  """gin files and bindings of the adaptation stage's runs (the model comes from the
+  checkpoint each starts from: runs/finetune.gin)."""
+  return {"gin_files": ["runs/finetune.gin", "meshes/single_device.gin"],
+          "gin_bindings": [f"LEARNING_RATE = {mode.finetune_learning_rate}",
+                           "train.eval_steps = 2"]}
+
+
+def heldout_questions(mode: Mode) -> dict[str, list]:
+  """{multitask.<task>: questions}: the held-out clusters' validation questions."""
+  return multiple_choice.question_sets(["multitask.held_out"], mode.heldout_questions)
+
+
+def heldout_scores(model_dir: str, question_sets: dict[str, list]) -> dict:
+  """Zero-shot rank-classification accuracy per held-out task, per cluster and over all
+  questions, with the binomial standard error of the overall accuracy."""
+  model = checkpoints.load_model(model_dir)
+  vocabulary = inference.task_vocabularies("pydocs.full_lm.byte")[1]
+  results = {f"{name}/0-shot": multiple_choice.rank_classify(model, vocabulary, questions)
+             for name, questions in question_sets.items()}
+  correct = sum(r["accuracy"] * r["questions"] for r in results.values())
+  total = sum(r["questions"] for r in results.values())
+  accuracy = correct / total
+  scores = {"heldout_accuracy": accuracy,
+            "heldout_stderr": float(np.sqrt(accuracy * (1 - accuracy) / total)),
+            "heldout_questions": total,
+            "heldout_chance": float(np.mean([r["chance"] for r in results.values()]))}
+  for key, outcome in results.items():
+    scores[key.split("/")[0].removeprefix("multitask.")] = outcome["accuracy"]
+  for key, outcome in multiple_choice.cluster_means(results).items():
+    scores[f"cluster_{key.split('/')[0]}"] = outcome["accuracy"]
+  return scores
+
+
+ADAPTATION_COLUMNS = ("architecture", "objective", "stage", "seed", "params", "steps",
+                      "flops", "heldout_accuracy", "heldout_stderr", "heldout_questions",
+                      "heldout_chance", "cluster_cloze", "cluster_membership")
+
+
+def summarise_adaptation(rows: list[dict], output_dir: str) -> str:
+  """adaptation.csv (every model and stage), adaptation.md (mean ± std over seeds, with
+  the binomial standard error of one run's accuracy) and adaptation.png."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  tasks = sorted({k for row in rows for k in row if k in multitask.TASKS})
+  columns = (*ADAPTATION_COLUMNS, *tasks)
+  with files.atomic_write(os.path.join(output_dir, "adaptation.csv"), newline="") as handle:
+    writer = csv.DictWriter(handle, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows({k: row.get(k) for k in columns} for row in rows)
+  models = list(dict.fromkeys((r["architecture"], r["objective"]) for r in rows))
+  lines = ["| architecture | objective | stage | held-out accuracy | ± binomial s.e. | "
+           "cloze cluster | membership cluster | seeds |", "|---|---|---|---|---|---|---|---|"]
+  bars: dict[str, list[tuple[float, float]]] = {}
+  for model in models:
+    for stage in ("pretrained", "multitask"):
+      group = [r for r in rows if (r["architecture"], r["objective"]) == model
+               and r["stage"] == stage]
+      if not group:
+        continue
+      stats = {k: (np.mean([r[k] for r in group]), np.std([r[k] for r in group]))
+               for k in ("heldout_accuracy", "cluster_cloze", "cluster_membership")}
+      stderr = np.mean([r["heldout_stderr"] for r in group])
+      lines.append(f"| {model[0]} | {model[1]} | {stage} | {stats['heldout_accuracy'][0]:.3f} "
+                   f"± {stats['heldout_accuracy'][1]:.3f} | {stderr:.3f} | "
+                   f"{stats['cluster_cloze'][0]:.3f} | {stats['cluster_membership'][0]:.3f} | "
+                   f"{len(group)} |")
+      bars.setdefault(stage, []).append(stats["heldout_accuracy"])
+  table = "\n".join(lines)
+  with files.atomic_write(os.path.join(output_dir, "adaptation.md")) as handle:
+    handle.write(table + "\n")
+  figure, axis = plt.subplots(figsize=(11, 4.5))
+  width = 0.4
+  for offset, stage in ((-width / 2, "pretrained"), (width / 2, "multitask")):
+    values = bars.get(stage, [])
+    axis.bar(np.arange(len(values)) + offset, [m for m, _ in values], width,
+             yerr=[s for _, s in values], capsize=3, label=stage)
+  axis.set_xticks(range(len(models)), [f"{a}\n{o}" for a, o in models], fontsize=7)
+  axis.axhline(float(np.mean([r["heldout_chance"] for r in rows])), color="grey", ls="--",
+               lw=1, label="chance")
+  axis.set_ylabel("held-out zero-shot accuracy")
+  axis.set_title("held-out clusters (cloze, membership), before and after multitask "
+                 "fine-tuning")
+  axis.legend(fontsize=7)
+  figure.tight_layout()
+  figure.savefig(os.path.join(output_dir, "adaptation.png"), dpi=120)
+  plt.close(figure)
+  return table
+
+
+def run_adaptation(mode_name: str, seeds, work_dir: str, output_dir: str, train=None,
+                   stream=sys.stdout) -> list[dict]:
+  """Pretrains what is missing, adapts, multitask-finetunes, evaluates and summarises."""
+  register_tasks()
+  mode = MODES[mode_name]
+  adaptations, multitask_runs = adaptation_plans(mode, seeds, work_dir)
+  for the_plan, options in ((plan(mode, seeds), training_options(mode)),
+                            (adaptations, finetuning_options(mode)),
+                            (multitask_runs, finetuning_options(mode))):
+    failed = sweep.run_sweep(the_plan, work_dir, **options, evaluations_per_run=2,
+                             train=train, stream=stream)
+    if failed:
+      raise RuntimeError(f"runs failed: {failed}; see their train.log in {work_dir}")
+  question_sets = heldout_questions(mode)
+  by_id = {run["id"]: run for run in [*plan(mode, seeds)["runs"], *adaptations["runs"]]}
+  rows = []
+  for finetuned in multitask_runs["runs"]:
+    start = by_id[finetuned["init"]]
+    for stage, run in (("pretrained", start), ("multitask", finetuned)):
+      scores = heldout_scores(os.path.join(work_dir, run["id"]), question_sets)
+      rows.append({**run, "architecture": start["architecture"],
+                   "objective": start["objective"], "stage": stage, **scores})
+      print(f"{run['id']}: held-out accuracy {scores['heldout_accuracy']:.3f} "
+            f"(± {scores['heldout_stderr']:.3f})", file=stream, flush=True)
+  print(summarise_adaptation(rows, output_dir), file=stream)
+  return rows
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--mode", choices=sorted(MODES), default="full")
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   parser.add_argument("--work_dir", default="/tmp/t5x_lite_ablation")
+  parser.add_argument("--stage", choices=("pretraining", "adaptation"), default="pretraining",
+                      help="pretraining: the grid and its evaluation (results.*); adaptation: "
+                      "also the prefix-LM adaptation and multitask fine-tuning, evaluated on "
+                      "held-out tasks (adaptation.*)")
   return parser.parse_args(argv)
 
 
@@ -231,7 +411,8 @@ def main() -> None:
   args = parse_args()
   output_dir = HERE if args.mode == "full" else args.work_dir
   os.makedirs(args.work_dir, exist_ok=True)
-  run(args.mode, args.seeds, os.path.join(args.work_dir, args.mode), output_dir)
+  stage = run if args.stage == "pretraining" else run_adaptation
+  stage(args.mode, args.seeds, os.path.join(args.work_dir, args.mode), output_dir)
 
 
 if __name__ == "__main__":
