@@ -10,7 +10,9 @@ training feature lengths), the task's own seqio metrics, and zero/few-shot
 rank-classification multiple choice on each set in `multiple_choice` at every
 count in `shots`. The model comes from the checkpoint's run directory.
 
-Held-out tasks of the multitask mixture, zero-shot, per task and averaged per cluster:
+Held-out tasks of the multitask mixture, zero-shot, per task and averaged per cluster
+(rank classification where a task has answer choices, greedy generation scored by exact
+match where it has none; `multitask.<task>` names one task):
 
   python -m t5x_lite.evaluate --gin_file=runs/evaluate.gin \
       --gin.CHECKPOINT_PATH="'/tmp/t5x_lite_quickstart'" \
@@ -43,6 +45,7 @@ def evaluate(checkpoint_path: str = gin.REQUIRED, task: Optional[str] = None,
   task, feature_lengths: None means those the checkpoint was trained with.
   """
   question_sets = mc.question_sets(multiple_choice, max_questions)  # fail early
+  generation_sets = mc.generation_sets(multiple_choice, max_questions)
   model = checkpoints.load_model(checkpoint_path,
                                  gin_utils.checkpoint_model_config(checkpoint_path))
   task = inference.resolve_task(checkpoint_path, task, model.config.vocab_size)
@@ -55,6 +58,7 @@ def evaluate(checkpoint_path: str = gin.REQUIRED, task: Optional[str] = None,
   results = {"checkpoint": checkpoint_path, **evaluation.evaluate(
       model, task, feature_lengths, split=split, batch_size=batch_size,
       eval_batches=eval_batches, question_sets=question_sets, shots=shots,
+      generation_sets=generation_sets,
       metric_examples=metric_examples, max_new_tokens=max_new_tokens, seed=seed)}
   output_path = output_path or os.path.join(checkpoint_path, "evaluation.json")
   with files.atomic_write(output_path) as handle:
@@ -81,6 +85,9 @@ def _main(argv: Sequence[str]) -> int:
     print(f"{name}: accuracy {outcome['accuracy']:.3f}, length-normalised "
           f"{outcome['accuracy_norm']:.3f} ({outcome['questions']} questions, chance "
           f"{outcome['chance']:.2f})")
+  for name, outcome in results["generation"].items():
+    print(f"{name}: exact match {outcome['exact_match']:.3f} ({outcome['examples']} examples, "
+          "greedy)")
   for name, outcome in results.get("multitask_clusters", {}).items():
     print(f"cluster {name}: mean accuracy {outcome['accuracy']:.3f}, length-normalised "
           f"{outcome['accuracy_norm']:.3f} over {outcome['tasks']} tasks (chance "

@@ -5,7 +5,10 @@
     same forward+loss path as training (losses.model_loss_sums);
   - the task's own seqio metrics, when it defines any (predict metrics from greedy
     decoding of its inputs, score metrics from target log-likelihoods);
-  - zero/few-shot rank-classification multiple choice (multiple_choice.py).
+  - zero/few-shot rank-classification multiple choice (multiple_choice.py);
+  - generation tasks without answer choices (multitask ones) by greedy decoding and
+    exact match, whitespace-normalised;
+  - per multitask cluster, the mean over its tasks of either.
 """
 
 from __future__ import annotations
@@ -65,12 +68,34 @@ def task_metrics(model, task: str, split: str, num_examples: int, max_new_tokens
   return {name: float(np.asarray(value)) for name, value in results.items()}
 
 
+def normalise(text: str) -> str:
+  """Exact match compares texts with runs of whitespace as one space, ends stripped."""
+  return " ".join(text.split())
+
+
+def exact_match(model, examples: Sequence[Mapping[str, str]], vocabulary, add_eos: bool,
+                max_new_tokens: int, batch_size: int = 8) -> dict:
+  """Zero-shot greedy generation from each example's inputs, scored by exact match with
+  its targets (normalise); returns the rate, the count and the predictions."""
+  prompts = inference.encode_prompts(examples, vocabulary, add_eos)
+  inference.check_lengths(prompts, model.config, max_new_tokens)
+  predictions = [p["prediction"] for p in inference.predict(
+      model, prompts, vocabulary, method="greedy", max_new_tokens=max_new_tokens,
+      temperature=0.0, top_k=0, top_p=1.0, beams=1, alpha=0.0, batch_size=batch_size,
+      seed=0)]
+  matches = [normalise(p) == normalise(e["targets"]) for p, e in zip(predictions, examples)]
+  return {"exact_match": float(np.mean(matches)), "examples": len(matches),
+          "predictions": predictions}
+
+
 def evaluate(model, task: str, feature_lengths: Mapping[str, int], *, split: str = "validation",
              batch_size: int = 8, eval_batches: int = 8,
              question_sets: Mapping[str, Sequence[mc.Question]] = (), shots: Sequence[int] = (0,),
+             generation_sets: Mapping[str, Sequence[Mapping[str, str]]] = (),
              metric_examples: int = 64, max_new_tokens: int = 64, seed: int = 0) -> dict:
-  """Language modelling, task metrics and multiple choice (each set at each shot count)."""
-  _, vocabulary, _ = inference.task_vocabularies(task)
+  """Language modelling, task metrics, multiple choice (each set at each shot count) and
+  zero-shot generation sets (exact match); per-cluster means of multitask tasks."""
+  _, vocabulary, add_eos = inference.task_vocabularies(task)
   results = {"task": task, "split": split,
              "language_modelling": perplexity(model, task, feature_lengths, split, batch_size,
                                               eval_batches),
@@ -82,7 +107,12 @@ def evaluate(model, task: str, feature_lengths: Mapping[str, int], *, split: str
       outcome = mc.rank_classify(model, vocabulary, questions, shots=count, seed=seed)
       outcome.pop("predictions")
       results["multiple_choice"][f"{name}/{count}-shot"] = outcome
-  clusters = mc.cluster_means(results["multiple_choice"])
+  results["generation"] = {}
+  for name, examples in dict(generation_sets).items():
+    outcome = exact_match(model, examples, vocabulary, add_eos, max_new_tokens, batch_size)
+    outcome.pop("predictions")
+    results["generation"][f"{name}/0-shot"] = outcome
+  clusters = mc.cluster_means({**results["multiple_choice"], **results["generation"]})
   if clusters:
     results["multitask_clusters"] = clusters
   return results

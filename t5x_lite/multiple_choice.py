@@ -11,7 +11,8 @@ choice, lm-eval's acc_norm), which removes the bias towards short choices.
 `pydocs_cloze` names the set that ships with the project (see
 tools/build_cloze.py); `multitask.<task>` names a task of the offline multitask
 mixture (validation examples with answer choices, data/multitask.py), and
-`multitask.held_out` every held-out one.
+`multitask.held_out` every held-out one. Multitask tasks without answer choices are
+generation sets instead (`generation_sets`; scored by exact match in evaluation.py).
 """
 
 from __future__ import annotations
@@ -94,31 +95,66 @@ def multitask_questions(task: str, split: str = "validation") -> list[Question]:
   return questions
 
 
+def _expand(names: Sequence[str]) -> list[str]:
+  """`multitask.held_out` as each held-out task's name; unknown multitask tasks named."""
+  expanded = []
+  for name in names:
+    if name == "multitask.held_out":
+      expanded += [f"multitask.{task}" for task in multitask.held_out_tasks()]
+    elif name.startswith("multitask.") and name.removeprefix("multitask.") not in multitask.TASKS:
+      raise MultipleChoiceError(f"no multitask task {name!r}; choose from "
+                                f"{[f'multitask.{t}' for t in multitask.TASKS]}.")
+    else:
+      expanded.append(name)
+  return expanded
+
+
+def _is_generation(name: str) -> bool:
+  task = name.removeprefix("multitask.")
+  return (name.startswith("multitask.")
+          and not any(example["choices"] for example in multitask.examples(task, "validation")))
+
+
 def question_sets(names: Sequence[str], limit: Optional[int] = None
                   ) -> dict[str, list[Question]]:
   """{set name: questions} for builtin names, JSONL paths, `multitask.<task>` and
-  `multitask.held_out` (expanded to each held-out task); the first `limit` of each."""
+  `multitask.held_out` (expanded to each held-out task); the first `limit` of each.
+  Multitask tasks without answer choices are left to `generation_sets`."""
   sets: dict[str, list[Question]] = {}
-  for name in names:
-    if name == "multitask.held_out":
-      for task in multitask.held_out_tasks():
-        sets[f"multitask.{task}"] = multitask_questions(task)
-    elif name.startswith("multitask."):
-      sets[name] = multitask_questions(name.removeprefix("multitask."))
+  for name in _expand(names):
+    if name.startswith("multitask."):
+      if not _is_generation(name):
+        sets[name] = multitask_questions(name.removeprefix("multitask."))
     else:
       sets[name] = read_questions(name)
   return {name: questions[:limit] for name, questions in sets.items()}
 
 
+def generation_sets(names: Sequence[str], limit: Optional[int] = None
+                    ) -> dict[str, list[dict]]:
+  """{`multitask.<task>`: its first `limit` validation examples} for the multitask tasks
+  in `names` (directly or through `multitask.held_out`) that have no answer choices."""
+  return {name: list(multitask.examples(name.removeprefix("multitask."), "validation"))[:limit]
+          for name in _expand(names) if _is_generation(name)}
+
+
 def cluster_means(results: dict[str, dict]) -> dict[str, dict]:
-  """Mean accuracies per multitask cluster over results keyed "multitask.<task>/<k>-shot"."""
+  """Mean accuracies per multitask cluster over results keyed "multitask.<task>/<k>-shot"
+  (multiple-choice outcomes, and generation outcomes with their exact match)."""
   grouped: dict[str, list[dict]] = {}
   for key, outcome in results.items():
     name, _, shots = key.partition("/")
     task = name.removeprefix("multitask.")
     if name.startswith("multitask.") and task in multitask.TASKS:
       grouped.setdefault(f"{multitask.TASKS[task][0]}/{shots}", []).append(outcome)
-  return {key: {metric: float(np.mean([o[metric] for o in outcomes]))
+
+  def score(outcome: dict, metric: str) -> float:
+    # A generation task counts with its exact match (and chance 0) in every column.
+    if "exact_match" in outcome:
+      return 0.0 if metric == "chance" else outcome["exact_match"]
+    return outcome[metric]
+
+  return {key: {metric: float(np.mean([score(o, metric) for o in outcomes]))
                 for metric in ("accuracy", "accuracy_norm", "chance")} | {"tasks": len(outcomes)}
           for key, outcomes in grouped.items()}
 

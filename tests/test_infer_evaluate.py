@@ -241,3 +241,27 @@ def test_held_out_multitask_tasks_are_scored_per_task_and_averaged_per_cluster()
                if multitask.TASKS[name.split(".")[1].split("/")[0]][0] == key.split("/")[0]]
     assert summary["tasks"] == len(members) == 2
     assert summary["accuracy"] == pytest.approx(np.mean([m["accuracy"] for m in members]))
+
+
+def test_generation_tasks_are_scored_by_exact_match_and_join_their_cluster(monkeypatch):
+  from t5x_lite.data import multitask
+  from t5x_lite.models import TransformerConfig, create_model
+
+  sets = multiple_choice.generation_sets(["multitask.docstring_summary", "multitask.held_out"],
+                                         limit=3)
+  assert list(sets) == ["multitask.docstring_summary"]  # the held-out ones have choices
+  assert multiple_choice.question_sets(["multitask.docstring_summary"]) == {}
+  examples = sets["multitask.docstring_summary"]
+  assert examples == list(multitask.examples("docstring_summary", "validation"))[:3]
+  # Exact match up to whitespace: two of three predictions are the targets.
+  answers = [" " + examples[0]["targets"] + "\n", "wrong", examples[2]["targets"]]
+  monkeypatch.setattr(evaluation.inference, "predict", lambda *args, **kwargs: [
+      {"prediction": answer} for answer in answers])
+  model = create_model(TransformerConfig(vocab_size=512, d_model=32, num_heads=2, d_ff=64,
+                                         num_decoder_layers=1, max_length=2048))
+  results = evaluation.evaluate(model, TASK, {"targets": 64}, eval_batches=1,
+                                question_sets={}, generation_sets=sets, metric_examples=0)
+  outcome = results["generation"]["multitask.docstring_summary/0-shot"]
+  assert outcome == {"exact_match": pytest.approx(2 / 3), "examples": 3}
+  cluster = results["multitask_clusters"]["summary/0-shot"]
+  assert cluster["accuracy"] == pytest.approx(2 / 3) and cluster["chance"] == 0.0
