@@ -362,11 +362,14 @@ def _bucket(length: int, multiple: int = 32) -> int:
   return max(multiple, -(-length // multiple) * multiple)
 
 
-def score(model: Transformer, inputs: list, targets: list) -> tuple[np.ndarray, np.ndarray]:
+def score(model: Transformer, inputs: list, targets: list, *, greedy: bool = False
+          ) -> tuple[np.ndarray, ...]:
   """Log-likelihood of each target token list given its inputs (teacher forcing).
 
   inputs, targets: lists of token-id lists (an input may be empty for decoders).
-  Returns (sum of target log-probabilities [n], number of target tokens [n]). The
+  Returns (sum of target log-probabilities [n], number of target tokens [n]), and with
+  `greedy` a third [n] bool array: whether every target token is the model's argmax
+  there (the target is what greedy decoding would produce). The
   feature dicts are laid out as seqio's converters would: the encoder-decoder
   reads inputs in the encoder; decoders read [inputs, targets] shifted right, the
   prefix decoder with inputs + BOS bidirectional.
@@ -388,4 +391,7 @@ def score(model: Transformer, inputs: list, targets: list) -> tuple[np.ndarray, 
   graphdef, state = nnx.split(model)
   sums = losses.evaluate_batch(graphdef, state, {k: jnp.asarray(v) for k, v in batch.items()},
                                per_example=True)
-  return -np.asarray(sums.cross_entropy), batch["decoder_loss_weights"].sum(axis=1)
+  tokens = batch["decoder_loss_weights"].sum(axis=1)
+  if greedy:
+    return -np.asarray(sums.cross_entropy), tokens, np.asarray(sums.correct) == tokens
+  return -np.asarray(sums.cross_entropy), tokens
