@@ -28,6 +28,7 @@ from typing import Mapping, Optional, Sequence
 
 import gin
 
+from t5x_lite import chain_of_thought as cot
 from t5x_lite import checkpoints, evaluation, files, gin_utils, inference, run_dir
 from t5x_lite import multiple_choice as mc
 from t5x_lite.errors import run_cli
@@ -38,11 +39,15 @@ def evaluate(checkpoint_path: str = gin.REQUIRED, task: Optional[str] = None,
              feature_lengths: Optional[Mapping[str, int]] = None, batch_size: int = 8,
              split: str = "validation", eval_batches: int = 8,
              multiple_choice: Sequence[str] = ("pydocs_cloze",), shots: Sequence[int] = (0,),
-             metric_examples: int = 64, max_new_tokens: int = 64, seed: int = 0,
-             max_questions: Optional[int] = None, output_path: Optional[str] = None) -> dict:
+             separator: str = "\n\n", metric_examples: int = 64, max_new_tokens: int = 64,
+             seed: int = 0, max_questions: Optional[int] = None,
+             chain_of_thought: Optional[cot.ChainOfThought] = None,
+             output_path: Optional[str] = None) -> dict:
   """Evaluates CHECKPOINT_PATH's model (see the module docstring); returns the results.
 
   task, feature_lengths: None means those the checkpoint was trained with.
+  separator, seed: k-shot examples' separator and draw.
+  chain_of_thought: `@chain_of_thought()` with its `chain_of_thought.*` bindings.
   """
   question_sets = mc.question_sets(multiple_choice, max_questions)  # fail early
   generation_sets = mc.generation_sets(multiple_choice, max_questions)
@@ -58,12 +63,19 @@ def evaluate(checkpoint_path: str = gin.REQUIRED, task: Optional[str] = None,
   results = {"checkpoint": checkpoint_path, **evaluation.evaluate(
       model, task, feature_lengths, split=split, batch_size=batch_size,
       eval_batches=eval_batches, question_sets=question_sets, shots=shots,
-      generation_sets=generation_sets,
-      metric_examples=metric_examples, max_new_tokens=max_new_tokens, seed=seed)}
+      generation_sets=generation_sets, chain_of_thought=chain_of_thought,
+      separator=separator, metric_examples=metric_examples, max_new_tokens=max_new_tokens,
+      seed=seed)}
   output_path = output_path or os.path.join(checkpoint_path, "evaluation.json")
+  predictions = results.pop("predictions")
+  predictions_path = os.path.splitext(output_path)[0] + "_predictions.jsonl"
+  with files.atomic_write(predictions_path) as handle:
+    for name, rows in predictions.items():
+      for row in rows:
+        handle.write(json.dumps({"set": name, **row}) + "\n")
   with files.atomic_write(output_path) as handle:
     json.dump(results, handle, indent=1)
-  results["output_path"] = output_path
+  results["output_path"], results["predictions_path"] = output_path, predictions_path
   return results
 
 
@@ -82,9 +94,9 @@ def _main(argv: Sequence[str]) -> int:
   for name, value in results["task_metrics"].items():
     print(f"{name}: {value:.4f}")
   for name, outcome in results["multiple_choice"].items():
-    print(f"{name}: accuracy {outcome['accuracy']:.3f}, length-normalised "
-          f"{outcome['accuracy_norm']:.3f} ({outcome['questions']} questions, chance "
-          f"{outcome['chance']:.2f})")
+    print(f"{name}: accuracy {outcome['accuracy']:.3f} ± {outcome['stderr']:.3f}, "
+          f"length-normalised {outcome['accuracy_norm']:.3f} ({outcome['questions']} questions, "
+          f"chance {outcome['chance']:.2f})")
   for name, outcome in results["generation"].items():
     print(f"{name}: exact match {outcome['exact_match']:.3f} ({outcome['examples']} examples, "
           "greedy)")
@@ -92,7 +104,11 @@ def _main(argv: Sequence[str]) -> int:
     print(f"cluster {name}: mean accuracy {outcome['accuracy']:.3f}, length-normalised "
           f"{outcome['accuracy_norm']:.3f} over {outcome['tasks']} tasks (chance "
           f"{outcome['chance']:.2f})")
-  print(f"results: {results['output_path']}")
+  for name, outcome in results.get("chain_of_thought", {}).items():
+    print(f"{name}: accuracy {outcome['accuracy']:.3f} ± {outcome['stderr']:.3f} "
+          f"({outcome['items']} items, majority of {outcome['samples']})")
+  print(f"results: {results['output_path']}\nper-example predictions: "
+        f"{results['predictions_path']}")
   return 0
 
 

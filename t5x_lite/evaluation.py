@@ -8,18 +8,21 @@
   - zero/few-shot rank-classification multiple choice (multiple_choice.py);
   - generation tasks without answer choices (multitask ones) by greedy decoding and
     exact match, whitespace-normalised;
-  - per multitask cluster, the mean over its tasks of either.
+  - per multitask cluster, the mean over its tasks of either;
+  - chain-of-thought prompting with self-consistency (chain_of_thought.py).
+Every set's per-example predictions are returned under "predictions" for inspection.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from t5x_lite import chain_of_thought as cot
 from t5x_lite import inference, losses
 from t5x_lite import multiple_choice as mc
 from t5x_lite.data import get_batches, get_task
@@ -92,26 +95,41 @@ def evaluate(model, task: str, feature_lengths: Mapping[str, int], *, split: str
              batch_size: int = 8, eval_batches: int = 8,
              question_sets: Mapping[str, Sequence[mc.Question]] = (), shots: Sequence[int] = (0,),
              generation_sets: Mapping[str, Sequence[Mapping[str, str]]] = (),
-             metric_examples: int = 64, max_new_tokens: int = 64, seed: int = 0) -> dict:
-  """Language modelling, task metrics, multiple choice (each set at each shot count) and
-  zero-shot generation sets (exact match); per-cluster means of multitask tasks."""
+             chain_of_thought: Optional[cot.ChainOfThought] = None,
+             separator: str = "\n\n", metric_examples: int = 64, max_new_tokens: int = 64,
+             seed: int = 0) -> dict:
+  """Language modelling, task metrics, multiple choice (each set at each shot count, k-shot
+  examples joined by `separator` in an order drawn by `seed`), zero-shot generation sets
+  (exact match), per-cluster means of multitask tasks, and chain of thought."""
   _, vocabulary, add_eos = inference.task_vocabularies(task)
   results = {"task": task, "split": split,
              "language_modelling": perplexity(model, task, feature_lengths, split, batch_size,
                                               eval_batches),
              "task_metrics": task_metrics(model, task, split, metric_examples, max_new_tokens,
                                           feature_lengths),
-             "multiple_choice": {}}
+             "multiple_choice": {}, "generation": {}, "predictions": {}}
   for name, questions in dict(question_sets).items():
     for count in shots:
-      outcome = mc.rank_classify(model, vocabulary, questions, shots=count, seed=seed)
-      outcome.pop("predictions")
-      results["multiple_choice"][f"{name}/{count}-shot"] = outcome
-  results["generation"] = {}
+      outcome = mc.rank_classify(model, vocabulary, questions, shots=count, seed=seed,
+                                 separator=separator)
+      key = f"{name}/{count}-shot"
+      results["predictions"][key] = [
+          {"index": i, "prediction": p, "label": q.label, "correct": p == q.label}
+          for i, (p, q) in enumerate(zip(outcome.pop("predictions"), questions))]
+      results["multiple_choice"][key] = outcome
   for name, examples in dict(generation_sets).items():
     outcome = exact_match(model, examples, vocabulary, add_eos, max_new_tokens, batch_size)
-    outcome.pop("predictions")
-    results["generation"][f"{name}/0-shot"] = outcome
+    key = f"{name}/0-shot"
+    results["predictions"][key] = [
+        {"index": i, "prediction": p, "target": e["targets"],
+         "correct": normalise(p) == normalise(e["targets"])}
+        for i, (p, e) in enumerate(zip(outcome.pop("predictions"), examples))]
+    results["generation"][key] = outcome
+  if chain_of_thought is not None:
+    outcome = cot.evaluate(model, vocabulary, add_eos, chain_of_thought, batch_size)
+    key = f"chain_of_thought/{outcome['shots']}-shot/{outcome['samples']}-samples"
+    results["predictions"][key] = outcome.pop("predictions")
+    results["chain_of_thought"] = {key: outcome}
   clusters = mc.cluster_means({**results["multiple_choice"], **results["generation"]})
   if clusters:
     results["multitask_clusters"] = clusters

@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 
 import gin
 
-from t5x_lite import data, partitioning, run_dir, spec
+from t5x_lite import chain_of_thought, data, partitioning, run_dir, spec
 from t5x_lite.data import corpora, supervised
 from t5x_lite.errors import ConfigError, UserError, fail  # noqa: F401  (fail: for entry points)
 from t5x_lite.models.configs import NON_FUNCTIONAL_KNOBS, TransformerConfig
@@ -135,6 +135,8 @@ _CONFIGURABLES["text_files_corpus"] = gin.external_configurable(corpora.TextFile
                                                                 name="text_files_corpus")
 _CONFIGURABLES["supervised_data"] = gin.external_configurable(supervised.SupervisedData,
                                                               name="supervised_data")
+_CONFIGURABLES["chain_of_thought"] = gin.external_configurable(
+    chain_of_thought.ChainOfThought, name="chain_of_thought")
 gin.external_configurable(partitioning.single_device, name="single_device")
 
 

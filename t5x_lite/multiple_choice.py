@@ -11,7 +11,8 @@ choice, lm-eval's acc_norm), which removes the bias towards short choices.
 `pydocs_cloze` names the set that ships with the project (see
 tools/build_cloze.py); `multitask.<task>` names a task of the offline multitask
 mixture (validation examples with answer choices, data/multitask.py), and
-`multitask.held_out` every held-out one. Multitask tasks without answer choices are
+`multitask.held_out` every held-out one, `zero_shot_suite` all of them (SUITE). Every
+accuracy comes with its binomial standard error. Multitask tasks without answer choices are
 generation sets instead (`generation_sets`; scored by exact match in evaluation.py).
 """
 
@@ -29,8 +30,8 @@ from t5x_lite import decoding
 from t5x_lite.data import multitask
 from t5x_lite.errors import UserError
 
-BUILTIN = {"pydocs_cloze": os.path.join(os.path.dirname(__file__), "data", "multiple_choice",
-                                        "pydocs_cloze.jsonl")}
+BUILTIN = {name: os.path.join(os.path.dirname(__file__), "data", "multiple_choice",
+                              f"{name}.jsonl") for name in ("pydocs_cloze", "shakespeare_cloze")}
 
 
 class MultipleChoiceError(UserError, ValueError):
@@ -95,11 +96,21 @@ def multitask_questions(task: str, split: str = "validation") -> list[Question]:
   return questions
 
 
+# The offline zero-shot suite: both cloze sets and every multitask task with answer
+# choices (validation examples only): 2,365 questions over 11 task types, so that a
+# one-point difference between models is about two binomial standard errors.
+SUITE = "zero_shot_suite"
+
+
 def _expand(names: Sequence[str]) -> list[str]:
-  """`multitask.held_out` as each held-out task's name; unknown multitask tasks named."""
+  """`multitask.held_out` as each held-out task's name and `zero_shot_suite` as its
+  sets; unknown multitask tasks named."""
   expanded = []
   for name in names:
-    if name == "multitask.held_out":
+    if name == SUITE:
+      expanded += [*BUILTIN, *(f"multitask.{task}" for task in multitask.TASKS
+                               if not _is_generation(f"multitask.{task}"))]
+    elif name == "multitask.held_out":
       expanded += [f"multitask.{task}" for task in multitask.held_out_tasks()]
     elif name.startswith("multitask.") and name.removeprefix("multitask.") not in multitask.TASKS:
       raise MultipleChoiceError(f"no multitask task {name!r}; choose from "
@@ -159,8 +170,10 @@ def cluster_means(results: dict[str, dict]) -> dict[str, dict]:
           for key, outcomes in grouped.items()}
 
 
-def prompts(questions: Sequence[Question], shots: int, seed: int = 0) -> list[str]:
-  """Each question's context after `shots` other questions answered correctly."""
+def prompts(questions: Sequence[Question], shots: int, seed: int = 0,
+            separator: str = "\n\n") -> list[str]:
+  """Each question's context after `shots` other questions answered correctly, each
+  followed by `separator`; `seed` draws which questions and in what order."""
   if shots and shots >= len(questions):
     raise MultipleChoiceError(f"{shots}-shot prompts need more than {shots} questions; the set "
                               f"has {len(questions)}.")
@@ -168,16 +181,22 @@ def prompts(questions: Sequence[Question], shots: int, seed: int = 0) -> list[st
   built = []
   for index, question in enumerate(questions):
     others = [i for i in rng.permutation(len(questions))[:shots + 1] if i != index][:shots]
-    examples = [f"{questions[i].context}{questions[i].choices[questions[i].label]}\n\n"
+    examples = [f"{questions[i].context}{questions[i].choices[questions[i].label]}{separator}"
                 for i in others]
     built.append("".join(examples) + question.context)
   return built
 
 
+def binomial_stderr(accuracy: float, questions: int) -> float:
+  """The standard error of an accuracy measured on `questions` independent questions."""
+  return float(np.sqrt(accuracy * (1 - accuracy) / questions))
+
+
 def rank_classify(model, vocabulary, questions: Sequence[Question], *, shots: int = 0,
-                  seed: int = 0, batch_size: int = 32) -> dict:
-  """Accuracy and length-normalised accuracy of `model` on `questions`."""
-  contexts = [vocabulary.encode(p) for p in prompts(questions, shots, seed)]
+                  seed: int = 0, separator: str = "\n\n", batch_size: int = 32) -> dict:
+  """Accuracy (with its binomial standard error), length-normalised accuracy and each
+  question's chosen answer, of `model` on `questions` (k-shot: see `prompts`)."""
+  contexts = [vocabulary.encode(p) for p in prompts(questions, shots, seed, separator)]
   pairs = [(q, c) for q, question in enumerate(questions) for c in range(len(question.choices))]
   scores = np.zeros(len(pairs))
   for start in range(0, len(pairs), batch_size):
@@ -195,7 +214,8 @@ def rank_classify(model, vocabulary, questions: Sequence[Question], *, shots: in
     predictions.append(int(np.argmax(choice_scores)))
     correct += predictions[-1] == question.label
     correct_normalised += int(np.argmax(normalised)) == question.label
-  return {"accuracy": correct / len(questions),
+  accuracy = correct / len(questions)
+  return {"accuracy": accuracy, "stderr": binomial_stderr(accuracy, len(questions)),
           "accuracy_norm": correct_normalised / len(questions),
           "questions": len(questions), "shots": shots,
           "chance": float(np.mean([1 / len(q.choices) for q in questions])),

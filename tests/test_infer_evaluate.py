@@ -265,3 +265,32 @@ def test_generation_tasks_are_scored_by_exact_match_and_join_their_cluster(monke
   assert outcome == {"exact_match": pytest.approx(2 / 3), "examples": 3}
   cluster = results["multitask_clusters"]["summary/0-shot"]
   assert cluster["accuracy"] == pytest.approx(2 / 3) and cluster["chance"] == 0.0
+
+
+def test_the_zero_shot_suite_has_two_thousand_validation_questions():
+  from t5x_lite.data import multitask
+
+  sets = multiple_choice.question_sets([multiple_choice.SUITE])
+  assert sum(len(questions) for questions in sets.values()) >= 2000 and len(sets) >= 4
+  assert {"pydocs_cloze", "shakespeare_cloze"} <= set(sets)
+  for name, questions in sets.items():
+    if name.startswith("multitask."):  # validation examples only
+      validation = multitask.examples(name.removeprefix("multitask."), "validation")
+      assert [q.context for q in questions] == [e["inputs"] for e in validation]
+
+
+def test_evaluate_writes_every_prediction_and_the_standard_error(model_dir, tmp_path, capsys):
+  output = tmp_path / "evaluation.json"
+  code = evaluate.main(["--gin_file=runs/evaluate.gin", f"--gin.CHECKPOINT_PATH='{model_dir}'",
+                        "--gin.evaluate.multiple_choice=['pydocs_cloze']",
+                        "--gin.evaluate.max_questions=5", "--gin.evaluate.eval_batches=1",
+                        "--gin.evaluate.metric_examples=0",
+                        f"--gin.evaluate.output_path='{output}'"])
+  assert code == 0
+  rows = [json.loads(line) for line in (tmp_path / "evaluation_predictions.jsonl").open()]
+  assert [row["index"] for row in rows] == list(range(5))
+  outcome = json.loads(output.read_text())["multiple_choice"]["pydocs_cloze/0-shot"]
+  assert outcome["accuracy"] == sum(row["correct"] for row in rows) / 5
+  assert outcome["stderr"] == pytest.approx((outcome["accuracy"] * (1 - outcome["accuracy"])
+                                             / 5) ** 0.5)
+  assert f"± {outcome['stderr']:.3f}" in capsys.readouterr().out

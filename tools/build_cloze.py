@@ -1,6 +1,6 @@
-"""Builds the multiple-choice cloze set that ships with t5x_lite
-(t5x_lite/data/multiple_choice/pydocs_cloze.jsonl) from the embedded corpus's
-validation documents, offline.
+"""Builds the multiple-choice cloze sets that ship with t5x_lite
+(t5x_lite/data/multiple_choice/<corpus>_cloze.jsonl) from an embedded corpus's
+validation documents, offline: pydocs (200 questions) and shakespeare (500).
 
 Each question: a passage of a validation document (up to ~300 characters, cut at a
 word boundary) as context; the true next four words as the right choice; three
@@ -8,7 +8,8 @@ distractors, each four consecutive words from a different validation document.
 A model that has learnt the corpus's language (Python documentation) should
 prefer the true continuation; chance is 25%.
 
-  python tools/build_cloze.py [--questions 200] [--seed 0] [--output PATH]
+  python tools/build_cloze.py [--corpus pydocs] [--questions 200] [--seed 0] [--output PATH]
+  python tools/build_cloze.py --corpus shakespeare --questions 500
 """
 
 from __future__ import annotations
@@ -20,22 +21,25 @@ import re
 
 import numpy as np
 
-from t5x_lite.data import corpus_store, pydocs
+from t5x_lite.data import corpus_store, pydocs, shakespeare
 from t5x_lite.multiple_choice import BUILTIN
 
 CONTEXT_CHARS = 300
 ANSWER_WORDS = 4
 
 
-def validation_documents() -> list[str]:
-  splits = corpus_store.split_documents(pydocs.documents(),
+CORPORA = {"pydocs": pydocs.documents, "shakespeare": shakespeare.documents}
+
+
+def validation_documents(corpus: str = "pydocs") -> list[str]:
+  splits = corpus_store.split_documents(CORPORA[corpus](),
                                         corpus_store.DEFAULT_VALIDATION_FRACTION)
   return [" ".join(text.split()) for text in splits["validation"]]
 
 
-def build(questions: int, seed: int) -> list[dict]:
+def build(questions: int, seed: int, corpus: str = "pydocs") -> list[dict]:
   rng = np.random.default_rng(seed)
-  documents = [d.split(" ") for d in validation_documents()]
+  documents = [d.split(" ") for d in validation_documents(corpus)]
   documents = [words for words in documents if len(words) > 80]
   made, seen = [], set()
   while len(made) < questions:
@@ -69,11 +73,13 @@ def build(questions: int, seed: int) -> list[dict]:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--corpus", choices=sorted(CORPORA), default="pydocs")
   parser.add_argument("--questions", type=int, default=200)
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--output", default=BUILTIN["pydocs_cloze"])
+  parser.add_argument("--output", help="default: the builtin set of the corpus")
   args = parser.parse_args()
-  made = build(args.questions, args.seed)
+  made = build(args.questions, args.seed, args.corpus)
+  args.output = args.output or BUILTIN[f"{args.corpus}_cloze"]
   os.makedirs(os.path.dirname(args.output), exist_ok=True)
   with open(args.output, "w", encoding="utf-8") as handle:
     for question in made:
