@@ -33,6 +33,7 @@ bench: install
 	$(PY) tools/benchmark_data.py
 	$(PY) tools/benchmark_scaling.py
 	$(PY) tools/benchmark_lora.py
+	$(PY) tools/benchmark_harness.py
 
 lint: install
 	$(PY) -m ruff check t5x_lite tests tools

@@ -1,0 +1,68 @@
+"""lm-evaluation-harness throughput (`make bench`): loglikelihood requests per second of
+the harness model (t5x_lite/interop/lm_eval.py) on the quick-start decoder, one request
+at a time against batched, the two interleaved in one run after a warm-up pass.
+
+The requests are the pydocs cloze set's (context, choice) pairs, as the harness sends
+them for t5x_lite_pydocs_cloze; the weights are freshly initialised (throughput does
+not depend on them).
+
+  python tools/benchmark_harness.py [--requests 256] [--batch 32] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from lm_eval.api.instance import Instance  # noqa: E402
+
+from t5x_lite import gin_utils, inference, multiple_choice  # noqa: E402
+from t5x_lite.data import register_tasks  # noqa: E402
+from t5x_lite.interop.lm_eval import T5xLiteLM  # noqa: E402
+from t5x_lite.models import create_model  # noqa: E402
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--requests", type=int, default=256)
+  parser.add_argument("--batch", type=int, default=32)
+  parser.add_argument("--rounds", type=int, default=2)
+  parser.add_argument("--json", help="also write the results here")
+  args = parser.parse_args(argv)
+  register_tasks()
+  model = create_model(gin_utils.model_config(["models/quickstart_decoder.gin"]))
+  vocabulary = inference.task_vocabularies("pydocs.full_lm")[1]
+  pairs = [(q.context, choice) for q in multiple_choice.read_questions("pydocs_cloze")
+           for choice in q.choices][:args.requests]
+  requests = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
+  harnesses = {f"batch {size}": T5xLiteLM(model=model, vocabulary=vocabulary, batch_size=size)
+               for size in (1, args.batch)}
+  for harness in harnesses.values():
+    harness.loglikelihood(requests)  # compiles every bucketed shape
+  times = {name: [] for name in harnesses}
+  for _ in range(args.rounds):
+    for name, harness in harnesses.items():
+      start = time.perf_counter()
+      harness.loglikelihood(requests)
+      times[name].append(time.perf_counter() - start)
+  results = []
+  base = len(requests) / statistics.median(times["batch 1"])
+  for name in harnesses:
+    rate = len(requests) / statistics.median(times[name])
+    results.append({"run": name, "requests": len(requests), "requests_per_second": rate})
+    print(f"harness loglikelihood, {name:9s}: {rate:8.1f} requests/s ({rate / base:.2f}x "
+          f"one at a time; {len(requests)} cloze requests, quick-start decoder)")
+  if args.json:
+    with open(args.json, "w") as handle:
+      json.dump(results, handle, indent=1)
+
+
+if __name__ == "__main__":
+  main()
