@@ -12,6 +12,8 @@ Each ```sh command is exercised by the handler for its program:
                               for real, shortened
   python -m t5x_lite.scaling  run as written (outputs under /tmp go to a test folder)
   python -m t5x_lite.merge    its flags parsed (tests/test_adapters.py runs merges)
+  python -m t5x_lite.lm_eval  its flags parsed into gin, CHECKPOINT_PATH bound, every task
+                              one the harness knows (tests/interop/test_lm_eval.py runs it)
   python tools/scaling_sweep.py
                               run with --commands on the README's plan; every launch command
                               it prints is configured as above
@@ -187,6 +189,21 @@ def check_merge(command: list[str], _) -> None:
   assert args.adapters and args.output
 
 
+def check_lm_eval(command: list[str], folder) -> None:
+  from lm_eval.tasks import TaskManager
+
+  from t5x_lite import lm_eval
+  from t5x_lite.interop.lm_eval import HARNESS_TASKS_DIR, offline_tasks
+
+  lm_eval.parse(in_test_folder(command[3:], folder))
+  bindings = gin.get_bindings("harness")
+  assert bindings["checkpoint_path"] is not gin.REQUIRED
+  offline = set(bindings["tasks"]) <= set(offline_tasks())
+  manager = TaskManager(include_path=HARNESS_TASKS_DIR, include_defaults=not offline)
+  for task in bindings["tasks"]:
+    assert manager.match_tasks([task]), f"the harness knows no task {task}"
+
+
 def handler(command: list[str]):
   if command[0] == "make":
     return lambda folder: check_make(command[1], folder)
@@ -195,6 +212,7 @@ def handler(command: list[str]):
     return lambda folder: check_entry_point(command, folder)
   checks = {("python", "-m", "t5x_lite.scaling"): check_scaling,
             ("python", "-m", "t5x_lite.merge"): check_merge,
+            ("python", "-m", "t5x_lite.lm_eval"): check_lm_eval,
             ("python", "tools/scaling_sweep.py"): check_sweep,
             ("python", "experiments/architecture_objective/run.py"): check_ablation,
             ("bash",): check_script}
