@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import json
 import os
 import sys
 from typing import Optional, Sequence
@@ -288,7 +289,24 @@ def heldout_questions(mode: Mode) -> dict[str, list]:
 
 def heldout_scores(model_dir: str, question_sets: dict[str, list]) -> dict:
   """Zero-shot rank-classification accuracy per held-out task, per cluster and over all
-  questions, with the binomial standard error of the overall accuracy."""
+  questions, with the binomial standard error of the overall accuracy. Kept in the run
+  directory (heldout_scores.json) for the run's final step and these question sets, so
+  a resumed study does not score a model twice."""
+  key = {"step": sweep.evaluations(model_dir)[-1]["step"],
+         "questions": {name: len(questions) for name, questions in question_sets.items()}}
+  cache = os.path.join(model_dir, "heldout_scores.json")
+  if os.path.exists(cache):
+    with open(cache) as handle:
+      saved = json.load(handle)
+    if saved.get("key") == key:
+      return saved["scores"]
+  scores = _score_heldout(model_dir, question_sets)
+  with files.atomic_write(cache) as handle:
+    json.dump({"key": key, "scores": scores}, handle, indent=1)
+  return scores
+
+
+def _score_heldout(model_dir: str, question_sets: dict[str, list]) -> dict:
   model = checkpoints.load_model(model_dir)
   vocabulary = inference.task_vocabularies("pydocs.full_lm.byte")[1]
   results = {f"{name}/0-shot": multiple_choice.rank_classify(model, vocabulary, questions)
