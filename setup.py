@@ -24,6 +24,7 @@ setup(
         "matplotlib>=3.8",
         "sentencepiece>=0.2.0",
         "tensorboard>=2.21",  # tf.summary needs it; tensorflow no longer installs it
+        "qwix>=0.1.8,<0.2",  # quantization (t5x_lite/quantization.py)
     ],
     extras_require={
         # nbclient, nbformat, ipykernel: CI executes the colab/ notebooks in small mode.

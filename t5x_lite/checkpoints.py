@@ -403,11 +403,15 @@ def load_model(path: str, config: Optional["TransformerConfig"] = None  # noqa: 
   """A Transformer holding the params of the newest readable checkpoint in `path` (a
   MODEL_DIR or its checkpoints/ directory), on the default device. `config` defaults to
   the model the run directory recorded (run_dir.py). A LoRA run's directory loads as its
-  base with the adapters merged in (adapters.py)."""
+  base with the adapters merged in (adapters.py), a quantized one as the quantized model
+  (quantization.py)."""
   record = run_dir.read_record(path)
   if record is not None and "lora" in record["spec"]:
     from t5x_lite import adapters  # adapters.py builds on this module
     return adapters.load_merged(path, config)
+  if record is not None and record.get("quantization"):
+    from t5x_lite import quantization  # quantization.py builds on this module
+    return quantization.load(path, config or run_dir.recorded_model(path))
   config = config or run_dir.recorded_model(path)
   if config is None:
     raise CheckpointError(f"{path} records no model configuration ({run_dir.SPEC_FILE}); "

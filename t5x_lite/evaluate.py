@@ -29,7 +29,7 @@ from typing import Mapping, Optional, Sequence
 import gin
 
 from t5x_lite import chain_of_thought as cot
-from t5x_lite import checkpoints, evaluation, files, gin_utils, inference, run_dir
+from t5x_lite import checkpoints, evaluation, files, gin_utils, inference, quantization, run_dir
 from t5x_lite import multiple_choice as mc
 from t5x_lite.errors import run_cli
 
@@ -42,17 +42,23 @@ def evaluate(checkpoint_path: str = gin.REQUIRED, task: Optional[str] = None,
              separator: str = "\n\n", metric_examples: int = 64, max_new_tokens: int = 64,
              seed: int = 0, max_questions: Optional[int] = None,
              chain_of_thought: Optional[cot.ChainOfThought] = None,
-             output_path: Optional[str] = None) -> dict:
+             quantize: Optional[str] = None, output_path: Optional[str] = None) -> dict:
   """Evaluates CHECKPOINT_PATH's model (see the module docstring); returns the results.
 
   task, feature_lengths: None means those the checkpoint was trained with.
   separator, seed: k-shot examples' separator and draw.
   chain_of_thought: `@chain_of_thought()` with its `chain_of_thought.*` bindings.
+  quantize: e.g. 'int8_weights' (quantization.MODES): quantize the weights first.
   """
   question_sets = mc.question_sets(multiple_choice, max_questions)  # fail early
   generation_sets = mc.generation_sets(multiple_choice, max_questions)
-  model = checkpoints.load_model(checkpoint_path,
-                                 gin_utils.checkpoint_model_config(checkpoint_path))
+  config = gin_utils.checkpoint_model_config(checkpoint_path)
+  if quantize is not None:  # quantized per layer: load the layers unscanned
+    quantization.check_mode(quantize)
+    config = config.replace(scan_layers=False)
+  model = checkpoints.load_model(checkpoint_path, config)
+  if quantize is not None:
+    model = quantization.quantize(model, quantize)
   task = inference.resolve_task(checkpoint_path, task, model.config.vocab_size)
   if feature_lengths is None:
     record = run_dir.read_record(checkpoint_path)

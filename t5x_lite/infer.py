@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 
 import gin
 
-from t5x_lite import checkpoints, files, gin_utils, inference
+from t5x_lite import checkpoints, files, gin_utils, inference, quantization
 from t5x_lite.errors import run_cli
 
 
@@ -34,8 +34,9 @@ def infer(checkpoint_path: str = gin.REQUIRED, task: Optional[str] = None,
           split: str = "validation", num_examples: int = 16, prompt_length: int = 32,
           method: str = "greedy", max_new_tokens: int = 64, temperature: float = 1.0,
           top_k: int = 0, top_p: float = 1.0, beams: int = 4, alpha: float = 0.6,
-          batch_size: int = 8, seed: int = 0) -> dict:
+          batch_size: int = 8, seed: int = 0, quantize: Optional[str] = None) -> dict:
   """Writes predictions (or scores) of CHECKPOINT_PATH's model for `inputs` to output_path.
+  `quantize` (e.g. 'int8_weights', quantization.MODES) quantizes the model's weights first.
 
   task: supplies the vocabulary (and the examples when `inputs` is None); None means
     the task the checkpoint was trained on.
@@ -45,8 +46,13 @@ def infer(checkpoint_path: str = gin.REQUIRED, task: Optional[str] = None,
     raise inference.InferenceError(
         f"infer.mode={mode!r} / infer.method={method!r}: choose mode from 'predict', 'score' "
         "and method from 'greedy', 'sample', 'beam'.")
-  model = checkpoints.load_model(checkpoint_path,
-                                 gin_utils.checkpoint_model_config(checkpoint_path))
+  config = gin_utils.checkpoint_model_config(checkpoint_path)
+  if quantize is not None:  # quantized per layer: load the layers unscanned
+    quantization.check_mode(quantize)
+    config = config.replace(scan_layers=False)
+  model = checkpoints.load_model(checkpoint_path, config)
+  if quantize is not None:
+    model = quantization.quantize(model, quantize)
   task = inference.resolve_task(checkpoint_path, task, model.config.vocab_size)
   input_vocabulary, target_vocabulary, add_eos = inference.task_vocabularies(task)
   examples = (inference.read_examples(inputs) if inputs else

@@ -32,8 +32,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from t5x_lite.errors import ConfigError, check_field_types
+from t5x_lite.models.transformer import PROJECTIONS, projections
 
-PROJECTIONS = ("query", "key", "value", "out", "wi_0", "wi_1", "wo")
 # Target groups: every projection of the kind that the model has (wi_1 only when gated).
 GROUPS = {"attention": ("query", "key", "value", "out"), "mlp": ("wi_0", "wi_1", "wo")}
 
@@ -106,36 +106,20 @@ class LoraProjection(nnx.Module):
     return self.base
 
 
-def _owners(model: nnx.Module):
-  """(module, attribute name) of every projection in every layer of every stack."""
-  for stack_name in ("encoder", "decoder"):
-    stack = getattr(model, stack_name, None)
-    if stack is None:
-      continue
-    for block in stack.layers:
-      for part in ("self_attention", "cross_attention", "mlp"):
-        owner = getattr(block, part, None)
-        if owner is None:
-          continue
-        for name in PROJECTIONS:
-          if hasattr(owner, name):
-            yield owner, name
-
-
 def apply_lora(model: nnx.Module, config: LoraConfig, seed: int = 0) -> nnx.Module:
   """Wraps the targeted projections of `model` (in place) with adapters; returns it."""
   if model.config.scan_layers:
     raise ConfigError("LoRA needs the unscanned layout: set TransformerConfig.scan_layers="
                       "False (checkpoints store one layout, so a scanned run loads unscanned).")
   rngs = nnx.Rngs(params=seed)
-  found = {owner_name for _, owner_name in _owners(model)}
+  found = {owner_name for _, owner_name in projections(model)}
   missing = [t for t in config.targets if t in PROJECTIONS and t not in found]
   if missing:
     raise ConfigError(f"lora.targets {missing} match no layer of this "
                       f"{model.config.architecture} (it has {sorted(found)}; wi_1 exists only "
                       "in gated models).")
   targets = {name for t in config.targets for name in GROUPS.get(t, (t,))}
-  for owner, name in list(_owners(model)):
+  for owner, name in list(projections(model)):
     if name in targets:
       setattr(owner, name, LoraProjection(getattr(owner, name), config, rngs=rngs))
   return model
@@ -157,7 +141,7 @@ def adapt(model: nnx.Module, config: LoraConfig, seed: int = 0) -> AdaptedModel:
 
 def merge_lora(model: nnx.Module) -> nnx.Module:
   """Folds every adapter into its base kernel (in place); returns the plain model."""
-  for owner, name in list(_owners(model)):
+  for owner, name in list(projections(model)):
     projection = getattr(owner, name)
     if isinstance(projection, LoraProjection):
       setattr(owner, name, projection.merged())

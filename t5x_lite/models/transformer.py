@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Mapping, Optional
+from typing import Iterator, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -370,3 +370,25 @@ def forward(model: Transformer, batch: Batch) -> Array:
   (compiled once per model structure and batch shape)."""
   graphdef, state = nnx.split(model)
   return _forward(graphdef, state, batch)
+
+
+# The weight matrices of every block (attention, MLP): what LoRA adapts and
+# quantization quantizes.
+PROJECTIONS = ("query", "key", "value", "out", "wi_0", "wi_1", "wo")
+
+
+def projections(model: Transformer) -> Iterator[tuple[nnx.Module, str]]:
+  """(owning module, attribute name) of every projection in every layer of every stack
+  (unscanned layout: scanned layers are one stacked module)."""
+  for stack_name in ("encoder", "decoder"):
+    stack = getattr(model, stack_name, None)
+    if stack is None:
+      continue
+    for block in stack.layers:
+      for part in ("self_attention", "cross_attention", "mlp"):
+        owner = getattr(block, part, None)
+        if owner is None:
+          continue
+        for name in PROJECTIONS:
+          if hasattr(owner, name):
+            yield owner, name

@@ -1,0 +1,186 @@
+"""Post-training quantization of any t5x_lite model through Google's qwix.
+
+`quantize(model, "int8_weights")` returns a copy whose weight matrices are stored as
+qwix quantized arrays (integer values + float scales) and multiply through qwix's
+quantized dot_general/einsum; everything else (norms, biases, position tables, the
+KV cache, decoding) is unchanged, so infer, evaluate, scoring and every decoding
+method run on it as on the float model.
+
+Modes (MODES):
+  int8_weights                   int8, symmetric absmax, per output channel
+  int4_weights                   int4, symmetric absmax, per output channel in groups
+                                 of GROUP_SIZE inputs (sub-channel), per channel when
+                                 the input dimension is not a multiple of it
+  int8_weights_int8_activations  int8 weights as above, and each projection's input
+                                 quantized to int8 on the fly (dynamic range, per token)
+
+What is quantized (the rule): every attention projection (query, key, value, out, self-
+and cross-attention) and MLP projection (wi_0, wi_1, wo) of every layer, and the output
+layer when it is its own matrix (untied) and `output_layer` is set (default). The token
+embedding stays float: it is a table lookup, not a matrix product, and with tied
+embeddings it is also the output layer, which then stays float as well.
+
+Each projection is quantized by qwix's PtqProvider on its own (qwix.quantize_model over
+the projection module): the model applies its layers through nnx.split/merge, and a
+per-projection module keeps the quantized weights and the quantized call wherever the
+projection is used. Quantized models are checkpointed like any (checkpoints.save_params,
+tools/quantize.py); the run record names the mode, and load_model rebuilds the
+quantized structure before restoring the integer weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import qwix
+from flax import nnx
+
+from t5x_lite import checkpoints, files, run_dir
+from t5x_lite.errors import ConfigError
+from t5x_lite.models.configs import TransformerConfig
+from t5x_lite.models.transformer import Transformer, create_model, projections
+
+GROUP_SIZE = 128  # int4 sub-channel groups: inputs that share one scale
+
+
+@dataclasses.dataclass(frozen=True)
+class Mode:
+  weight_dtype: jnp.dtype
+  group_size: Optional[int] = None
+  activation_dtype: Optional[jnp.dtype] = None
+
+
+MODES = {
+    "int8_weights": Mode(jnp.int8),
+    "int4_weights": Mode(jnp.int4, group_size=GROUP_SIZE),
+    "int8_weights_int8_activations": Mode(jnp.int8, activation_dtype=jnp.int8),
+}
+
+
+class QuantizationError(ConfigError):
+  """An unsupported mode, or a model that cannot be quantized as asked."""
+
+
+def check_mode(mode: str) -> Mode:
+  if mode not in MODES:
+    raise QuantizationError(f"quantize={mode!r} is not a supported mode; choose from "
+                            f"{list(MODES)}.")
+  return MODES[mode]
+
+
+def is_quantized(module: nnx.Module) -> bool:
+  """Whether qwix has quantized this projection (its class is qwix's intercepting one)."""
+  return hasattr(type(module), "_unquantized_type")
+
+
+def quantized_mode(model: Transformer) -> Optional[str]:
+  """The mode a model was quantized with (recorded on it by `quantize`), or None."""
+  return getattr(model, "quantization", None)
+
+
+def _contracted(module: nnx.Module) -> int:
+  """How many leading kernel dimensions the projection's input contracts."""
+  if isinstance(module, nnx.Einsum):
+    operands, _ = module.einsum_str.replace(" ", "").split("->")
+    inputs, kernel = operands.split(",")
+    return sum(1 for letter in kernel if letter in inputs)
+  return 1
+
+
+def _quantize_projection(module: nnx.Module, mode: Mode) -> nnx.Module:
+  """The projection with qwix-quantized weights (one call converts them)."""
+  inputs = _contracted(module)
+  fan_in = math.prod(module.kernel.shape[:inputs])
+  # Sub-channel groups tile the contracted (input) axis; a 3-D attention kernel
+  # contracts one axis into the model width, or heads x head_dim into it (out).
+  tile = mode.group_size if (mode.group_size and inputs == 1
+                             and fan_in % mode.group_size == 0) else None
+  rule = qwix.QuantizationRule(module_path=".*", weight_qtype=mode.weight_dtype,
+                               tile_size=tile, act_qtype=mode.activation_dtype)
+  sample = jnp.zeros((1, 1, *module.kernel.shape[:inputs]), module.kernel.dtype)
+  return qwix.quantize_model(module, qwix.PtqProvider([rule]), sample)
+
+
+def quantize(model: Transformer, mode: str, *, output_layer: bool = True) -> Transformer:
+  """A copy of `model` with its weight matrices quantized by `mode` (see the module
+  docstring for which); the float model is left as it was."""
+  settings = check_mode(mode)
+  if quantized_mode(model) is not None:
+    raise QuantizationError(f"this model is already quantized ({quantized_mode(model)}); "
+                            "quantize its float checkpoint instead.")
+  if model.config.scan_layers:
+    raise QuantizationError("quantization needs the unscanned layout: load the model with "
+                            "TransformerConfig.scan_layers=False.")
+  model = nnx.clone(model)
+  for owner, name in list(projections(model)):
+    setattr(owner, name, _quantize_projection(getattr(owner, name), settings))
+  if output_layer and not model.config.tie_embeddings:
+    model.logits_dense = _quantize_projection(model.logits_dense, settings)
+  model.quantization = mode
+  return model
+
+
+def parameter_bytes(model: nnx.Module) -> int:
+  """Bytes of the model's parameters as stored (int4 counted at half a byte)."""
+  total = 0
+  for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)):
+    bits = jnp.iinfo(leaf.dtype).bits if jnp.issubdtype(leaf.dtype, jnp.integer) else \
+        jnp.finfo(leaf.dtype).bits
+    total += leaf.size * bits // 8
+  return total
+
+
+def save(model_dir: str, output_dir: str, mode: str, *, output_layer: bool = True) -> int:
+  """Writes the newest checkpoint of `model_dir`, quantized by `mode`, as the run
+  directory `output_dir` (params-only checkpoint at the same step, the run record with
+  "quantization") that infer and evaluate load directly. Returns the step."""
+  check_mode(mode)
+  record = run_dir.read_record(model_dir)
+  if record is None:
+    raise QuantizationError(f"{model_dir} records no model ({run_dir.SPEC_FILE}); quantize "
+                            "a t5x_lite run directory.")
+  if record.get("quantization"):
+    raise QuantizationError(f"{model_dir} is already quantized ({record['quantization']['mode']}"
+                            "); quantize its float checkpoint instead.")
+  if os.path.isdir(os.path.join(output_dir, "checkpoints")):
+    raise QuantizationError(f"{output_dir} already holds checkpoints; write the quantized "
+                            "model into a new directory (nothing there is overwritten).")
+  config = run_dir.recorded_model(model_dir).replace(scan_layers=False)
+  step = checkpoints.newest_params(model_dir, checkpoints_target(config))[0]
+  model = quantize(checkpoints.load_model(model_dir, config), mode, output_layer=output_layer)
+  record["spec"]["TransformerConfig"]["scan_layers"] = False
+  record["quantization"] = {"mode": mode, "output_layer": output_layer,
+                            "source": os.path.abspath(model_dir), "step": step}
+  os.makedirs(output_dir, exist_ok=True)
+  checkpoints.save_params(output_dir, step, nnx.state(model, nnx.Param))
+  with files.atomic_write(os.path.join(output_dir, run_dir.SPEC_FILE)) as handle:
+    json.dump(record, handle, indent=1)
+  return step
+
+
+def checkpoints_target(config: TransformerConfig):
+  """Placeholders of a float model's parameters on the default device."""
+  from t5x_lite.models.params import abstract_model
+
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                      nnx.split(abstract_model(config), nnx.Param)[1])
+
+
+def load(model_dir: str, config: TransformerConfig) -> Transformer:
+  """A quantized run directory (written by `save`) as a quantized model: the quantized
+  structure is rebuilt from a fresh model, then the stored integer weights restored."""
+  recorded = run_dir.read_record(model_dir)["quantization"]
+  model = quantize(create_model(config.replace(scan_layers=False)), recorded["mode"],
+                   output_layer=recorded["output_layer"])
+  graphdef, state = nnx.split(model, nnx.Param)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                        state)
+  return nnx.merge(graphdef, checkpoints.restore_params(model_dir, target))
