@@ -27,13 +27,14 @@ demo: install
 	# ...then continues two validation passages with it (KV-cache greedy decoding).
 	$(PY) -m t5x_lite.infer --gin_file=runs/quickstart_generate.gin
 
-bench: install
+bench: install demo  # the quantization benchmark measures the quick-start model
 	$(PY) tools/benchmark.py
 	$(PY) tools/benchmark_decoding.py
 	$(PY) tools/benchmark_data.py
 	$(PY) tools/benchmark_scaling.py
 	$(PY) tools/benchmark_lora.py
 	$(PY) tools/benchmark_harness.py
+	$(PY) tools/benchmark_quantization.py
 
 lint: install
 	$(PY) -m ruff check t5x_lite tests tools

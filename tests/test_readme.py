@@ -12,6 +12,8 @@ Each ```sh command is exercised by the handler for its program:
                               for real, shortened
   python -m t5x_lite.scaling  run as written (outputs under /tmp go to a test folder)
   python -m t5x_lite.merge    its flags parsed (tests/test_adapters.py runs merges)
+  python tools/quantize.py    its flags parsed, the mode one quantization supports
+                              (tests/test_quantization.py runs it)
   python -m t5x_lite.lm_eval  its flags parsed into gin, CHECKPOINT_PATH bound, every task
                               one the harness knows (tests/interop/test_lm_eval.py runs it)
   python tools/scaling_sweep.py
@@ -204,6 +206,13 @@ def check_lm_eval(command: list[str], folder) -> None:
     assert manager.match_tasks([task]), f"the harness knows no task {task}"
 
 
+def check_quantize(command: list[str], _) -> None:
+  from t5x_lite import quantization
+
+  args = load_script("tools/quantize.py").parse_args(command[2:])
+  quantization.check_mode(args.mode)
+
+
 def handler(command: list[str]):
   if command[0] == "make":
     return lambda folder: check_make(command[1], folder)
@@ -213,6 +222,7 @@ def handler(command: list[str]):
   checks = {("python", "-m", "t5x_lite.scaling"): check_scaling,
             ("python", "-m", "t5x_lite.merge"): check_merge,
             ("python", "-m", "t5x_lite.lm_eval"): check_lm_eval,
+            ("python", "tools/quantize.py"): check_quantize,
             ("python", "tools/scaling_sweep.py"): check_sweep,
             ("python", "experiments/architecture_objective/run.py"): check_ablation,
             ("bash",): check_script}
