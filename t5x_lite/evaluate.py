@@ -29,7 +29,7 @@ from typing import Mapping, Optional, Sequence
 import gin
 
 from t5x_lite import chain_of_thought as cot
-from t5x_lite import checkpoints, evaluation, files, gin_utils, inference, quantization, run_dir
+from t5x_lite import evaluation, files, gin_utils, inference, quantization, run_dir
 from t5x_lite import multiple_choice as mc
 from t5x_lite.errors import run_cli
 
@@ -52,13 +52,8 @@ def evaluate(checkpoint_path: str = gin.REQUIRED, task: Optional[str] = None,
   """
   question_sets = mc.question_sets(multiple_choice, max_questions)  # fail early
   generation_sets = mc.generation_sets(multiple_choice, max_questions)
-  config = gin_utils.checkpoint_model_config(checkpoint_path)
-  if quantize is not None:  # quantized per layer: load the layers unscanned
-    quantization.check_mode(quantize)
-    config = config.replace(scan_layers=False)
-  model = checkpoints.load_model(checkpoint_path, config)
-  if quantize is not None:
-    model = quantization.quantize(model, quantize)
+  model = quantization.load_model(checkpoint_path,
+                                  gin_utils.checkpoint_model_config(checkpoint_path), quantize)
   task = inference.resolve_task(checkpoint_path, task, model.config.vocab_size)
   if feature_lengths is None:
     record = run_dir.read_record(checkpoint_path)

@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 
 import gin
 
-from t5x_lite import checkpoints, files, gin_utils, inference, quantization
+from t5x_lite import files, gin_utils, inference, quantization
 from t5x_lite.errors import run_cli
 
 
@@ -46,13 +46,8 @@ def infer(checkpoint_path: str = gin.REQUIRED, task: Optional[str] = None,
     raise inference.InferenceError(
         f"infer.mode={mode!r} / infer.method={method!r}: choose mode from 'predict', 'score' "
         "and method from 'greedy', 'sample', 'beam'.")
-  config = gin_utils.checkpoint_model_config(checkpoint_path)
-  if quantize is not None:  # quantized per layer: load the layers unscanned
-    quantization.check_mode(quantize)
-    config = config.replace(scan_layers=False)
-  model = checkpoints.load_model(checkpoint_path, config)
-  if quantize is not None:
-    model = quantization.quantize(model, quantize)
+  model = quantization.load_model(checkpoint_path,
+                                  gin_utils.checkpoint_model_config(checkpoint_path), quantize)
   task = inference.resolve_task(checkpoint_path, task, model.config.vocab_size)
   input_vocabulary, target_vocabulary, add_eos = inference.task_vocabularies(task)
   examples = (inference.read_examples(inputs) if inputs else

@@ -44,7 +44,7 @@ from flax import nnx
 from t5x_lite import checkpoints, files, run_dir
 from t5x_lite.errors import ConfigError
 from t5x_lite.models.configs import TransformerConfig
-from t5x_lite.models.transformer import Transformer, create_model, projections
+from t5x_lite.models.transformer import Transformer, contracted_dims, create_model, projections
 
 GROUP_SIZE = 128  # int4 sub-channel groups: inputs that share one scale
 
@@ -84,18 +84,9 @@ def quantized_mode(model: Transformer) -> Optional[str]:
   return getattr(model, "quantization", None)
 
 
-def _contracted(module: nnx.Module) -> int:
-  """How many leading kernel dimensions the projection's input contracts."""
-  if isinstance(module, nnx.Einsum):
-    operands, _ = module.einsum_str.replace(" ", "").split("->")
-    inputs, kernel = operands.split(",")
-    return sum(1 for letter in kernel if letter in inputs)
-  return 1
-
-
 def _quantize_projection(module: nnx.Module, mode: Mode) -> nnx.Module:
   """The projection with qwix-quantized weights (one call converts them)."""
-  inputs = _contracted(module)
+  inputs = contracted_dims(module)
   fan_in = math.prod(module.kernel.shape[:inputs])
   # Sub-channel groups tile the contracted (input) axis; a 3-D attention kernel
   # contracts one axis into the model width, or heads x head_dim into it (out).
@@ -134,6 +125,17 @@ def parameter_bytes(model: nnx.Module) -> int:
         jnp.finfo(leaf.dtype).bits
     total += leaf.size * bits // 8
   return total
+
+
+def load_model(checkpoint_path: str, config: TransformerConfig,
+               mode: Optional[str] = None) -> Transformer:
+  """checkpoints.load_model, then quantized by `mode` when one is given (the layers
+  loaded unscanned: they are quantized one by one)."""
+  if mode is None:
+    return checkpoints.load_model(checkpoint_path, config)
+  check_mode(mode)
+  return quantize(checkpoints.load_model(checkpoint_path, config.replace(scan_layers=False)),
+                  mode)
 
 
 def save(model_dir: str, output_dir: str, mode: str, *, output_layer: bool = True) -> int:

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from t5x_lite.errors import ConfigError, check_field_types
-from t5x_lite.models.transformer import PROJECTIONS, projections
+from t5x_lite.models.transformer import PROJECTIONS, contracted_dims, projections
 
 # Target groups: every projection of the kind that the model has (wi_1 only when gated).
 GROUPS = {"attention": ("query", "key", "value", "out"), "mlp": ("wi_0", "wi_1", "wo")}
@@ -70,15 +70,6 @@ class LoraConfig:
     return self.alpha / self.rank
 
 
-def _contracted_dims(base: nnx.Module) -> int:
-  """How many leading kernel dimensions the projection's input contracts."""
-  if isinstance(base, nnx.Einsum):
-    operands, _ = base.einsum_str.replace(" ", "").split("->")
-    inputs, kernel = operands.split(",")
-    return sum(1 for letter in kernel if letter in inputs)
-  return 1
-
-
 class LoraProjection(nnx.Module):
   """A projection (nnx.Linear or nnx.Einsum) plus a scaled low-rank update."""
 
@@ -86,7 +77,7 @@ class LoraProjection(nnx.Module):
     self.base = base
     self.scale = config.scale
     kernel_shape = base.kernel.shape
-    self.in_dims = _contracted_dims(base)
+    self.in_dims = contracted_dims(base)
     self.out_shape = tuple(kernel_shape[self.in_dims:])
     self.lora = nnx.LoRA(math.prod(kernel_shape[:self.in_dims]), config.rank,
                          math.prod(self.out_shape), param_dtype=base.kernel.dtype,

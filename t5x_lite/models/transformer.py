@@ -392,3 +392,13 @@ def projections(model: Transformer) -> Iterator[tuple[nnx.Module, str]]:
         for name in PROJECTIONS:
           if hasattr(owner, name):
             yield owner, name
+
+
+def contracted_dims(projection: nnx.Module) -> int:
+  """How many leading kernel dimensions a projection's input contracts (nnx.Linear: 1;
+  an attention nnx.Einsum: 1 into heads x head_dim, or 2 out of them)."""
+  if isinstance(projection, nnx.Einsum):
+    operands, _ = projection.einsum_str.replace(" ", "").split("->")
+    inputs, kernel = operands.split(",")
+    return sum(1 for letter in kernel if letter in inputs)
+  return 1
