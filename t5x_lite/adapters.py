@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from t5x_lite import checkpoints, files, run_dir
+from t5x_lite import checkpoints, files, quantization, run_dir
 from t5x_lite.models import lora
 from t5x_lite.models.configs import TransformerConfig
 from t5x_lite.models.transformer import Transformer
@@ -120,7 +120,10 @@ def _load_merged(model_dir: str, config: Optional[TransformerConfig], base: Opti
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                         adapted.adapters)
   step, adapters = checkpoints.newest_params(model_dir, target, stream)
-  return step, lora.merge_lora(nnx.merge(adapted.graphdef, adapters, adapted.base))
+  # Over a quantized base (QLoRA) the merged model is float: the adapters fold into the
+  # dequantized weights, and the layers without adapters are dequantized too.
+  merged = lora.merge_lora(nnx.merge(adapted.graphdef, adapters, adapted.base))
+  return step, quantization.dequantize(merged) if quantization.quantized_mode(merged) else merged
 
 
 def merge(model_dir: str, output_dir: str, base: Optional[str] = None,

@@ -41,7 +41,6 @@ import jax.numpy as jnp
 import qwix
 from flax import nnx
 
-from t5x_lite import checkpoints, files, run_dir
 from t5x_lite.errors import ConfigError
 from t5x_lite.models.configs import TransformerConfig
 from t5x_lite.models.transformer import Transformer, contracted_dims, create_model, projections
@@ -117,6 +116,29 @@ def quantize(model: Transformer, mode: str, *, output_layer: bool = True) -> Tra
   return model
 
 
+def dequantized(module: nnx.Module) -> nnx.Module:
+  """A qwix-quantized projection as the float one of its dequantized weights (in place;
+  other modules are returned as they are)."""
+  unquantized = getattr(type(module), "_unquantized_type", None)
+  if unquantized is None:
+    return module
+  weights = qwix.dequantize(module.kernel.array)
+  module.__class__ = unquantized
+  module.kernel = nnx.Param(weights)
+  return module
+
+
+def dequantize(model: Transformer) -> Transformer:
+  """Every quantized projection of `model` (and its output layer) as float (in place):
+  e.g. to export a model fine-tuned over a quantized base."""
+  for owner, name in list(projections(model)):
+    setattr(owner, name, dequantized(getattr(owner, name)))
+  if not model.config.tie_embeddings:
+    model.logits_dense = dequantized(model.logits_dense)
+  model.quantization = None
+  return model
+
+
 def parameter_bytes(model: nnx.Module) -> int:
   """Bytes of the model's parameters as stored (int4 counted at half a byte)."""
   total = 0
@@ -131,6 +153,8 @@ def load_model(checkpoint_path: str, config: TransformerConfig,
                mode: Optional[str] = None) -> Transformer:
   """checkpoints.load_model, then quantized by `mode` when one is given (the layers
   loaded unscanned: they are quantized one by one)."""
+  from t5x_lite import checkpoints  # builds on this module's models (see load)
+
   if mode is None:
     return checkpoints.load_model(checkpoint_path, config)
   check_mode(mode)
@@ -142,6 +166,8 @@ def save(model_dir: str, output_dir: str, mode: str, *, output_layer: bool = Tru
   """Writes the newest checkpoint of `model_dir`, quantized by `mode`, as the run
   directory `output_dir` (params-only checkpoint at the same step, the run record with
   "quantization") that infer and evaluate load directly. Returns the step."""
+  from t5x_lite import checkpoints, files, run_dir
+
   check_mode(mode)
   record = run_dir.read_record(model_dir)
   if record is None:
@@ -178,6 +204,8 @@ def checkpoints_target(config: TransformerConfig):
 def load(model_dir: str, config: TransformerConfig) -> Transformer:
   """A quantized run directory (written by `save`) as a quantized model: the quantized
   structure is rebuilt from a fresh model, then the stored integer weights restored."""
+  from t5x_lite import checkpoints, run_dir
+
   recorded = run_dir.read_record(model_dir)["quantization"]
   model = quantize(create_model(config.replace(scan_layers=False)), recorded["mode"],
                    output_layer=recorded["output_layer"])

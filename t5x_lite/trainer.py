@@ -29,12 +29,21 @@ import optax
 import seqio
 from flax import nnx
 
-from t5x_lite import adapters, checkpoints, losses, metrics, optim, partitioning, run_dir
+from t5x_lite import (
+  adapters,
+  checkpoints,
+  losses,
+  metrics,
+  optim,
+  partitioning,
+  quantization,
+  run_dir,
+)
 from t5x_lite.data import check_vocabulary, get_batches, get_task, vocabularies
 from t5x_lite.errors import ConfigError, UserError
 from t5x_lite.models import Transformer, TransformerConfig
 from t5x_lite.models.configs import functional_differences
-from t5x_lite.models.lora import AdaptedModel, adapt
+from t5x_lite.models.lora import AdaptedModel, LoraConfig, adapt
 from t5x_lite.models.params import abstract_model
 from t5x_lite.scaling.counting import count
 from t5x_lite.spec import RunConfig, TrainSpec
@@ -278,6 +287,24 @@ def _check_init_checkpoint(path: str, config: TransformerConfig,
         "Fine-tune with the model it was trained with.")
 
 
+def _lora_base(path: str, config: TransformerConfig, lora: LoraConfig,
+               mesh: jax.sharding.Mesh) -> Transformer:
+  """The frozen base of a LoRA run: float parameters sharded over the mesh, or a
+  quantized run directory's integer ones (QLoRA), replicated."""
+  record = run_dir.read_record(path)
+  if record is not None and record.get("quantization"):
+    model = quantization.load(path, config)
+    graphdef, state = nnx.split(model)
+    return nnx.merge(graphdef, jax.device_put(state, partitioning.replicated(mesh)))
+  if lora.quantized_base:
+    raise ConfigError(f"lora.quantized_base (QLoRA) needs a quantized base, and {path} is a "
+                      "float model: write one with `python tools/quantize.py --checkpoint="
+                      f"{path} --output=DIR --mode=int4_weights` and point CHECKPOINT_PATH at "
+                      "DIR.")
+  base = checkpoints.restore_params(path, sharded_abstract_params(config, mesh))
+  return nnx.merge(nnx.graphdef(abstract_model(config)), base)
+
+
 class _StepProfiler:
   """Traces steps profile_start_step + 1 ... + profile_steps (RunConfig) with jax.profiler
   into MODEL_DIR/profile; waits for the last traced step so the trace holds its ops."""
@@ -350,11 +377,11 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
   adapted = None
   if spec.lora is not None:  # the base is frozen and loaded every time, resumed or not
     _check_init_checkpoint(run.init_checkpoint, config, run.allow_changes)
-    base = checkpoints.restore_params(run.init_checkpoint, sharded_abstract_params(config, mesh))
+    base_model = _lora_base(run.init_checkpoint, config, spec.lora, mesh)
     if is_main:
-      adapters.record_base(run.model_dir, run.init_checkpoint, base, resuming)
-    adapted = adapt(nnx.merge(nnx.graphdef(abstract_model(config)), base), spec.lora,
-                    seed=run.seed)
+      adapters.record_base(run.model_dir, run.init_checkpoint,
+                           nnx.state(base_model, nnx.Param), resuming)
+    adapted = adapt(base_model, spec.lora, seed=run.seed)
   steps = make_step_functions(config, optim.make_optimizer(spec.optimizer, schedule), mesh,
                               run.seed, run.microbatches, run.z_loss, run.label_smoothing,
                               adapted)

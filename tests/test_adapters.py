@@ -5,11 +5,23 @@ exactly as pretraining does."""
 import os
 import shutil
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
-from t5x_lite import adapters, checkpoints, gin_utils, merge, trainer
+from t5x_lite import (
+  adapters,
+  checkpoints,
+  gin_utils,
+  merge,
+  partitioning,
+  quantization,
+  run_dir,
+  trainer,
+)
 from t5x_lite.models import forward
 from t5x_lite.models.lora import LoraConfig, adapt
 from tests import train_helpers as helpers
@@ -126,3 +138,48 @@ def test_a_bad_lora_setting_is_one_clear_error(tiny_run_once, tmp_path, capsys, 
   code, err = run_main(argv, capsys)
   assert code == 2 and message in err
   assert not (tmp_path / "lora" / "checkpoints").exists()
+
+
+def test_qlora_trains_adapters_over_a_frozen_integer_base_and_merges_to_float(
+    tiny_run_once, tmp_path, capsys):
+  base = tmp_path / "int4_base"
+  quantization.save(str(tiny_run_once), str(base), "int4_weights")
+  # One step: the adapters move, the integer base is bit for bit what it was.
+  config = run_dir.recorded_model(str(base))
+  adapted = adapt(quantization.load(str(base), config), LoraConfig(rank=4))
+  base_before = [np.array(leaf) for leaf in jax.tree.leaves(adapted.base)]
+  assert any(jnp.issubdtype(leaf.dtype, jnp.integer) for leaf in base_before)
+  mesh = partitioning.create_mesh(devices=partitioning.single_device())
+  steps = trainer.make_step_functions(config, optax.adam(1e-2), mesh, adapted=adapted)
+  state = steps.init()
+  adapters_before = [np.array(leaf) for leaf in jax.tree.leaves(state["params"])]
+  tokens = np.arange(1, 65).reshape(4, 16) % 200 + 3
+  batch = {"decoder_input_tokens": np.pad(tokens[:, :-1], ((0, 0), (1, 0))),
+           "decoder_target_tokens": tokens, "decoder_loss_weights": np.ones((4, 16), np.float32)}
+  state, _ = steps.train(state, partitioning.global_batch(batch, mesh))
+  for before, after in zip(base_before, jax.tree.leaves(adapted.base)):
+    np.testing.assert_array_equal(before, np.asarray(after))
+  assert any(not np.array_equal(b, np.asarray(a))
+             for b, a in zip(adapters_before, jax.tree.leaves(state["params"])))
+
+  # The run: QLoRA asks for a quantized base and trains; merged, it is a float model that
+  # computes what the adapters over the integer base compute.
+  run = tmp_path / "qlora"
+  finetune(run, base, steps=2, **{"lora.quantized_base": True})
+  merged = checkpoints.load_model(str(run))
+  assert not any(jnp.issubdtype(leaf.dtype, jnp.integer)
+                 for leaf in jax.tree.leaves(nnx.state(merged, nnx.Param)))
+  adapted = adapt(quantization.load(str(base), config), LoraConfig(rank=8, alpha=16.0))
+  saved = helpers.saved_params(run)
+  values = {name: saved["params." + name] for name in checkpoints.flatten_state(adapted.adapters)}
+  adapter_model = nnx.merge(adapted.graphdef, checkpoints.unflatten_state(
+      adapted.adapters, values), adapted.base)
+  tokens = {"decoder_input_tokens": np.arange(1, 25).reshape(1, 24)}
+  np.testing.assert_allclose(np.asarray(forward(merged, tokens)),
+                             np.asarray(forward(adapter_model, tokens)), atol=1e-5, rtol=1e-5)
+
+  # A float base is refused for QLoRA, naming how to make a quantized one.
+  argv = ["--gin_file=runs/lora.gin", *helpers.command_line(tmp_path / "refused", steps=2)[1:],
+          f"--gin.CHECKPOINT_PATH='{tiny_run_once}'", "--gin.lora.quantized_base=True"]
+  code, err = run_main(argv, capsys)
+  assert code == 2 and "needs a quantized base" in err and "tools/quantize.py" in err

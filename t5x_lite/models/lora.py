@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from t5x_lite import quantization
 from t5x_lite.errors import ConfigError, check_field_types
 from t5x_lite.models.transformer import PROJECTIONS, contracted_dims, projections
 
@@ -48,10 +49,14 @@ class LoraConfig:
       update's size at initialisation comparable, as in the paper).
     targets: projection names (PROJECTIONS) or groups (GROUPS) to adapt in every
       layer; by default all attention and MLP projections.
+    quantized_base: QLoRA: the base must be a quantized run directory (tools/quantize.py,
+      e.g. int4_weights) and the adapters train over its integer weights. (A quantized
+      base is used as such even without it; this asks that it be one.)
   """
   rank: int = 8
   alpha: float = 16.0
   targets: tuple[str, ...] = ("attention", "mlp")
+  quantized_base: bool = False
 
   def __post_init__(self):
     object.__setattr__(self, "targets", tuple(self.targets))
@@ -90,11 +95,14 @@ class LoraProjection(nnx.Module):
     return y + (self.scale * update).astype(y.dtype)
 
   def merged(self) -> nnx.Module:
-    """The base projection with the update folded into its kernel."""
+    """The base projection with the update folded into its kernel. A quantized base
+    (QLoRA: a qwix projection) becomes the float projection of its dequantized weights
+    plus the update, the function the adapters were trained with."""
     delta = (self.lora.lora_a[...] @ self.lora.lora_b[...]) * self.scale
-    kernel = self.base.kernel
+    base = quantization.dequantized(self.base)
+    kernel = base.kernel
     kernel[...] = kernel[...] + delta.reshape(kernel.shape).astype(kernel.dtype)
-    return self.base
+    return base
 
 
 def apply_lora(model: nnx.Module, config: LoraConfig, seed: int = 0) -> nnx.Module:
