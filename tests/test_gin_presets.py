@@ -77,8 +77,9 @@ def test_every_mesh_file_builds_its_mesh_on_eight_devices(name, shape):
 
 
 # run file: the entry point whose configurable it binds
-RUN_FILES = {"pretrain": "train", "finetune": "train", "quickstart": "train",
-             "infer": "infer", "quickstart_generate": "infer", "evaluate": "evaluate"}
+RUN_FILES = {"pretrain": "train", "finetune": "train", "lora": "train", "quickstart": "train",
+             "infer": "infer", "quickstart_generate": "infer", "evaluate": "evaluate",
+             "lm_eval": "harness"}
 
 
 @pytest.mark.parametrize("run", sorted(RUN_FILES))
@@ -88,11 +89,12 @@ def test_every_run_file_parses_with_its_required_macros_bound(run):
   # Register every configurable the run files bind.
   import t5x_lite.evaluate  # noqa: F401
   import t5x_lite.infer  # noqa: F401
+  import t5x_lite.lm_eval  # noqa: F401
   import t5x_lite.trainer  # noqa: F401
   entry = RUN_FILES[run]
   required = {"train": ["MODEL_DIR"], "infer": ["CHECKPOINT_PATH", "INFER_OUTPUT"],
-              "evaluate": ["CHECKPOINT_PATH"]}[entry] + (["CHECKPOINT_PATH"] if run == "finetune"
-                                                         else [])
+              "evaluate": ["CHECKPOINT_PATH"], "harness": ["CHECKPOINT_PATH"]}[entry] + (
+                  ["CHECKPOINT_PATH"] if run in ("finetune", "lora") else [])
   gin_utils.parse([f"runs/{run}.gin", "models/tiny_causal_decoder.gin"],
                   [f"{macro} = '/tmp/unused'" for macro in required])
   path = "train.model_dir" if entry == "train" else f"{entry}.checkpoint_path"
@@ -100,6 +102,9 @@ def test_every_run_file_parses_with_its_required_macros_bound(run):
   if entry == "train":
     spec = gin_utils.resolve_train_spec()
     assert spec.run.train_steps > 0 and spec.run.task.startswith("pydocs.")
+    assert (spec.lora is not None) == (run == "lora")
+  elif entry == "harness":
+    assert gin.get_bindings("harness")["tasks"] == ["t5x_lite_pydocs_cloze"]
   else:  # infer and evaluate default to the task the checkpoint was trained on
     assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") is None
   assert {os.path.basename(f)[:-4] for f in glob.glob(
