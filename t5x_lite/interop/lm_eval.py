@@ -104,12 +104,7 @@ class T5xLiteLM(LM):
       raise HarnessError(f"a continuation of {len(continuation)} tokens does not fit the "
                          f"model's {self.max_length} positions; it cannot be scored.")
     room = self.max_length if self.has_encoder else self.max_length - len(continuation)
-    if len(context) > room:
-      if self.truncation == "error":
-        raise HarnessError(f"a context of {len(context)} tokens does not fit the model's "
-                           f"{self.max_length} positions (with its {len(continuation)}-token "
-                           "continuation); pass truncation=left to cut its left end.")
-      context = context[len(context) - room:]
+    context = self.truncated(context, room, f"with its {len(continuation)}-token continuation")
     if self.has_encoder and not context:
       context = [self.vocabulary.eos_id]  # the encoder needs one token: an empty document
     return context
@@ -184,14 +179,18 @@ class T5xLiteLM(LM):
     return outputs
 
   def _prompt(self, context: str, limit: int, max_new: int) -> list[int]:
-    tokens = self.encode(context)
-    if len(tokens) > limit:
-      if self.truncation == "error":
-        raise HarnessError(f"a prompt of {len(tokens)} tokens leaves no room for {max_new} new "
-                           f"tokens in the model's {self.max_length} positions; pass "
-                           "truncation=left to cut its left end.")
-      tokens = tokens[len(tokens) - limit:]
+    tokens = self.truncated(self.encode(context), limit, f"with {max_new} new tokens")
     return tokens or [self.vocabulary.eos_id]
+
+  def truncated(self, context: list[int], room: int, what: str) -> list[int]:
+    """The context's last `room` tokens (truncation="left"), or an error ("error")."""
+    if len(context) <= room:
+      return context
+    if self.truncation == "error":
+      raise HarnessError(f"a context of {len(context)} tokens does not fit the model's "
+                         f"{self.max_length} positions ({what}); pass truncation=left to cut "
+                         "its left end.")
+    return context[len(context) - room:]
 
 
 def cut_at_stop(text: str, until: Sequence[str]) -> str:
