@@ -142,6 +142,7 @@ def run_cli(main: Callable[[], int]) -> int:
     # "Exception ignored in ..." for each of them as the interpreter shuts down.
     sys.unraisablehook = lambda unraisable: None
     gc.collect()
-    fail(str(error))
+    # gin appends "In call to configurable ..." to errors raised inside a configurable.
+    fail(str(error).split("\n  In call to configurable")[0])
   finally:
     logging.getLogger("absl").removeFilter(quiet)
