@@ -356,12 +356,14 @@ def summarise_adaptation(rows: list[dict], output_dir: str) -> str:
         continue
       stats = {k: (np.mean([r[k] for r in group]), np.std([r[k] for r in group]))
                for k in ("heldout_accuracy", "cluster_cloze", "cluster_membership")}
-      stderr = np.mean([r["heldout_stderr"] for r in group])
+      stderr = float(np.mean([r["heldout_stderr"] for r in group]))
       lines.append(f"| {model[0]} | {model[1]} | {stage} | {stats['heldout_accuracy'][0]:.3f} "
                    f"± {stats['heldout_accuracy'][1]:.3f} | {stderr:.3f} | "
                    f"{stats['cluster_cloze'][0]:.3f} | {stats['cluster_membership'][0]:.3f} | "
                    f"{len(group)} |")
-      bars.setdefault(stage, []).append(stats["heldout_accuracy"])
+      # Error bar: the spread over seeds and one run's binomial error, combined.
+      mean, spread = stats["heldout_accuracy"]
+      bars.setdefault(stage, []).append((mean, float(np.hypot(spread, stderr))))
   table = "\n".join(lines)
   with files.atomic_write(os.path.join(output_dir, "adaptation.md")) as handle:
     handle.write(table + "\n")
@@ -372,9 +374,10 @@ def summarise_adaptation(rows: list[dict], output_dir: str) -> str:
     axis.bar(np.arange(len(values)) + offset, [m for m, _ in values], width,
              yerr=[s for _, s in values], capsize=3, label=stage)
   axis.set_xticks(range(len(models)), [f"{a}\n{o}" for a, o in models], fontsize=7)
-  axis.axhline(float(np.mean([r["heldout_chance"] for r in rows])), color="grey", ls="--",
-               lw=1, label="chance")
-  axis.set_ylabel("held-out zero-shot accuracy")
+  chance = float(np.mean([r["heldout_chance"] for r in rows]))
+  axis.axhline(chance, color="grey", ls="--", lw=1, label="chance")
+  axis.set_ylim(0, max(chance, *(m + s for values in bars.values() for m, s in values)) + 0.05)
+  axis.set_ylabel("held-out zero-shot accuracy (± seeds and binomial error)")
   axis.set_title("held-out clusters (cloze, membership), before and after multitask "
                  "fine-tuning")
   axis.legend(fontsize=7)
