@@ -97,8 +97,8 @@ def multitask_questions(task: str, split: str = "validation") -> list[Question]:
 
 
 # The offline zero-shot suite: both cloze sets and every multitask task with answer
-# choices (validation examples only): 2,365 questions over 11 task types, so that a
-# one-point difference between models is about two binomial standard errors.
+# choices (validation examples only): 2,365 questions over 11 task types, so one
+# model's accuracy has a binomial standard error of about one point.
 SUITE = "zero_shot_suite"
 
 
