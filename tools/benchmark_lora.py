@@ -1,5 +1,7 @@
-"""LoRA vs full fine-tuning on the quick-start decoder (`make bench`): step time and
-memory (trainable parameters, AdamW state bytes), the two steps interleaved in one run.
+"""Full fine-tuning vs LoRA vs QLoRA on the quick-start decoder (`make bench`): step time
+and memory (trainable parameters, AdamW state bytes, bytes of the parameters held),
+the three steps interleaved in one run. QLoRA trains the same adapters over the base
+quantized to int4 weights (t5x_lite/quantization.py, qwix).
 
 Both steps are the same jitted forward + cross-entropy + AdamW update over nnx state;
 full fine-tuning differentiates and updates every nnx.Param, LoRA only the adapters
@@ -24,7 +26,7 @@ from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from t5x_lite import gin_utils  # noqa: E402
+from t5x_lite import gin_utils, quantization  # noqa: E402
 from t5x_lite.models import create_model  # noqa: E402
 from t5x_lite.models.lora import (  # noqa: E402
   LoraConfig,
@@ -66,11 +68,15 @@ def main(argv=None) -> None:
   batch = {"decoder_input_tokens": np.pad(text[:, :-1], ((0, 0), (1, 0)))[:, :args.length],
            "decoder_target_tokens": text[:, :args.length]}
   full = create_model(config)
-  adapted = apply_lora(create_model(config), LoraConfig(rank=args.rank, alpha=2.0 * args.rank))
+  lora = LoraConfig(rank=args.rank, alpha=2.0 * args.rank)
+  adapted = apply_lora(create_model(config), lora)
+  qlora = apply_lora(quantization.quantize(create_model(config), "int4_weights"), lora)
   tx = optax.adamw(1e-4)
   runs = {"full fine-tuning": (make_step(full, tx, nnx.Param), full, nnx.Param),
           f"LoRA rank {args.rank}": (make_step(adapted, tx, nnx.LoRAParam), adapted,
-                                     nnx.LoRAParam)}
+                                     nnx.LoRAParam),
+          f"QLoRA rank {args.rank} (int4)": (make_step(qlora, tx, nnx.LoRAParam), qlora,
+                                             nnx.LoRAParam)}
   for step, _, _ in runs.values():
     step(batch)  # compile
   times = {name: [] for name in runs}
@@ -85,10 +91,12 @@ def main(argv=None) -> None:
     trainable = counts["adapter"] if wrt is nnx.LoRAParam else counts["base"]
     row = {"run": name, "step_seconds": statistics.median(times[name]),
            "trainable_params": trainable,
-           "optimizer_state_bytes": optimizer_state_bytes(model, tx, wrt=wrt)}
+           "optimizer_state_bytes": optimizer_state_bytes(model, tx, wrt=wrt),
+           "parameter_bytes": quantization.parameter_bytes(model)}
     results.append(row)
-    print(f"{name:18s} step {row['step_seconds']:.3f}s  trainable {trainable:>10,d} params  "
-          f"AdamW state {row['optimizer_state_bytes'] / 2**20:8.2f} MiB")
+    print(f"{name:24s} step {row['step_seconds']:.3f}s  trainable {trainable:>10,d} params  "
+          f"AdamW state {row['optimizer_state_bytes'] / 2**20:8.2f} MiB  parameters "
+          f"{row['parameter_bytes'] / 2**20:6.2f} MiB")
   if args.json:
     with open(args.json, "w") as handle:
       json.dump(results, handle, indent=1)
