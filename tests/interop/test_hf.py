@@ -264,3 +264,24 @@ def test_greedy_decoding_of_imported_models_equals_transformers_generate(tmp_pat
   decoded = decoding.generate(ours, encoder, max_new_tokens=new_tokens)
   expected = expected[:, 1:].numpy()  # drop the decoder start token
   np.testing.assert_array_equal(decoded.tokens[:, :expected.shape[1]], expected)
+
+
+@pytest.mark.parametrize("mode,levels", [("int8_weights", 127), ("int4_weights", 7)])
+def test_an_imported_model_quantizes_within_the_quantization_step(tmp_path, mode, levels):
+  from t5x_lite import quantization
+  from t5x_lite.models.transformer import projections
+
+  config = transformers.LlamaConfig(vocab_size=103, hidden_size=64, intermediate_size=128,
+                                    num_hidden_layers=2, num_attention_heads=4,
+                                    num_key_value_heads=2, tie_word_embeddings=False)
+  model = transformers.LlamaForCausalLM(config)
+  randomize(model, seed=5)
+  model.save_pretrained(tmp_path)
+  ours = hf.load(str(tmp_path))
+  quantized = quantization.quantize(ours, mode)
+  tokens = {"decoder_input_tokens": np.arange(1, 33).reshape(2, 16) % 103}
+  reference, logits = np.asarray(ours(tokens)), np.asarray(quantized(tokens))
+  # As for t5x_lite's own models (tests/test_quantization.py): at most half a step of
+  # each matrix's channel maximum per weight, summed over the quantized matrices.
+  bound = (len(list(projections(ours))) + 1) / (2 * levels)
+  assert np.linalg.norm(logits - reference) / np.linalg.norm(reference) < bound
