@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import os
-import signal
 import sys
 import time
 from typing import Any, Callable, Mapping, Optional, TextIO
@@ -32,6 +30,7 @@ from flax import nnx
 from t5x_lite import (
   adapters,
   checkpoints,
+  loop_controls,
   losses,
   metrics,
   optim,
@@ -40,17 +39,14 @@ from t5x_lite import (
   run_dir,
 )
 from t5x_lite.data import check_vocabulary, get_batches, get_task, vocabularies
-from t5x_lite.errors import ConfigError, UserError
+from t5x_lite.errors import ConfigError
+from t5x_lite.loop_controls import TrainingHalted  # noqa: F401  (raised by the loop)
 from t5x_lite.models import Transformer, TransformerConfig
 from t5x_lite.models.configs import functional_differences
 from t5x_lite.models.lora import AdaptedModel, LoraConfig, adapt
 from t5x_lite.models.params import abstract_model
 from t5x_lite.scaling.counting import count
-from t5x_lite.spec import RunConfig, TrainSpec
-
-
-class TrainingHalted(UserError):
-  """The run stopped on purpose (e.g. a non-finite loss); the message says where and why."""
+from t5x_lite.spec import TrainSpec
 
 
 @dataclasses.dataclass
@@ -192,26 +188,6 @@ def abstract_state(state: Any) -> Any:
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
 
 
-class _StopSignal:
-  """SIGTERM/SIGINT set a flag; the loop finishes the step, saves and exits cleanly."""
-
-  def __init__(self):
-    self.received: Optional[int] = None
-    self._previous = {}
-
-  def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      self._previous[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    self.received = signum
-
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-
-
 def _validation_batches(task, feature_lengths, batch_size, architecture, shard, eval_steps,
                         seed) -> list[dict]:
   """This host's first eval_steps validation batches; every evaluation uses these same ones."""
@@ -228,48 +204,6 @@ def _evaluate(steps: StepFunctions, state, batches: list[dict], mesh) -> dict[st
     for key, value in jax.device_get(sums).items():
       totals[key] = totals.get(key, 0.0) + float(value)
   return losses.eval_metrics(totals)
-
-
-class _UpdateGuard:
-  """train.nan_policy, applied to each step's statistics in step order.
-
-  A step whose loss, gradient or updated parameters are not finite left the state as it
-  was (train_step); "halt" stops the run naming it, "skip" prints it and stops after
-  `max_consecutive` in a row. Nothing is saved for a step before it is checked here.
-  """
-
-  def __init__(self, policy: str, max_consecutive: int, checkpointer: checkpoints.Checkpointer,
-               stream: Optional[TextIO]):
-    self.policy, self.max_consecutive = policy, max_consecutive
-    self.checkpointer, self.stream = checkpointer, stream
-    self.skipped = self.consecutive = 0
-
-  def check(self, step: int, stats: Any) -> dict:
-    """The step's statistics on the host (this waits for the step to finish)."""
-    stats = jax.device_get(stats)
-    if stats["finite"]:
-      self.consecutive = 0
-      return stats
-    what = ("loss" if not math.isfinite(float(stats["loss"])) else
-            "gradient" if not math.isfinite(float(stats["grad_norm"])) else
-            "updated parameters (the update overflowed)")
-    if self.policy == "halt":
-      raise self._halted(f"non-finite {what} at step {step} (loss {stats['loss']}, grad norm "
-                         f"{stats['grad_norm']})")
-    self.skipped += 1
-    self.consecutive += 1
-    if self.stream is not None:
-      print(f"step {step}: non-finite {what}: update skipped ({self.consecutive} in a row, "
-            f"{self.skipped} in all)", file=self.stream, flush=True)
-    if self.consecutive >= self.max_consecutive:
-      raise self._halted(f"{self.consecutive} consecutive non-finite updates (steps "
-                         f"{step - self.consecutive + 1}-{step}, {self.skipped} skipped in all)")
-    return stats
-
-  def _halted(self, message: str) -> TrainingHalted:
-    return TrainingHalted(f"{message}; nothing was saved for it; the newest checkpoint is step "
-                          f"{self.checkpointer.latest_step()}. Lower the learning rate, or set "
-                          "train.nan_policy='skip' (with train.max_consecutive_skips).")
 
 
 def _check_init_checkpoint(path: str, config: TransformerConfig,
@@ -303,36 +237,6 @@ def _lora_base(path: str, config: TransformerConfig, lora: LoraConfig,
                       "DIR.")
   base = checkpoints.restore_params(path, sharded_abstract_params(config, mesh))
   return nnx.merge(nnx.graphdef(abstract_model(config)), base)
-
-
-class _StepProfiler:
-  """Traces steps profile_start_step + 1 ... + profile_steps (RunConfig) with jax.profiler
-  into MODEL_DIR/profile; waits for the last traced step so the trace holds its ops."""
-
-  def __init__(self, run: RunConfig, stream: Optional[TextIO]):
-    self.first = run.profile_start_step
-    self.last = None if self.first is None else self.first + run.profile_steps
-    self.directory = os.path.join(run.model_dir, "profile")
-    self.stream = stream
-    self.active = False
-
-  def before(self, step: int) -> None:
-    if self.first is not None and step == self.first and not self.active:
-      jax.profiler.start_trace(self.directory)
-      self.active = True
-
-  def after(self, step: int, stats: Any) -> None:
-    if self.active and step >= self.last:
-      jax.block_until_ready(stats)
-      self.close()
-      if self.stream is not None:
-        print(f"profiled steps {self.first + 1}-{step} into {self.directory} "
-              "(tools/top_ops.py lists the costliest ops)", file=self.stream)
-
-  def close(self) -> None:
-    if self.active:
-      self.active = False
-      jax.profiler.stop_trace()
 
 
 def train(spec: TrainSpec, mesh: jax.sharding.Mesh, *, operative_config: Optional[str] = None,
@@ -439,7 +343,7 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
   validation = functools.cache(lambda: _validation_batches(
       run.task, run.feature_lengths, run.batch_size, config.architecture, shard,
       run.eval_steps, run.seed))
-  guard = _UpdateGuard(run.nan_policy, run.max_consecutive_skips, checkpointer,
+  guard = loop_controls.UpdateGuard(run.nan_policy, run.max_consecutive_skips, checkpointer,
                        stream if is_main else None)
   step = start
   last_eval: dict[str, float] = {}
@@ -447,9 +351,9 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
   # never waits on the step it has just dispatched; a step that must be logged, evaluated
   # or saved is read at once (a checkpoint never holds a step not yet checked).
   pending: Optional[tuple[int, Any]] = None
-  profiler = _StepProfiler(run, stream if is_main else None)
+  profiler = loop_controls.StepProfiler(run, stream if is_main else None)
   try:
-    with _StopSignal() as stop:
+    with loop_controls.StopSignal() as stop:
       while step < run.train_steps and stop.received is None:
         profiler.before(step)
         state, stats = steps.train(state, partitioning.global_batch(next(batches), mesh))
