@@ -116,10 +116,8 @@ def _load_merged(model_dir: str, config: Optional[TransformerConfig], base: Opti
   model = checkpoints.load_model(base, config)
   _check_base(record, base, fingerprint(nnx.state(model, nnx.Param)), model_dir)
   adapted = lora.adapt(model, adapter_config)
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                        adapted.adapters)
-  step, adapters = checkpoints.newest_params(model_dir, target, stream)
+  step, adapters = checkpoints.newest_params(
+      model_dir, checkpoints.on_default_device(adapted.adapters), stream)
   # Over a quantized base (QLoRA) the merged model is float: the adapters fold into the
   # dequantized weights, and the layers without adapters are dequantized too.
   merged = lora.merge_lora(nnx.merge(adapted.graphdef, adapters, adapted.base))

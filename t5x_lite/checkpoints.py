@@ -417,8 +417,21 @@ def load_model(path: str, config: Optional["TransformerConfig"] = None  # noqa: 
     raise CheckpointError(f"{path} records no model configuration ({run_dir.SPEC_FILE}); "
                           "pass the TransformerConfig it was trained with.")
 
+  return newest_model(path, config)[1]
+
+
+def newest_model(path: str, config: "TransformerConfig"  # noqa: F821
+                 ) -> tuple[int, "Transformer"]:  # noqa: F821
+  """(step, model of `config` holding that step's params) from the newest readable
+  checkpoint of a plain (float, not adapter) run directory, on the default device."""
   graphdef, abstract_params = nnx.split(params.abstract_model(config), nnx.Param)
+  step, restored = newest_params(path, on_default_device(abstract_params))
+  return step, nnx.merge(graphdef, restored)
+
+
+def on_default_device(abstract: Any) -> Any:
+  """Shape/dtype placeholders of `abstract`'s leaves on the default device: the target
+  for restoring onto one device (inference, evaluation, merging, quantizing)."""
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                        abstract_params)
-  return nnx.merge(graphdef, restore_params(path, target))
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                      abstract)

@@ -180,8 +180,8 @@ def save(model_dir: str, output_dir: str, mode: str, *, output_layer: bool = Tru
     raise QuantizationError(f"{output_dir} already holds checkpoints; write the quantized "
                             "model into a new directory (nothing there is overwritten).")
   config = run_dir.recorded_model(model_dir).replace(scan_layers=False)
-  step = checkpoints.newest_params(model_dir, checkpoints_target(config))[0]
-  model = quantize(checkpoints.load_model(model_dir, config), mode, output_layer=output_layer)
+  step, model = checkpoints.newest_model(model_dir, config)
+  model = quantize(model, mode, output_layer=output_layer)
   record["spec"]["TransformerConfig"]["scan_layers"] = False
   record["quantization"] = {"mode": mode, "output_layer": output_layer,
                             "source": os.path.abspath(model_dir), "step": step}
@@ -190,15 +190,6 @@ def save(model_dir: str, output_dir: str, mode: str, *, output_layer: bool = Tru
   with files.atomic_write(os.path.join(output_dir, run_dir.SPEC_FILE)) as handle:
     json.dump(record, handle, indent=1)
   return step
-
-
-def checkpoints_target(config: TransformerConfig):
-  """Placeholders of a float model's parameters on the default device."""
-  from t5x_lite.models.params import abstract_model
-
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                      nnx.split(abstract_model(config), nnx.Param)[1])
 
 
 def load(model_dir: str, config: TransformerConfig) -> Transformer:
@@ -210,7 +201,5 @@ def load(model_dir: str, config: TransformerConfig) -> Transformer:
   model = quantize(create_model(config.replace(scan_layers=False)), recorded["mode"],
                    output_layer=recorded["output_layer"])
   graphdef, state = nnx.split(model, nnx.Param)
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                        state)
-  return nnx.merge(graphdef, checkpoints.restore_params(model_dir, target))
+  return nnx.merge(graphdef, checkpoints.restore_params(model_dir,
+                                                       checkpoints.on_default_device(state)))
