@@ -11,6 +11,11 @@ Modes (MODES):
   int4_weights                   int4, symmetric absmax, per output channel in groups
                                  of GROUP_SIZE inputs (sub-channel), per channel when
                                  the input dimension is not a multiple of it
+  nf4_weights                    4-bit NormalFloat (QLoRA's data type: 16 levels at the
+                                 quantiles of a normal distribution, absmax-scaled) in
+                                 groups of NF4_GROUP_SIZE inputs, as QLoRA's blocks;
+                                 stored as uint4 codes, multiplied after dequantizing
+                                 (qwix emulates it: it saves memory, not time)
   int8_weights_int8_activations  int8 weights as above, and each projection's input
                                  quantized to int8 on the fly (dynamic range, per token)
 
@@ -34,7 +39,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Optional
+from typing import Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -46,11 +51,12 @@ from t5x_lite.models.configs import TransformerConfig
 from t5x_lite.models.transformer import Transformer, contracted_dims, create_model, projections
 
 GROUP_SIZE = 128  # int4 sub-channel groups: inputs that share one scale
+NF4_GROUP_SIZE = 64  # QLoRA's block size (Dettmers et al. 2023)
 
 
 @dataclasses.dataclass(frozen=True)
 class Mode:
-  weight_dtype: jnp.dtype
+  weight_dtype: Union[jnp.dtype, str]  # a dtype, or qwix's name of a synthetic type
   group_size: Optional[int] = None
   activation_dtype: Optional[jnp.dtype] = None
 
@@ -58,6 +64,7 @@ class Mode:
 MODES = {
     "int8_weights": Mode(jnp.int8),
     "int4_weights": Mode(jnp.int4, group_size=GROUP_SIZE),
+    "nf4_weights": Mode("nf4", group_size=NF4_GROUP_SIZE),
     "int8_weights_int8_activations": Mode(jnp.int8, activation_dtype=jnp.int8),
 }
 
@@ -186,7 +193,7 @@ def save(model_dir: str, output_dir: str, mode: str, *, output_layer: bool = Tru
   record["quantization"] = {"mode": mode, "output_layer": output_layer,
                             "source": os.path.abspath(model_dir), "step": step}
   os.makedirs(output_dir, exist_ok=True)
-  checkpoints.save_params(output_dir, step, nnx.state(model, nnx.Param))
+  checkpoints.save_params(output_dir, step, _stored(nnx.state(model, nnx.Param)))
   with files.atomic_write(os.path.join(output_dir, run_dir.SPEC_FILE)) as handle:
     json.dump(record, handle, indent=1)
   return step
@@ -201,5 +208,14 @@ def load(model_dir: str, config: TransformerConfig) -> Transformer:
   model = quantize(create_model(config.replace(scan_layers=False)), recorded["mode"],
                    output_layer=recorded["output_layer"])
   graphdef, state = nnx.split(model, nnx.Param)
-  return nnx.merge(graphdef, checkpoints.restore_params(model_dir,
-                                                       checkpoints.on_default_device(state)))
+  restored = checkpoints.restore_params(
+      model_dir, checkpoints.on_default_device(_stored(state)))
+  return nnx.merge(graphdef, jax.tree.map(
+      lambda value, target: jax.lax.bitcast_convert_type(value, target.dtype), restored, state))
+
+
+def _stored(state: nnx.State) -> nnx.State:
+  """The state with NF4's uint4 codes bitcast to int4 (same bits): orbax's tensorstore
+  stores int4 but not uint4. `load` bitcasts them back."""
+  return jax.tree.map(lambda value: jax.lax.bitcast_convert_type(value, jnp.int4)
+                      if value.dtype == jnp.uint4 else value, state)

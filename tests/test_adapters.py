@@ -144,23 +144,28 @@ def test_qlora_trains_adapters_over_a_frozen_integer_base_and_merges_to_float(
     tiny_run_once, tmp_path, capsys):
   base = tmp_path / "int4_base"
   quantization.save(str(tiny_run_once), str(base), "int4_weights")
-  # One step: the adapters move, the integer base is bit for bit what it was.
   config = run_dir.recorded_model(str(base))
-  adapted = adapt(quantization.load(str(base), config), LoraConfig(rank=4))
-  base_before = [np.array(leaf) for leaf in jax.tree.leaves(adapted.base)]
-  assert any(jnp.issubdtype(leaf.dtype, jnp.integer) for leaf in base_before)
-  mesh = partitioning.create_mesh(devices=partitioning.single_device())
-  steps = trainer.make_step_functions(config, optax.adam(1e-2), mesh, adapted=adapted)
-  state = steps.init()
-  adapters_before = [np.array(leaf) for leaf in jax.tree.leaves(state["params"])]
-  tokens = np.arange(1, 65).reshape(4, 16) % 200 + 3
-  batch = {"decoder_input_tokens": np.pad(tokens[:, :-1], ((0, 0), (1, 0))),
-           "decoder_target_tokens": tokens, "decoder_loss_weights": np.ones((4, 16), np.float32)}
-  state, _ = steps.train(state, partitioning.global_batch(batch, mesh))
-  for before, after in zip(base_before, jax.tree.leaves(adapted.base)):
-    np.testing.assert_array_equal(before, np.asarray(after))
-  assert any(not np.array_equal(b, np.asarray(a))
-             for b, a in zip(adapters_before, jax.tree.leaves(state["params"])))
+  # One step over an int4 and over an NF4 (QLoRA's own type) base: the adapters move, the
+  # 4-bit base is bit for bit what it was.
+  nf4_base = tmp_path / "nf4_base"
+  quantization.save(str(tiny_run_once), str(nf4_base), "nf4_weights")
+  for quantized in (base, nf4_base):
+    adapted = adapt(quantization.load(str(quantized), config), LoraConfig(rank=4))
+    base_before = [np.array(leaf) for leaf in jax.tree.leaves(adapted.base)]
+    assert any(jnp.issubdtype(leaf.dtype, jnp.integer) for leaf in base_before)
+    mesh = partitioning.create_mesh(devices=partitioning.single_device())
+    steps = trainer.make_step_functions(config, optax.adam(1e-2), mesh, adapted=adapted)
+    state = steps.init()
+    adapters_before = [np.array(leaf) for leaf in jax.tree.leaves(state["params"])]
+    tokens = np.arange(1, 65).reshape(4, 16) % 200 + 3
+    batch = {"decoder_input_tokens": np.pad(tokens[:, :-1], ((0, 0), (1, 0))),
+             "decoder_target_tokens": tokens,
+             "decoder_loss_weights": np.ones((4, 16), np.float32)}
+    state, _ = steps.train(state, partitioning.global_batch(batch, mesh))
+    for before, after in zip(base_before, jax.tree.leaves(adapted.base)):
+      np.testing.assert_array_equal(before, np.asarray(after))
+    assert any(not np.array_equal(b, np.asarray(a))
+               for b, a in zip(adapters_before, jax.tree.leaves(state["params"])))
 
   # The run: QLoRA asks for a quantized base and trains; merged, it is a float model that
   # computes what the adapters over the integer base compute.

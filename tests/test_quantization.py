@@ -11,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from qwix._src.core import numerics as qwix_numerics
 
 from t5x_lite import checkpoints, decoding, losses, quantization
 from t5x_lite.models import TransformerConfig, create_model
@@ -61,6 +62,10 @@ def test_quantized_logits_stay_within_the_quantization_step(architecture):
   assert int8 < first_order_bound(model, 127)  # 15 matrices: 5.9%
   assert int8 < int4 < first_order_bound(model, 7)
   assert relative_error("int8_weights_int8_activations") < 2 * first_order_bound(model, 127)
+  # NF4's codes are not evenly spaced: a weight moves by at most half the widest gap
+  # between neighbouring codes (of the absmax-scaled range [-1, 1]).
+  widest_gap = float(np.max(np.diff(np.asarray(qwix_numerics.get_nf4_buckets()))))
+  assert relative_error("nf4_weights") < first_order_bound(model, 1 / widest_gap)
   np.testing.assert_array_equal(np.asarray(model(batch)), reference)  # the float model as was
 
 
@@ -158,6 +163,23 @@ def test_a_quantized_checkpoint_round_trips_through_disk(tiny_run_once, tmp_path
   assert not (tmp_path / "again").exists() and not (tmp_path / "x" / "checkpoints").exists()
   with pytest.raises(quantization.QuantizationError, match="already quantized"):
     quantization.quantize(loaded, "int4_weights")
+
+
+def test_nf4_weights_store_4_bit_codes_in_groups_of_64_and_round_trip_through_disk(
+    tiny_run_once, tmp_path):
+  output = tmp_path / "nf4"
+  quantization.save(str(tiny_run_once), str(output), "nf4_weights")
+  loaded = checkpoints.load_model(str(output))
+  expected = quantization.quantize(checkpoints.load_model(str(tiny_run_once)), "nf4_weights")
+  batch = {"decoder_input_tokens": np.arange(1, 17).reshape(1, 16)}
+  np.testing.assert_array_equal(np.asarray(loaded(batch)), np.asarray(expected(batch)))
+  wo = loaded.decoder.layers[0].mlp.wo
+  leaves = {jax.tree_util.keystr(path): leaf
+            for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(wo))}
+  codes = [leaf for name, leaf in leaves.items() if "qvalue" in name]
+  scales = [leaf for name, leaf in leaves.items() if "scale" in name]
+  assert codes[0].dtype == jnp.uint4
+  assert scales[0].shape[0] == wo.kernel.array.qvalue.shape[0] // quantization.NF4_GROUP_SIZE
 
 
 def test_int4_groups_share_one_scale_per_128_inputs():

@@ -1,5 +1,5 @@
 """Quantization quality and memory (`make bench`, after `make demo`): the quick-start
-decoder in float32, bfloat16, int8 and int4 weights (t5x_lite/quantization.py, qwix),
+decoder in float32, bfloat16, int8, int4 and nf4 weights (t5x_lite/quantization.py, qwix),
 side by side: validation perplexity, pydocs_cloze accuracy (with its binomial standard
 error), parameter bytes, checkpoint size on disk, and greedy decode tokens/s (the
 variants interleaved in one run after a warm-up).
@@ -74,6 +74,7 @@ def main(argv=None) -> None:
           dtype="bfloat16", param_dtype="bfloat16")),
       "int8 weights": quantization.quantize(float32, "int8_weights"),
       "int4 weights": quantization.quantize(float32, "int4_weights"),
+      "nf4 weights": quantization.quantize(float32, "nf4_weights"),
   }
   vocabulary = inference.task_vocabularies(task)[1]
   questions = multiple_choice.read_questions("pydocs_cloze")
@@ -134,7 +135,7 @@ def random_smollm(path: str) -> None:
 
 
 def imported_model_table(args) -> list[dict]:
-  """Float32 / bfloat16 / int8 / int4 of an imported Hugging Face model; quality as
+  """Float32 / bfloat16 / int8 / int4 / nf4 of an imported Hugging Face model; quality as
   agreement with the float32 model (its vocabulary is not the tasks')."""
   from t5x_lite.interop import hf
 
@@ -148,7 +149,8 @@ def imported_model_table(args) -> list[dict]:
                 "bfloat16": hf.load(source, scan_layers=False, dtype="bfloat16",
                                     param_dtype="bfloat16"),
                 "int8 weights": quantization.quantize(float32, "int8_weights"),
-                "int4 weights": quantization.quantize(float32, "int4_weights")}
+                "int4 weights": quantization.quantize(float32, "int4_weights"),
+                "nf4 weights": quantization.quantize(float32, "nf4_weights")}
     vocab_size = float32.config.vocab_size
     sequences = np.random.default_rng(0).integers(1, vocab_size, (4, 128), dtype=np.int32)
     reference = np.asarray(float32({"decoder_input_tokens": sequences}), np.float32)

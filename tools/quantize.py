@@ -4,7 +4,8 @@ t5x_lite/quantization.py) that infer and evaluate load directly.
   python tools/quantize.py --checkpoint=/tmp/t5x_lite_quickstart \
       --output=/tmp/t5x_lite_quickstart_int8 [--mode=int8_weights] [--float_output_layer]
 
-Modes: int8_weights, int4_weights (sub-channel groups), int8_weights_int8_activations.
+Modes: int8_weights, int4_weights and nf4_weights (sub-channel groups),
+int8_weights_int8_activations.
 The embedding stays float; the output layer (untied) is quantized unless
 --float_output_layer. The output directory must be new.
 """
