@@ -6,12 +6,16 @@ defaults) with weight decay that skips norm scales and biases, driven by
 `make_schedule(ScheduleConfig, total_steps)`. (Gradient accumulation over
 microbatches lives in the train step, so one step is one update.) Gin binds
 the configs as `make_optimizer.*` and `make_schedule.*` (gin_utils.py).
+
+Per-tensor learning rates (μP, models/mup.py) are an optax.multi_transform over the
+parameters' role labels: one copy of the optimizer per role, its schedule multiplied
+by the role's factor.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Callable, Mapping, Optional
 
 import jax
 import optax
@@ -103,17 +107,39 @@ def decay_mask(params) -> object:
   return jax.tree.map(lambda p: getattr(p, "ndim", 0) > 1, params)
 
 
-def make_optimizer(config: OptimizerConfig, schedule: optax.Schedule
+def make_optimizer(config: OptimizerConfig, schedule: optax.Schedule,
+                   roles: Optional[Callable] = None,
+                   multipliers: Optional[Mapping[str, float]] = None
                    ) -> optax.GradientTransformation:
-  """The training optimizer of `config` driven by `schedule`."""
-  if config.name == "adamw":
-    core = optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps,
-                       weight_decay=config.weight_decay, mask=decay_mask)
+  """The training optimizer of `config` driven by `schedule`.
+
+  roles, multipliers: per-tensor learning rates: `roles(params)` labels every parameter
+  and each label's updates follow multipliers[label] x schedule (models/mup.py gives
+  both under μP). Gradient clipping stays global, over all parameters together.
+  """
+  if roles is None:
+    core = _core(config, schedule)
   else:
-    core = optax.adafactor(schedule, multiply_by_parameter_scale=True, clipping_threshold=1.0,
-                           decay_rate=0.8, momentum=None,
-                           weight_decay_rate=config.weight_decay or None,
-                           weight_decay_mask=decay_mask)
+    if config.name != "adamw":
+      raise OptimizerConfigError(f"per-tensor learning rates support make_optimizer.name="
+                                 f"'adamw', not {config.name!r}.")
+    core = optax.multi_transform(
+        {label: _core(config, _scaled(schedule, factor)) for label, factor in multipliers.items()},
+        roles)
   if config.clip_norm:
     return optax.chain(optax.clip_by_global_norm(config.clip_norm), core)
   return core
+
+
+def _scaled(schedule: optax.Schedule, factor: float) -> optax.Schedule:
+  return schedule if factor == 1.0 else (lambda step: factor * schedule(step))
+
+
+def _core(config: OptimizerConfig, schedule: optax.Schedule) -> optax.GradientTransformation:
+  if config.name == "adamw":
+    return optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps,
+                       weight_decay=config.weight_decay, mask=decay_mask)
+  return optax.adafactor(schedule, multiply_by_parameter_scale=True, clipping_threshold=1.0,
+                         decay_rate=0.8, momentum=None,
+                         weight_decay_rate=config.weight_decay or None,
+                         weight_decay_mask=decay_mask)

@@ -13,6 +13,7 @@ import dataclasses
 from typing import Any, Mapping, Optional
 
 from t5x_lite.errors import ConfigError, check_field_types, check_positive
+from t5x_lite.models import mup
 from t5x_lite.models.configs import LAYOUT_KNOBS, TransformerConfig
 from t5x_lite.models.lora import LoraConfig
 from t5x_lite.optim import OptimizerConfig, ScheduleConfig
@@ -159,6 +160,9 @@ class TrainSpec:
   lora: Optional[LoraConfig] = None
 
   def __post_init__(self):
+    problem = mup.check(self.model, self.optimizer.name)
+    if problem:
+      raise ConfigError(problem)
     if self.lora is not None and not self.run.init_checkpoint:
       raise ConfigError("LoRA adapts a pretrained model: set CHECKPOINT_PATH (train."
                         "init_checkpoint) to the MODEL_DIR of the base model.")

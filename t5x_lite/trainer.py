@@ -41,7 +41,7 @@ from t5x_lite import (
 from t5x_lite.data import check_vocabulary, get_batches, get_task, vocabularies
 from t5x_lite.errors import ConfigError
 from t5x_lite.loop_controls import TrainingHalted  # noqa: F401  (raised by the loop)
-from t5x_lite.models import Transformer, TransformerConfig
+from t5x_lite.models import Transformer, TransformerConfig, mup
 from t5x_lite.models.configs import functional_differences
 from t5x_lite.models.lora import AdaptedModel, LoraConfig, adapt
 from t5x_lite.models.params import abstract_model
@@ -108,9 +108,17 @@ def make_step_functions(config: TransformerConfig, optimizer: optax.GradientTran
                    lambda: jax.device_put(adapted.adapters, param_shardings))
     abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
   # Optimizer leaves shaped like their parameter follow its sharding; others replicate.
+  # (Per-tensor learning rates keep one state per role, with the other roles' parameters
+  # as empty MaskedNodes: those stay as they are.)
+  def leaf_sharding(leaf, param, sharding):
+    if isinstance(leaf, optax.MaskedNode):
+      return leaf
+    return sharding if leaf.shape == param.shape else replicated
+
   opt_shardings = optax.tree_map_params(
-      optimizer, lambda leaf, p, s: s if leaf.shape == p.shape else replicated, abstract_opt,
-      abstract_params, param_shardings, transform_non_params=lambda _: replicated)
+      optimizer, leaf_sharding, abstract_opt, abstract_params, param_shardings,
+      transform_non_params=lambda _: replicated,
+      is_leaf=lambda x: isinstance(x, optax.MaskedNode))
   state_shardings = {"params": param_shardings, "opt_state": opt_shardings, "step": replicated}
 
   def init():
@@ -267,6 +275,15 @@ def train(spec: TrainSpec, mesh: jax.sharding.Mesh, *, operative_config: Optiona
     lock.release()
 
 
+def make_optimizer(spec: TrainSpec, schedule: optax.Schedule) -> optax.GradientTransformation:
+  """The run's optimizer: under μP with per-tensor learning rates (models/mup.py), except
+  for LoRA, whose adapters are new low-rank matrices trained at the plain rate."""
+  if mup.is_mup(spec.model) and spec.lora is None:
+    return optim.make_optimizer(spec.optimizer, schedule, mup.parameter_roles,
+                                mup.learning_rate_multipliers(spec.model))
+  return optim.make_optimizer(spec.optimizer, schedule)
+
+
 def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Optional[str],
                   stream: TextIO) -> dict[str, Any]:
   run, config = spec.run, spec.model
@@ -286,7 +303,7 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
       adapters.record_base(run.model_dir, run.init_checkpoint,
                            nnx.state(base_model, nnx.Param), resuming)
     adapted = adapt(base_model, spec.lora, seed=run.seed)
-  steps = make_step_functions(config, optim.make_optimizer(spec.optimizer, schedule), mesh,
+  steps = make_step_functions(config, make_optimizer(spec, schedule), mesh,
                               run.seed, run.microbatches, run.z_loss, run.label_smoothing,
                               adapted)
   first_batches = [get_batches(run.task, run.feature_lengths, "train", run.batch_size,

@@ -12,7 +12,7 @@ import dataclasses
 from typing import Optional
 
 from t5x_lite.errors import ConfigError, check_field_types
-from t5x_lite.models import architectures
+from t5x_lite.models import architectures, mup
 
 ARCHITECTURES = tuple(architectures.ARCHITECTURES)
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")
@@ -83,6 +83,12 @@ class TransformerConfig:
       (jax.nn.dot_product_attention); None picks the fastest measured for the
       backend: einsum on CPU, cuDNN flash attention on GPU for 16-bit dtypes, xla
       otherwise (layers.dot_product_attention).
+    parametrization: "standard" or "mup" (the maximal-update parametrization, under
+      which learning rates tuned at mup_base_d_model transfer to any width; the
+      per-tensor rules are in models/mup.py).
+    mup_base_d_model: the width the hyperparameters were tuned at (μP only; <= d_model).
+    mup_base_head_dim: the head_dim at which μP's attention scale equals the standard
+      1/sqrt(head_dim) (μP only; None: the model's own head_dim).
   """
 
   architecture: str = "causal_decoder"
@@ -116,6 +122,9 @@ class TransformerConfig:
   scan_layers: bool = False
   remat_policy: str = "none"
   attention_impl: Optional[str] = None
+  parametrization: str = "standard"
+  mup_base_d_model: Optional[int] = None
+  mup_base_head_dim: Optional[int] = None
 
   def __post_init__(self):
     self.validate()
@@ -187,6 +196,9 @@ class TransformerConfig:
       raise ConfigError(
           f"RoPE needs an even head_dim, got {self.resolved_head_dim}; change head_dim "
           "or TransformerConfig.position_encoding.")
+    problem = mup.check(self)
+    if problem:
+      raise ConfigError(problem)
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ConfigError(
           f"TransformerConfig.dropout_rate must be in [0, 1), got {self.dropout_rate}.")

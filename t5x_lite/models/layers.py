@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from t5x_lite.models import mup
 from t5x_lite.models.configs import TransformerConfig
 from t5x_lite.partitioning import constrain
 
@@ -116,7 +117,7 @@ class Attention(nnx.Module):
     self.use_rope = use_rope
     d, heads, kv_heads, head_dim = (config.d_model, config.num_heads, config.kv_heads,
                                     config.resolved_head_dim)
-    query_scale = 1.0 if config.scale_attention_logits else 1.0 / head_dim
+    query_scale = mup.query_init_scale(config)
     # Input projections map "embed" to (heads, head_dim); fan-in is d_model.
     self.query = self._projection("btd,dhk->bthk", (d, heads, head_dim),
                                   ("embed", "heads", "kv"), query_scale, rngs)
@@ -173,7 +174,7 @@ class Attention(nnx.Module):
     key = constrain(key, ("activation_batch", "activation_length", "activation_kv_heads", None))
     value = constrain(value, ("activation_batch", "activation_length", "activation_kv_heads",
                               None))
-    scale = (1.0 / math.sqrt(query.shape[-1])) if self.config.scale_attention_logits else 1.0
+    scale = mup.attention_logit_scale(self.config)
     attended = dot_product_attention(query, key, value, mask=mask, bias=bias, scale=scale,
                                      is_causal=is_causal,
                                      implementation=resolve_attention_impl(self.config))

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from t5x_lite.models import layers
+from t5x_lite.models import layers, mup
 from t5x_lite.models.configs import TransformerConfig
 from t5x_lite.partitioning import constrain
 
@@ -324,8 +324,9 @@ class Transformer(nnx.Module):
     return self.logits(hidden), cache
 
   def logits(self, hidden: Array) -> Array:
-    if self.config.scales_decoder_outputs:
-      hidden = hidden * self.config.d_model ** -0.5
+    multiplier = mup.output_multiplier(self.config)
+    if multiplier != 1.0:
+      hidden = hidden * multiplier
     if self.config.tie_embeddings:
       logits = self.token_embedding.attend(hidden)
     else:
