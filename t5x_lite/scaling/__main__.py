@@ -13,6 +13,11 @@
               --budgets 1e12 3e12 1e13 --batch_size 16 --targets_length 256 \
               [--sizes 5] [--spread 4] [--aspect_ratio 64] [--head_dim 64] [--output plan.json]
           (run it with tools/scaling_sweep.py)
+  coordcheck  activation RMS against width after a few AdamW steps, standard vs μP
+          (the gin model's d_model is the base width):
+          python -m t5x_lite.scaling coordcheck --gin_file=models/tiny_causal_decoder.gin \
+              --widths 64 128 256 512 --output coordcheck.png [--json slopes.json]
+              [--steps 5] [--learning_rate 1e-2] [--batch_size 8] [--task TASK]
   plot    a 2 x 2 overview of a sweep: IsoFLOP profiles, loss-compute frontier, N_opt and
           D_opt of each fit with bootstrap bands, L(N, D) contours:
           python -m t5x_lite.scaling plot RUNS.csv --output study.png [--curves CURVES.csv]
@@ -121,6 +126,37 @@ def _plan(args, files, bindings, search_paths) -> None:
         + (f"; plan written to {args.output}" if args.output else ""))
 
 
+def _coordcheck(args, files, bindings, search_paths) -> None:
+  if not files:
+    raise gin_utils.GinConfigError("coordcheck needs the base model: --gin_file=<model>.gin.")
+  from t5x_lite.data import register_tasks
+  from t5x_lite.data.pipeline import get_batches
+  from t5x_lite.scaling import coordcheck
+
+  base = gin_utils.model_config(files, bindings, search_paths)
+  register_tasks()
+  task, lengths = coordcheck.DEFAULT_TASKS[base.architecture]
+  task = args.task or task
+  batches = get_batches(task, lengths, "train", args.batch_size, base.architecture,
+                        seed=args.seed)
+  steps = [next(batches) for _ in range(args.steps)]
+  probe = next(get_batches(task, lengths, "validation", args.batch_size, base.architecture,
+                           seed=args.seed))
+  print(f"coordinate check of {', '.join(files)} ({base.architecture}, base width "
+        f"{base.d_model}) at widths {args.widths}: {args.steps} AdamW steps at learning rate "
+        f"{args.learning_rate} on {task}")
+  result = coordcheck.coordcheck(base, args.widths, steps, probe, args.learning_rate,
+                                 args.seed, progress=print)
+  for parametrization in result.slopes:
+    name, slope = result.largest_slope(parametrization)
+    print(f"{parametrization}: largest |log-log slope| {slope:+.2f} ({name})")
+  coordcheck.plot(result, args.output, f"{', '.join(files)}: coordinate check")
+  print(f"plot: {args.output}")
+  if args.json:
+    coordcheck.write_json(result, args.json)
+    print(f"slopes: {args.json}")
+
+
 def _fit(args) -> None:
   runs = read_runs(args.runs)
   fitted = reports.fit_runs(runs, args.method, args.budget, args.bootstrap, args.seed)
@@ -199,6 +235,17 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="d_ff / d_model (default 8/3 for gated activations, else 4)")
   plan.add_argument("--output", help="write the plan as JSON here (for tools/scaling_sweep.py)")
   plan.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+  check = commands.add_parser("coordcheck", help="activation RMS against width, standard vs "
+                              "μP (--gin_file: the base model)")
+  check.add_argument("--widths", required=True, type=int, nargs="+", help="d_model values")
+  check.add_argument("--output", required=True, help="figure file (.png, .pdf, .svg)")
+  check.add_argument("--json", help="also write the RMS values and slopes here")
+  check.add_argument("--steps", type=int, default=5, help="AdamW steps before measuring")
+  check.add_argument("--learning_rate", type=float, default=1e-2)
+  check.add_argument("--batch_size", type=int, default=8)
+  check.add_argument("--task", default=None, help="seqio task (default: the architecture's "
+                     "pydocs byte task)")
+  check.add_argument("--seed", type=int, default=0)
   plot = commands.add_parser("plot", help="a 2 x 2 overview figure of a sweep")
   plot.add_argument("runs", help="RUNS.csv (one row per run)")
   plot.add_argument("--output", required=True, help="figure file (.png, .pdf, .svg)")
@@ -218,6 +265,8 @@ def main(argv: Sequence[str] | None = None) -> None:
       _fit(args)
     elif args.command == "plot":
       _plot(args)
+    elif args.command == "coordcheck":
+      _coordcheck(args, files, bindings, search_paths)
     elif args.command == "plan":
       _plan(args, files, bindings, search_paths)
     return 0
