@@ -161,10 +161,12 @@ def fit_runs(runs: Runs, method: str, budget: Optional[float] = None, bootstrap:
           "extrapolation.", file=warn or sys.stderr)
   fitter = FITTERS[method]
   if method == "isoflop":
-    used, budgets = len(isoflop.profiles(runs)), len(isoflop.group_budgets(runs.flops))
-    if used < budgets:
-      print(f"note: {budgets - used} of {budgets} budgets left out of the isoflop fit: their "
-            "loss minimum is not inside the sizes tried (or they have fewer than three).",
+    _, unbracketed = isoflop.split_profiles(runs)
+    if unbracketed:
+      budgets = len(isoflop.group_budgets(runs.flops))
+      print(f"note: {len(unbracketed)} of {budgets} budgets left out of the isoflop fit ("
+            "`python -m t5x_lite.scaling plan --refine RUNS.csv` adds sizes beyond them):\n"
+            + "\n".join(f"  {problem.describe()}" for problem in unbracketed),
             file=warn or sys.stderr)
   per_token = runs_flops_per_token(runs)
   exact = (lambda fitted: ExactFlopsLaw(fitted, per_token)) if per_token and \

@@ -84,3 +84,38 @@ def test_a_budget_whose_minimum_lies_beyond_the_sizes_tried_is_left_out(capsys):
   assert allocation.a == pytest.approx(law.a, abs=0.02)
   fit_runs(bent, "isoflop")
   assert "1 of 3 budgets left out" in capsys.readouterr().err
+
+
+def test_a_near_minimum_fit_recovers_the_exponent_where_an_all_points_parabola_does_not():
+  # The usual sweep: one grid of sizes for every budget (3e6 ... 1e10 params), so the
+  # small budgets are sampled mostly above their optimum and the large ones mostly
+  # below; a profile is a parabola in log N only near its minimum, so the lopsided
+  # tails pull each all-points vertex towards the side sampled more.
+  law = preset("epoch-2024")
+  rows = [(params, flops / (6 * params), flops) for flops in np.logspace(18, 22, 5)
+          for params in np.geomspace(1e7, 3e10, 15)]
+  params, tokens, flops = (np.array(column) for column in zip(*rows))
+  runs = Runs(params=params, tokens=tokens, loss=law.loss(params, tokens), flops=flops)
+  near, _ = fit_isoflop(runs)
+  everything, _ = fit_isoflop(runs, window=None)
+  assert near.a == pytest.approx(law.a, abs=0.02)
+  assert abs(everything.a - law.a) > 0.05
+
+
+def test_every_unbracketed_budget_is_named_with_the_edge_its_minimum_lies_beyond(capsys):
+  from t5x_lite.scaling.isoflop import split_profiles
+  from t5x_lite.scaling.report import fit_runs
+
+  law = preset("epoch-2024")
+  sizes = np.geomspace(3e7, 3e9, 9)  # optima: 8.1e7 ... 2.8e10 across the budgets
+  rows = [(p, f / (6 * p), f) for f in np.logspace(18, 22, 5) for p in sizes]
+  params, tokens, flops = (np.array(column) for column in zip(*rows))
+  runs = Runs(params=params, tokens=tokens, loss=law.loss(params, tokens), flops=flops)
+  found, unbracketed = split_profiles(runs)
+  assert [u.reason for u in unbracketed] == ["largest", "largest"]
+  assert [u.flops for u in unbracketed] == pytest.approx([1e21, 1e22])
+  assert len(found) == 3
+  fit_runs(runs, "isoflop")
+  err = capsys.readouterr().err
+  assert "2 of 5 budgets left out" in err and "plan --refine" in err
+  assert "budget 1e+22 FLOPs: the lowest loss is at the largest size tried (3,000,000,000" in err
