@@ -13,6 +13,11 @@
               --budgets 1e12 3e12 1e13 --batch_size 16 --targets_length 256 \
               [--sizes 5] [--spread 4] [--aspect_ratio 64] [--head_dim 64] [--output plan.json]
           (run it with tools/scaling_sweep.py)
+          [--learning_rate LR | --tune_learning_rate [--learning_rates 1e-3 1e-1 8]]:
+              one peak rate for every run; under μP (parametrization='mup' in the gin
+              model) it transfers from the base width to every shape
+          --refine RUNS.csv (instead of --budgets): sizes beyond every budget whose
+              lowest loss sits at the edge of the sizes tried
   coordcheck  activation RMS against width after a few AdamW steps, standard vs μP
           (the gin model's d_model is the base width):
           python -m t5x_lite.scaling coordcheck --gin_file=models/tiny_causal_decoder.gin \
@@ -34,6 +39,7 @@ from typing import Sequence
 from t5x_lite import files as result_files
 from t5x_lite import gin_utils
 from t5x_lite.errors import ConfigError, run_cli
+from t5x_lite.models import mup
 from t5x_lite.scaling import counting, laws, planning
 from t5x_lite.scaling import report as reports
 from t5x_lite.scaling.runs import read_runs
@@ -96,17 +102,37 @@ def _plan(args, files, bindings, search_paths) -> None:
   base = gin_utils.model_config(files, bindings, search_paths)
   family = planning.Family(base, aspect_ratio=args.aspect_ratio, head_dim=args.head_dim,
                            ffn_ratio=args.ffn_ratio)
-  runs = planning.plan_sweep(
-      family, args.budgets, sizes=args.sizes, spread=args.spread,
-      tokens_per_param=args.tokens_per_param, batch_size=args.batch_size,
-      targets_length=args.targets_length, inputs_length=args.inputs_length,
-      min_params=args.min_params, max_params=args.max_params)
+  lengths = dict(batch_size=args.batch_size, targets_length=args.targets_length,
+                 inputs_length=args.inputs_length)
+  notes: list[str] = []
+  if args.refine:
+    runs, notes = planning.refine(family, read_runs(args.refine), max_params=args.max_params,
+                                  **lengths)
+  else:
+    runs = planning.plan_sweep(
+        family, args.budgets, sizes=args.sizes, spread=args.spread,
+        tokens_per_param=args.tokens_per_param, min_params=args.min_params,
+        max_params=args.max_params, **lengths)
+  for problem in planning.bracketing_problems(runs) if not args.refine else []:
+    print(f"warning: {problem}", file=sys.stderr)
+  tuned = None
+  learning_rate = args.learning_rate
+  if args.tune_learning_rate and runs:
+    tuned = _tune_learning_rate(args, planning.with_learning_rate(runs, None))
+    learning_rate = tuned["learning_rate"]
+  runs = planning.with_learning_rate(runs, learning_rate)
+  if learning_rate is not None and runs and not mup.is_mup(runs[0].config):
+    print("warning: under the standard parametrization one learning rate is tuned for the "
+          "base width only; set TransformerConfig.parametrization = 'mup' to transfer it to "
+          "every shape.", file=sys.stderr)
   plan = {"gin_files": list(files), "gin_bindings": list(bindings),
           "gin_search_paths": list(search_paths), "batch_size": args.batch_size,
           "inputs_length": args.inputs_length, "targets_length": args.targets_length,
           "family": {"aspect_ratio": args.aspect_ratio, "head_dim": args.head_dim,
                      "ffn_ratio": args.ffn_ratio, "tokens_per_param": args.tokens_per_param,
                      "spread": args.spread},
+          "parametrization": base.parametrization, "learning_rate": learning_rate,
+          "learning_rate_sweep": tuned, "refined_from": args.refine, "notes": notes,
           "runs": [run.as_dict() for run in runs]}
   if args.output:
     with result_files.atomic_write(args.output) as handle:
@@ -114,6 +140,8 @@ def _plan(args, files, bindings, search_paths) -> None:
   if args.json:
     print(json.dumps(plan))
     return
+  for note in notes:
+    print(note)
   print(f"{'run':22s} {'layers':>6s} {'d_model':>7s} {'heads':>5s} {'d_ff':>5s} {'params':>11s} "
         f"{'steps':>7s} {'tokens':>11s} {'tok/param':>9s} {'FLOPs':>9s}")
   for run in runs:
@@ -122,8 +150,47 @@ def _plan(args, files, bindings, search_paths) -> None:
           f"{c.d_ff:5d} {run.params:11,d} {run.steps:7d} {run.tokens:11,d} "
           f"{run.tokens_per_param:9.1f} {run.flops:9.3g}")
   total = sum(run.flops for run in runs)
+  if learning_rate is not None:
+    print(f"peak learning rate {learning_rate:.3g}" + (
+        f" (μP, base width d_model {runs[0].config.mup_base_d_model})"
+        if runs and mup.is_mup(runs[0].config) else ""))
   print(f"{len(runs)} runs, {total:.3g} FLOPs in all"
         + (f"; plan written to {args.output}" if args.output else ""))
+
+
+def _tune_learning_rate(args, runs) -> dict:
+  """A peak-rate sweep of the plan's narrowest shape (the μP base width) on the task."""
+  from t5x_lite import optim
+  from t5x_lite.data import register_tasks
+  from t5x_lite.data.pipeline import get_batches
+  from t5x_lite.scaling import coordcheck, lr_sweep
+
+  base = min(runs, key=lambda run: (run.config.d_model, run.params)).config
+  register_tasks()
+  task = args.task or coordcheck.DEFAULT_TASKS[base.architecture][0]
+  lengths = {"targets": args.targets_length}
+  if args.inputs_length:
+    lengths["inputs"] = args.inputs_length
+  train = get_batches(task, lengths, "train", args.batch_size, base.architecture, seed=0)
+  batches = [next(train) for _ in range(args.tune_steps)]
+  validation = get_batches(task, lengths, "validation", args.batch_size, base.architecture,
+                           seed=0)
+  evaluation = [next(validation) for _ in range(8)]
+  low, high, count = args.learning_rates
+  rates = lr_sweep.log_spaced(low, high, int(count))
+  print(f"tuning the peak learning rate at d_model {base.d_model} ({args.tune_steps} steps "
+        f"on {task}, {len(rates)} rates {low:.2g}-{high:.2g})", file=sys.stderr)
+  schedule = optim.ScheduleConfig(warmup_steps=max(1, args.tune_steps // 20))
+  result = lr_sweep.sweep_learning_rates(base, rates, batches, evaluation,
+                                         schedule=schedule)
+  for rate, loss in zip(result.learning_rates, result.losses):
+    print(f"  learning rate {rate:.3g}: validation loss {loss:.4f}", file=sys.stderr)
+  if not result.bracketed:
+    print(f"warning: the best learning rate {result.best:.3g} is at the edge of the rates "
+          f"tried; widen --learning_rates beyond it.", file=sys.stderr)
+  return {"d_model": base.d_model, "task": task, "steps": args.tune_steps,
+          "learning_rates": result.learning_rates, "losses": result.losses,
+          "bracketed": result.bracketed, "learning_rate": result.vertex()}
 
 
 def _coordcheck(args, files, bindings, search_paths) -> None:
@@ -216,7 +283,20 @@ def main(argv: Sequence[str] | None = None) -> None:
   fit.add_argument("--json", action="store_true", help="print one JSON object")
   plan = commands.add_parser("plan", help="model shapes and steps for an IsoFLOP sweep of a "
                              "gin model family (--gin_file, --gin.KEY=VALUE)")
-  plan.add_argument("--budgets", required=True, type=float, nargs="+", help="FLOPs per profile")
+  plan.add_argument("--budgets", type=float, nargs="+", help="FLOPs per profile")
+  plan.add_argument("--refine", metavar="RUNS.csv",
+                    help="instead of --budgets: add sizes beyond the edge of every budget of a "
+                    "finished sweep whose lowest loss is at its smallest or largest size")
+  plan.add_argument("--learning_rate", type=float, default=None,
+                    help="peak learning rate for every run (under μP: tuned at the base width)")
+  plan.add_argument("--tune_learning_rate", action="store_true",
+                    help="sweep the peak learning rate at the plan's narrowest shape first and "
+                    "plan every run with the best")
+  plan.add_argument("--learning_rates", type=float, nargs=3, default=[1e-3, 1e-1, 8],
+                    metavar=("LOW", "HIGH", "COUNT"), help="the tuning sweep's rates")
+  plan.add_argument("--tune_steps", type=int, default=200)
+  plan.add_argument("--task", default=None, help="the tuning sweep's seqio task (default: "
+                    "the architecture's pydocs byte task)")
   plan.add_argument("--batch_size", required=True, type=int, help="sequences per step")
   plan.add_argument("--targets_length", required=True, type=int,
                     help="decoder tokens per sequence (TASK_FEATURE_LENGTHS['targets'])")
@@ -268,6 +348,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.command == "coordcheck":
       _coordcheck(args, files, bindings, search_paths)
     elif args.command == "plan":
+      if not args.budgets and not args.refine:
+        raise planning.PlanError("plan needs --budgets (a new sweep) or --refine RUNS.csv.")
       _plan(args, files, bindings, search_paths)
     return 0
 

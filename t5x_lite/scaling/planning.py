@@ -18,6 +18,15 @@ matmul convention: attention and logits included, which at small widths
 and long sequences is well above 6N), so N* solves C = flops_per_token(N*)
 x tokens_per_param x N*, and each run's steps = D / (batch x length) with
 D = C / flops_per_token: every run of a budget costs C.
+
+Learning rates: a plan may carry one peak learning rate (given, or tuned by a sweep of
+the narrowest shape, lr_sweep.py). Under μP (the family's base config has
+parametrization="mup" and mup_base_d_model; shapes narrower than it are never planned)
+the one rate transfers to every shape; under the standard parametrization it is optimal only
+near the width it was tuned at.
+
+Refining: `refine` reads a finished sweep's runs and, for each budget whose lowest loss
+sits at the smallest or largest size tried, plans sizes beyond that edge.
 """
 
 from __future__ import annotations
@@ -30,8 +39,10 @@ import numpy as np
 from scipy import optimize
 
 from t5x_lite.errors import UserError
+from t5x_lite.models import mup
 from t5x_lite.models.configs import TransformerConfig
-from t5x_lite.scaling import counting
+from t5x_lite.scaling import counting, isoflop
+from t5x_lite.scaling.runs import Runs
 
 
 class PlanError(UserError, ValueError):
@@ -59,8 +70,11 @@ class Family:
   def candidates(self) -> list[tuple[int, TransformerConfig]]:
     """(params, config) of every shape whose aspect ratio is within a factor 2 of the rule."""
     found = []
+    # Under μP, no shape narrower than the base width the learning rate transfers from.
+    narrowest = self.base.mup_base_d_model if mup.is_mup(self.base) else self.head_dim
     for num_layers in range(1, self.max_layers + 1):
-      low = max(1, math.ceil(self.aspect_ratio * num_layers / 2 / self.head_dim))
+      low = max(math.ceil(narrowest / self.head_dim),
+                math.ceil(self.aspect_ratio * num_layers / 2 / self.head_dim))
       high = math.floor(self.aspect_ratio * num_layers * 2 / self.head_dim)
       for heads in range(low, high + 1):
         config = self.shape(num_layers, heads * self.head_dim)
@@ -90,6 +104,7 @@ class PlannedRun:
   steps: int
   tokens: int
   flops: float
+  learning_rate: Optional[float] = None
 
   @property
   def tokens_per_param(self) -> float:
@@ -104,7 +119,11 @@ class PlannedRun:
             f"TransformerConfig.num_heads = {c.num_heads}",
             "TransformerConfig.num_kv_heads = None",
             f"TransformerConfig.head_dim = {c.head_dim}",
-            f"TransformerConfig.d_ff = {c.d_ff}"]
+            f"TransformerConfig.d_ff = {c.d_ff}",
+            *([f"TransformerConfig.mup_base_d_model = {c.mup_base_d_model}"]
+              if mup.is_mup(c) else []),
+            *([f"LEARNING_RATE = {self.learning_rate!r}"]
+              if self.learning_rate is not None else [])]
 
   def as_dict(self) -> dict:
     c = self.config
@@ -112,7 +131,9 @@ class PlannedRun:
             "d_model": c.d_model, "num_heads": c.num_heads, "head_dim": c.head_dim,
             "d_ff": c.d_ff, "params": self.params, "flops_per_token": self.flops_per_token,
             "steps": self.steps, "tokens": self.tokens, "flops": self.flops,
-            "tokens_per_param": self.tokens_per_param, "bindings": self.bindings()}
+            "tokens_per_param": self.tokens_per_param, "learning_rate": self.learning_rate,
+            "mup_base_d_model": c.mup_base_d_model if mup.is_mup(c) else None,
+            "bindings": self.bindings()}
 
 
 def _budget_label(budget: float) -> str:
@@ -164,25 +185,96 @@ def plan_sweep(family: Family, budgets: Sequence[float], *, sizes: int = 5,
   def flops_per_token(params: float) -> float:
     return params * math.exp(np.interp(math.log(params), log_n, log_ratio))
 
+  targets = {budget: target_sizes(budget, sizes, spread,
+                                  rule_of_thumb_params(budget, tokens_per_param,
+                                                       flops_per_token),
+                                  min_params, max_params)
+             for budget in sorted(budgets)}
+  return _runs_for_targets(family, targets, candidates, batch_size, targets_length,
+                           inputs_length)
+
+
+def _runs_for_targets(family: Family, targets: dict[float, Sequence[float]], candidates,
+                      batch_size: int, targets_length: int, inputs_length: int,
+                      exclude: Sequence[tuple[float, int]] = ()) -> list[PlannedRun]:
+  """A run per distinct shape nearest each budget's parameter targets (shapes whose
+  parameter count is in `exclude` for that budget, already run, are skipped)."""
   runs = []
-  for budget in sorted(budgets):
-    seen = set()
-    centre = rule_of_thumb_params(budget, tokens_per_param, flops_per_token)
-    for target in target_sizes(budget, sizes, spread, centre, min_params, max_params):
+  for budget, sizes in targets.items():
+    seen = {(b, p) for b, p in exclude if b == budget}
+    for target in sizes:
       config = family.nearest(target, candidates)
-      shape = (config.num_decoder_layers, config.d_model)
-      if shape in seen:
-        continue
-      seen.add(shape)
       counts = counting.count(config, targets_length=targets_length,
                               inputs_length=inputs_length)
+      if (budget, counts.params) in seen:
+        continue
+      seen.add((budget, counts.params))
       steps = round(budget / (counts.flops_per_sequence * batch_size))
       if steps < 1:
         raise PlanError(f"budget {budget:.3g} buys less than one step of the {counts.params:,}-"
                         "parameter shape; raise the budget or lower --batch_size.")
       tokens = steps * batch_size * counts.tokens_per_sequence
       runs.append(PlannedRun(
-          id=f"{_budget_label(budget)}-L{shape[0]}-d{shape[1]}", budget=budget, config=config,
-          params=counts.params, flops_per_token=counts.flops_per_token, steps=steps,
-          tokens=tokens, flops=steps * batch_size * counts.flops_per_sequence))
+          id=f"{_budget_label(budget)}-L{config.num_decoder_layers}-d{config.d_model}",
+          budget=budget, config=config, params=counts.params,
+          flops_per_token=counts.flops_per_token, steps=steps, tokens=tokens,
+          flops=steps * batch_size * counts.flops_per_sequence))
   return runs
+
+
+def bracketing_problems(runs: Sequence[PlannedRun]) -> list[str]:
+  """Budgets whose planned shapes cannot bracket an optimum (fewer than three distinct
+  sizes): what to change, one message each."""
+  problems = []
+  for budget in sorted({run.budget for run in runs}):
+    sizes = sorted({run.params for run in runs if run.budget == budget})
+    if len(sizes) < 3:
+      problems.append(
+          f"budget {budget:.3g}: the family's shapes give only {len(sizes)} distinct sizes "
+          f"({', '.join(f'{s:,}' for s in sizes)}); an IsoFLOP parabola needs three. Raise "
+          "--spread or --sizes, or lower --head_dim for finer shapes.")
+  return problems
+
+
+def with_learning_rate(runs: Sequence[PlannedRun], learning_rate: Optional[float]
+                       ) -> list[PlannedRun]:
+  """The runs with one peak learning rate (under μP, the rate at mup_base_d_model)."""
+  return [dataclasses.replace(run, learning_rate=learning_rate) for run in runs]
+
+
+def refine(family: Family, runs: Runs, *, sizes: int = 2, batch_size: int,
+           targets_length: int, inputs_length: int = 0, max_params: float = math.inf
+           ) -> tuple[list[PlannedRun], list[str]]:
+  """New runs beyond the edge of every budget of `runs` (a finished sweep's table) whose
+  lowest loss sits at its smallest or largest size, `sizes` per budget spaced as that
+  budget's sizes were (at least 1.5x); and a line per budget saying what was done."""
+  candidates = family.candidates()
+  smallest_shape = min(params for params, _ in candidates)
+  found, unbracketed = isoflop.split_profiles(runs)
+  notes = [f"budget {p.flops:.3g} FLOPs: minimum bracketed at ~{p.optimal_params:,.0f} "
+           "params; nothing to add" for p in found]
+  targets, exclude = {}, []
+  for budget in unbracketed:
+    tried = np.unique(budget.params)
+    exclude += [(budget.flops, int(p)) for p in tried]
+    step = max(1.5, (tried.max() / tried.min()) ** (1 / max(len(tried) - 1, 1)))
+    if budget.reason == "too few":
+      centre = tried[len(tried) // 2]
+      targets[budget.flops] = [centre / step, centre * step]
+      notes.append(f"{budget.describe()}: adding sizes around {centre:,.0f}")
+      continue
+    edge, direction = ((tried.max(), step) if budget.reason == "largest"
+                       else (tried.min(), 1 / step))
+    wanted = [edge * direction ** k for k in range(1, sizes + 1)]
+    wanted = [w for w in wanted if smallest_shape * 0.9 <= w <= max_params]
+    if not wanted:
+      notes.append(f"{budget.describe()}; the family has no shape beyond it (smallest "
+                   f"{smallest_shape:,} params, --max_params {max_params:.3g}): lower "
+                   "--head_dim or change the budget")
+      continue
+    targets[budget.flops] = wanted
+    notes.append(f"{budget.describe()}: adding {len(wanted)} sizes towards "
+                 f"{wanted[-1]:,.0f} params")
+  added = _runs_for_targets(family, targets, candidates, batch_size, targets_length,
+                            inputs_length, exclude)
+  return added, notes
