@@ -22,6 +22,9 @@ Each ```sh command is exercised by the handler for its program:
   python experiments/architecture_objective/run.py
                               its arguments parsed, its plan built and every run configured
                               (the tiny mode trains end to end in tests/colab)
+  python experiments/mup/run.py
+                              its arguments parsed, every width of both architectures built
+                              under both parametrizations
   bash experiments/...        the script parses, and each command in it is one this test runs
 ```python blocks are executed; ```gin blocks are parsed and configured like a training run.
 """
@@ -168,6 +171,21 @@ def check_ablation(command: list[str], folder) -> None:
     configure("train", sweep.train_args(plan, run, str(folder), **runner.training_options(mode)))
 
 
+def check_mup_study(command: list[str], _) -> None:
+  from t5x_lite.scaling import coordcheck
+
+  runner = load_script(command[1])
+  args = runner.parse_args(command[2:])
+  assert len(args.widths) >= 4 and max(args.widths) >= 8 * min(args.widths)
+  assert len(runner.RATES) == 8
+  for architecture in runner.TASKS:
+    base = runner.base_model(architecture)
+    assert base.d_model == min(args.widths)
+    for width in args.widths:
+      for parametrization in coordcheck.PARAMETRIZATIONS:
+        coordcheck.widen(base, width, parametrization)
+
+
 def check_script(command: list[str], folder) -> None:
   path = os.path.join(ROOT, command[1])
   subprocess.run(["bash", "-n", path], check=True)
@@ -225,6 +243,7 @@ def handler(command: list[str]):
             ("python", "tools/quantize.py"): check_quantize,
             ("python", "tools/scaling_sweep.py"): check_sweep,
             ("python", "experiments/architecture_objective/run.py"): check_ablation,
+            ("python", "experiments/mup/run.py"): check_mup_study,
             ("bash",): check_script}
   for prefix, check in checks.items():
     if tuple(command[:len(prefix)]) == prefix:

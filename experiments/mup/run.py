@@ -147,7 +147,7 @@ def report() -> None:
   print("\n".join(lines))
 
 
-def main() -> None:
+def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--steps", type=int, default=200)
@@ -155,7 +155,11 @@ def main() -> None:
   parser.add_argument("--eval_batches", type=int, default=8)
   parser.add_argument("--widths", type=int, nargs="+", default=[32, 64, 128, 256])
   parser.add_argument("--plot_only", action="store_true")
-  args = parser.parse_args()
+  return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+  args = parse_args(argv)
   if not args.plot_only:
     run(args)
   report()
