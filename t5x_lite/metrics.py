@@ -155,8 +155,9 @@ class Progress:
   """
 
   def __init__(self, total_steps: int, first_step: int, flops_per_token: float,
-               peak_flops: float, stream=sys.stdout):  # noqa: B008
+               peak_flops: float, stream=sys.stdout, bubble: Optional[float] = None):  # noqa: B008
     self.total_steps = total_steps
+    self.bubble = bubble  # a pipeline schedule's idle fraction, shown with the step time
     self.flops_per_token = flops_per_token
     self.peak_flops = peak_flops
     self.stream = stream
@@ -177,8 +178,15 @@ class Progress:
     steps_per_second = (step - self._last_step) / elapsed
     mfu = tokens_per_second * self.flops_per_token / self.peak_flops
     eta = (self.total_steps - step) / steps_per_second if steps_per_second else float("inf")
+    pipelined = {}
+    if self.bubble is not None:
+      pipelined = {"pipeline_bubble": self.bubble,
+                   "step_seconds": 1 / steps_per_second if steps_per_second else float("inf")}
     if self.stream is not None:
+      shown = (f" | {pipelined['step_seconds']:.3f} s/step, bubble {100 * self.bubble:.0f}%"
+               if pipelined else "")
       print(f"step {step}/{self.total_steps} | loss {loss:.4f} | {tokens_per_second:,.0f} tok/s"
-            f" | MFU {100 * mfu:.1f}% | ETA {format_duration(eta)}", file=self.stream, flush=True)
+            f" | MFU {100 * mfu:.1f}%{shown} | ETA {format_duration(eta)}", file=self.stream,
+            flush=True)
     self._last_step, self._last_time, self._tokens = step, now, 0
-    return {"tokens_per_second": tokens_per_second, "mfu": mfu}
+    return {"tokens_per_second": tokens_per_second, "mfu": mfu, **pipelined}

@@ -1,8 +1,8 @@
 """Logical axis names and the rules that map them onto the device mesh.
 
 Model code names every parameter and block-boundary activation axis with a
-logical name; this table alone decides which mesh axis ("data", "fsdp",
-"tensor") shards it, so data, FSDP and tensor parallelism are a rules/mesh
+logical name; this table alone decides which mesh axis ("stage", "data", "fsdp",
+"tensor") shards it, so pipeline, data, FSDP and tensor parallelism are a rules/mesh
 change rather than a model change (the T5X/MaxText convention).
 """
 
@@ -20,7 +20,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from t5x_lite.errors import ConfigError
 
-MESH_AXES = ("data", "fsdp", "tensor")
+# "stage": pipeline stages (models/pipeline.py), outermost; the others as in T5X.
+MESH_AXES = ("stage", "data", "fsdp", "tensor")
 
 # (logical name, mesh axis or axes). Names absent here are replicated.
 LOGICAL_AXIS_RULES: tuple[tuple[str, object], ...] = (
@@ -32,7 +33,9 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, object], ...] = (
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
     ("kv", None),
-    ("layers", None),
+    # Stacked layers: stage s holds the s-th block of consecutive layers (with circular
+    # repeats the pipeline regroups them; see models/pipeline.py).
+    ("layers", "stage"),
     ("relpos_buckets", None),
     ("abspos", None),
     # Activations: the batch is split over every data-like axis.
@@ -61,7 +64,8 @@ class MeshError(ConfigError):
 
 def create_mesh(shape: Sequence[int] = (-1, 1, 1),
                 devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A ("data", "fsdp", "tensor") mesh over all devices; one -1 entry takes the rest.
+  """A ("stage", "data", "fsdp", "tensor") mesh over all devices; one -1 entry takes the
+  rest. `shape` has four entries, or three for (data, fsdp, tensor) with one stage.
 
   Entry points bind `create_mesh.shape` in gin (gin/meshes/*.gin). The device order is
   jax's (process-major), so on multi-host systems each host's devices form a
@@ -69,10 +73,12 @@ def create_mesh(shape: Sequence[int] = (-1, 1, 1),
   """
   devices = list(jax.devices() if devices is None else devices)
   shape = list(shape)
+  if len(shape) == len(MESH_AXES) - 1:
+    shape = [1, *shape]
   if len(shape) != len(MESH_AXES) or shape.count(-1) > 1 or any(
       s == 0 or s < -1 for s in shape):
     raise MeshError(f"mesh shape {tuple(shape)} must have {len(MESH_AXES)} positive entries "
-                    f"for {MESH_AXES}, at most one of them -1.")
+                    f"for {MESH_AXES} (or 3 for {MESH_AXES[1:]}), at most one of them -1.")
   known = math.prod(s for s in shape if s != -1)
   if -1 in shape:
     if len(devices) % known:

@@ -41,7 +41,7 @@ from t5x_lite import (
 from t5x_lite.data import check_vocabulary, get_batches, get_task, vocabularies
 from t5x_lite.errors import ConfigError
 from t5x_lite.loop_controls import TrainingHalted  # noqa: F401  (raised by the loop)
-from t5x_lite.models import Transformer, TransformerConfig, mup
+from t5x_lite.models import Transformer, TransformerConfig, mup, pipeline
 from t5x_lite.models.configs import functional_differences
 from t5x_lite.models.lora import AdaptedModel, LoraConfig, adapt
 from t5x_lite.models.params import abstract_model
@@ -261,6 +261,7 @@ def train(spec: TrainSpec, mesh: jax.sharding.Mesh, *, operative_config: Optiona
   if run.batch_size % data_shards or (run.batch_size // run.microbatches) % data_shards:
     raise ConfigError(f"BATCH_SIZE {run.batch_size} (/{run.microbatches} microbatches) does not "
                       f"split over the mesh's {data_shards} data x fsdp shards; use a multiple.")
+  pipeline.check_mesh(spec.model, mesh, run.batch_size // run.microbatches)
   lock = run_dir.RunLock(run.model_dir)
   if jax.process_index() == 0:  # hosts share MODEL_DIR; one of them holds the lock
     lock.acquire()
@@ -344,12 +345,20 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
   # activation gradients but no weight gradients, so 2 forwards (the adapters' own FLOPs
   # are negligible at low rank).
   flops_per_token = counts.flops_per_token * (2 / 3 if adapted is not None else 1)
+  stages = mesh.shape.get(pipeline.STAGE_AXIS, 1)
+  bubble = (pipeline.bubble_fraction(stages, config.pipeline_microbatches,
+                                     config.pipeline_repeats) if stages > 1 else None)
   progress = metrics.Progress(run.train_steps, start, flops_per_token, peak,
-                              stream=stream if is_main else None)
+                              stream=stream if is_main else None, bubble=bubble)
   if is_main:
     print(f"{config.architecture}: {counts.params / 1e6:.2f}M params, "
           f"{flops_per_token / 1e6:.1f} MFLOP/token; mesh {dict(mesh.shape)}; "
           f"MFU against {peak_source}", file=stream)
+    if bubble is not None:
+      schedule_name = "GPipe" if config.pipeline_repeats == 1 else "circular"
+      print(f"pipeline: {stages} stages x {config.pipeline_microbatches} microbatches x "
+            f"{config.pipeline_repeats} repeats ({schedule_name} schedule); idle fraction "
+            f"(bubble) (S - 1) / (R M + S - 1) = {bubble:.1%}", file=stream)
     if adapted is not None:
       trained = sum(int(x.size) for x in jax.tree.leaves(adapted.adapters))
       print(f"LoRA rank {spec.lora.rank} on {list(spec.lora.targets)}: {trained:,} trainable "

@@ -26,7 +26,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 # Knobs that change how the model is computed or stored, not the function it computes
 # from its parameters: a checkpoint may be resumed, fine-tuned from or loaded for
 # inference with different values (see run_dir.py). Every other knob is the model.
-LAYOUT_KNOBS = ("scan_layers", "remat_policy", "attention_impl")
+LAYOUT_KNOBS = ("scan_layers", "remat_policy", "attention_impl", "pipeline_microbatches",
+                "pipeline_repeats")
 # Precision: a legitimate choice at inference (e.g. bfloat16 decoding of a float32 run),
 # but a change of numerics on resume, where it must be asked for explicitly.
 PRECISION_KNOBS = ("dtype", "param_dtype")
@@ -83,6 +84,9 @@ class TransformerConfig:
       (jax.nn.dot_product_attention); None picks the fastest measured for the
       backend: einsum on CPU, cuDNN flash attention on GPU for 16-bit dtypes, xla
       otherwise (layers.dot_product_attention).
+    pipeline_microbatches: microbatches the batch is split into when the mesh has a
+      "stage" axis larger than 1 (pipeline parallelism, models/pipeline.py; >= stages).
+    pipeline_repeats: layer groups per stage (1: GPipe; more: the circular schedule).
     parametrization: "standard" or "mup" (the maximal-update parametrization, under
       which learning rates tuned at mup_base_d_model transfer to any width; the
       per-tensor rules are in models/mup.py).
@@ -122,6 +126,8 @@ class TransformerConfig:
   scan_layers: bool = False
   remat_policy: str = "none"
   attention_impl: Optional[str] = None
+  pipeline_microbatches: int = 1
+  pipeline_repeats: int = 1
   parametrization: str = "standard"
   mup_base_d_model: Optional[int] = None
   mup_base_head_dim: Optional[int] = None
@@ -174,7 +180,8 @@ class TransformerConfig:
       if value not in allowed:
         raise ConfigError(
             f"TransformerConfig.{name}={value!r} is not supported; choose one of {allowed}.")
-    positive = ["vocab_size", "d_model", "num_decoder_layers", "num_heads", "d_ff", "max_length"]
+    positive = ["vocab_size", "d_model", "num_decoder_layers", "num_heads", "d_ff", "max_length",
+                "pipeline_microbatches", "pipeline_repeats"]
     if self.is_encoder_decoder:
       positive.append("num_encoder_layers")
     for name in positive:

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from t5x_lite.models import layers, mup
+from t5x_lite.models import layers, mup, pipeline
 from t5x_lite.models.configs import TransformerConfig
 from t5x_lite.partitioning import constrain
 
@@ -122,9 +122,10 @@ class TransformerStack(nnx.Module):
   """An encoder or decoder: position handling, the layers, the final norm."""
 
   def __init__(self, config: TransformerConfig, num_layers: int, *, bidirectional: bool,
-               cross_attention: bool, rngs: nnx.Rngs):
+               cross_attention: bool, rngs: nnx.Rngs, name: str = "decoder"):
     self.config = config
     self.num_layers = num_layers
+    self.name = name
     encoding = config.position_encoding
     if encoding == "t5_relative":
       self.relative_bias = layers.RelativePositionBias(config, bidirectional=bidirectional,
@@ -177,13 +178,27 @@ class TransformerStack(nnx.Module):
       layer_rngs = None
     x = constrain(x, HIDDEN_AXES)
 
-    def apply_block(graphdef, state, h, rng, cache, layer):
-      return nnx.merge(graphdef, state)(h, ctx, rng, cache, layer)
+    def block_applier(ctx: AttentionContext):
+      def apply_block(graphdef, state, h, rng, cache, layer):
+        return nnx.merge(graphdef, state)(h, ctx, rng, cache, layer)
 
-    if config.remat_policy != "none" and cache is None:
-      apply_block = jax.checkpoint(apply_block, policy=REMAT_POLICIES[config.remat_policy],
-                                   static_argnums=(0,))
-    if config.scan_layers:
+      if config.remat_policy != "none" and cache is None:
+        return jax.checkpoint(apply_block, policy=REMAT_POLICIES[config.remat_policy],
+                              static_argnums=(0,))
+      return apply_block
+
+    apply_block = block_applier(ctx)
+    stages = pipeline.mesh_stages()
+    if stages > 1 and cache is None:
+      if not config.scan_layers:
+        raise pipeline.PipelineError("pipeline stages need the scanned layout (stacked "
+                                     "layers): set TransformerConfig.scan_layers = True.")
+      graphdef, state = nnx.split(self.layers)
+      x = pipeline.pipelined_stack(
+          block_applier, graphdef, state, x, ctx, layer_rngs, stages=stages,
+          microbatches=config.pipeline_microbatches, repeats=config.pipeline_repeats,
+          stack=self.name)
+    elif config.scan_layers:
       graphdef, state = nnx.split(self.layers)
 
       def scan_body(carry, xs):
@@ -243,7 +258,7 @@ class Transformer(nnx.Module):
     self.token_embedding = layers.make_token_embedding(config, rngs=rngs)
     if spec.has_encoder:
       self.encoder = TransformerStack(config, config.num_encoder_layers, bidirectional=True,
-                                      cross_attention=False, rngs=rngs)
+                                      cross_attention=False, rngs=rngs, name="encoder")
     self.decoder = TransformerStack(config, config.num_decoder_layers,
                                     bidirectional=spec.bidirectional_prefix,
                                     cross_attention=spec.has_encoder, rngs=rngs)
