@@ -35,6 +35,7 @@ bench: install demo  # the quantization benchmark measures the quick-start model
 	$(PY) tools/benchmark_lora.py
 	$(PY) tools/benchmark_harness.py
 	$(PY) tools/benchmark_quantization.py
+	$(PY) tools/benchmark_pipeline.py
 
 lint: install
 	$(PY) -m ruff check t5x_lite tests tools
