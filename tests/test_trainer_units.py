@@ -1,5 +1,7 @@
 """Meshes, optimizers and the loss: the pieces the training loop is built from."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,17 +12,20 @@ from t5x_lite import losses, optim, partitioning
 
 
 def test_a_minus_one_mesh_axis_takes_the_remaining_devices():
-  mesh = partitioning.create_mesh((2, -1, 2))
-  assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+  mesh = partitioning.create_mesh((2, -1, 2))  # three entries: one pipeline stage
+  assert dict(mesh.shape) == {"stage": 1, "data": 2, "fsdp": 2, "tensor": 2}
+  mesh = partitioning.create_mesh((2, 1, -1, 2))
+  assert dict(mesh.shape) == {"stage": 2, "data": 1, "fsdp": 2, "tensor": 2}
 
 
 @pytest.mark.parametrize("shape, message", [
     ((3, 1, 1), "needs 3 devices but 8 are available"),
     ((3, -1, 1), "cannot fill 8 devices"),
-    ((2, 2), "must have 3 positive entries"),
+    ((2, 2), "must have 4 positive entries"),
+    ((2, 1, 1, 1, 1), "(or 3 for ('data', 'fsdp', 'tensor'))"),
 ])
 def test_a_mesh_that_does_not_fit_the_devices_is_one_clear_error(shape, message):
-  with pytest.raises(partitioning.MeshError, match=message):
+  with pytest.raises(partitioning.MeshError, match=re.escape(message)):
     partitioning.create_mesh(shape)
 
 
