@@ -16,6 +16,7 @@ from qwix._src.core import numerics as qwix_numerics
 from t5x_lite import checkpoints, decoding, losses, quantization
 from t5x_lite.models import TransformerConfig, create_model
 from t5x_lite.models.transformer import projections
+from tests.models import standard_reference
 from tests.scripts import load_script
 
 ARCHITECTURES = ("causal_decoder", "prefix_decoder", "encoder_decoder")
@@ -29,14 +30,8 @@ def tiny(architecture: str, **fields) -> TransformerConfig:
 
 
 def batch_for(config: TransformerConfig) -> dict:
-  tokens = (np.arange(1, 33).reshape(2, 16) * 7) % config.vocab_size
-  batch = {"decoder_input_tokens": tokens}
-  if config.architecture == "encoder_decoder":
-    batch["encoder_input_tokens"] = tokens[:, ::-1].copy()
-  if config.architecture == "prefix_decoder":
-    batch["decoder_causal_attention"] = np.repeat((np.arange(16) < 8)[None], 2, 0).astype(
-        np.int32)
-  return batch
+  """Two 16-token rows with the architecture's features (the μP tests' batch)."""
+  return standard_reference.batch(config)
 
 
 def first_order_bound(model, levels: int) -> float:
