@@ -133,6 +133,8 @@ def report() -> None:
       axis.set_title(f"{architecture}, {parametrization}", fontsize=10)
       axis.grid(alpha=0.3)
       axis.legend(fontsize=7)
+      if not optima:  # not run yet (an interrupted study's report)
+        continue
       spread = max(o[1] for o in optima) / min(o[1] for o in optima)
       lines.append(f"| {architecture} | {parametrization} | " + " | ".join(
           f"{o[1]:.1e}{'' if o[2] else ' (edge)'} ({o[3]:.3f})" for o in optima)
