@@ -1,8 +1,8 @@
 """Logical axis names and the rules that map them onto the device mesh.
 
 Model code names every parameter and block-boundary activation axis with a
-logical name; this table alone decides which mesh axis ("stage", "data", "fsdp",
-"tensor") shards it, so pipeline, data, FSDP and tensor parallelism are a rules/mesh
+logical name; this table alone decides which mesh axis ("data", "fsdp", "tensor",
+"stage") shards it, so pipeline, data, FSDP and tensor parallelism are a rules/mesh
 change rather than a model change (the T5X/MaxText convention).
 """
 
@@ -20,8 +20,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from t5x_lite.errors import ConfigError
 
-# "stage": pipeline stages (models/pipeline.py), outermost; the others as in T5X.
-MESH_AXES = ("stage", "data", "fsdp", "tensor")
+# "stage": pipeline stages (models/pipeline.py); the others as in T5X.
+MESH_AXES = ("data", "fsdp", "tensor", "stage")
 
 # (logical name, mesh axis or axes). Names absent here are replicated.
 LOGICAL_AXIS_RULES: tuple[tuple[str, object], ...] = (
@@ -64,7 +64,7 @@ class MeshError(ConfigError):
 
 def create_mesh(shape: Sequence[int] = (-1, 1, 1),
                 devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A ("stage", "data", "fsdp", "tensor") mesh over all devices; one -1 entry takes the
+  """A ("data", "fsdp", "tensor", "stage") mesh over all devices; one -1 entry takes the
   rest. `shape` has four entries, or three for (data, fsdp, tensor) with one stage.
 
   Entry points bind `create_mesh.shape` in gin (gin/meshes/*.gin). The device order is
@@ -74,11 +74,11 @@ def create_mesh(shape: Sequence[int] = (-1, 1, 1),
   devices = list(jax.devices() if devices is None else devices)
   shape = list(shape)
   if len(shape) == len(MESH_AXES) - 1:
-    shape = [1, *shape]
+    shape = [*shape, 1]
   if len(shape) != len(MESH_AXES) or shape.count(-1) > 1 or any(
       s == 0 or s < -1 for s in shape):
     raise MeshError(f"mesh shape {tuple(shape)} must have {len(MESH_AXES)} positive entries "
-                    f"for {MESH_AXES} (or 3 for {MESH_AXES[1:]}), at most one of them -1.")
+                    f"for {MESH_AXES} (or 3 for {MESH_AXES[:3]}), at most one of them -1.")
   known = math.prod(s for s in shape if s != -1)
   if -1 in shape:
     if len(devices) % known:

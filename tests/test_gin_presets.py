@@ -58,11 +58,11 @@ def test_architecture_files_parse(path):
   gin_utils.parse([path])
 
 
-# (stage, data, fsdp, tensor)
-MESH_SHAPES = {"single_device": (1, 1, 1, 1), "data_parallel": (1, 8, 1, 1),
-               "fsdp": (1, 1, 8, 1), "fsdp_tensor": (1, 1, 2, 4), "gpu_multihost": (1, 1, 8, 1),
-               "tpu_pod": (1, 1, 8, 1), "pipeline": (2, 4, 1, 1),
-               "pipeline_fsdp_tensor": (2, 1, 2, 2)}
+# (data, fsdp, tensor, stage)
+MESH_SHAPES = {"single_device": (1, 1, 1, 1), "data_parallel": (8, 1, 1, 1),
+               "fsdp": (1, 8, 1, 1), "fsdp_tensor": (1, 2, 4, 1), "gpu_multihost": (1, 8, 1, 1),
+               "tpu_pod": (1, 8, 1, 1), "pipeline": (4, 1, 1, 2),
+               "pipeline_fsdp_tensor": (1, 2, 2, 2)}
 
 
 @pytest.mark.parametrize("name, shape", MESH_SHAPES.items())

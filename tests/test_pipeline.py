@@ -53,11 +53,11 @@ def reference(request):
 
 
 @pytest.mark.parametrize("shape,microbatches,repeats", [
-    ((2, 1, 1, 1), 4, 1),   # GPipe, 2 stages
-    ((4, 1, 1, 1), 8, 1),   # GPipe, 4 stages
-    ((2, 1, 1, 1), 8, 2),   # circular, 2 stages
-    ((4, 1, 1, 1), 4, 2),   # circular, 4 stages
-    ((2, 2, 1, 2), 4, 1),   # stage x data x tensor
+    ((1, 1, 1, 2), 4, 1),   # GPipe, 2 stages (mesh: data, fsdp, tensor, stage)
+    ((1, 1, 1, 4), 8, 1),   # GPipe, 4 stages
+    ((1, 1, 1, 2), 8, 2),   # circular, 2 stages
+    ((1, 1, 1, 4), 4, 2),   # circular, 4 stages
+    ((2, 1, 2, 2), 4, 1),   # data x tensor x stage
 ], ids=["gpipe-2x4", "gpipe-4x8", "circular-2x8x2", "circular-4x4x2", "stage2-data2-tensor2"])
 def test_pipelined_training_equals_training_without_a_pipeline(reference, shape, microbatches,
                                                                repeats):

@@ -13,9 +13,9 @@ from t5x_lite import losses, optim, partitioning
 
 def test_a_minus_one_mesh_axis_takes_the_remaining_devices():
   mesh = partitioning.create_mesh((2, -1, 2))  # three entries: one pipeline stage
-  assert dict(mesh.shape) == {"stage": 1, "data": 2, "fsdp": 2, "tensor": 2}
-  mesh = partitioning.create_mesh((2, 1, -1, 2))
-  assert dict(mesh.shape) == {"stage": 2, "data": 1, "fsdp": 2, "tensor": 2}
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2, "stage": 1}
+  mesh = partitioning.create_mesh((1, -1, 2, 2))
+  assert dict(mesh.shape) == {"data": 1, "fsdp": 2, "tensor": 2, "stage": 2}
 
 
 @pytest.mark.parametrize("shape, message", [

@@ -57,7 +57,7 @@ def main(argv=None) -> None:
       (s, m, 2) for s in (2, 4) for m in (s, 2 * s)]
   steps = {}
   for stages, microbatches, repeats in configurations:
-    mesh = partitioning.create_mesh((stages, 1, 1, 1), jax.devices()[:stages])
+    mesh = partitioning.create_mesh((1, 1, 1, stages), jax.devices()[:stages])
     config = base.replace(pipeline_microbatches=microbatches, pipeline_repeats=repeats)
     optimizer = optim.make_optimizer(optim.OptimizerConfig(), optim.make_schedule(
         optim.ScheduleConfig(warmup_steps=1), total_steps=100))
