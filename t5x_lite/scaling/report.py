@@ -24,7 +24,7 @@ def _subset(runs: Runs, index: np.ndarray) -> Runs:
               flops=runs.flops[index], run=run, step=step)
 
 
-def _resample(runs: Runs, method: str, rng: np.random.Generator) -> Runs:
+def resample(runs: Runs, method: str, rng: np.random.Generator) -> Runs:
   """Runs drawn with replacement; the envelope draws whole training curves."""
   if method != "envelope":
     return _subset(runs, rng.integers(0, len(runs), len(runs)))
@@ -179,7 +179,7 @@ def fit_runs(runs: Runs, method: str, budget: Optional[float] = None, bootstrap:
   samples = []
   for _ in range(bootstrap):
     try:
-      sample_law, sample_parameters = fitter(_resample(runs, method, rng), start)
+      sample_law, sample_parameters = fitter(resample(runs, method, rng), start)
       sample_law = exact(sample_law)
       sample_optimal = _optimal(sample_law, budget)
     except (RunsError, ValueError):  # A resample without enough budgets/sizes: skip it.
