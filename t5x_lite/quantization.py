@@ -193,7 +193,7 @@ def save(model_dir: str, output_dir: str, mode: str, *, output_layer: bool = Tru
   record["quantization"] = {"mode": mode, "output_layer": output_layer,
                             "source": os.path.abspath(model_dir), "step": step}
   os.makedirs(output_dir, exist_ok=True)
-  checkpoints.save_params(output_dir, step, _stored(nnx.state(model, nnx.Param)))
+  checkpoints.save_params(output_dir, step, storable(nnx.state(model, nnx.Param)))
   with files.atomic_write(os.path.join(output_dir, run_dir.SPEC_FILE)) as handle:
     json.dump(record, handle, indent=1)
   return step
@@ -209,12 +209,12 @@ def load(model_dir: str, config: TransformerConfig) -> Transformer:
                    output_layer=recorded["output_layer"])
   graphdef, state = nnx.split(model, nnx.Param)
   restored = checkpoints.restore_params(
-      model_dir, checkpoints.on_default_device(_stored(state)))
+      model_dir, checkpoints.on_default_device(storable(state)))
   return nnx.merge(graphdef, jax.tree.map(
       lambda value, target: jax.lax.bitcast_convert_type(value, target.dtype), restored, state))
 
 
-def _stored(state: nnx.State) -> nnx.State:
+def storable(state: nnx.State) -> nnx.State:
   """The state with NF4's uint4 codes bitcast to int4 (same bits): orbax's tensorstore
   stores int4 but not uint4. `load` bitcasts them back."""
   return jax.tree.map(lambda value: jax.lax.bitcast_convert_type(value, jnp.int4)

@@ -86,7 +86,7 @@ def main(argv=None) -> None:
       quality = evaluation.perplexity(model, task, lengths, "validation", 8, 8)
       cloze = multiple_choice.rank_classify(model, vocabulary, questions)
       saved = os.path.join(scratch, name.replace(" ", "_"))
-      checkpoints.save_params(saved, 0, nnx.state(model, nnx.Param))
+      checkpoints.save_params(saved, 0, quantization.storable(nnx.state(model, nnx.Param)))
       rows[name] = {"variant": name, "perplexity": quality["perplexity"],
                     "cloze_accuracy": cloze["accuracy"], "cloze_stderr": cloze["stderr"],
                     "parameter_bytes": quantization.parameter_bytes(model),
@@ -169,7 +169,7 @@ def imported_model_table(args) -> list[dict]:
     for name, model in variants.items():
       logits = np.asarray(model({"decoder_input_tokens": sequences}), np.float32)
       saved = os.path.join(scratch, name.replace(" ", "_"))
-      checkpoints.save_params(saved, 0, nnx.state(model, nnx.Param))
+      checkpoints.save_params(saved, 0, quantization.storable(nnx.state(model, nnx.Param)))
       rows[name] = {
           "variant": name,
           "top1_agreement": float(np.mean(logits.argmax(-1) == reference.argmax(-1))),
