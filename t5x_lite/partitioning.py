@@ -72,21 +72,22 @@ def create_mesh(shape: Sequence[int] = (-1, 1, 1),
   contiguous block of the data axes and a host feeds exactly its own rows.
   """
   devices = list(jax.devices() if devices is None else devices)
+  given = tuple(shape)  # as the user wrote it, for messages
   shape = list(shape)
   if len(shape) == len(MESH_AXES) - 1:
     shape = [*shape, 1]
   if len(shape) != len(MESH_AXES) or shape.count(-1) > 1 or any(
       s == 0 or s < -1 for s in shape):
-    raise MeshError(f"mesh shape {tuple(shape)} must have {len(MESH_AXES)} positive entries "
+    raise MeshError(f"mesh shape {given} must have {len(MESH_AXES)} positive entries "
                     f"for {MESH_AXES} (or 3 for {MESH_AXES[:3]}), at most one of them -1.")
   known = math.prod(s for s in shape if s != -1)
   if -1 in shape:
     if len(devices) % known:
-      raise MeshError(f"mesh shape {tuple(shape)} cannot fill {len(devices)} devices "
+      raise MeshError(f"mesh shape {given} cannot fill {len(devices)} devices "
                       f"({len(devices)} is not a multiple of {known}); fix create_mesh.shape.")
     shape[shape.index(-1)] = len(devices) // known
   if math.prod(shape) != len(devices):
-    raise MeshError(f"mesh shape {tuple(shape)} needs {math.prod(shape)} devices but "
+    raise MeshError(f"mesh shape {given} needs {math.prod(shape)} devices but "
                     f"{len(devices)} are available; set create_mesh.shape so the product is "
                     f"{len(devices)} (or use -1 for one axis).")
   return Mesh(np.array(devices).reshape(shape), MESH_AXES)
