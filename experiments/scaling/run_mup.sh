@@ -17,7 +17,7 @@ if [ ! -f $OUT/plan.json ]; then
       --gin.TransformerConfig.mup_base_d_model=16 \
       --budgets 1e11 3e11 1e12 3e12 1e13 --sizes 5 --spread 4 \
       --batch_size 16 --targets_length 256 --aspect_ratio 32 --head_dim 16 \
-      --tune_learning_rate --output $OUT/plan.json
+      --tune_learning_rate --learning_rates 1e-2 3e-1 8 --output $OUT/plan.json
 fi
 python tools/scaling_sweep.py $OUT/plan.json --sweep_dir "$SWEEP_DIR" \
     --gin_file=$HERE/sweep.gin --runs_csv $OUT/RUNS.csv --curves_csv $OUT/CURVES.csv
