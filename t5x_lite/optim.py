@@ -131,6 +131,18 @@ def make_optimizer(config: OptimizerConfig, schedule: optax.Schedule,
   return core
 
 
+def model_optimizer(model_config, config: OptimizerConfig, schedule: optax.Schedule
+                    ) -> optax.GradientTransformation:
+  """make_optimizer for a model: under μP with its per-tensor learning rates
+  (models/mup.py), else plain."""
+  from t5x_lite.models import mup  # models import optim's configs through spec, not this
+
+  if mup.is_mup(model_config):
+    return make_optimizer(config, schedule, mup.parameter_roles,
+                          mup.learning_rate_multipliers(model_config))
+  return make_optimizer(config, schedule)
+
+
 def _scaled(schedule: optax.Schedule, factor: float) -> optax.Schedule:
   return schedule if factor == 1.0 else (lambda step: factor * schedule(step))
 

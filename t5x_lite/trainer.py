@@ -41,7 +41,7 @@ from t5x_lite import (
 from t5x_lite.data import check_vocabulary, get_batches, get_task, vocabularies
 from t5x_lite.errors import ConfigError
 from t5x_lite.loop_controls import TrainingHalted  # noqa: F401  (raised by the loop)
-from t5x_lite.models import Transformer, TransformerConfig, mup, pipeline
+from t5x_lite.models import Transformer, TransformerConfig, pipeline
 from t5x_lite.models.configs import functional_differences
 from t5x_lite.models.lora import AdaptedModel, LoraConfig, adapt
 from t5x_lite.models.params import abstract_model
@@ -279,9 +279,8 @@ def train(spec: TrainSpec, mesh: jax.sharding.Mesh, *, operative_config: Optiona
 def make_optimizer(spec: TrainSpec, schedule: optax.Schedule) -> optax.GradientTransformation:
   """The run's optimizer: under μP with per-tensor learning rates (models/mup.py), except
   for LoRA, whose adapters are new low-rank matrices trained at the plain rate."""
-  if mup.is_mup(spec.model) and spec.lora is None:
-    return optim.make_optimizer(spec.optimizer, schedule, mup.parameter_roles,
-                                mup.learning_rate_multipliers(spec.model))
+  if spec.lora is None:
+    return optim.model_optimizer(spec.model, spec.optimizer, schedule)
   return optim.make_optimizer(spec.optimizer, schedule)
 
 

@@ -25,7 +25,7 @@ from flax import nnx
 
 from t5x_lite import losses, optim
 from t5x_lite.errors import ConfigError
-from t5x_lite.models import TransformerConfig, create_model, mup
+from t5x_lite.models import TransformerConfig, create_model
 
 # The task whose training batches each architecture reads by default.
 DEFAULT_TASKS = {
@@ -108,11 +108,7 @@ def train_and_measure(config: TransformerConfig, batches: Sequence[dict], probe:
   graphdef, params = nnx.split(model, nnx.Param)
   settings = optim.OptimizerConfig(weight_decay=0.0, clip_norm=None)
   schedule = optax.constant_schedule(learning_rate)
-  if mup.is_mup(config):
-    optimizer = optim.make_optimizer(settings, schedule, mup.parameter_roles,
-                                     mup.learning_rate_multipliers(config))
-  else:
-    optimizer = optim.make_optimizer(settings, schedule)
+  optimizer = optim.model_optimizer(config, settings, schedule)
 
   @jax.jit
   def step(params, opt_state, batch):

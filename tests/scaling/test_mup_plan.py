@@ -48,15 +48,10 @@ def test_a_vmapped_sweep_equals_training_at_each_rate_alone(parametrization):
   result = lr_sweep.sweep_learning_rates(config, [1e-3, 1e-2], train, held_out,
                                          schedule=schedule)
   for rate, swept in zip(result.learning_rates, result.losses):
-    # The trainer's recipe by hand: make_optimizer at this peak rate, one step a batch.
-    from t5x_lite.spec import TrainSpec
-    from t5x_lite.trainer import make_optimizer
-    spec = TrainSpec.__new__(TrainSpec)
-    object.__setattr__(spec, "model", config)
-    object.__setattr__(spec, "optimizer", optim.OptimizerConfig())
-    object.__setattr__(spec, "lora", None)
+    # The trainer's recipe by hand: the model's optimizer at this peak rate, a step a batch.
     peak = optim.ScheduleConfig(warmup_steps=1, peak_learning_rate=rate)
-    optimizer = make_optimizer(spec, optim.make_schedule(peak, len(train)))
+    optimizer = optim.model_optimizer(config, optim.OptimizerConfig(),
+                                      optim.make_schedule(peak, len(train)))
     graphdef, params = nnx.split(create_model(config), nnx.Param)
     state = optimizer.init(params)
     for batch in train:
