@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Fits the sweep's RUNS.csv / CURVES.csv with every method and draws the figures.
-#   bash experiments/scaling/fit.sh     (after run.sh; ~2 minutes on 2 cores)
+# Fits a study's RUNS.csv / CURVES.csv with every method and draws the figures, all in the
+# study's folder (default experiments/scaling; run_mup.sh passes experiments/scaling/mup).
+#   bash experiments/scaling/fit.sh [STUDY_DIR]    (after run.sh; ~2 minutes on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-HERE=experiments/scaling
-BUDGET=1e14  # report the optimum at 16x the largest budget of the sweep (an extrapolation)
+HERE=${1:-experiments/scaling}
+# The optimum is reported at 1e14 FLOPs for every study, so that they can be compared: 16x
+# the first study's largest budget, 10x the μP study's (an extrapolation for both).
+BUDGET=1e14
 
 python -m t5x_lite.scaling fit $HERE/RUNS.csv --method isoflop --budget $BUDGET \
     --bootstrap 1000 --plot $HERE/isoflop.png --json > $HERE/fit_isoflop.json
@@ -17,10 +20,11 @@ python -m t5x_lite.scaling fit $HERE/RUNS.csv --method kaplan --budget $BUDGET \
 python -m t5x_lite.scaling plot $HERE/RUNS.csv --curves $HERE/CURVES.csv \
     --methods isoflop parametric envelope --budget $BUDGET --bootstrap 200 \
     --output $HERE/study.png
-python - <<'SUMMARY'
+python - "$HERE" <<'SUMMARY'
 import json
+import sys
 for method in ("isoflop", "parametric", "envelope", "kaplan"):
-  fit = json.load(open(f"experiments/scaling/fit_{method}.json"))
+  fit = json.load(open(f"{sys.argv[1]}/fit_{method}.json"))
   def show(part, name):
     entry = fit[part][name]
     low_high = entry.get("ci95")

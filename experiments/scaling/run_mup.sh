@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The IsoFLOP study redone with μP (one learning rate, tuned at the base width and
 # transferred to every shape) over two orders of magnitude of compute (1e11-1e13 FLOPs),
-# then `plan --refine` for every budget whose minimum the first pass did not bracket.
-# About 1.5 hours on 2 CPU cores (7e13 FLOPs); re-running skips finished runs.
+# then `plan --refine` for every budget whose minimum the first pass did not bracket, the
+# fits of fit.sh on both passes together, and a figure setting them beside the first study.
+# About 2 hours on 2 CPU cores (7e13 FLOPs); re-running skips finished runs.
 #   bash experiments/scaling/run_mup.sh [SWEEP_DIR]    (default /tmp/t5x_lite_scaling_mup)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -20,15 +21,86 @@ if [ ! -f $OUT/plan.json ]; then
       --tune_learning_rate --learning_rates 1e-2 3e-1 8 --output $OUT/plan.json
 fi
 python tools/scaling_sweep.py $OUT/plan.json --sweep_dir "$SWEEP_DIR" \
-    --gin_file=$HERE/sweep.gin --runs_csv $OUT/RUNS.csv --curves_csv $OUT/CURVES.csv
+    --gin_file=$HERE/sweep.gin --runs_csv $OUT/RUNS_plan.csv --curves_csv $OUT/CURVES_plan.csv
+
+# The refined runs train at the plan's tuned rate.
+LEARNING_RATE=$(python - $OUT/plan.json <<'RATE'
+import json
+import sys
+print(json.load(open(sys.argv[1]))["learning_rate"])
+RATE
+)
 python -m t5x_lite.scaling plan --gin_file=$HERE/family.gin \
     --gin.TransformerConfig.parametrization="'mup'" \
     --gin.TransformerConfig.mup_base_d_model=16 \
-    --refine $OUT/RUNS.csv --batch_size 16 --targets_length 256 --aspect_ratio 32 \
-    --head_dim 16 --learning_rate "$(python -c "import json; print(json.load(open('$OUT/plan.json'))['learning_rate'])")" \
-    --output $OUT/refine.json
+    --refine $OUT/RUNS_plan.csv --batch_size 16 --targets_length 256 --aspect_ratio 32 \
+    --head_dim 16 --learning_rate "$LEARNING_RATE" --output $OUT/refine.json
 python tools/scaling_sweep.py $OUT/refine.json --sweep_dir "$SWEEP_DIR" \
-    --gin_file=$HERE/sweep.gin --runs_csv $OUT/RUNS_refined.csv \
-    --curves_csv $OUT/CURVES_refined.csv
-python -m t5x_lite.scaling fit $OUT/RUNS.csv --method isoflop --budget 1e14 \
-    --bootstrap 1000 --plot $OUT/isoflop.png --json > $OUT/fit_isoflop.json
+    --gin_file=$HERE/sweep.gin --runs_csv $OUT/RUNS_refine.csv \
+    --curves_csv $OUT/CURVES_refine.csv
+
+# Both passes are one study: RUNS.csv / CURVES.csv hold every run, fit.sh fits them.
+for table in RUNS CURVES; do
+  { cat $OUT/${table}_plan.csv; tail -n +2 $OUT/${table}_refine.csv; } > $OUT/$table.csv
+done
+bash $HERE/fit.sh $OUT
+
+# The two studies side by side: compare.md (table) and compare.png (intervals).
+python - $HERE $OUT <<'COMPARE'
+import json
+import sys
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+studies = {"first study (standard, 3e-3, 1e12-6.25e12)": sys.argv[1],
+           "μP study (tuned rate, 1e11-1e13)": sys.argv[2]}
+methods = ("isoflop", "parametric", "envelope")
+quantities = (("parameters", "a", "a (N_opt ∝ C^a)"), ("parameters", "b", "b (D_opt ∝ C^b)"),
+              ("optimal", "tokens_per_param", "tokens per parameter at 1e14 FLOPs"))
+fits = {study: {m: json.load(open(f"{folder}/fit_{m}.json")) for m in methods}
+        for study, folder in studies.items()}
+
+def cell(entry):
+  low, high = entry.get("ci95") or (float("nan"), float("nan"))
+  return f"{entry['value']:.3g} [{low:.3g}, {high:.3g}]"
+
+lines = ["| method | quantity | " + " | ".join(studies) + " | interval width ratio |",
+         "|---|---|" + "---|" * (len(studies) + 1)]
+for method in methods:
+  for part, name, label in quantities:
+    entries = [fits[study][method][part][name] for study in studies]
+    widths = [e["ci95"][1] - e["ci95"][0] if e.get("ci95") else float("nan")
+              for e in entries]
+    # tokens per parameter spans orders of magnitude: compare its intervals in log space
+    if name == "tokens_per_param":
+      widths = [e["ci95"][1] / max(e["ci95"][0], 1e-9) if e.get("ci95") else float("nan")
+                for e in entries]
+    lines.append(f"| {method} | {label} | " + " | ".join(cell(e) for e in entries)
+                 + f" | {widths[1] / widths[0]:.2f} |")
+with open(f"{sys.argv[2]}/compare.md", "w") as handle:
+  handle.write("\n".join(lines) + "\n")
+print("\n".join(lines))
+
+figure, axes = plt.subplots(1, len(quantities), figsize=(13, 3.6))
+for axis, (part, name, label) in zip(axes, quantities):
+  for offset, (study, color) in enumerate(zip(studies, ("tab:gray", "tab:blue"))):
+    for row, method in enumerate(methods):
+      entry = fits[study][method][part][name]
+      low, high = entry.get("ci95") or (entry["value"], entry["value"])
+      y = row + 0.15 * (1 - 2 * offset)
+      axis.plot([low, high], [y, y], color=color, lw=2)
+      axis.plot(entry["value"], y, "o", color=color, label=study if row == 0 else None)
+  axis.set_yticks(range(len(methods)), methods)
+  axis.set_title(label)
+  if name == "tokens_per_param":
+    axis.set_xscale("log")
+    axis.axvline(20, color="k", ls=":", lw=1)
+  else:
+    axis.axvline(0.5, color="k", ls=":", lw=1)
+axes[0].legend(loc="lower left", fontsize=7)
+figure.suptitle("Compute-optimal scaling, 95% bootstrap intervals (dotted: Chinchilla)")
+figure.tight_layout()
+figure.savefig(f"{sys.argv[2]}/compare.png", dpi=120)
+COMPARE
