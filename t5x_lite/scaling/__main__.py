@@ -106,11 +106,12 @@ def _plan(args, files, bindings, search_paths) -> None:
                  inputs_length=args.inputs_length)
   notes: list[str] = []
   if args.refine:
-    runs, notes = planning.refine(family, read_runs(args.refine), max_params=args.max_params,
-                                  **lengths)
+    runs, notes = planning.refine(family, read_runs(args.refine),
+                                  sizes=2 if args.sizes is None else args.sizes,
+                                  max_params=args.max_params, **lengths)
   else:
     runs = planning.plan_sweep(
-        family, args.budgets, sizes=args.sizes, spread=args.spread,
+        family, args.budgets, sizes=5 if args.sizes is None else args.sizes, spread=args.spread,
         tokens_per_param=args.tokens_per_param, min_params=args.min_params,
         max_params=args.max_params, **lengths)
   for problem in planning.bracketing_problems(runs) if not args.refine else []:
@@ -302,7 +303,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="decoder tokens per sequence (TASK_FEATURE_LENGTHS['targets'])")
   plan.add_argument("--inputs_length", type=int, default=0,
                     help="encoder/prefix tokens per sequence (TASK_FEATURE_LENGTHS['inputs'])")
-  plan.add_argument("--sizes", type=int, default=5, help="model sizes per budget")
+  plan.add_argument("--sizes", type=int, default=None,
+                    help="model sizes per budget (default 5); with --refine, sizes added "
+                    "beyond each unbracketed budget's edge (default 2)")
   plan.add_argument("--spread", type=float, default=4.0,
                     help="sizes span [N*/spread, N* x spread] around the rule-of-thumb N*")
   plan.add_argument("--tokens_per_param", type=float, default=20.0,

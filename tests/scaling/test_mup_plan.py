@@ -142,6 +142,9 @@ def test_refine_adds_sizes_beyond_the_edge_where_a_budgets_minimum_lies(tmp_path
   # (a budget is its runs' mean FLOPs, which whole steps put within 0.1% of the plan's)
   assert added and all(run["budget"] == pytest.approx(3e11, rel=1e-3) for run in added)
   assert all(run["params"] > largest for run in added)
+  assert len(added) == 2  # two sizes beyond the edge unless told otherwise
+  main([*PLAN, "--refine", str(path), "--sizes", "1", "--output", str(output)])
+  assert len(json.loads(output.read_text())["runs"]) == 1
 
 
 def test_plan_without_budgets_or_refine_is_one_clear_error(capsys):
