@@ -23,7 +23,8 @@ fi
 python tools/scaling_sweep.py $OUT/plan.json --sweep_dir "$SWEEP_DIR" \
     --gin_file=$HERE/sweep.gin --runs_csv $OUT/RUNS_plan.csv --curves_csv $OUT/CURVES_plan.csv
 
-# The refined runs train at the plan's tuned rate.
+# The refined runs train at the plan's tuned rate; one size beyond each unbracketed edge
+# (these budgets bottom out at their smallest size, where a run costs the most time per FLOP).
 LEARNING_RATE=$(python - $OUT/plan.json <<'RATE'
 import json
 import sys
@@ -34,7 +35,7 @@ python -m t5x_lite.scaling plan --gin_file=$HERE/family.gin \
     --gin.TransformerConfig.parametrization="'mup'" \
     --gin.TransformerConfig.mup_base_d_model=16 \
     --refine $OUT/RUNS_plan.csv --batch_size 16 --targets_length 256 --aspect_ratio 32 \
-    --head_dim 16 --learning_rate "$LEARNING_RATE" --output $OUT/refine.json
+    --head_dim 16 --learning_rate "$LEARNING_RATE" --sizes 1 --output $OUT/refine.json
 python tools/scaling_sweep.py $OUT/refine.json --sweep_dir "$SWEEP_DIR" \
     --gin_file=$HERE/sweep.gin --runs_csv $OUT/RUNS_refine.csv \
     --curves_csv $OUT/CURVES_refine.csv
@@ -48,6 +49,7 @@ bash $HERE/fit.sh $OUT
 # The two studies side by side: compare.md (table) and compare.png (intervals).
 python - $HERE $OUT <<'COMPARE'
 import json
+import math
 import sys
 
 import matplotlib
@@ -66,6 +68,8 @@ def cell(entry):
   low, high = entry.get("ci95") or (float("nan"), float("nan"))
   return f"{entry['value']:.3g} [{low:.3g}, {high:.3g}]"
 
+# the last column: the μP study's interval width over the first study's (log width for
+# tokens per parameter); below 1 means narrower
 lines = ["| method | quantity | " + " | ".join(studies) + " | interval width ratio |",
          "|---|---|" + "---|" * (len(studies) + 1)]
 for method in methods:
@@ -75,7 +79,7 @@ for method in methods:
               for e in entries]
     # tokens per parameter spans orders of magnitude: compare its intervals in log space
     if name == "tokens_per_param":
-      widths = [e["ci95"][1] / max(e["ci95"][0], 1e-9) if e.get("ci95") else float("nan")
+      widths = [math.log(e["ci95"][1] / e["ci95"][0]) if e.get("ci95") else float("nan")
                 for e in entries]
     lines.append(f"| {method} | {label} | " + " | ".join(cell(e) for e in entries)
                  + f" | {widths[1] / widths[0]:.2f} |")
@@ -99,8 +103,8 @@ for axis, (part, name, label) in zip(axes, quantities):
     axis.axvline(20, color="k", ls=":", lw=1)
   else:
     axis.axvline(0.5, color="k", ls=":", lw=1)
-axes[0].legend(loc="lower left", fontsize=7)
+figure.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=2)
 figure.suptitle("Compute-optimal scaling, 95% bootstrap intervals (dotted: Chinchilla)")
-figure.tight_layout()
+figure.tight_layout(rect=(0, 0.08, 1, 1))
 figure.savefig(f"{sys.argv[2]}/compare.png", dpi=120)
 COMPARE
