@@ -162,13 +162,33 @@ def majority_vote(answers: Sequence[Optional[str]]) -> Optional[str]:
   return next(a for a in answers if a is not None and counts[a] == best)
 
 
+def encoded_prompts(config: ChainOfThought, vocabulary, add_eos: bool
+                    ) -> tuple[list[dict], list[dict], list[list[int]]]:
+  """(items, exemplars, each item's few-shot prompt as token ids)."""
+  items, exemplars = load(config)
+  prompts = [prompt(exemplars, item["question"], config.separator) for item in items]
+  return items, exemplars, inference.encode_prompts([{"inputs": p} for p in prompts],
+                                                    vocabulary, add_eos)
+
+
+def check_lengths(model_config, vocabulary, add_eos: bool, config: ChainOfThought,
+                  encoded: Optional[list[list[int]]] = None) -> None:
+  """Refuses prompts (exemplars + question) longer than the model allows, naming the knobs
+  that shorten them (evaluation.evaluate calls it before any other evaluation runs)."""
+  if encoded is None:
+    _, _, encoded = encoded_prompts(config, vocabulary, add_eos)
+  inference.check_lengths(
+      encoded, model_config, config.max_new_tokens, name="chain-of-thought item",
+      fix=f"Lower chain_of_thought.shots (now {config.shots}) or "
+      "chain_of_thought.max_new_tokens, or shorten the exemplars.")
+
+
 def evaluate(model, vocabulary, add_eos: bool, config: ChainOfThought,
              batch_size: int = 8) -> dict:
   """Accuracy (with its binomial standard error) and every item's generations, extracted
   answers and vote."""
-  items, exemplars = load(config)
-  prompts = [prompt(exemplars, item["question"], config.separator) for item in items]
-  encoded = inference.encode_prompts([{"inputs": p} for p in prompts], vocabulary, add_eos)
+  items, exemplars, encoded = encoded_prompts(config, vocabulary, add_eos)
+  check_lengths(model.config, vocabulary, add_eos, config, encoded)
   samples = []
   for sample in range(config.samples):
     samples.append([p["prediction"] for p in inference.predict(

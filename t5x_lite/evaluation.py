@@ -102,6 +102,13 @@ def evaluate(model, task: str, feature_lengths: Mapping[str, int], *, split: str
   examples joined by `separator` in an order drawn by `seed`), zero-shot generation sets
   (exact match), per-cluster means of multitask tasks, and chain of thought."""
   _, vocabulary, add_eos = inference.task_vocabularies(task)
+  # Prompts the model cannot hold are bad input that generation meets last: refuse them
+  # before the language-modelling and multiple-choice passes spend their time.
+  for examples in dict(generation_sets).values():
+    inference.check_lengths(inference.encode_prompts(examples, vocabulary, add_eos),
+                            model.config, max_new_tokens)
+  if chain_of_thought is not None:
+    cot.check_lengths(model.config, vocabulary, add_eos, chain_of_thought)
   results = {"task": task, "split": split,
              "language_modelling": perplexity(model, task, feature_lengths, split, batch_size,
                                               eval_batches),

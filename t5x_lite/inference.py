@@ -126,15 +126,17 @@ def padded(rows: Sequence[Sequence[int]], limit: Optional[int] = None) -> np.nda
   return array
 
 
-def check_lengths(prompts: Sequence[Sequence[int]], config, max_new_tokens: int) -> None:
-  """Refuses a prompt longer than the model's positions allow (architecture's limit)."""
+def check_lengths(prompts: Sequence[Sequence[int]], config, max_new_tokens: int,
+                  fix: str = "Shorten it or lower infer.max_new_tokens.",
+                  name: str = "example") -> None:
+  """Refuses a prompt longer than the model's positions allow (architecture's limit); `fix`
+  says which knobs to change, `name` what a prompt is."""
   limit = config.architecture_spec.prompt_limit(config.max_length, max_new_tokens)
   for number, tokens in enumerate(prompts, start=1):
     if len(tokens) > limit:
       raise InferenceError(
-          f"example {number}: its prompt has {len(tokens)} tokens; with {max_new_tokens} new "
-          f"tokens the model's maximum length {config.max_length} allows {limit}. Shorten it "
-          "or lower infer.max_new_tokens.")
+          f"{name} {number}: its prompt has {len(tokens)} tokens; with {max_new_tokens} new "
+          f"tokens the model's maximum length {config.max_length} allows {limit}. {fix}")
 
 
 def predict(model, prompts: list[list[int]], vocabulary, *, method: str, max_new_tokens: int,

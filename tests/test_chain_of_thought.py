@@ -1,12 +1,16 @@
 """Chain-of-thought prompting with self-consistency (t5x_lite/chain_of_thought.py)."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import seqio
 
 from t5x_lite import chain_of_thought as cot
+from t5x_lite import evaluation
 from t5x_lite.errors import ConfigError
+from t5x_lite.inference import InferenceError
+from t5x_lite.models import TransformerConfig
 
 PATTERN = cot.ChainOfThought().pattern
 
@@ -53,7 +57,8 @@ def test_self_consistency_votes_over_samples(monkeypatch):
     return [{"prediction": text} for text in next(outputs)]
 
   monkeypatch.setattr(cot.inference, "predict", predict)
-  result = cot.evaluate(None, seqio.ByteVocabulary(), False, config)
+  result = cot.evaluate(SimpleNamespace(config=TransformerConfig(max_length=2048)),
+                        seqio.ByteVocabulary(), False, config)
   assert [p["vote"] for p in result["predictions"]] == [right, wrong]
   assert result["predictions"][0]["answers"] == [right, None, right]
   assert result["accuracy"] == 0.5 and result["items"] == 2
@@ -70,3 +75,25 @@ def test_a_users_items_need_exemplars_and_bad_files_are_named(tmp_path):
     cot.load(cot.ChainOfThought(items=str(items), shots=0))
   with pytest.raises(ConfigError, match="not a regular expression"):
     cot.ChainOfThought(pattern="(")
+
+
+def test_prompts_too_long_for_the_model_are_refused_before_any_evaluation_runs(monkeypatch):
+  # Eight exemplars of arithmetic do not fit a 256-position model: evaluate says so (and
+  # which knobs shorten them) before its perplexity pass, which would take the longest.
+  def perplexity(*args, **kwargs):
+    raise AssertionError("evaluation ran before the prompt lengths were checked")
+
+  monkeypatch.setattr(evaluation, "perplexity", perplexity)
+  model = SimpleNamespace(config=TransformerConfig(max_length=256))
+  with pytest.raises(InferenceError, match=r"chain-of-thought item 1: .*chain_of_thought.shots "
+                     r"\(now 8\)"):
+    evaluation.evaluate(model, "pydocs.full_lm.byte", {"targets": 64},
+                        chain_of_thought=cot.ChainOfThought(shots=8, max_items=2))
+  with pytest.raises(InferenceError, match="example 1: .*infer.max_new_tokens"):
+    evaluation.evaluate(model, "pydocs.full_lm.byte", {"targets": 64},
+                        generation_sets={"long": [{"inputs": "x" * 300, "targets": "y"}]})
+  # A model with room for them refuses nothing: the check passes and evaluation starts.
+  roomy = SimpleNamespace(config=TransformerConfig(max_length=4096))
+  with pytest.raises(AssertionError, match="evaluation ran"):
+    evaluation.evaluate(roomy, "pydocs.full_lm.byte", {"targets": 64},
+                        chain_of_thought=cot.ChainOfThought(shots=8, max_items=2))
