@@ -81,7 +81,6 @@ def exact_match(model, examples: Sequence[Mapping[str, str]], vocabulary, add_eo
   """Zero-shot greedy generation from each example's inputs, scored by exact match with
   its targets (normalise); returns the rate, the count and the predictions."""
   prompts = inference.encode_prompts(examples, vocabulary, add_eos)
-  inference.check_lengths(prompts, model.config, max_new_tokens)
   predictions = [p["prediction"] for p in inference.predict(
       model, prompts, vocabulary, method="greedy", max_new_tokens=max_new_tokens,
       temperature=0.0, top_k=0, top_p=1.0, beams=1, alpha=0.0, batch_size=batch_size,

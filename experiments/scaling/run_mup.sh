@@ -11,13 +11,14 @@ HERE=experiments/scaling
 OUT=$HERE/mup
 SWEEP_DIR=${1:-/tmp/t5x_lite_scaling_mup}
 mkdir -p $OUT
+# The family and batch shape that the plan and its refinement share.
+FAMILY=(--gin_file=$HERE/family.gin --gin.TransformerConfig.parametrization="'mup'"
+        --gin.TransformerConfig.mup_base_d_model=16 --batch_size 16 --targets_length 256
+        --aspect_ratio 32 --head_dim 16)
 
 if [ ! -f $OUT/plan.json ]; then
-  python -m t5x_lite.scaling plan --gin_file=$HERE/family.gin \
-      --gin.TransformerConfig.parametrization="'mup'" \
-      --gin.TransformerConfig.mup_base_d_model=16 \
+  python -m t5x_lite.scaling plan "${FAMILY[@]}" \
       --budgets 1e11 3e11 1e12 3e12 1e13 --sizes 5 --spread 4 \
-      --batch_size 16 --targets_length 256 --aspect_ratio 32 --head_dim 16 \
       --tune_learning_rate --learning_rates 1e-2 3e-1 8 --output $OUT/plan.json
 fi
 python tools/scaling_sweep.py $OUT/plan.json --sweep_dir "$SWEEP_DIR" \
@@ -31,11 +32,8 @@ import sys
 print(json.load(open(sys.argv[1]))["learning_rate"])
 RATE
 )
-python -m t5x_lite.scaling plan --gin_file=$HERE/family.gin \
-    --gin.TransformerConfig.parametrization="'mup'" \
-    --gin.TransformerConfig.mup_base_d_model=16 \
-    --refine $OUT/RUNS_plan.csv --batch_size 16 --targets_length 256 --aspect_ratio 32 \
-    --head_dim 16 --learning_rate "$LEARNING_RATE" --sizes 1 --output $OUT/refine.json
+python -m t5x_lite.scaling plan "${FAMILY[@]}" --refine $OUT/RUNS_plan.csv \
+    --learning_rate "$LEARNING_RATE" --sizes 1 --output $OUT/refine.json
 python tools/scaling_sweep.py $OUT/refine.json --sweep_dir "$SWEEP_DIR" \
     --gin_file=$HERE/sweep.gin --runs_csv $OUT/RUNS_refine.csv \
     --curves_csv $OUT/CURVES_refine.csv
@@ -65,8 +63,14 @@ fits = {study: {m: json.load(open(f"{folder}/fit_{m}.json")) for m in methods}
         for study, folder in studies.items()}
 
 def cell(entry):
-  low, high = entry.get("ci95") or (float("nan"), float("nan"))
+  low, high = entry["ci95"]
   return f"{entry['value']:.3g} [{low:.3g}, {high:.3g}]"
+
+
+def width(entry, name):
+  # tokens per parameter spans orders of magnitude: its intervals compare in log space
+  low, high = entry["ci95"]
+  return math.log(high / low) if name == "tokens_per_param" else high - low
 
 # the last column: the μP study's interval width over the first study's (log width for
 # tokens per parameter); below 1 means narrower
@@ -75,12 +79,7 @@ lines = ["| method | quantity | " + " | ".join(studies) + " | interval width rat
 for method in methods:
   for part, name, label in quantities:
     entries = [fits[study][method][part][name] for study in studies]
-    widths = [e["ci95"][1] - e["ci95"][0] if e.get("ci95") else float("nan")
-              for e in entries]
-    # tokens per parameter spans orders of magnitude: compare its intervals in log space
-    if name == "tokens_per_param":
-      widths = [math.log(e["ci95"][1] / e["ci95"][0]) if e.get("ci95") else float("nan")
-                for e in entries]
+    widths = [width(entry, name) for entry in entries]
     lines.append(f"| {method} | {label} | " + " | ".join(cell(e) for e in entries)
                  + f" | {widths[1] / widths[0]:.2f} |")
 with open(f"{sys.argv[2]}/compare.md", "w") as handle:
@@ -92,7 +91,7 @@ for axis, (part, name, label) in zip(axes, quantities):
   for offset, (study, color) in enumerate(zip(studies, ("tab:gray", "tab:blue"))):
     for row, method in enumerate(methods):
       entry = fits[study][method][part][name]
-      low, high = entry.get("ci95") or (entry["value"], entry["value"])
+      low, high = entry["ci95"]
       y = row + 0.15 * (1 - 2 * offset)
       axis.plot([low, high], [y, y], color=color, lw=2)
       axis.plot(entry["value"], y, "o", color=color, label=study if row == 0 else None)

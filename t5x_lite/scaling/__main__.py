@@ -105,15 +105,15 @@ def _plan(args, files, bindings, search_paths) -> None:
   lengths = dict(batch_size=args.batch_size, targets_length=args.targets_length,
                  inputs_length=args.inputs_length)
   notes: list[str] = []
+  # --sizes means "per budget" or "per refined edge": unset, each function's default holds.
+  sizes = {} if args.sizes is None else {"sizes": args.sizes}
   if args.refine:
-    runs, notes = planning.refine(family, read_runs(args.refine),
-                                  sizes=2 if args.sizes is None else args.sizes,
-                                  max_params=args.max_params, **lengths)
+    runs, notes = planning.refine(family, read_runs(args.refine), max_params=args.max_params,
+                                  **sizes, **lengths)
   else:
     runs = planning.plan_sweep(
-        family, args.budgets, sizes=5 if args.sizes is None else args.sizes, spread=args.spread,
-        tokens_per_param=args.tokens_per_param, min_params=args.min_params,
-        max_params=args.max_params, **lengths)
+        family, args.budgets, spread=args.spread, tokens_per_param=args.tokens_per_param,
+        min_params=args.min_params, max_params=args.max_params, **sizes, **lengths)
   for problem in planning.bracketing_problems(runs) if not args.refine else []:
     print(f"warning: {problem}", file=sys.stderr)
   tuned = None
