@@ -9,6 +9,8 @@ import sys
 
 import numpy as np
 
+from tests.train_helpers import HANG_TIMEOUT_S
+
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multiprocess_worker.py")
 
 
@@ -25,7 +27,7 @@ def run_job(num_processes: int, output: str) -> dict:
                                output], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
              for i in range(num_processes)]
-  logs = [w.communicate(timeout=400)[0] for w in workers]
+  logs = [w.communicate(timeout=HANG_TIMEOUT_S)[0] for w in workers]
   assert all(w.returncode == 0 for w in workers), "\n".join(log[-3000:] for log in logs)
   with open(output) as handle:
     return json.load(handle)

@@ -44,6 +44,7 @@ import pytest
 
 from t5x_lite import gin_utils
 from tests.scripts import ROOT, load_script
+from tests.train_helpers import HANG_TIMEOUT_S
 
 with open(os.path.join(ROOT, "README.md")) as handle:
   README = handle.read()
@@ -279,7 +280,7 @@ def test_the_two_process_command_trains_as_one_job(tmp_path):
       [sys.executable, *[arg.replace("process_id=0", f"process_id={index}") for arg in args[1:]],
        *shorter], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
       for index in range(2)]
-  outputs = [process.communicate(timeout=300)[0] for process in processes]
+  outputs = [process.communicate(timeout=HANG_TIMEOUT_S)[0] for process in processes]
   for process, output in zip(processes, outputs):
     assert process.returncode == 0, output[-3000:]
   assert "finished at step 2" in outputs[0]  # process 0 reports the job

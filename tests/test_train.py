@@ -134,8 +134,8 @@ def test_bfloat16_compute_trains_with_float32_parameters(tmp_path):
   assert all(v.dtype == np.float32 for v in helpers.saved_params(tmp_path).values())
 
 
-def wait_for_step(model_dir, step, process, timeout=240):
-  deadline = time.time() + timeout
+def wait_for_step(model_dir, step, process):
+  deadline = time.time() + helpers.HANG_TIMEOUT_S
   while time.time() < deadline:
     if process.poll() is not None:
       raise AssertionError(f"training exited early: {process.communicate()}")
@@ -162,14 +162,15 @@ def test_sigterm_saves_the_step_reached_and_the_restart_continues_exactly(tmp_pa
                              text=True)
   wait_for_step(model_dir, 4, process)
   process.send_signal(signal.SIGTERM)
-  out, err = process.communicate(timeout=120)
+  out, err = process.communicate(timeout=helpers.HANG_TIMEOUT_S)
   assert process.returncode == 0, err[-2000:]
   reached = max(helpers.train_losses(model_dir))
   assert reached < 30, "the run finished before the signal; nothing was tested"
   assert Checkpointer(str(model_dir / "checkpoints"), 2).latest_step() == reached
   assert f"saved step {reached}" in out
 
-  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                          timeout=helpers.HANG_TIMEOUT_S)
   assert result.returncode == 0, result.stderr[-2000:]
   assert f"step {reached}" in result.stdout.splitlines()[0] + result.stdout
   assert helpers.train_losses(model_dir) == helpers.train_losses(straight_30)
@@ -193,7 +194,8 @@ def test_after_kill_9_the_resumed_run_reports_every_step_once(tmp_path, straight
   logged, saved = max(helpers.train_losses(model_dir)), max(committed_steps(model_dir))
   assert saved < logged < 30, "nothing to replay: the kill came too late"
 
-  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                          timeout=helpers.HANG_TIMEOUT_S)
   assert result.returncode == 0, result.stderr[-2000:]
   assert "did not exit cleanly" in result.stdout
   with open(model_dir / "metrics.jsonl") as handle:

@@ -9,6 +9,12 @@ import orbax.checkpoint as ocp
 from t5x_lite import gin_utils, trainer
 from t5x_lite.checkpoints import item_handlers
 
+# How long a test waits on a subprocess or for progress before calling it hung. Only a
+# hang may trip it, never a slow machine: the longest such wait measured on 2 quiet cores
+# is under 2 minutes, and a shared, throttled or single-core runner may be several times
+# slower. T5X_LITE_TEST_HANG_TIMEOUT overrides it (seconds).
+HANG_TIMEOUT_S = float(os.environ.get("T5X_LITE_TEST_HANG_TIMEOUT", 1800))
+
 # architecture: (task, feature lengths); byte vocabularies fit the tiny presets' 512 ids.
 TASKS = {
     "causal_decoder": ("pydocs.full_lm.byte", {"targets": 64}),

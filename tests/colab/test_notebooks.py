@@ -11,6 +11,7 @@ import pytest
 from nbclient import NotebookClient
 
 from tests.scripts import load_script
+from tests.train_helpers import HANG_TIMEOUT_S
 
 COLAB = os.path.join(os.path.dirname(__file__), "..", "..", "colab")
 NOTEBOOKS = sorted(name for name in os.listdir(COLAB) if name.endswith(".ipynb"))
@@ -63,7 +64,7 @@ def test_notebook_runs_in_small_mode(name, monkeypatch, tmp_path):
   # The kernel is `python -m ipykernel_launcher`: make `python` this environment's.
   monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
   monkeypatch.setenv("TMPDIR", str(tmp_path))  # the notebooks work under tempfile.gettempdir()
-  client = NotebookClient(notebook, timeout=600, kernel_name="python3",
+  client = NotebookClient(notebook, timeout=HANG_TIMEOUT_S, kernel_name="python3",
                           resources={"metadata": {"path": COLAB}})
   client.execute()  # raises CellExecutionError, naming the cell, on any error
   outputs = "".join(o.get("text", "") for cell in notebook.cells if cell.cell_type == "code"

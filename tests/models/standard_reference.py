@@ -1,8 +1,8 @@
 """Outputs of the standard parametrization for fixed seeds: tests/models/test_mup.py
-compares them with tests/testdata/standard_parametrization.npz, written by this module
-(`python -m tests.models.standard_reference PATH`, under the XLA flags that
-tests/conftest.py sets) before μP existed, so that adding μP provably changed no number
-of the standard models."""
+compares them, within float32 round-off, with tests/testdata/standard_parametrization.npz,
+written by this module (`python -m tests.models.standard_reference PATH`, under the XLA
+flags that tests/conftest.py sets) before μP existed, so that adding μP provably changed
+no number of the standard models beyond round-off."""
 
 import os
 import sys
@@ -64,7 +64,7 @@ if __name__ == "__main__":
   from t5x_lite.train import use_training_xla_flags
 
   os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-  use_training_xla_flags()  # as tests/conftest.py: numbers compared bit for bit
+  use_training_xla_flags()  # as tests/conftest.py
   arrays = {}
   for config_name in CONFIGS:
     arrays.update(outputs(config_name))
