@@ -9,7 +9,7 @@ setup(
                 "with a built-in scaling-law toolkit.",
     packages=find_packages(include=["t5x_lite", "t5x_lite.*"]),
     package_data={"t5x_lite": ["data/multiple_choice/*.jsonl", "data/*.json",
-                               "interop/harness_tasks/*.yaml"]},
+                               "inference/harness_tasks/*.yaml"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.10.2,<0.11",
@@ -33,7 +33,7 @@ setup(
         # Weight import/export and its parity tests. The Makefile installs the
         # CPU wheel of torch 2.13.0 first so this never pulls a CUDA build.
         "hf": ["torch>=2.4", "transformers>=5.23,<6", "safetensors>=0.4"],
-        # The lm-evaluation-harness model and command (interop/lm_eval.py, t5x_lite.lm_eval).
+        # The lm-evaluation-harness model and command (inference/harness.py, t5x_lite.lm_eval).
         "eval": ["lm-eval>=0.4.13,<0.5"],
     },
 )

@@ -28,10 +28,13 @@ from typing import Mapping, Optional, Sequence
 
 import gin
 
-from t5x_lite import chain_of_thought as cot
-from t5x_lite import evaluation, files, gin_utils, inference, quantization, run_dir
-from t5x_lite import multiple_choice as mc
-from t5x_lite.errors import run_cli
+from t5x_lite import gin_utils
+from t5x_lite.common import files
+from t5x_lite.common.errors import run_cli
+from t5x_lite.inference import chain_of_thought as cot
+from t5x_lite.inference import evaluation, textio
+from t5x_lite.inference import multiple_choice as mc
+from t5x_lite.runs import loading, run_dir
 
 
 @gin.configurable
@@ -52,16 +55,16 @@ def evaluate(checkpoint_path: str = gin.REQUIRED, task: Optional[str] = None,
   """
   question_sets = mc.question_sets(multiple_choice, max_questions)  # fail early
   generation_sets = mc.generation_sets(multiple_choice, max_questions)
-  model = quantization.load_model(checkpoint_path,
-                                  gin_utils.checkpoint_model_config(checkpoint_path), quantize)
-  task = inference.resolve_task(checkpoint_path, task, model.config.vocab_size)
+  model = loading.load_model(checkpoint_path, gin_utils.checkpoint_model_config(checkpoint_path),
+                             quantize=quantize)
+  task = textio.resolve_task(checkpoint_path, task, model.config.vocab_size)
   if feature_lengths is None:
     record = run_dir.read_record(checkpoint_path)
     if record is None:
       raise gin_utils.GinConfigError(f"{checkpoint_path} records no feature lengths; set "
                                      "TASK_FEATURE_LENGTHS.")
     feature_lengths = record["spec"]["train"]["feature_lengths"]
-  results = {"checkpoint": checkpoint_path, **evaluation.evaluate(
+  results = {"checkpoint": checkpoint_path, **evaluation.report(
       model, task, feature_lengths, split=split, batch_size=batch_size,
       eval_batches=eval_batches, question_sets=question_sets, shots=shots,
       generation_sets=generation_sets, chain_of_thought=chain_of_thought,

@@ -18,10 +18,13 @@ from typing import Iterable, Sequence
 
 import gin
 
-from t5x_lite import chain_of_thought, data, partitioning, run_dir, spec
+from t5x_lite import data
+from t5x_lite.common import partitioning
+from t5x_lite.common.errors import ConfigError, UserError, fail  # noqa: F401  (fail: for entry points)
 from t5x_lite.data import corpora, supervised
-from t5x_lite.errors import ConfigError, UserError, fail  # noqa: F401  (fail: for entry points)
-from t5x_lite.models.configs import NON_FUNCTIONAL_KNOBS, TransformerConfig
+from t5x_lite.inference import chain_of_thought
+from t5x_lite.models.configs import TransformerConfig, contradictions
+from t5x_lite.runs import run_dir, spec
 
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
 
@@ -236,15 +239,11 @@ def checkpoint_model_config(checkpoint_path: str, stream=sys.stderr,
     print(f"warning: {checkpoint_path} has no {run_dir.SPEC_FILE}; using the model from gin.",
           file=stream)
     return resolve_model_config()
-  free = set(NON_FUNCTIONAL_KNOBS) | {knob.removeprefix("TransformerConfig.")
-                                      for knob in allowed}
-  contradictions = {f"TransformerConfig.{key}": (getattr(recorded, key), value)
-                    for key, value in bound.items()
-                    if key not in free and getattr(recorded, key) != value}
-  if contradictions:
+  contradicted = contradictions(recorded, bound, allowed)
+  if contradicted:
     shown = "; ".join(f"{knob}: checkpoint {old!r}, gin {new!r}"
-                      for knob, (old, new) in contradictions.items())
+                      for knob, (old, new) in contradicted.items())
     raise GinConfigError(f"the gin configuration contradicts the model {checkpoint_path} was "
                          f"trained with ({shown}); drop the model gin file (the checkpoint's "
                          "own is used) or fix those bindings.")
-  return recorded.replace(**{key: value for key, value in bound.items() if key in free})
+  return recorded.replace(**bound)  # what is left to override does not contradict it

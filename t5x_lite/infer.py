@@ -13,7 +13,7 @@ checkpoint's run directory; the task (MIXTURE_OR_TASK_NAME, by default the
 training task) supplies the vocabulary. mode='predict' writes
 {"inputs", "prediction", "score"} per line ("beams" too for beam search);
 mode='score' writes each target's log-likelihood, token count and perplexity.
-The work is done by t5x_lite/inference.py; this module is its command line.
+The work is done by t5x_lite/textio.py; this module is its command line.
 """
 
 from __future__ import annotations
@@ -24,8 +24,11 @@ from typing import Optional, Sequence
 
 import gin
 
-from t5x_lite import files, gin_utils, inference, quantization
-from t5x_lite.errors import run_cli
+from t5x_lite import gin_utils
+from t5x_lite.common import files
+from t5x_lite.common.errors import run_cli
+from t5x_lite.inference import textio
+from t5x_lite.runs import loading
 
 
 @gin.configurable
@@ -43,23 +46,23 @@ def infer(checkpoint_path: str = gin.REQUIRED, task: Optional[str] = None,
   method: 'greedy', 'sample' (temperature, top_k, top_p) or 'beam' (beams, alpha).
   """
   if mode not in ("predict", "score") or method not in ("greedy", "sample", "beam"):
-    raise inference.InferenceError(
+    raise textio.InferenceError(
         f"infer.mode={mode!r} / infer.method={method!r}: choose mode from 'predict', 'score' "
         "and method from 'greedy', 'sample', 'beam'.")
-  model = quantization.load_model(checkpoint_path,
-                                  gin_utils.checkpoint_model_config(checkpoint_path), quantize)
-  task = inference.resolve_task(checkpoint_path, task, model.config.vocab_size)
-  input_vocabulary, target_vocabulary, add_eos = inference.task_vocabularies(task)
-  examples = (inference.read_examples(inputs) if inputs else
-              inference.task_examples(task, split, num_examples, prompt_length))
-  prompts = inference.encode_prompts(examples, input_vocabulary, add_eos)
+  model = loading.load_model(checkpoint_path, gin_utils.checkpoint_model_config(checkpoint_path),
+                             quantize=quantize)
+  task = textio.resolve_task(checkpoint_path, task, model.config.vocab_size)
+  input_vocabulary, target_vocabulary, add_eos = textio.task_vocabularies(task)
+  examples = (textio.read_examples(inputs) if inputs else
+              textio.task_examples(task, split, num_examples, prompt_length))
+  prompts = textio.encode_prompts(examples, input_vocabulary, add_eos)
   if mode == "predict":
-    results = inference.predict(
+    results = textio.predict(
         model, prompts, target_vocabulary, method=method, max_new_tokens=max_new_tokens,
         temperature=temperature, top_k=top_k, top_p=top_p, beams=beams, alpha=alpha,
         batch_size=batch_size, seed=seed)
   else:
-    results = inference.score_examples(model, examples, prompts, target_vocabulary,
+    results = textio.score_examples(model, examples, prompts, target_vocabulary,
                                        batch_size, add_eos)
   with files.atomic_write(output_path) as handle:
     for example, result in zip(examples, results):

@@ -22,9 +22,10 @@ from typing import Optional, Sequence
 
 import gin
 
-from t5x_lite import files, gin_utils
-from t5x_lite.errors import run_cli
-from t5x_lite.interop.lm_eval import HARNESS_TASKS_DIR, HarnessError, T5xLiteLM, offline_tasks
+from t5x_lite import gin_utils
+from t5x_lite.common import files
+from t5x_lite.common.errors import run_cli
+from t5x_lite.inference.harness import HARNESS_TASKS_DIR, HarnessError, T5xLiteLM, offline_tasks
 
 
 @gin.configurable

@@ -8,7 +8,7 @@ with the model, vocabulary and where it was merged from) that infer, evaluate an
 fine-tuning read like any MODEL_DIR; --hf also exports it for Hugging Face
 transformers (interop/hf.py). infer and evaluate also read the LoRA run directory
 itself, merging in memory. The base must be the one the adapters were trained on
-(adapters.py); --base names it when it has moved.
+(loading.py); --base names it when it has moved.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import argparse
 import sys
 from typing import Sequence
 
-from t5x_lite import adapters, checkpoints
-from t5x_lite.errors import run_cli
+from t5x_lite.common.errors import run_cli
+from t5x_lite.interop import hf  # export reads the hf extra (safetensors) only when used
+from t5x_lite.runs import loading
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -38,12 +39,10 @@ def main(argv: Sequence[str]) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-  step = adapters.merge(args.adapters, args.output, base=args.base)
+  step = loading.merge_adapters(args.adapters, args.output, base=args.base)
   print(f"merged the step-{step} adapters of {args.adapters} into their base: {args.output}")
   if args.hf:
-    from t5x_lite.interop import hf  # needs the hf extra (safetensors)
-
-    hf.export(checkpoints.load_model(args.output), args.hf)
+    hf.export(loading.load_model(args.output), args.hf)
     print(f"Hugging Face export: {args.hf}")
   return 0
 

@@ -18,8 +18,9 @@ from typing import Optional, Sequence
 import gin
 import jax
 
-from t5x_lite import gin_utils, trainer
-from t5x_lite.errors import run_cli
+from t5x_lite import gin_utils
+from t5x_lite.common.errors import run_cli
+from t5x_lite.training import trainer
 
 # XLA:CPU's YNNPACK/XNNPACK dot fusions made the training step of the 6 x 512 causal
 # decoder at length 512 (vocabulary 32k) 15% slower than its default dots (5.98 s vs

@@ -24,8 +24,11 @@ jax.config.update("jax_cpu_collectives_implementation", "gloo")
 if num_processes > 1:
   jax.distributed.initialize(f"localhost:{port}", num_processes, process_id)
 
-from t5x_lite import gin_utils, optim, partitioning, trainer  # noqa: E402
+from t5x_lite import gin_utils  # noqa: E402
+from t5x_lite.common import partitioning  # noqa: E402
 from t5x_lite.data import get_batches, register_tasks  # noqa: E402
+from t5x_lite.training import optim  # noqa: E402
+from t5x_lite.training.steps import make_step_functions  # noqa: E402
 
 register_tasks()
 config = gin_utils.model_config(["models/tiny_causal_decoder.gin"])
@@ -33,7 +36,7 @@ mesh = partitioning.create_mesh((-1, 1, 1))
 assert mesh.devices.size == 4, mesh
 optimizer = optim.make_optimizer(optim.OptimizerConfig(), optim.make_schedule(
     optim.ScheduleConfig(warmup_steps=1), total_steps=3))
-steps = trainer.make_step_functions(config, optimizer, mesh)
+steps = make_step_functions(config, optimizer, mesh)
 state = steps.init()
 batches = get_batches("pydocs.full_lm.byte", {"targets": 64}, "train", 8, "causal_decoder")
 rows = 8 // num_processes

@@ -12,7 +12,7 @@ Each ```sh command is exercised by the handler for its program:
                               for real, shortened
   python -m t5x_lite.scaling  run as written (outputs under /tmp go to a test folder)
   python -m t5x_lite.merge    its flags parsed (tests/test_adapters.py runs merges)
-  python tools/quantize.py    its flags parsed, the mode one quantization supports
+  python -m t5x_lite.quantize  its flags parsed, the mode one quantization supports
                               (tests/test_quantization.py runs it)
   python -m t5x_lite.lm_eval  its flags parsed into gin, CHECKPOINT_PATH bound, every task
                               one the harness knows (tests/interop/test_lm_eval.py runs it)
@@ -43,6 +43,7 @@ import gin
 import pytest
 
 from t5x_lite import gin_utils
+from t5x_lite import quantize as quantize_command
 from tests.scripts import ROOT, load_script
 from tests.train_helpers import HANG_TIMEOUT_S
 
@@ -83,7 +84,7 @@ def configure(entry: str, args: list[str]) -> None:
   import t5x_lite.train  # noqa: F401  (registers initialize_distributed)
   from t5x_lite import evaluate, infer
   from t5x_lite.data import check_vocabulary, get_task
-  from t5x_lite.scaling.counting import count_params
+  from t5x_lite.models.counting import count_params
 
   gin_utils.parse_flags(args)
   gin_utils.register_tasks()  # as every entry point does: binds text_files / supervised data
@@ -214,7 +215,7 @@ def check_lm_eval(command: list[str], folder) -> None:
   from lm_eval.tasks import TaskManager
 
   from t5x_lite import lm_eval
-  from t5x_lite.interop.lm_eval import HARNESS_TASKS_DIR, offline_tasks
+  from t5x_lite.inference.harness import HARNESS_TASKS_DIR, offline_tasks
 
   lm_eval.parse(in_test_folder(command[3:], folder))
   bindings = gin.get_bindings("harness")
@@ -226,9 +227,9 @@ def check_lm_eval(command: list[str], folder) -> None:
 
 
 def check_quantize(command: list[str], _) -> None:
-  from t5x_lite import quantization
+  from t5x_lite.models import quantization
 
-  args = load_script("tools/quantize.py").parse_args(command[2:])
+  args = quantize_command.parse_args(command[3:])
   quantization.check_mode(args.mode)
 
 
@@ -241,7 +242,7 @@ def handler(command: list[str]):
   checks = {("python", "-m", "t5x_lite.scaling"): check_scaling,
             ("python", "-m", "t5x_lite.merge"): check_merge,
             ("python", "-m", "t5x_lite.lm_eval"): check_lm_eval,
-            ("python", "tools/quantize.py"): check_quantize,
+            ("python", "-m", "t5x_lite.quantize"): check_quantize,
             ("python", "tools/scaling_sweep.py"): check_sweep,
             ("python", "experiments/architecture_objective/run.py"): check_ablation,
             ("python", "experiments/mup/run.py"): check_mup_study,

@@ -15,9 +15,13 @@ import numpy as np
 import optax
 import pytest
 
-from t5x_lite import checkpoints, gin_utils, optim, partitioning, train, trainer
-from t5x_lite.checkpoints import Checkpointer
+from t5x_lite import gin_utils, train
+from t5x_lite.common import partitioning
 from t5x_lite.data import get_batches
+from t5x_lite.runs import checkpoints, loading
+from t5x_lite.runs.checkpoints import Checkpointer
+from t5x_lite.training import optim, trainer
+from t5x_lite.training.steps import abstract_state, make_step_functions
 from tests import train_helpers as helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,7 +35,7 @@ def losses_on_mesh(architecture, shape, batches, microbatches=1):
   mesh = partitioning.create_mesh(shape, jax.devices()[:int(np.prod(shape))])
   optimizer = optim.make_optimizer(optim.OptimizerConfig(), optim.make_schedule(
       optim.ScheduleConfig(warmup_steps=2), total_steps=5))
-  steps = trainer.make_step_functions(config, optimizer, mesh, microbatches=microbatches)
+  steps = make_step_functions(config, optimizer, mesh, microbatches=microbatches)
   state = steps.init()
   losses = []
   for batch in batches:
@@ -88,13 +92,13 @@ def test_checkpoints_store_one_layout_whatever_scan_layers_is(tmp_path, first, t
   assert "opt_state.1.0.mu.decoder.layers.1.mlp.wo.kernel.value" in saved
 
   # Restored into the other layout, every array (params and Adam's moments) is exact.
-  config = checkpoints.load_model(str(tmp_path / "switched")).config.replace(
+  config = loading.load_model(str(tmp_path / "switched")).config.replace(
       scan_layers=then)
   optimizer = optim.make_optimizer(optim.OptimizerConfig(), optax.constant_schedule(1e-3))
   mesh = partitioning.create_mesh((1, 1, 1), jax.devices()[:1])
-  fresh = trainer.make_step_functions(config, optimizer, mesh).init()
+  fresh = make_step_functions(config, optimizer, mesh).init()
   step, state, _ = Checkpointer(str(tmp_path / "switched" / "checkpoints"), 2).restore_latest(
-      trainer.abstract_state(fresh))
+      abstract_state(fresh))
   restored = checkpoints.on_disk(checkpoints.flatten_state(state))
   assert step == 3 and restored.keys() == saved.keys()
   for name, value in saved.items():
@@ -110,7 +114,7 @@ def test_checkpoints_store_one_layout_whatever_scan_layers_is(tmp_path, first, t
                              [straight[s] for s in range(1, 7)], rtol=1e-4, atol=0)
   # Inference loads the checkpoint into either layout, to the same logits.
   tokens = {"decoder_input_tokens": np.array([[0, 70, 71, 72]])}
-  logits = [np.asarray(checkpoints.load_model(str(tmp_path / "switched"),
+  logits = [np.asarray(loading.load_model(str(tmp_path / "switched"),
                                               config.replace(scan_layers=s))(tokens))
             for s in (True, False)]
   np.testing.assert_allclose(logits[0], logits[1], rtol=0, atol=1e-5)

@@ -6,8 +6,9 @@ import os
 import numpy as np
 import orbax.checkpoint as ocp
 
-from t5x_lite import gin_utils, trainer
-from t5x_lite.checkpoints import item_handlers
+from t5x_lite import gin_utils
+from t5x_lite.runs.checkpoints import item_handlers
+from t5x_lite.training import trainer
 
 # How long a test waits on a subprocess or for progress before calling it hung. Only a
 # hang may trip it, never a slow machine: the longest such wait measured on 2 quiet cores

@@ -1,6 +1,6 @@
 """Training-step speed side by side with PyTorch, as ratios and MFU (`make bench`).
 
-For each model, the step of t5x_lite's trainer (trainer.make_step_functions: forward,
+For each model, the step of t5x_lite's trainer (make_step_functions: forward,
 cross-entropy + z-loss, backward, global-norm clipping, AdamW) and the same step in
 PyTorch (tools/torch_reference.py: a nanoGPT-style decoder with exactly our parameters,
 function and FLOPs, eager and torch.compile; Hugging Face T5 for the encoder-decoder) are
@@ -10,7 +10,7 @@ four distinct batches in turn), each framework in a process of its own
 median step time, tokens/s, our speed as a ratio of each peer's (> 1: we are faster),
 and MFU.
 
-MFU = training FLOPs per token (t5x_lite.scaling.counting, matmul convention: every
+MFU = training FLOPs per token (t5x_lite.models.counting, matmul convention: every
 projection, the logits and both attention matmuls over the full length, as PaLM counts
 them; MaxText counts causal attention at half, so its MFU reads lower for the same
 speed) x tokens/s / peak. The peak is a datasheet bfloat16 figure for known accelerators;
@@ -38,9 +38,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import interleave  # noqa: E402
 
-from t5x_lite import gin_utils, metrics, optim, partitioning, train, trainer  # noqa: E402
+from t5x_lite import gin_utils, train
+from t5x_lite.common import partitioning  # noqa: E402
 from t5x_lite.models import TransformerConfig  # noqa: E402
-from t5x_lite.scaling.counting import count  # noqa: E402
+from t5x_lite.models.counting import count  # noqa: E402
+from t5x_lite.training import metrics, optim
+from t5x_lite.training.steps import make_step_functions
 
 BUSY = 0.85
 # name: (config fields, batch size, inputs length, targets length)
@@ -88,7 +91,7 @@ def ours(config: TransformerConfig, batches: list[dict]) -> dict[str, Callable[[
   mesh = partitioning.create_mesh((1, 1, 1), jax.devices()[:1])
   optimizer = optim.make_optimizer(optim.OptimizerConfig(),
                                    optim.make_schedule(optim.ScheduleConfig(), 10_000))
-  steps = trainer.make_step_functions(config, optimizer, mesh)
+  steps = make_step_functions(config, optimizer, mesh)
   state = {"state": steps.init()}
   device_batches = [partitioning.global_batch(b, mesh) for b in batches]
 

@@ -29,10 +29,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import interleave  # noqa: E402
 
-from t5x_lite import decoding, gin_utils  # noqa: E402
+from t5x_lite import gin_utils  # noqa: E402
+from t5x_lite.inference import decoding
 from t5x_lite.models import TransformerConfig  # noqa: E402
+from t5x_lite.models.counting import count  # noqa: E402
 from t5x_lite.models.transformer import create_model  # noqa: E402
-from t5x_lite.scaling.counting import count  # noqa: E402
 
 PROMPT = 16
 

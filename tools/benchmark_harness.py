@@ -22,9 +22,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from lm_eval.api.instance import Instance  # noqa: E402
 
-from t5x_lite import gin_utils, inference, multiple_choice  # noqa: E402
+from t5x_lite import gin_utils
 from t5x_lite.data import register_tasks  # noqa: E402
-from t5x_lite.interop.lm_eval import T5xLiteLM  # noqa: E402
+from t5x_lite.inference import multiple_choice, textio  # noqa: E402
+from t5x_lite.inference.harness import T5xLiteLM  # noqa: E402
 from t5x_lite.models import create_model  # noqa: E402
 
 
@@ -38,7 +39,7 @@ def main(argv=None) -> None:
   args = parser.parse_args(argv)
   register_tasks()
   model = create_model(gin_utils.model_config(["models/quickstart_decoder.gin"]))
-  vocabulary = inference.task_vocabularies("pydocs.full_lm")[1]
+  vocabulary = textio.task_vocabularies("pydocs.full_lm")[1]
   pairs = [(q.context, choice) for q in multiple_choice.read_questions("pydocs_cloze")
            for choice in q.choices][:args.requests]
   requests = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]

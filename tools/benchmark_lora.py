@@ -26,14 +26,12 @@ from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from t5x_lite import gin_utils, quantization  # noqa: E402
-from t5x_lite.models import create_model  # noqa: E402
-from t5x_lite.models.lora import (  # noqa: E402
-  LoraConfig,
-  apply_lora,
-  optimizer_state_bytes,
-  parameter_counts,
+from t5x_lite import gin_utils
+from t5x_lite.models import (
+  create_model,  # noqa: E402
+  quantization,  # noqa: E402
 )
+from t5x_lite.models.lora import LoraConfig, apply_lora, optimizer_state_bytes, parameter_counts
 
 
 def make_step(model, tx, wrt):

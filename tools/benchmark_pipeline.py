@@ -31,9 +31,12 @@ import jax  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from t5x_lite import gin_utils, optim, partitioning, trainer  # noqa: E402
+from t5x_lite import gin_utils
+from t5x_lite.common import partitioning  # noqa: E402
 from t5x_lite.data import get_batches, register_tasks  # noqa: E402
-from t5x_lite.models import pipeline  # noqa: E402
+from t5x_lite.models import pipeline_parallel  # noqa: E402
+from t5x_lite.training import optim
+from t5x_lite.training.steps import make_step_functions
 
 
 def main(argv=None) -> None:
@@ -61,7 +64,7 @@ def main(argv=None) -> None:
     config = base.replace(pipeline_microbatches=microbatches, pipeline_repeats=repeats)
     optimizer = optim.make_optimizer(optim.OptimizerConfig(), optim.make_schedule(
         optim.ScheduleConfig(warmup_steps=1), total_steps=100))
-    functions = trainer.make_step_functions(config, optimizer, mesh)
+    functions = make_step_functions(config, optimizer, mesh)
     state = functions.init()
     sharded = partitioning.global_batch(batch, mesh)
     state, _ = functions.train(state, sharded)  # compile
@@ -83,7 +86,7 @@ def main(argv=None) -> None:
       continue
     rows.append({"stages": stages, "microbatches": microbatches, "repeats": repeats,
                  "step_seconds": value, "vs_unpipelined": value / plain,
-                 "bubble_formula": pipeline.bubble_fraction(stages, microbatches, repeats),
+                 "bubble_formula": pipeline_parallel.bubble_fraction(stages, microbatches, repeats),
                  "bubble_measured": 1 - plain / value})
   print(f"unpipelined step ({args.layers} layers, batch {args.batch} x 128 tokens, 1 device): "
         f"{plain * 1e3:.1f} ms")

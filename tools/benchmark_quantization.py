@@ -32,16 +32,10 @@ from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from t5x_lite import (  # noqa: E402
-  checkpoints,
-  decoding,
-  evaluation,
-  inference,
-  multiple_choice,
-  quantization,
-  run_dir,
-)
 from t5x_lite.data import register_tasks  # noqa: E402
+from t5x_lite.inference import decoding, evaluation, multiple_choice, textio
+from t5x_lite.models import quantization
+from t5x_lite.runs import checkpoints, loading, run_dir
 
 
 def directory_bytes(path: str) -> int:
@@ -67,16 +61,16 @@ def main(argv=None) -> None:
   record = run_dir.read_record(args.checkpoint)
   task, lengths = record["spec"]["train"]["task"], record["spec"]["train"]["feature_lengths"]
   config = run_dir.recorded_model(args.checkpoint).replace(scan_layers=False)
-  float32 = checkpoints.load_model(args.checkpoint, config)
+  float32 = loading.load_model(args.checkpoint, config)
   variants = {
       "float32": float32,
-      "bfloat16": checkpoints.load_model(args.checkpoint, config.replace(
+      "bfloat16": loading.load_model(args.checkpoint, config.replace(
           dtype="bfloat16", param_dtype="bfloat16")),
       "int8 weights": quantization.quantize(float32, "int8_weights"),
       "int4 weights": quantization.quantize(float32, "int4_weights"),
       "nf4 weights": quantization.quantize(float32, "nf4_weights"),
   }
-  vocabulary = inference.task_vocabularies(task)[1]
+  vocabulary = textio.task_vocabularies(task)[1]
   questions = multiple_choice.read_questions("pydocs_cloze")
   prompts = np.array([np.pad(p[:16], (0, 16 - len(p[:16]))) for p in (
       list(vocabulary.encode(q.context))[-16:] for q in questions[:args.batch])], np.int32)

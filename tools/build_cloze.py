@@ -22,7 +22,7 @@ import re
 import numpy as np
 
 from t5x_lite.data import corpus_store, pydocs, shakespeare
-from t5x_lite.multiple_choice import BUILTIN
+from t5x_lite.inference.multiple_choice import BUILTIN
 
 CONTEXT_CHARS = 300
 ANSWER_WORDS = 4

@@ -196,7 +196,7 @@ def parameter_count(model: nn.Module) -> int:
 
 
 class TrainStep:
-  """One optimizer step as t5x_lite's trainer takes it (trainer.make_step_functions):
+  """One optimizer step as t5x_lite's trainer takes it (make_step_functions):
   token cross-entropy + z-loss 1e-4 over target tokens, global-norm clipping at 1.0,
   AdamW (b2 0.95, weight decay 0.1 on matrices only)."""
 

@@ -10,7 +10,7 @@ causal decoder x {full LM, span corruption}, non-causal (prefix) decoder x {pref
 span corruption}, encoder-decoder x {prefix LM, span corruption}.
 
 Compute matching: every run trains for the same number of FLOPs (the mode's budget,
-counted exactly by t5x_lite.scaling.counting for its architecture and feature lengths;
+counted exactly by t5x_lite.models.counting for its architecture and feature lengths;
 steps = budget / (FLOPs per sequence x batch)). Widths are equal; decoders have 2L
 layers and the encoder-decoder L + L, so parameters are nearly equal too (the
 encoder-decoder has cross-attention on top), and each model spends its FLOPs on the
@@ -23,7 +23,7 @@ Evaluation, the same for every run:
     encoder-decoder, bidirectional prefix for the prefix decoder, causal context for
     the causal decoder), the one measure all six models can be scored on;
   - zero-shot multiple choice: pydocs_cloze rank classification (accuracy and
-    length-normalised accuracy), t5x_lite.multiple_choice.
+    length-normalised accuracy), t5x_lite.inference.multiple_choice.
 Runs are resumable (finished runs are skipped). Writes results.csv, results.md and
 results.png into the experiment folder (tiny mode: into the work directory).
 """
@@ -40,10 +40,14 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from t5x_lite import checkpoints, files, gin_utils, inference, multiple_choice
+from t5x_lite import gin_utils
+from t5x_lite.common import files
 from t5x_lite.data import multitask, objectives, register_tasks
+from t5x_lite.inference import multiple_choice, textio
+from t5x_lite.models import counting
 from t5x_lite.models.configs import TransformerConfig
-from t5x_lite.scaling import counting, sweep
+from t5x_lite.runs import loading
+from t5x_lite.scaling import sweep
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GRID = (("causal_decoder", "full_lm"), ("causal_decoder", "span_corruption"),
@@ -135,19 +139,19 @@ def plan(mode: Mode, seeds) -> dict:
 
 def validation_passages(count: int, length: int) -> list[tuple[list[int], list[int]]]:
   """(first half, second half) byte ids of the first `count` validation passages."""
-  examples = inference.task_examples("pydocs.full_lm.byte", "validation", count, length // 2,
+  examples = textio.task_examples("pydocs.full_lm.byte", "validation", count, length // 2,
                                  {"targets": length})
-  vocabulary = inference.task_vocabularies("pydocs.full_lm.byte")[1]
+  vocabulary = textio.task_vocabularies("pydocs.full_lm.byte")[1]
   return [(list(vocabulary.encode(e["inputs"])), list(vocabulary.encode(e["targets"])))
           for e in examples]
 
 
 def evaluate_run(run: dict, model_dir: str, mode: Mode, passages, questions) -> dict:
-  from t5x_lite import decoding
+  from t5x_lite.inference import decoding
 
-  model = checkpoints.load_model(model_dir)  # the model its run directory recorded
+  model = loading.load_model(model_dir)  # the model its run directory recorded
   sums, tokens = decoding.score(model, [p for p, _ in passages], [c for _, c in passages])
-  vocabulary = inference.task_vocabularies("pydocs.full_lm.byte")[1]
+  vocabulary = textio.task_vocabularies("pydocs.full_lm.byte")[1]
   cloze = multiple_choice.rank_classify(model, vocabulary, questions)
   return {"heldout_loss": float(-sums.sum() / tokens.sum()), "cloze_accuracy": cloze["accuracy"],
           "cloze_accuracy_norm": cloze["accuracy_norm"]}
@@ -307,8 +311,8 @@ def heldout_scores(model_dir: str, question_sets: dict[str, list]) -> dict:
 
 
 def _score_heldout(model_dir: str, question_sets: dict[str, list]) -> dict:
-  model = checkpoints.load_model(model_dir)
-  vocabulary = inference.task_vocabularies("pydocs.full_lm.byte")[1]
+  model = loading.load_model(model_dir)
+  vocabulary = textio.task_vocabularies("pydocs.full_lm.byte")[1]
   results = {f"{name}/0-shot": multiple_choice.rank_classify(model, vocabulary, questions)
              for name, questions in question_sets.items()}
   correct = sum(r["accuracy"] * r["questions"] for r in results.values())

@@ -22,11 +22,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from t5x_lite import files, gin_utils, optim  # noqa: E402
+from t5x_lite import gin_utils
+from t5x_lite.common import files
 from t5x_lite.data import register_tasks  # noqa: E402
 from t5x_lite.data.pipeline import get_batches  # noqa: E402
+from t5x_lite.models.counting import count  # noqa: E402
 from t5x_lite.scaling import coordcheck, lr_sweep  # noqa: E402
-from t5x_lite.scaling.counting import count  # noqa: E402
+from t5x_lite.training import optim  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results.csv")

@@ -6,12 +6,12 @@
 from t5x_lite.data.corpus_store import CorpusError
 from t5x_lite.data.objectives import ObjectiveError, span_corruption_lengths
 from t5x_lite.data.pipeline import (
-                                    BatchIterator,
-                                    DataError,
-                                    DataSpec,
-                                    check_vocabulary,
-                                    get_batches,
-                                    get_task,
+           BatchIterator,
+           DataError,
+           DataSpec,
+           check_vocabulary,
+           get_batches,
+           get_task,
 )
 from t5x_lite.data.tasks import register_tasks
 

@@ -29,7 +29,7 @@ from typing import Callable, Iterable, Iterator
 
 import tensorflow as tf
 
-from t5x_lite.errors import UserError
+from t5x_lite.common.errors import UserError
 
 SPLITS = ("train", "validation")
 MANIFEST = "manifest.json"

@@ -16,7 +16,7 @@ from typing import Mapping
 import seqio
 import tensorflow as tf
 
-from t5x_lite.errors import UserError
+from t5x_lite.common.errors import UserError
 
 NOISE_DENSITY = 0.15
 MEAN_NOISE_SPAN_LENGTH = 3.0

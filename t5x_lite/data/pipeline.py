@@ -20,7 +20,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from t5x_lite.errors import UserError
+from t5x_lite.common.errors import UserError
 from t5x_lite.models import architectures
 
 _STATE_FILE = "pipeline.json"

@@ -21,7 +21,7 @@ from typing import Callable, Optional
 import numpy as np
 from flax import nnx
 
-from t5x_lite.errors import UserError
+from t5x_lite.common.errors import UserError
 from t5x_lite.models.configs import TransformerConfig
 from t5x_lite.models.params import FlatParams, abstract_model, flat_params, model_from_params
 from t5x_lite.models.transformer import Transformer

@@ -9,9 +9,9 @@ as gin files under gin/models/); library code receives it as an argument.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Iterable, Mapping, Optional
 
-from t5x_lite.errors import ConfigError, check_field_types
+from t5x_lite.common.errors import ConfigError, check_field_types
 from t5x_lite.models import architectures, mup
 
 ARCHITECTURES = tuple(architectures.ARCHITECTURES)
@@ -34,7 +34,7 @@ PRECISION_KNOBS = ("dtype", "param_dtype")
 # Knobs that only matter while training (dropout) or at initialisation.
 TRAINING_KNOBS = ("dropout_rate", "embedding_init_std")
 # The rest define the function the parameters compute: inference and fine-tuning must
-# use a checkpoint's own values (see `functional_differences`).
+# use a checkpoint's own values (see `contradictions`).
 NON_FUNCTIONAL_KNOBS = LAYOUT_KNOBS + PRECISION_KNOBS + TRAINING_KNOBS
 
 
@@ -211,10 +211,15 @@ class TransformerConfig:
           f"TransformerConfig.dropout_rate must be in [0, 1), got {self.dropout_rate}.")
 
 
-def functional_differences(recorded: "TransformerConfig", current: "TransformerConfig"
-                           ) -> dict[str, tuple[object, object]]:
-  """{knob: (recorded, current)} for knobs that change what the same parameters compute."""
-  return {field.name: (getattr(recorded, field.name), getattr(current, field.name))
-          for field in dataclasses.fields(TransformerConfig)
-          if field.name not in NON_FUNCTIONAL_KNOBS
-          and getattr(recorded, field.name) != getattr(current, field.name)}
+def contradictions(recorded: "TransformerConfig", values: Mapping[str, object],
+                   allowed: Iterable[str] = ()) -> dict[str, tuple[object, object]]:
+  """{"TransformerConfig.knob": (recorded, given)} for the `values` (knob -> value: a
+  config's fields or just the bound ones) that change what the recorded model's
+  parameters compute: every knob but NON_FUNCTIONAL_KNOBS and those `allowed` (gin
+  names, as train.allow_changes lists them). The one rule for using a checkpoint's
+  model with other settings (fine-tuning, infer, evaluate)."""
+  free = set(NON_FUNCTIONAL_KNOBS) | {knob.removeprefix("TransformerConfig.")
+                                      for knob in allowed}
+  return {f"TransformerConfig.{knob}": (getattr(recorded, knob), value)
+          for knob, value in values.items()
+          if knob not in free and getattr(recorded, knob) != value}

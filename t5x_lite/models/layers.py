@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from t5x_lite.common.partitioning import constrain
 from t5x_lite.models import mup
 from t5x_lite.models.configs import TransformerConfig
-from t5x_lite.partitioning import constrain
 
 Array = jax.Array
 init = nnx.initializers

@@ -31,8 +31,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from t5x_lite import quantization
-from t5x_lite.errors import ConfigError, check_field_types
+from t5x_lite.common.errors import ConfigError, check_field_types
+from t5x_lite.models import quantization
 from t5x_lite.models.transformer import PROJECTIONS, contracted_dims, projections
 
 # Target groups: every projection of the kind that the model has (wi_1 only when gated).
@@ -49,9 +49,9 @@ class LoraConfig:
       update's size at initialisation comparable, as in the paper).
     targets: projection names (PROJECTIONS) or groups (GROUPS) to adapt in every
       layer; by default all attention and MLP projections.
-    quantized_base: QLoRA: the base must be a quantized run directory (tools/quantize.py,
-      e.g. int4_weights) and the adapters train over its integer weights. (A quantized
-      base is used as such even without it; this asks that it be one.)
+    quantized_base: QLoRA: the base must be a quantized run directory (`python -m
+      t5x_lite.quantize`, e.g. int4_weights) and the adapters train over its integer
+      weights. (A quantized base is used as such even without it; this asks that it be one.)
   """
   rank: int = 8
   alpha: float = 16.0

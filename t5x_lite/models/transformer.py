@@ -29,9 +29,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from t5x_lite.models import layers, mup, pipeline
+from t5x_lite.common.partitioning import constrain
+from t5x_lite.models import layers, mup, pipeline_parallel
 from t5x_lite.models.configs import TransformerConfig
-from t5x_lite.partitioning import constrain
 
 Array = jax.Array
 Batch = Mapping[str, Array]
@@ -137,14 +137,21 @@ class TransformerStack(nnx.Module):
       return Block(config, cross_attention=cross_attention, use_rope=encoding == "rope",
                    rngs=block_rngs)
 
+    # Layer i draws its initial parameters from the same stream in every layout, so the
+    # layout (scan_layers, and the pipeline stages that need it) never changes the model.
+    blocks = [make_block(rngs) for _ in range(num_layers)]
     if config.scan_layers:
-      # One Block whose parameters carry a leading "layers" axis.
+      # One Block whose parameters carry a leading "layers" axis (vmap's metadata names it),
+      # holding the blocks above stacked.
       make_stacked = nnx.split_rngs(splits=num_layers)(
           nnx.vmap(make_block, in_axes=0, out_axes=0,
                    transform_metadata={nnx.PARTITION_NAME: "layers"}))
-      self.layers = make_stacked(rngs)
+      graphdef, abstract = nnx.split(nnx.eval_shape(lambda: make_stacked(nnx.Rngs(0))))
+      per_block = [jax.tree.leaves(nnx.state(block)) for block in blocks]
+      self.layers = nnx.merge(graphdef, jax.tree.unflatten(
+          jax.tree.structure(abstract), [jnp.stack(leaves) for leaves in zip(*per_block)]))
     else:
-      self.layers = nnx.List([make_block(rngs) for _ in range(num_layers)])
+      self.layers = nnx.List(blocks)
     if config.norm_position == "pre":
       self.final_norm = layers.make_norm(config, rngs=rngs)
 
@@ -188,13 +195,13 @@ class TransformerStack(nnx.Module):
       return apply_block
 
     apply_block = block_applier(ctx)
-    stages = pipeline.mesh_stages()
+    stages = pipeline_parallel.mesh_stages()
     if stages > 1 and cache is None:
       if not config.scan_layers:
-        raise pipeline.PipelineError("pipeline stages need the scanned layout (stacked "
+        raise pipeline_parallel.PipelineError("pipeline stages need the scanned layout (stacked "
                                      "layers): set TransformerConfig.scan_layers = True.")
       graphdef, state = nnx.split(self.layers)
-      x = pipeline.pipelined_stack(
+      x = pipeline_parallel.pipelined_stack(
           block_applier, graphdef, state, x, ctx, layer_rngs, stages=stages,
           microbatches=config.pipeline_microbatches, repeats=config.pipeline_repeats,
           stack=self.name)

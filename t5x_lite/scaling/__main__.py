@@ -36,13 +36,16 @@ import json
 import sys
 from typing import Sequence
 
-from t5x_lite import files as result_files
 from t5x_lite import gin_utils
-from t5x_lite.errors import ConfigError, run_cli
-from t5x_lite.models import mup
-from t5x_lite.scaling import counting, laws, planning
+from t5x_lite.common import files as result_files
+from t5x_lite.common.errors import ConfigError, run_cli
+from t5x_lite.data import get_batches, register_tasks
+from t5x_lite.models import counting, mup
+from t5x_lite.scaling import coordcheck, laws, lr_sweep, planning
 from t5x_lite.scaling import report as reports
+from t5x_lite.scaling.plots import plot_fit, plot_study
 from t5x_lite.scaling.runs import read_runs
+from t5x_lite.training import optim
 
 
 def _count(args, files, bindings, search_paths) -> None:
@@ -90,7 +93,6 @@ def _plot(args) -> None:
     fitted.append(reports.fit_runs(table, method, args.budget, args.bootstrap, args.seed))
     print(f"{method}: a = {fitted[-1].parameters['a']:.3f}, b = {fitted[-1].parameters['b']:.3f}"
           if "a" in fitted[-1].parameters else f"{method}: fitted")
-  from t5x_lite.scaling.plots import plot_study  # matplotlib: only when plotting
 
   plot_study(runs, fitted, args.output, curves)
   print(f"plot: {args.output}")
@@ -161,11 +163,6 @@ def _plan(args, files, bindings, search_paths) -> None:
 
 def _tune_learning_rate(args, runs) -> dict:
   """A peak-rate sweep of the plan's narrowest shape (the μP base width) on the task."""
-  from t5x_lite import optim
-  from t5x_lite.data import register_tasks
-  from t5x_lite.data.pipeline import get_batches
-  from t5x_lite.scaling import coordcheck, lr_sweep
-
   base = min(runs, key=lambda run: (run.config.d_model, run.params)).config
   register_tasks()
   task = args.task or coordcheck.DEFAULT_TASKS[base.architecture][0]
@@ -197,10 +194,6 @@ def _tune_learning_rate(args, runs) -> dict:
 def _coordcheck(args, files, bindings, search_paths) -> None:
   if not files:
     raise gin_utils.GinConfigError("coordcheck needs the base model: --gin_file=<model>.gin.")
-  from t5x_lite.data import register_tasks
-  from t5x_lite.data.pipeline import get_batches
-  from t5x_lite.scaling import coordcheck
-
   base = gin_utils.model_config(files, bindings, search_paths)
   register_tasks()
   task, lengths = coordcheck.DEFAULT_TASKS[base.architecture]
@@ -229,7 +222,6 @@ def _fit(args) -> None:
   runs = read_runs(args.runs)
   fitted = reports.fit_runs(runs, args.method, args.budget, args.bootstrap, args.seed)
   if args.plot:
-    from t5x_lite.scaling.plots import plot_fit  # matplotlib: only when plotting
     plot_fit(runs, fitted, args.plot)
   if args.json:
     print(json.dumps(fitted.as_dict()))

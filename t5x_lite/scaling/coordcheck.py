@@ -23,9 +23,10 @@ import numpy as np
 import optax
 from flax import nnx
 
-from t5x_lite import losses, optim
-from t5x_lite.errors import ConfigError
-from t5x_lite.models import TransformerConfig, create_model
+from t5x_lite.common import files
+from t5x_lite.common.errors import ConfigError
+from t5x_lite.models import TransformerConfig, create_model, losses
+from t5x_lite.training import optim
 
 # The task whose training batches each architecture reads by default.
 DEFAULT_TASKS = {
@@ -108,7 +109,7 @@ def train_and_measure(config: TransformerConfig, batches: Sequence[dict], probe:
   graphdef, params = nnx.split(model, nnx.Param)
   settings = optim.OptimizerConfig(weight_decay=0.0, clip_norm=None)
   schedule = optax.constant_schedule(learning_rate)
-  optimizer = optim.model_optimizer(config, settings, schedule)
+  optimizer = optim.make_optimizer(settings, schedule, config)
 
   @jax.jit
   def step(params, opt_state, batch):
@@ -186,7 +187,5 @@ def plot(result: CoordCheck, path: str, title: str = "") -> None:
 
 
 def write_json(result: CoordCheck, path: str) -> None:
-  from t5x_lite import files
-
   with files.atomic_write(path) as handle:
     json.dump(result.as_dict(), handle, indent=1)

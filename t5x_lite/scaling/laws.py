@@ -21,7 +21,7 @@ from typing import Callable, Union
 import numpy as np
 from scipy import optimize
 
-from t5x_lite.errors import ConfigError
+from t5x_lite.common.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

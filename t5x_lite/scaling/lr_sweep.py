@@ -20,9 +20,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from t5x_lite import losses, optim
-from t5x_lite.errors import ConfigError
-from t5x_lite.models import TransformerConfig, create_model
+from t5x_lite.common.errors import ConfigError
+from t5x_lite.models import TransformerConfig, create_model, losses
+from t5x_lite.training import optim
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +75,7 @@ def sweep_learning_rates(config: TransformerConfig, learning_rates: Sequence[flo
   steps = len(train_batches)
   # The schedule at peak 1, times each run's peak: the same shape for every rate.
   shape = optim.make_schedule(dataclasses.replace(schedule, peak_learning_rate=1.0), steps)
-  transform = optim.model_optimizer(config, optimizer, shape)
+  transform = optim.make_optimizer(optimizer, shape, config)
   graphdef, params = nnx.split(create_model(config, seed=seed), nnx.Param)
   rates = jnp.asarray(learning_rates, jnp.float32)
   stacked = jax.tree.map(lambda p: jnp.broadcast_to(p, (len(rates), *p.shape)), params)

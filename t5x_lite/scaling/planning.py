@@ -13,7 +13,7 @@ varied by one rule:
 Each budget C gets `sizes` targets log-spaced over [N*/spread, N* x spread]
 around the N* that would see `tokens_per_param` tokens per parameter
 (Chinchilla's ~20 unless told otherwise), clipped to [min_params,
-max_params]. FLOPs are the family's exact count (t5x_lite.scaling.counting,
+max_params]. FLOPs are the family's exact count (t5x_lite.models.counting,
 matmul convention: attention and logits included, which at small widths
 and long sequences is well above 6N), so N* solves C = flops_per_token(N*)
 x tokens_per_param x N*, and each run's steps = D / (batch x length) with
@@ -38,10 +38,10 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from scipy import optimize
 
-from t5x_lite.errors import UserError
-from t5x_lite.models import mup
+from t5x_lite.common.errors import UserError
+from t5x_lite.models import counting, mup
 from t5x_lite.models.configs import TransformerConfig
-from t5x_lite.scaling import counting, isoflop
+from t5x_lite.scaling import isoflop
 from t5x_lite.scaling.runs import Runs
 
 

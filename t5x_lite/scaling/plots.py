@@ -19,7 +19,7 @@ matplotlib.use("Agg")  # Files only; no display needed.
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from t5x_lite.errors import file_errors
+from t5x_lite.common.errors import file_errors
 from t5x_lite.scaling import envelope, isoflop  # noqa: E402
 from t5x_lite.scaling.report import FitReport  # noqa: E402
 from t5x_lite.scaling.runs import Runs  # noqa: E402

@@ -1,7 +1,7 @@
 """RUNS.csv: the table of training runs that every fitter reads.
 
 Columns (header names, any order, extra columns ignored):
-  params  model parameters N (counted by t5x_lite.scaling.counting)
+  params  model parameters N (counted by t5x_lite.models.counting)
   tokens  training tokens D seen by the run (or at `step`, for training curves)
   loss    final (or at `step`) validation loss
   flops   training FLOPs C; optional, 6 N D when absent
@@ -19,7 +19,7 @@ from typing import Optional
 
 import numpy as np
 
-from t5x_lite.errors import UserError
+from t5x_lite.common.errors import UserError
 
 REQUIRED = ("params", "tokens", "loss")
 

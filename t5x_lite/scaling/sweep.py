@@ -26,8 +26,8 @@ import sys
 import time
 from typing import Callable, Optional, Sequence, TextIO
 
-from t5x_lite import files
-from t5x_lite.errors import UserError
+from t5x_lite.common import files
+from t5x_lite.common.errors import UserError
 
 RUNS_COLUMNS = ("run", "budget", "params", "tokens", "flops", "loss", "steps", "num_layers",
                 "d_model", "d_ff")

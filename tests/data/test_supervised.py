@@ -8,9 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from t5x_lite import gin_utils, trainer
+from t5x_lite import gin_utils
 from t5x_lite.data import get_batches, register_tasks, supervised
 from t5x_lite.data.corpus_store import CorpusError
+from t5x_lite.training import trainer
 from tests import train_helpers as helpers
 
 ROWS = [{"inputs": f"question {i}: {'x' * (i % 5)}?", "targets": f"answer {i}"}

@@ -241,7 +241,7 @@ def assert_no_near_ties(scores) -> None:
 
 
 def test_greedy_decoding_of_imported_models_equals_transformers_generate(tmp_path):
-  from t5x_lite import decoding
+  from t5x_lite.inference import decoding
 
   new_tokens = 8
   config = transformers.GPT2Config(vocab_size=101, n_embd=32, n_layer=2, n_head=4,
@@ -281,7 +281,7 @@ def test_greedy_decoding_of_imported_models_equals_transformers_generate(tmp_pat
 
 @pytest.mark.parametrize("mode,levels", [("int8_weights", 127), ("int4_weights", 7)])
 def test_an_imported_model_quantizes_within_the_quantization_step(tmp_path, mode, levels):
-  from t5x_lite import quantization
+  from t5x_lite.models import quantization
   from t5x_lite.models.transformer import projections
 
   config = transformers.LlamaConfig(vocab_size=103, hidden_size=64, intermediate_size=128,

@@ -12,8 +12,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from t5x_lite import optim
 from t5x_lite.models import TransformerConfig, create_model
+from t5x_lite.training import optim
 
 CONFIGS = {
     "causal_decoder": dict(architecture="causal_decoder"),

@@ -9,7 +9,7 @@ import optax
 import pytest
 from flax import nnx
 
-from t5x_lite.errors import ConfigError
+from t5x_lite.common.errors import ConfigError
 from t5x_lite.models import TransformerConfig, create_model, forward
 from t5x_lite.models.lora import (
   LoraConfig,

@@ -10,9 +10,9 @@ import optax
 import pytest
 from flax import nnx
 
-from t5x_lite import optim
-from t5x_lite.errors import ConfigError
+from t5x_lite.common.errors import ConfigError
 from t5x_lite.models import TransformerConfig, create_model, mup
+from t5x_lite.training import optim
 from tests import train_helpers as helpers
 from tests.models import standard_reference
 
@@ -154,9 +154,7 @@ def test_adam_moves_each_tensor_by_the_learning_rate_times_its_multiplier(archit
   graphdef, params = nnx.split(model, nnx.Param)
   batch = standard_reference.batch(model.config)
   settings = optim.OptimizerConfig(weight_decay=0.0, clip_norm=None, eps=1e-30)
-  optimizer = optim.make_optimizer(settings, optax.constant_schedule(1e-3),
-                                   mup.parameter_roles,
-                                   mup.learning_rate_multipliers(model.config))
+  optimizer = optim.make_optimizer(settings, optax.constant_schedule(1e-3), model.config)
 
   def loss(params):
     logits = nnx.merge(graphdef, params)(batch)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from t5x_lite.models import TransformerConfig, create_model, forward
+from t5x_lite.models.counting import count_params
 from t5x_lite.models.params import count_initialized_params, flat_params, model_from_params
-from t5x_lite.scaling.counting import count_params
 
 VOCAB = 50
 ATOL = 1e-5

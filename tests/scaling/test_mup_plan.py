@@ -12,13 +12,13 @@ import optax
 import pytest
 from flax import nnx
 
-from t5x_lite import losses, optim
 from t5x_lite.gin_utils import model_config
-from t5x_lite.models import TransformerConfig, create_model
+from t5x_lite.models import TransformerConfig, create_model, losses
 from t5x_lite.scaling import lr_sweep
 from t5x_lite.scaling.__main__ import main
 from t5x_lite.scaling.laws import preset
 from t5x_lite.scaling.planning import Family, bracketing_problems, plan_sweep
+from t5x_lite.training import optim
 
 FAMILY_GIN = "experiments/scaling/family.gin"
 MUP = ["--gin.TransformerConfig.parametrization='mup'",
@@ -50,8 +50,8 @@ def test_a_vmapped_sweep_equals_training_at_each_rate_alone(parametrization):
   for rate, swept in zip(result.learning_rates, result.losses):
     # The trainer's recipe by hand: the model's optimizer at this peak rate, a step a batch.
     peak = optim.ScheduleConfig(warmup_steps=1, peak_learning_rate=rate)
-    optimizer = optim.model_optimizer(config, optim.OptimizerConfig(),
-                                      optim.make_schedule(peak, len(train)))
+    optimizer = optim.make_optimizer(optim.OptimizerConfig(),
+                                     optim.make_schedule(peak, len(train)), config)
     graphdef, params = nnx.split(create_model(config), nnx.Param)
     state = optimizer.init(params)
     for batch in train:

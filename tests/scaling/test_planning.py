@@ -6,7 +6,7 @@ import math
 import pytest
 
 from t5x_lite.gin_utils import model_config
-from t5x_lite.scaling import counting
+from t5x_lite.models import counting
 from t5x_lite.scaling.__main__ import main
 from t5x_lite.scaling.planning import Family, PlanError, plan_sweep
 

@@ -1,0 +1,287 @@
+"""What a training run is, as plain data: model, optimizer, schedule and run settings.
+
+The entry point (train.py) resolves gin into a `TrainSpec`; the trainer takes it as
+an argument; the run directory records it (spec.json, run_dir.py) and, on resume,
+compares it with the recorded one by the rules below. Knobs are named as gin names
+them (`TransformerConfig.activation`, `train.batch_size`, `make_schedule.*`), so an
+error message or an override reads like the command line that set it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Optional
+
+from t5x_lite.common.errors import ConfigError, check_field_types, check_positive
+from t5x_lite.models import mup
+from t5x_lite.models.configs import LAYOUT_KNOBS, TransformerConfig
+from t5x_lite.models.lora import LoraConfig
+
+SCHEDULES = ("warmup_cosine", "rsqrt", "constant")
+OPTIMIZERS = ("adamw", "adafactor")
+
+
+class OptimizerConfigError(ConfigError):
+  """An optimizer or schedule setting that cannot work."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleConfig:
+  """Learning rate by step.
+
+  name: "warmup_cosine": linear warmup to the peak, then cosine decay to
+    final_fraction x peak at the run's last step (the usual LM pretraining schedule);
+    "rsqrt": T5's inverse square root, peak_learning_rate / sqrt(max(step, warmup_steps))
+    x sqrt(warmup_steps), i.e. constant at the peak during warmup (T5: peak 0.01, 10k);
+    "constant": linear warmup then constant.
+  """
+  name: str = "warmup_cosine"
+  peak_learning_rate: float = 3e-4
+  warmup_steps: int = 100
+  final_fraction: float = 0.1
+
+  def __post_init__(self):
+    check_field_types(self, "make_schedule")
+    if self.name not in SCHEDULES:
+      raise OptimizerConfigError(f"make_schedule.name={self.name!r}; choose one of {SCHEDULES}.")
+    if self.warmup_steps < 0 or self.peak_learning_rate < 0:
+      raise OptimizerConfigError("make_schedule.warmup_steps and peak_learning_rate must be "
+                                 f">= 0, got {self.warmup_steps} and {self.peak_learning_rate}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  """The optimizer.
+
+  name: "adamw" or "adafactor" (T5: factored second moments, no momentum, update
+    clipping 1.0, relative step off so the schedule sets the rate).
+  weight_decay: decoupled decay on matrices only (see decay_mask).
+  b1, b2, eps: AdamW's moment decay rates and epsilon.
+  clip_norm: global gradient-norm clip; None disables it.
+  """
+  name: str = "adamw"
+  weight_decay: float = 0.1
+  b1: float = 0.9
+  b2: float = 0.95
+  eps: float = 1e-8
+  clip_norm: Optional[float] = 1.0
+
+  def __post_init__(self):
+    check_field_types(self, "make_optimizer")
+    if self.name not in OPTIMIZERS:
+      raise OptimizerConfigError(f"make_optimizer.name={self.name!r}; choose one of "
+                                 f"{OPTIMIZERS}.")
+    if self.clip_norm is not None and self.clip_norm <= 0:
+      raise OptimizerConfigError(f"make_optimizer.clip_norm must be positive or None, got "
+                                 f"{self.clip_norm}.")
+
+
+NAN_POLICIES = ("halt", "skip")
+
+
+def check_retention(keep_checkpoints: Optional[int]) -> None:
+  """Retention may never delete the newest checkpoint: keep None (all) or at least one."""
+  if keep_checkpoints is not None and (isinstance(keep_checkpoints, bool) or not isinstance(
+      keep_checkpoints, int) or keep_checkpoints < 1):
+    raise ConfigError(f"train.keep_checkpoints must be None (keep all) or at least 1, got "
+                      f"{keep_checkpoints!r}: retention never deletes the newest checkpoint.")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """Everything about a training run that is not the model or the optimizer (gin: `train.*`).
+
+  Attributes:
+    model_dir: checkpoints, metrics, spec.json and config.gin go here; a run resumes
+      from the newest readable checkpoint found in it.
+    train_steps: total optimizer steps (the schedule's length).
+    task, feature_lengths, batch_size: the data (MIXTURE_OR_TASK_NAME,
+      TASK_FEATURE_LENGTHS, BATCH_SIZE); batch_size is global over all hosts.
+    seed: fixes initialisation, dropout and data order.
+    microbatches: gradient accumulation; batch_size / microbatches rows per pass.
+    z_loss, label_smoothing: see losses.token_loss_sums.
+    log_every, eval_every, eval_steps, checkpoint_every: cadence, in steps.
+    keep_checkpoints: how many of the newest checkpoints to keep (None: all; >= 1).
+    init_checkpoint: fine-tuning: take the params (not the optimizer or data
+      position) from this MODEL_DIR when model_dir has no checkpoint yet.
+    nan_policy: on a non-finite loss, gradient or updated parameter, "halt" (stop
+      with an error; the newest checkpoint stays as it was) or "skip" (drop that
+      update, say so, and stop after `max_consecutive_skips` skips in a row).
+    peak_flops_per_device: the MFU denominator; by default a datasheet figure for
+      known accelerators in bfloat16, else measured on this machine.
+    allow_changes: knobs (gin names, e.g. "TransformerConfig.dropout_rate") that may
+      differ from the run directory's recorded configuration on resume, and model
+      knobs that may differ from init_checkpoint's model when fine-tuning (e.g.
+      "TransformerConfig.architecture": a causal decoder continued as a prefix decoder).
+    profile_start_step, profile_steps: trace steps profile_start_step + 1 ...
+      profile_start_step + profile_steps with jax.profiler into MODEL_DIR/profile
+      (open it with TensorBoard's profile plugin or xprof; tools/top_ops.py lists the
+      costliest ops). None: no profile.
+  """
+  model_dir: str
+  train_steps: int
+  task: str
+  feature_lengths: Mapping[str, int]
+  batch_size: int
+  seed: int = 0
+  microbatches: int = 1
+  z_loss: float = 1e-4
+  label_smoothing: float = 0.0
+  log_every: int = 10
+  eval_every: int = 100
+  eval_steps: int = 10
+  checkpoint_every: int = 100
+  keep_checkpoints: Optional[int] = 3
+  init_checkpoint: Optional[str] = None
+  nan_policy: str = "halt"
+  max_consecutive_skips: int = 5
+  peak_flops_per_device: Optional[float] = None
+  allow_changes: tuple[str, ...] = ()
+  profile_start_step: Optional[int] = None
+  profile_steps: int = 3
+
+  def __post_init__(self):
+    check_field_types(self, "train")
+    if not isinstance(self.feature_lengths, Mapping):
+      raise ConfigError(f"train.feature_lengths (TASK_FEATURE_LENGTHS) must be a dict such as "
+                        f"{{'targets': 512}}, got {self.feature_lengths!r}.")
+    # gin hands over lists and dicts; freeze them so the spec compares and records as data.
+    object.__setattr__(self, "feature_lengths", dict(self.feature_lengths))
+    object.__setattr__(self, "allow_changes", tuple(self.allow_changes))
+    check_positive("train", train_steps=self.train_steps, batch_size=self.batch_size,
+                   microbatches=self.microbatches, log_every=self.log_every,
+                   eval_every=self.eval_every, eval_steps=self.eval_steps,
+                   checkpoint_every=self.checkpoint_every,
+                   max_consecutive_skips=self.max_consecutive_skips,
+                   profile_steps=self.profile_steps)
+    if self.profile_start_step is not None and self.profile_start_step < 0:
+      raise ConfigError(f"train.profile_start_step must be >= 0 or None, got "
+                        f"{self.profile_start_step}.")
+    check_positive("train.feature_lengths", **self.feature_lengths)
+    check_retention(self.keep_checkpoints)
+    if self.nan_policy not in NAN_POLICIES:
+      raise ConfigError(f"train.nan_policy={self.nan_policy!r}; choose one of {NAN_POLICIES}.")
+    if self.batch_size % self.microbatches:
+      raise ConfigError(f"BATCH_SIZE {self.batch_size} is not divisible by train.microbatches "
+                        f"{self.microbatches}.")
+    if self.z_loss < 0 or not 0 <= self.label_smoothing < 1:
+      raise ConfigError(f"train.z_loss must be >= 0 and train.label_smoothing in [0, 1); got "
+                        f"{self.z_loss} and {self.label_smoothing}.")
+    if self.peak_flops_per_device is not None and self.peak_flops_per_device <= 0:
+      raise ConfigError("train.peak_flops_per_device must be positive or None.")
+    unknown = [name for name in self.allow_changes if name not in KNOBS]
+    if unknown:
+      raise ConfigError(f"train.allow_changes names unknown knobs {unknown}; knobs look like "
+                        "'TransformerConfig.dropout_rate' or 'train.batch_size'.")
+
+
+# The spec's sections and the gin names that bind them (gin_utils registers them so).
+SECTIONS: dict[str, tuple[str, type]] = {
+    "model": ("TransformerConfig", TransformerConfig),
+    "optimizer": ("make_optimizer", OptimizerConfig),
+    "schedule": ("make_schedule", ScheduleConfig),
+    "run": ("train", RunConfig),
+}
+# Sections present only when bound: `lora.*` makes the run train LoRA adapters over a
+# frozen base (train.init_checkpoint) instead of every parameter.
+OPTIONAL_SECTIONS: dict[str, tuple[str, type]] = {"lora": ("lora", LoraConfig)}
+KNOBS = frozenset(f"{gin_name}.{field.name}"
+                  for gin_name, cls in (*SECTIONS.values(), *OPTIONAL_SECTIONS.values())
+                  for field in dataclasses.fields(cls))
+
+# Knobs that may differ on resume without being asked for: they change where, how long,
+# how often or on what hardware layout the run goes on, or the learning rate from here
+# on, not the model, the data or the optimizer's state. Each change is still printed and
+# recorded. Any other difference is refused unless named in train.allow_changes.
+MAY_CHANGE_ON_RESUME = frozenset({
+    "train.model_dir", "train.train_steps", "train.microbatches", "train.log_every",
+    "train.eval_every", "train.eval_steps", "train.checkpoint_every", "train.keep_checkpoints",
+    "train.init_checkpoint", "train.nan_policy", "train.max_consecutive_skips",
+    "train.peak_flops_per_device", "train.allow_changes", "train.profile_start_step",
+    "train.profile_steps",
+    *(f"make_schedule.{field.name}" for field in dataclasses.fields(ScheduleConfig)),
+    *(f"TransformerConfig.{name}" for name in LAYOUT_KNOBS),
+})
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+  """The configs of a training run (the mesh is chosen separately: it may change).
+
+  `lora` set: the run trains LoRA adapters over the frozen parameters of
+  `run.init_checkpoint` (the base), in the unscanned layout.
+  """
+  model: TransformerConfig
+  optimizer: OptimizerConfig
+  schedule: ScheduleConfig
+  run: RunConfig
+  lora: Optional[LoraConfig] = None
+
+  def __post_init__(self):
+    problem = mup.check(self.model, self.optimizer.name)
+    if problem:
+      raise ConfigError(problem)
+    if self.lora is not None and not self.run.init_checkpoint:
+      raise ConfigError("LoRA adapts a pretrained model: set CHECKPOINT_PATH (train."
+                        "init_checkpoint) to the MODEL_DIR of the base model.")
+    if self.lora is not None and self.model.scan_layers:
+      raise ConfigError("LoRA needs the unscanned layout: set TransformerConfig.scan_layers="
+                        "False (checkpoints store one layout, so a scanned run's base loads).")
+
+  def to_json(self) -> dict[str, dict[str, Any]]:
+    """{gin name: {field: value}}: what spec.json holds (optional sections when set)."""
+    sections = {**SECTIONS, **OPTIONAL_SECTIONS}
+    return {sections[name][0]: _jsonable(dataclasses.asdict(getattr(self, name)))
+            for name in sections if getattr(self, name) is not None}
+
+  @classmethod
+  def from_json(cls, record: Mapping[str, Mapping[str, Any]]) -> "TrainSpec":
+    """The spec recorded by `to_json` (fields added since then take their defaults)."""
+    sections = {**SECTIONS, **OPTIONAL_SECTIONS}
+    return cls(**{name: config_from_json(config_cls, record[gin_name])
+                  for name, (gin_name, config_cls) in sections.items() if gin_name in record})
+
+
+def config_from_json(cls: type, values: Mapping[str, Any]) -> Any:
+  """A config dataclass from its recorded fields, ignoring fields it no longer has."""
+  names = {field.name for field in dataclasses.fields(cls)}
+  return cls(**{key: (tuple(value) if key == "allow_changes" else value)
+                for key, value in values.items() if key in names})
+
+
+def _jsonable(values: dict) -> dict:
+  return {key: list(value) if isinstance(value, tuple) else value
+          for key, value in values.items()}
+
+
+def differences(recorded: Mapping[str, Mapping[str, Any]],
+                current: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[Any, Any]]:
+  """{knob: (recorded value, current value)} for every knob that differs between two
+  `to_json` records (a knob missing from the older record is not a difference; an
+  optional section in one record and not the other is, under the section's name)."""
+  changed = {}
+  for gin_name, _ in OPTIONAL_SECTIONS.values():
+    if (gin_name in recorded) != (gin_name in current):
+      changed[gin_name] = (recorded.get(gin_name), current.get(gin_name))
+  for section, values in current.items():
+    for key, value in values.items():
+      old = recorded.get(section, {}).get(key, value)
+      if _normal(old) != _normal(value):
+        changed[f"{section}.{key}"] = (old, value)
+  return changed
+
+
+def _normal(value: Any) -> Any:
+  """JSON round trips turn tuples into lists and int keys into strings; compare as JSON."""
+  if isinstance(value, (list, tuple)):
+    return [_normal(v) for v in value]
+  if isinstance(value, Mapping):
+    return {str(k): _normal(v) for k, v in value.items()}
+  return value
+
+
+def refused_changes(changed: Mapping[str, tuple[Any, Any]],
+                    allowed: tuple[str, ...]) -> dict[str, tuple[Any, Any]]:
+  """The differences that resuming must refuse: not free, not explicitly allowed."""
+  return {knob: values for knob, values in changed.items()
+          if knob not in MAY_CHANGE_ON_RESUME and knob not in allowed}

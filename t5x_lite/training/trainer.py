@@ -1,0 +1,238 @@
+"""The training loop.
+
+`train(spec, mesh)` reads top to bottom: lock MODEL_DIR, build the optimizer,
+the step functions (parameters created directly in their shardings) and the
+data; compare the spec with the one MODEL_DIR recorded and record it; restore
+the newest readable checkpoint if there is one; then step, report, evaluate and
+save until TRAIN_STEPS, a signal, or a non-finite update. Everything arrives as
+arguments (runs/spec.py); gin stays in the entry point (train.py). The step
+functions are training/steps.py's; what a LoRA run trains over, and whether a
+fine-tuning checkpoint fits the model, the loader's (runs/loading.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from typing import Any, Optional, TextIO
+
+import jax
+import seqio
+from flax import nnx
+
+from t5x_lite.common import partitioning
+from t5x_lite.common.errors import ConfigError
+from t5x_lite.data import check_vocabulary, get_batches, get_task, vocabularies
+from t5x_lite.models import losses, pipeline_parallel
+from t5x_lite.models.counting import count
+from t5x_lite.models.lora import adapt
+from t5x_lite.runs import checkpoints, loading, run_dir
+from t5x_lite.runs.spec import TrainSpec
+from t5x_lite.training import loop_controls, metrics, optim
+from t5x_lite.training.loop_controls import TrainingHalted  # noqa: F401  (raised by the loop)
+from t5x_lite.training.steps import StepFunctions, abstract_state, make_step_functions
+
+
+def _validation_batches(task, feature_lengths, batch_size, architecture, shard, eval_steps,
+                        seed) -> list[dict]:
+  """This host's first eval_steps validation batches; every evaluation uses these same ones."""
+  batches = get_batches(task, feature_lengths, "validation", batch_size, architecture,
+                        shard=shard, seed=seed, shuffle=False, num_epochs=None)
+  return [next(batches) for _ in range(eval_steps)]
+
+
+def _validation_metrics(steps: StepFunctions, state, batches: list[dict], mesh
+                        ) -> dict[str, float]:
+  """Validation loss, accuracy and perplexity over `batches`."""
+  totals: dict[str, float] = {}
+  for batch in batches:
+    sums = steps.validate(state, partitioning.global_batch(batch, mesh))
+    for key, value in jax.device_get(sums).items():
+      totals[key] = totals.get(key, 0.0) + float(value)
+  return losses.eval_metrics(totals)
+
+
+def train(spec: TrainSpec, mesh: jax.sharding.Mesh, *, operative_config: Optional[str] = None,
+          stream: Optional[TextIO] = None) -> dict[str, Any]:
+  """Trains `spec.model` on `spec.run.task` over `mesh`; returns the final eval metrics.
+
+  MODEL_DIR (spec.run.model_dir) is locked for the life of the call; its recorded
+  spec is compared and updated (run_dir.py); `operative_config` (the gin text that
+  produced `spec`) is written there as config.gin.
+  """
+  stream = stream or sys.stdout
+  run = spec.run
+  data_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if run.batch_size % data_shards or (run.batch_size // run.microbatches) % data_shards:
+    raise ConfigError(f"BATCH_SIZE {run.batch_size} (/{run.microbatches} microbatches) does not "
+                      f"split over the mesh's {data_shards} data x fsdp shards; use a multiple.")
+  pipeline_parallel.check_mesh(spec.model, mesh, run.batch_size // run.microbatches)
+  lock = run_dir.RunLock(run.model_dir)
+  if jax.process_index() == 0:  # hosts share MODEL_DIR; one of them holds the lock
+    lock.acquire()
+  try:
+    if lock.previous_holder:
+      holder = lock.previous_holder
+      print(f"note: the previous trainer of {run.model_dir} (pid {holder.get('pid')} on "
+            f"{holder.get('host')}) did not exit cleanly; resuming from its last checkpoint.",
+            file=stream)
+    return _train_locked(spec, mesh, operative_config, stream)
+  finally:
+    lock.release()
+
+
+def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Optional[str],
+                  stream: TextIO) -> dict[str, Any]:
+  run, config = spec.run, spec.model
+  is_main = jax.process_index() == 0
+  shard = seqio.ShardInfo(jax.process_index(), jax.process_count())
+  check_vocabulary(run.task, config.vocab_size)  # also names an unknown task
+  vocabulary = vocabularies.describe(get_task(run.task).output_features["targets"].vocabulary)
+  schedule = optim.make_schedule(spec.schedule, run.train_steps)
+  checkpointer = checkpoints.Checkpointer(os.path.join(run.model_dir, "checkpoints"),
+                                          run.checkpoint_every, run.keep_checkpoints)
+  resuming = checkpointer.latest_step() is not None
+  adapted = None
+  if spec.lora is not None:  # the base is frozen and loaded every time, resumed or not
+    loading.check_init_checkpoint(run.init_checkpoint, config, run.allow_changes)
+    base_model = loading.lora_base(run.init_checkpoint, config, spec.lora, mesh)
+    if is_main:
+      loading.record_base(run.model_dir, run.init_checkpoint,
+                           nnx.state(base_model, nnx.Param), resuming)
+    adapted = adapt(base_model, spec.lora, seed=run.seed)
+  optimizer = optim.make_optimizer(spec.optimizer, schedule, config,
+                                   adapters_only=spec.lora is not None)
+  steps = make_step_functions(config, optimizer, mesh,
+                              run.seed, run.microbatches, run.z_loss, run.label_smoothing,
+                              adapted)
+  first_batches = [get_batches(run.task, run.feature_lengths, "train", run.batch_size,
+                               config.architecture, shard=shard, seed=run.seed)]
+
+  def make_batches():  # the iterator built above first (a seqio pipeline takes seconds)
+    return first_batches.pop() if first_batches else get_batches(
+        run.task, run.feature_lengths, "train", run.batch_size, config.architecture,
+        shard=shard, seed=run.seed)
+
+  if is_main:
+    run_dir.check_and_record(run.model_dir, spec, vocabulary, resuming, operative_config,
+                             stream)
+  state = steps.init()
+  start, restored, batches = checkpointer.restore_latest(abstract_state(state), make_batches)
+  if start is not None:
+    state = restored
+    print(f"resumed from {checkpointer.directory} step {start}", file=stream)
+  else:
+    batches = make_batches()
+    if run.init_checkpoint and adapted is None:
+      loading.check_init_checkpoint(run.init_checkpoint, config, run.allow_changes)
+      state["params"] = checkpoints.newest_params(run.init_checkpoint,
+                                                  abstract_state(state["params"]))[1]
+      print(f"initialised params from {run.init_checkpoint}", file=stream)
+  start = int(jax.device_get(state["step"]))
+  if is_main:
+    dropped = run_dir.trim_metrics(run.model_dir, start)
+    if dropped:
+      print(f"dropped {dropped} metric records and TensorBoard events past step {start} "
+            "(written after the checkpoint resumed from)", file=stream)
+
+  encoder_length, decoder_length = config.architecture_spec.model_lengths(run.feature_lengths)
+  counts = count(config, inputs_length=encoder_length, targets_length=decoder_length)
+  peak, peak_source = metrics.job_peak_flops(config.dtype, run.peak_flops_per_device)
+  writer = metrics.MetricsWriter(run.model_dir, enabled=is_main)
+  # A step is forward + backward = 3 forwards; over a frozen base, the backward computes
+  # activation gradients but no weight gradients, so 2 forwards (the adapters' own FLOPs
+  # are negligible at low rank).
+  flops_per_token = counts.flops_per_token * (2 / 3 if adapted is not None else 1)
+  stages = mesh.shape.get(pipeline_parallel.STAGE_AXIS, 1)
+  bubble = (pipeline_parallel.bubble_fraction(stages, config.pipeline_microbatches,
+                                     config.pipeline_repeats) if stages > 1 else None)
+  progress = metrics.Progress(run.train_steps, start, flops_per_token, peak,
+                              stream=stream if is_main else None, bubble=bubble)
+  if is_main:
+    print(f"{config.architecture}: {counts.params / 1e6:.2f}M params, "
+          f"{flops_per_token / 1e6:.1f} MFLOP/token; mesh {dict(mesh.shape)}; "
+          f"MFU against {peak_source}", file=stream)
+    if bubble is not None:
+      schedule_name = "GPipe" if config.pipeline_repeats == 1 else "circular"
+      print(f"pipeline: {stages} stages x {config.pipeline_microbatches} microbatches x "
+            f"{config.pipeline_repeats} repeats ({schedule_name} schedule); idle fraction "
+            f"(bubble) (S - 1) / (R M + S - 1) = {bubble:.1%}", file=stream)
+    if adapted is not None:
+      trained = sum(int(x.size) for x in jax.tree.leaves(adapted.adapters))
+      print(f"LoRA rank {spec.lora.rank} on {list(spec.lora.targets)}: {trained:,} trainable "
+            f"parameters ({trained / counts.params:.2%}); the base {run.init_checkpoint} is "
+            "frozen", file=stream)
+
+  # Read once, at the first evaluation: building a seqio pipeline takes seconds.
+  validation = functools.cache(lambda: _validation_batches(
+      run.task, run.feature_lengths, run.batch_size, config.architecture, shard,
+      run.eval_steps, run.seed))
+  guard = loop_controls.UpdateGuard(run.nan_policy, run.max_consecutive_skips, checkpointer,
+                       stream if is_main else None)
+  step = start
+  last_eval: dict[str, float] = {}
+  # Each step's statistics are read one step late, while the next step runs, so the host
+  # never waits on the step it has just dispatched; a step that must be logged, evaluated
+  # or saved is read at once (a checkpoint never holds a step not yet checked).
+  pending: Optional[tuple[int, Any]] = None
+  profiler = loop_controls.StepProfiler(run, stream if is_main else None)
+  try:
+    with loop_controls.StopSignal() as stop:
+      while step < run.train_steps and stop.received is None:
+        profiler.before(step)
+        state, stats = steps.train(state, partitioning.global_batch(next(batches), mesh))
+        step += 1
+        profiler.after(step, stats)
+        progress.add_tokens(run.batch_size * counts.tokens_per_sequence)
+        if pending is not None:
+          guard.check(*pending)
+        pending = (step, stats)
+        logs, evaluates = step % run.log_every == 0, step % run.eval_every == 0
+        last = step == run.train_steps or stop.received is not None
+        if not (logs or evaluates or last or checkpointer.should_save(step)):
+          continue
+        stats, pending = guard.check(*pending), None
+        if logs or last:
+          tokens = max(float(stats["tokens"]), 1.0)
+          loss = float(stats["cross_entropy"]) / tokens
+          scalars = {"loss": loss, "z_loss": float(stats["z_loss"]) / tokens,
+                     "accuracy": float(stats["correct"]) / tokens,
+                     "grad_norm": float(stats["grad_norm"]), "skipped_steps": guard.skipped,
+                     **progress.report(step, loss)}
+          writer.write(step, "train", scalars)
+        if evaluates or step == run.train_steps:
+          eval_start = time.perf_counter()
+          last_eval = _validation_metrics(steps, state, validation(), mesh)
+          progress.exclude(time.perf_counter() - eval_start)
+          writer.write(step, "eval", last_eval)
+          if is_main:
+            print(f"eval at step {step}: loss {last_eval['loss']:.4f}, perplexity "
+                  f"{last_eval['perplexity']:.2f}, accuracy {last_eval['accuracy']:.3f}",
+                  file=stream)
+        checkpointer.save(step, state, batches, force=last)
+      if stop.received is not None:  # it may have come after the last step's check
+        if pending is not None:
+          guard.check(*pending)
+        if checkpointer.latest_step() != step:
+          checkpointer.save(step, state, batches, force=True)
+        if is_main:
+          print(f"received signal {stop.received}: saved step {step} and stopped", file=stream)
+    if step >= run.train_steps and not last_eval:  # Finished earlier: report it again.
+      last_eval = _validation_metrics(steps, state, validation(), mesh)
+  except BaseException:
+    profiler.close()
+    # Let a save in flight finish (or fail) before the error ends the run; a second
+    # error here (e.g. the same full disk) must not hide the first.
+    for close in (checkpointer.close, writer.close):
+      try:
+        close()
+      except Exception:  # noqa: BLE001
+        pass
+    raise
+  profiler.close()
+  checkpointer.close()
+  writer.close()
+  return {"step": step, "model_dir": run.model_dir, "skipped_steps": guard.skipped,
+          **last_eval}
