@@ -9,7 +9,11 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 
 def load_script(relative_path: str):
-  """The script at `relative_path` (from the repository root) as a module, loaded once."""
+  """The script at `relative_path` (from the repository root) as a module, loaded once;
+  its folder goes on sys.path as when Python runs it (scripts import their siblings)."""
+  folder = os.path.abspath(os.path.dirname(os.path.join(ROOT, relative_path)))
+  if folder not in sys.path:
+    sys.path.append(folder)
   name = "script_" + relative_path.replace(os.sep, "_").replace("/", "_").removesuffix(".py")
   if name not in sys.modules:
     spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, relative_path))

@@ -12,6 +12,8 @@ from t5x_lite import evaluate, gin_utils, infer
 from t5x_lite.inference import decoding, evaluation, multiple_choice, textio
 from t5x_lite.runs import loading
 
+pytestmark = pytest.mark.slow  # end-to-end runs (see pytest.ini)
+
 TASK = "pydocs.full_lm.byte"
 
 

@@ -8,8 +8,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from tests.train_helpers import HANG_TIMEOUT_S
+
+pytestmark = pytest.mark.slow  # end-to-end runs (see pytest.ini)
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multiprocess_worker.py")
 

@@ -47,6 +47,8 @@ from t5x_lite import quantize as quantize_command
 from tests.scripts import ROOT, load_script
 from tests.train_helpers import HANG_TIMEOUT_S
 
+pytestmark = pytest.mark.slow  # end-to-end runs (see pytest.ini)
+
 with open(os.path.join(ROOT, "README.md")) as handle:
   README = handle.read()
 

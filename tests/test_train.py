@@ -24,6 +24,8 @@ from t5x_lite.training import optim, trainer
 from t5x_lite.training.steps import abstract_state, make_step_functions
 from tests import train_helpers as helpers
 
+pytestmark = pytest.mark.slow  # end-to-end runs (see pytest.ini)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

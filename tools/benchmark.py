@@ -24,24 +24,18 @@ best this machine has shown (metrics.best_measured_peak_flops): a busy machine.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import sys
 import time
 from typing import Callable, Optional
 
+import bench_cli
+import interleave
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import interleave  # noqa: E402
-
 from t5x_lite import gin_utils, train
-from t5x_lite.common import partitioning  # noqa: E402
-from t5x_lite.models import TransformerConfig  # noqa: E402
-from t5x_lite.models.counting import count  # noqa: E402
+from t5x_lite.common import partitioning
+from t5x_lite.models import TransformerConfig
+from t5x_lite.models.counting import count
 from t5x_lite.training import metrics, optim
 from t5x_lite.training.steps import make_step_functions
 
@@ -185,8 +179,7 @@ def report(result: dict) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = bench_cli.parser(__doc__)
   parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
   parser.add_argument("--preset", help="a gin/models preset instead, e.g. gpt3_1_3b")
   parser.add_argument("--seq", type=int, default=2048, help="--preset: sequence length")
@@ -195,7 +188,6 @@ def main(argv: Optional[list[str]] = None) -> None:
   parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--no-compile", dest="compile", action="store_false",
                       help="skip torch.compile (its compilation takes minutes on CPU)")
-  parser.add_argument("--json", help="also write the results here")
   args = parser.parse_args(argv)
   with_torch = jax.devices()[0].platform == "cpu"  # the torch wheel here is CPU-only
   peak_flops, measured, source = peak(args.dtype, with_torch)
@@ -222,10 +214,8 @@ def main(argv: Optional[list[str]] = None) -> None:
   if after < BUSY * peak_flops:
     print(f"warning: the machine was busy by the end (matmul at {100 * after / peak_flops:.0f}% "
           "of its best)")
-  if args.json:
-    with open(args.json, "w") as handle:
-      json.dump({"peak_flops": peak_flops, "peak_source": source, "results": results}, handle,
-                indent=2)
+  bench_cli.write_json(args.json, {"peak_flops": peak_flops, "peak_source": source,
+                                  "results": results})
 
 
 if __name__ == "__main__":

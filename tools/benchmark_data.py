@@ -12,18 +12,13 @@ input-bound.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_cli
+import benchmark
 
-import benchmark  # noqa: E402
-
-from t5x_lite import gin_utils  # noqa: E402
-from t5x_lite.data import get_batches, register_tasks  # noqa: E402
+from t5x_lite import gin_utils
+from t5x_lite.data import get_batches, register_tasks
 
 QUICKSTART_BATCH, QUICKSTART_LENGTH = 16, 256
 PIPELINES = {
@@ -59,11 +54,9 @@ def quickstart_training_tokens_per_second(steps: int) -> dict:
 
 def main() -> None:
   register_tasks()
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = bench_cli.parser(__doc__)
   parser.add_argument("--seconds", type=float, default=15.0)
   parser.add_argument("--steps", type=int, default=5)
-  parser.add_argument("--json", help="also write the results to this file")
   args = parser.parse_args()
   training = quickstart_training_tokens_per_second(args.steps)
   print(f"quick-start model training: {training['tokens_per_second']:9.0f} tokens/s")
@@ -75,9 +68,7 @@ def main() -> None:
     print(f"{name:24s} {result['tokens_per_second']:11.0f} tokens/s "
           f"({result['batches_per_second']:.1f} batches/s) = "
           f"{result['ratio_to_training']:.0f}x what training consumes")
-  if args.json:
-    with open(args.json, "w") as handle:
-      json.dump({"training": training, "pipelines": results}, handle, indent=2)
+  bench_cli.write_json(args.json, {"training": training, "pipelines": results})
 
 
 if __name__ == "__main__":

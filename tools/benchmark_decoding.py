@@ -16,24 +16,18 @@ Reports generated tokens/s of each and their ratio (> 1: t5x_lite is faster).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import os
-import sys
 
+import bench_cli
+import interleave
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import interleave  # noqa: E402
-
-from t5x_lite import gin_utils  # noqa: E402
+from t5x_lite import gin_utils
 from t5x_lite.inference import decoding
-from t5x_lite.models import TransformerConfig  # noqa: E402
-from t5x_lite.models.counting import count  # noqa: E402
-from t5x_lite.models.transformer import create_model  # noqa: E402
+from t5x_lite.models import TransformerConfig
+from t5x_lite.models.counting import count
+from t5x_lite.models.transformer import create_model
 
 PROMPT = 16
 
@@ -81,12 +75,10 @@ def theirs(config: TransformerConfig, prompts: dict[int, np.ndarray], new_tokens
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = bench_cli.parser(__doc__)
   parser.add_argument("--new_tokens", type=int, default=256)
   parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
   parser.add_argument("--rounds", type=int, default=3)
-  parser.add_argument("--json", help="also write the results here")
   args = parser.parse_args(argv)
   config = dataclasses.replace(gin_utils.model_config(["models/quickstart_decoder.gin"]),
                                max_length=PROMPT + 1 + args.new_tokens)
@@ -108,9 +100,7 @@ def main(argv=None) -> None:
     results.append(row)
     print(f"batch {batch:3d}: t5x_lite {rates['t5x_lite']:8,.0f} tok/s  HF generate "
           f"{rates['HF generate']:8,.0f} tok/s  ratio {row['ratio']:.2f}", flush=True)
-  if args.json:
-    with open(args.json, "w") as handle:
-      json.dump({"device": jax.devices()[0].device_kind, "results": results}, handle, indent=1)
+  bench_cli.write_json(args.json, {"device": jax.devices()[0].device_kind, "results": results})
 
 
 if __name__ == "__main__":

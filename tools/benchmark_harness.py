@@ -11,31 +11,24 @@ not depend on them).
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from lm_eval.api.instance import Instance  # noqa: E402
+import bench_cli
+from lm_eval.api.instance import Instance
 
 from t5x_lite import gin_utils
-from t5x_lite.data import register_tasks  # noqa: E402
-from t5x_lite.inference import multiple_choice, textio  # noqa: E402
-from t5x_lite.inference.harness import T5xLiteLM  # noqa: E402
-from t5x_lite.models import create_model  # noqa: E402
+from t5x_lite.data import register_tasks
+from t5x_lite.inference import multiple_choice, textio
+from t5x_lite.inference.harness import T5xLiteLM
+from t5x_lite.models import create_model
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = bench_cli.parser(__doc__)
   parser.add_argument("--requests", type=int, default=256)
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--rounds", type=int, default=2)
-  parser.add_argument("--json", help="also write the results here")
   args = parser.parse_args(argv)
   register_tasks()
   model = create_model(gin_utils.model_config(["models/quickstart_decoder.gin"]))
@@ -60,9 +53,7 @@ def main(argv=None) -> None:
     results.append({"run": name, "requests": len(requests), "requests_per_second": rate})
     print(f"harness loglikelihood, {name:9s}: {rate:8.1f} requests/s ({rate / base:.2f}x "
           f"one at a time; {len(requests)} cloze requests, quick-start decoder)")
-  if args.json:
-    with open(args.json, "w") as handle:
-      json.dump(results, handle, indent=1)
+  bench_cli.write_json(args.json, results)
 
 
 if __name__ == "__main__":

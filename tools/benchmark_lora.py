@@ -12,24 +12,19 @@ full fine-tuning differentiates and updates every nnx.Param, LoRA only the adapt
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import statistics
-import sys
 import time
 
+import bench_cli
 import jax
 import numpy as np
 import optax
 from flax import nnx
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from t5x_lite import gin_utils
 from t5x_lite.models import (
-  create_model,  # noqa: E402
-  quantization,  # noqa: E402
+  create_model,
+  quantization,
 )
 from t5x_lite.models.lora import LoraConfig, apply_lora, optimizer_state_bytes, parameter_counts
 
@@ -52,13 +47,11 @@ def make_step(model, tx, wrt):
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = bench_cli.parser(__doc__)
   parser.add_argument("--rank", type=int, default=8)
   parser.add_argument("--batch", type=int, default=16)
   parser.add_argument("--length", type=int, default=256)
   parser.add_argument("--rounds", type=int, default=5)
-  parser.add_argument("--json", help="also write the results here")
   args = parser.parse_args(argv)
   config = gin_utils.model_config(["models/quickstart_decoder.gin"])
   rng = np.random.default_rng(0)
@@ -95,9 +88,7 @@ def main(argv=None) -> None:
     print(f"{name:24s} step {row['step_seconds']:.3f}s  trainable {trainable:>10,d} params  "
           f"AdamW state {row['optimizer_state_bytes'] / 2**20:8.2f} MiB  parameters "
           f"{row['parameter_bytes'] / 2**20:6.2f} MiB")
-  if args.json:
-    with open(args.json, "w") as handle:
-      json.dump(results, handle, indent=1)
+  bench_cli.write_json(args.json, results)
 
 
 if __name__ == "__main__":

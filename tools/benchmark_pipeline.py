@@ -21,31 +21,26 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
+import statistics
+import sys
+import time
 
-import jax  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import bench_cli
+import jax
 
 from t5x_lite import gin_utils
-from t5x_lite.common import partitioning  # noqa: E402
-from t5x_lite.data import get_batches, register_tasks  # noqa: E402
-from t5x_lite.models import pipeline_parallel  # noqa: E402
+from t5x_lite.common import partitioning
+from t5x_lite.data import get_batches, register_tasks
+from t5x_lite.models import pipeline_parallel
 from t5x_lite.training import optim
 from t5x_lite.training.steps import make_step_functions
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = bench_cli.parser(__doc__)
   parser.add_argument("--layers", type=int, default=8)
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--rounds", type=int, default=5)
-  parser.add_argument("--json", help="also write the results here")
   args = parser.parse_args(argv)
   if len(jax.devices()) < 8:
     sys.exit("error: needs 8 devices; run with "
@@ -96,9 +91,7 @@ def main(argv=None) -> None:
     print(f"| {row['stages']} | {row['microbatches']} | {row['repeats']} | "
           f"{row['step_seconds'] * 1e3:.1f} ms | {row['vs_unpipelined']:.2f}x | "
           f"{row['bubble_formula']:.1%} | {row['bubble_measured']:.1%} |")
-  if args.json:
-    with open(args.json, "w") as handle:
-      json.dump({"unpipelined_seconds": plain, "pipelined": rows}, handle, indent=1)
+  bench_cli.write_json(args.json, {"unpipelined_seconds": plain, "pipelined": rows})
 
 
 if __name__ == "__main__":

@@ -18,21 +18,18 @@ error of the logits.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
 import sys
 import tempfile
 import time
 
+import bench_cli
 import jax
 import numpy as np
 from flax import nnx
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from t5x_lite.data import register_tasks  # noqa: E402
+from t5x_lite.data import register_tasks
 from t5x_lite.inference import decoding, evaluation, multiple_choice, textio
 from t5x_lite.models import quantization
 from t5x_lite.runs import checkpoints, loading, run_dir
@@ -44,8 +41,7 @@ def directory_bytes(path: str) -> int:
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = bench_cli.parser(__doc__)
   parser.add_argument("--checkpoint", default="/tmp/t5x_lite_quickstart")
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--new_tokens", type=int, default=32)
@@ -53,7 +49,6 @@ def main(argv=None) -> None:
   parser.add_argument("--hf", help="a Hugging Face model directory to import and quantize "
                       "(default: a random-weight SmolLM-135M-shaped Llama)")
   parser.add_argument("--no_hf", action="store_true", help="skip the imported-model table")
-  parser.add_argument("--json", help="also write the results here")
   args = parser.parse_args(argv)
   if run_dir.read_record(args.checkpoint) is None:
     sys.exit(f"error: no trained model in {args.checkpoint}; run `make demo` first.")
@@ -91,9 +86,7 @@ def main(argv=None) -> None:
   results = {"quick_start": list(rows.values())}
   if not args.no_hf:
     results["imported_hf"] = imported_model_table(args)
-  if args.json:
-    with open(args.json, "w") as handle:
-      json.dump(results, handle, indent=1)
+  bench_cli.write_json(args.json, results)
 
 
 def print_table(rows: dict, quality: list[str], quality_cells) -> None:

@@ -10,9 +10,9 @@ Targets: the grid fit under 30 s and the bootstrap under 5 minutes on 2 cores.
 
 from __future__ import annotations
 
-import argparse
 import time
 
+import bench_cli
 import numpy as np
 
 from t5x_lite.scaling import isoflop, report
@@ -32,8 +32,7 @@ def synthetic_runs(count: int, noise: float, seed: int = 0):
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = bench_cli.parser(__doc__)
   parser.add_argument("--runs", type=int, default=250)
   parser.add_argument("--samples", type=int, default=1000)
   args = parser.parse_args()

@@ -13,6 +13,8 @@ from nbclient import NotebookClient
 from tests.scripts import load_script
 from tests.train_helpers import HANG_TIMEOUT_S
 
+pytestmark = pytest.mark.slow  # end-to-end runs (see pytest.ini)
+
 COLAB = os.path.join(os.path.dirname(__file__), "..", "..", "colab")
 NOTEBOOKS = sorted(name for name in os.listdir(COLAB) if name.endswith(".ipynb"))
 

@@ -8,6 +8,8 @@ import pytest
 
 from tests.scripts import load_script
 
+pytestmark = pytest.mark.slow  # end-to-end runs (see pytest.ini)
+
 
 @pytest.fixture(scope="module")
 def runner():

@@ -15,6 +15,8 @@ from t5x_lite.inference import decoding, multiple_choice, textio
 from t5x_lite.inference.harness import HarnessError, T5xLiteLM, cut_at_stop, offline_tasks
 from t5x_lite.models import TransformerConfig, create_model
 
+pytestmark = pytest.mark.slow  # end-to-end runs (see pytest.ini)
+
 VOCABULARY = seqio.ByteVocabulary()
 ARCHITECTURES = ("causal_decoder", "prefix_decoder", "encoder_decoder")
 

@@ -23,6 +23,8 @@ from t5x_lite.training import optim
 from t5x_lite.training.steps import make_step_functions
 from tests import train_helpers as helpers
 
+pytestmark = pytest.mark.slow  # end-to-end runs (see pytest.ini)
+
 LAYERS = 8  # divisible by 2 and 4 stages x 1 and 2 repeats
 BATCH = 32  # 4 or 8 microbatches whose rows still split over 2-4 data shards
 

@@ -19,6 +19,8 @@ from t5x_lite.models.transformer import projections
 from t5x_lite.runs import loading
 from tests.models import standard_reference
 
+pytestmark = pytest.mark.slow  # end-to-end runs (see pytest.ini)
+
 ARCHITECTURES = ("causal_decoder", "prefix_decoder", "encoder_decoder")
 
 

@@ -22,6 +22,8 @@ from t5x_lite.training.steps import make_step_functions
 from tests import train_helpers as helpers
 from tests.test_train import run_main
 
+pytestmark = pytest.mark.slow  # end-to-end runs (see pytest.ini)
+
 FINETUNE_TASK = "'shakespeare.full_lm.byte'"
 
 

@@ -17,6 +17,8 @@ from t5x_lite.runs.checkpoints import Checkpointer
 from t5x_lite.training import trainer
 from tests import train_helpers as helpers
 
+pytestmark = pytest.mark.slow  # end-to-end runs (see pytest.ini)
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 

@@ -12,6 +12,8 @@ from t5x_lite.scaling import sweep
 from t5x_lite.scaling.planning import Family, plan_sweep
 from t5x_lite.scaling.runs import read_runs
 
+pytestmark = pytest.mark.slow  # end-to-end runs (see pytest.ini)
+
 
 def make_plan(gin_file="experiments/scaling/family.gin", budgets=(1e12, 3e12), sizes=3,
               batch_size=16, length=256) -> dict:
