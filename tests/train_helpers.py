@@ -11,9 +11,9 @@ from t5x_lite.runs.checkpoints import item_handlers
 from t5x_lite.training import trainer
 
 # How long a test waits on a subprocess or for progress before calling it hung. Only a
-# hang may trip it, never a slow machine: the longest such wait measured on 2 quiet cores
-# is under 2 minutes, and a shared, throttled or single-core runner may be several times
-# slower. T5X_LITE_TEST_HANG_TIMEOUT overrides it (seconds).
+# hang may trip it, never a slow machine: the longest such wait, measured on a fresh clone
+# pinned to one core beside other work, was 104 s (a notebook); a shared or throttled runner
+# may be several times slower still. T5X_LITE_TEST_HANG_TIMEOUT overrides it (seconds).
 HANG_TIMEOUT_S = float(os.environ.get("T5X_LITE_TEST_HANG_TIMEOUT", 1800))
 
 # architecture: (task, feature lengths); byte vocabularies fit the tiny presets' 512 ids.

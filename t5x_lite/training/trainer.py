@@ -54,6 +54,26 @@ def _validation_metrics(steps: StepFunctions, state, batches: list[dict], mesh
   return losses.eval_metrics(totals)
 
 
+def _print_start(spec: TrainSpec, mesh: jax.sharding.Mesh, params: int, flops_per_token: float,
+                 peak_source: str, bubble: Optional[float], adapted, stream: TextIO) -> None:
+  """The start-of-run lines: model size and FLOPs, mesh, MFU's peak, pipeline, LoRA."""
+  config = spec.model
+  print(f"{config.architecture}: {params / 1e6:.2f}M params, "
+        f"{flops_per_token / 1e6:.1f} MFLOP/token; mesh {dict(mesh.shape)}; "
+        f"MFU against {peak_source}", file=stream)
+  if bubble is not None:
+    schedule_name = "GPipe" if config.pipeline_repeats == 1 else "circular"
+    print(f"pipeline: {mesh.shape[pipeline_parallel.STAGE_AXIS]} stages x "
+          f"{config.pipeline_microbatches} microbatches x {config.pipeline_repeats} repeats "
+          f"({schedule_name} schedule); idle fraction (bubble) (S - 1) / (R M + S - 1) = "
+          f"{bubble:.1%}", file=stream)
+  if adapted is not None:
+    trained = sum(int(x.size) for x in jax.tree.leaves(adapted.adapters))
+    print(f"LoRA rank {spec.lora.rank} on {list(spec.lora.targets)}: {trained:,} trainable "
+          f"parameters ({trained / params:.2%}); the base {spec.run.init_checkpoint} is "
+          "frozen", file=stream)
+
+
 def train(spec: TrainSpec, mesh: jax.sharding.Mesh, *, operative_config: Optional[str] = None,
           stream: Optional[TextIO] = None) -> dict[str, Any]:
   """Trains `spec.model` on `spec.run.task` over `mesh`; returns the final eval metrics.
@@ -147,23 +167,12 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
   flops_per_token = counts.flops_per_token * (2 / 3 if adapted is not None else 1)
   stages = mesh.shape.get(pipeline_parallel.STAGE_AXIS, 1)
   bubble = (pipeline_parallel.bubble_fraction(stages, config.pipeline_microbatches,
-                                     config.pipeline_repeats) if stages > 1 else None)
+                                              config.pipeline_repeats) if stages > 1 else None)
   progress = metrics.Progress(run.train_steps, start, flops_per_token, peak,
                               stream=stream if is_main else None, bubble=bubble)
   if is_main:
-    print(f"{config.architecture}: {counts.params / 1e6:.2f}M params, "
-          f"{flops_per_token / 1e6:.1f} MFLOP/token; mesh {dict(mesh.shape)}; "
-          f"MFU against {peak_source}", file=stream)
-    if bubble is not None:
-      schedule_name = "GPipe" if config.pipeline_repeats == 1 else "circular"
-      print(f"pipeline: {stages} stages x {config.pipeline_microbatches} microbatches x "
-            f"{config.pipeline_repeats} repeats ({schedule_name} schedule); idle fraction "
-            f"(bubble) (S - 1) / (R M + S - 1) = {bubble:.1%}", file=stream)
-    if adapted is not None:
-      trained = sum(int(x.size) for x in jax.tree.leaves(adapted.adapters))
-      print(f"LoRA rank {spec.lora.rank} on {list(spec.lora.targets)}: {trained:,} trainable "
-            f"parameters ({trained / counts.params:.2%}); the base {run.init_checkpoint} is "
-            "frozen", file=stream)
+    _print_start(spec, mesh, counts.params, flops_per_token, peak_source, bubble, adapted,
+                 stream)
 
   # Read once, at the first evaluation: building a seqio pipeline takes seconds.
   validation = functools.cache(lambda: _validation_batches(
