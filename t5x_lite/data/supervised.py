@@ -98,10 +98,13 @@ def load_templates(path: Optional[str]) -> list[dict[str, str]]:
   if path is None:
     return [{"inputs": "{inputs}", "targets": "{targets}"}]
   try:
-    with open(path) as handle:
-      data = json.load(handle)
+    with open(path, "rb") as handle:
+      data = json.loads(text_files.decode_utf8(handle.read(), path).removeprefix("\ufeff"))
   except FileNotFoundError:
     raise CorpusError(f"supervised_data.templates: no file {path!r}.") from None
+  except OSError as error:  # a directory, no permission
+    raise CorpusError(f"supervised_data.templates: cannot read {path!r} "
+                      f"({error.strerror}); name a JSON file.") from None
   except json.JSONDecodeError as error:
     raise CorpusError(f"{path}:{error.lineno}: not valid JSON ({error.msg}).") from None
   templates = data.get("templates") if isinstance(data, dict) else None
@@ -113,9 +116,16 @@ def load_templates(path: Optional[str]) -> list[dict[str, str]]:
   for number, template in enumerate(templates):
     for field in FIELDS:
       try:
-        list(string.Formatter().parse(template[field]))
-      except ValueError as error:
-        raise CorpusError(f"{path}: template {number} {field}: {error}.") from None
+        names = [name for _, name, _, _ in string.Formatter().parse(template[field])
+                 if name is not None]
+        bad = [name for name in names if not name.isidentifier()]
+        if bad:
+          raise ValueError(f"{{{bad[0]}}} is not a field name; name a row field, e.g. "
+                           "{inputs}")
+        template[field].format(**{name: "" for name in names})  # format specs and conversions
+      except (ValueError, KeyError, IndexError, AttributeError) as error:
+        raise CorpusError(f"{path}: template {number} {field} {template[field]!r}: "
+                          f"{error}.") from None
   return templates
 
 
@@ -128,9 +138,9 @@ def template_fields(template: dict[str, str]) -> set[str]:
 def _rows(path: str) -> Iterator[tuple[int, object]]:
   """(line number, parsed row or an error string) of a .jsonl or .tsv file."""
   with open(path, "rb") as handle:
-    lines = text_files.decode_utf8(handle.read(), path).splitlines()
+    lines = text_files.record_lines(handle.read(), path)
   if path.endswith(".tsv"):
-    if not lines:
+    if not lines or not lines[0]:
       return
     header = lines[0].split("\t")
     for number, row in enumerate(csv.reader(lines[1:], delimiter="\t",
@@ -164,6 +174,7 @@ def read_examples(data: SupervisedData, split: str,
                       "supervised_data.train = ['path/to/train.jsonl'].")
   files = text_files.resolve_files(patterns, suffixes=text_files.JSONL_SUFFIXES + (".tsv",))
   report, examples, seen_fields = RowReport(), [], set()
+  held_out = (0, 0)  # (rows the hash split holds out for validation, rows it splits)
   needed = set().union(*(template_fields(t) for t in templates))
   for path in files:
     for number, row in _rows(path):
@@ -187,9 +198,11 @@ def read_examples(data: SupervisedData, split: str,
       if not example["targets"].strip():
         report.skipped.append(f"{where}: empty targets")
         continue
-      if hash_split is not None and (is_validation(content, data.validation_fraction)
-                                     != (hash_split == "validation")):
-        continue
+      if hash_split is not None:
+        in_validation = is_validation(content, data.validation_fraction)
+        held_out = (held_out[0] + in_validation, held_out[1] + 1)
+        if in_validation != (hash_split == "validation"):
+          continue
       too_long = _over_limits(example, data, vocabulary)
       if too_long:
         report.skipped.append(f"{where}: {too_long}")
@@ -200,11 +213,24 @@ def read_examples(data: SupervisedData, split: str,
     raise CorpusError(f"the templates{' in ' + data.templates if data.templates else ''} name "
                       f"field(s) {unknown} that no row has; rows have {sorted(seen_fields)}.")
   report.used = len(examples)
+  if not examples and hash_split is not None and held_out[1]:
+    raise CorpusError(
+        f"supervised data: the {split} split is empty: of {held_out[1]} usable rows in "
+        f"{list(patterns)}, supervised_data.validation_fraction={data.validation_fraction} "
+        f"holds out {held_out[0]}. Change validation_fraction (a hash split keeps each row's "
+        "side whatever the order), or name supervised_data.validation files.")
   if not examples:
     detail = f" ({len(report.skipped)} bad rows, e.g. {report.skipped[0]})" if report.skipped \
         else ""
     raise CorpusError(f"supervised data: no usable {split} rows in {list(patterns)}{detail}.")
   return examples, report
+
+
+def check_splits(data: SupervisedData) -> None:
+  """Both splits have rows (read now, at start-up, not at the first evaluation); raises
+  CorpusError naming the numbers and what to change."""
+  for split in ("train", "validation"):
+    read_examples(data, split)
 
 
 def _over_limits(example: dict[str, str], data: SupervisedData,

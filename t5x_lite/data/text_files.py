@@ -45,6 +45,14 @@ def decode_utf8(data: bytes, path: str) -> str:
                       "re-encode the file as UTF-8.") from None
 
 
+def record_lines(data: bytes, path: str) -> list[str]:
+  """The records of a JSONL or TSV file: its UTF-8 text without a byte-order mark, split
+  at "\n" only (JSON strings may hold U+2028 and other characters that str.splitlines
+  would cut at), a trailing "\r" of Windows line ends dropped."""
+  text = decode_utf8(data, path).removeprefix("\ufeff")
+  return [line.removesuffix("\r") for line in text.split("\n")]
+
+
 def read_documents(patterns: str | Sequence[str], jsonl_key: str = "text") -> Iterator[str]:
   """Yields every document of the matched files in sorted-path order."""
   for path in resolve_files(patterns):
@@ -53,7 +61,7 @@ def read_documents(patterns: str | Sequence[str], jsonl_key: str = "text") -> It
     if not path.endswith(JSONL_SUFFIXES):
       yield decode_utf8(data, path)
       continue
-    for number, line in enumerate(decode_utf8(data, path).splitlines(), start=1):
+    for number, line in enumerate(record_lines(data, path), start=1):
       if not line.strip():
         continue
       try:

@@ -176,3 +176,48 @@ def test_a_supervised_task_trains_through_the_entry_point_bindings(tmp_path, row
   result = trainer.train(gin_utils.resolve_train_spec(), gin_utils.resolve_mesh(),
                          stream=io.StringIO())
   assert result["step"] == 2 and np.isfinite(result["loss"])
+
+
+def test_rows_are_split_at_newlines_only_and_a_byte_order_mark_is_not_data(tmp_path):
+  # JSON allows U+2028 / U+2029 / U+0085 inside strings; str.splitlines would cut there.
+  rows = [{"inputs": "one\u2028two", "targets": "three\u2029four\x85five"},
+          {"inputs": "plain", "targets": "row"}]
+  jsonl = tmp_path / "rows.jsonl"
+  jsonl.write_bytes(b"\xef\xbb\xbf" + "".join(
+      json.dumps(r, ensure_ascii=False) + "\r\n" for r in rows).encode())
+  tsv = tmp_path / "rows.tsv"
+  tsv.write_bytes(b"\xef\xbb\xbfinputs\ttargets\nin \xe2\x80\xa8 put\tout\n")
+  for path, expected in ((jsonl, rows), (tsv, [{"inputs": "in \u2028 put", "targets": "out"}])):
+    data = supervised.SupervisedData(train=(str(path),), validation=(str(path),))
+    examples, report = supervised.read_examples(data, "validation")
+    assert examples == expected and not report.skipped, path.name
+
+
+def test_an_empty_validation_split_is_refused_at_start_up_with_the_numbers(tmp_path):
+  path = write_jsonl(tmp_path / "rows.jsonl", ROWS[:3])
+  data = supervised.SupervisedData(train=(path,), validation_fraction=0.01)
+  with pytest.raises(CorpusError, match=r"validation split is empty: of 3 usable rows .*"
+                                        r"validation_fraction=0.01 holds out 0"):
+    register_tasks(supervised_data=data)
+
+
+@pytest.mark.parametrize("content,message", [
+    (json.dumps({"templates": [{"inputs": "Q: {}", "targets": "{targets}"}]}),
+     r"\{\} is not a field name"),
+    (json.dumps({"templates": [{"inputs": "{inputs:qq}", "targets": "{targets}"}]}),
+     "Invalid format specifier"),
+    (json.dumps({"templates": [{"inputs": "{inputs!z}", "targets": "{targets}"}]}),
+     "conversion"),
+    (b'{"templates": "\xe9"}', "not UTF-8"),
+    (None, "Is a directory"),
+])
+def test_a_malformed_templates_file_is_one_clear_error_at_load(tmp_path, content, message):
+  path = tmp_path / "templates.json"
+  if content is None:
+    path.mkdir()
+  elif isinstance(content, bytes):
+    path.write_bytes(content)
+  else:
+    path.write_text(content)
+  with pytest.raises(CorpusError, match=message):
+    supervised.load_templates(str(path))
