@@ -30,7 +30,7 @@ import gin
 
 from t5x_lite import gin_utils
 from t5x_lite.common import files
-from t5x_lite.common.errors import run_cli
+from t5x_lite.common.errors import check_at_least, run_cli
 from t5x_lite.inference import chain_of_thought as cot
 from t5x_lite.inference import evaluation, textio
 from t5x_lite.inference import multiple_choice as mc
@@ -53,6 +53,26 @@ def evaluate(checkpoint_path: str = gin.REQUIRED, task: Optional[str] = None,
   chain_of_thought: `@chain_of_thought()` with its `chain_of_thought.*` bindings.
   quantize: e.g. 'int8_weights' (quantization.MODES): quantize the weights first.
   """
+  check_at_least("evaluate", 1, batch_size=batch_size, eval_batches=eval_batches,
+                 max_new_tokens=max_new_tokens)
+  check_at_least("evaluate", 0, metric_examples=metric_examples, **{
+      f"shots[{index}]": count for index, count in enumerate(shots)})
+  if max_questions is not None:
+    check_at_least("evaluate", 1, max_questions=max_questions)
+  output_path = output_path or os.path.join(checkpoint_path, "evaluation.json")
+  predictions_path = os.path.splitext(output_path)[0] + "_predictions.jsonl"
+  # Both outputs are claimed before any work: a second evaluate writing here is refused now.
+  with files.exclusive(output_path), files.exclusive(predictions_path):
+    return _evaluate(checkpoint_path, task, feature_lengths, multiple_choice, max_questions,
+                     quantize, output_path, predictions_path, dict(
+                         split=split, batch_size=batch_size, eval_batches=eval_batches,
+                         shots=shots, chain_of_thought=chain_of_thought, separator=separator,
+                         metric_examples=metric_examples, max_new_tokens=max_new_tokens,
+                         seed=seed))
+
+
+def _evaluate(checkpoint_path, task, feature_lengths, multiple_choice, max_questions,
+              quantize, output_path, predictions_path, settings) -> dict:
   question_sets = mc.question_sets(multiple_choice, max_questions)  # fail early
   generation_sets = mc.generation_sets(multiple_choice, max_questions)
   model = loading.load_model(checkpoint_path, gin_utils.checkpoint_model_config(checkpoint_path),
@@ -65,14 +85,9 @@ def evaluate(checkpoint_path: str = gin.REQUIRED, task: Optional[str] = None,
                                      "TASK_FEATURE_LENGTHS.")
     feature_lengths = record["spec"]["train"]["feature_lengths"]
   results = {"checkpoint": checkpoint_path, **evaluation.report(
-      model, task, feature_lengths, split=split, batch_size=batch_size,
-      eval_batches=eval_batches, question_sets=question_sets, shots=shots,
-      generation_sets=generation_sets, chain_of_thought=chain_of_thought,
-      separator=separator, metric_examples=metric_examples, max_new_tokens=max_new_tokens,
-      seed=seed)}
-  output_path = output_path or os.path.join(checkpoint_path, "evaluation.json")
+      model, task, feature_lengths, question_sets=question_sets,
+      generation_sets=generation_sets, **settings)}
   predictions = results.pop("predictions")
-  predictions_path = os.path.splitext(output_path)[0] + "_predictions.jsonl"
   with files.atomic_write(predictions_path) as handle:
     for name, rows in predictions.items():
       for row in rows:

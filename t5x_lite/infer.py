@@ -26,7 +26,7 @@ import gin
 
 from t5x_lite import gin_utils
 from t5x_lite.common import files
-from t5x_lite.common.errors import run_cli
+from t5x_lite.common.errors import check_at_least, run_cli
 from t5x_lite.inference import textio
 from t5x_lite.runs import loading
 
@@ -49,6 +49,19 @@ def infer(checkpoint_path: str = gin.REQUIRED, task: Optional[str] = None,
     raise textio.InferenceError(
         f"infer.mode={mode!r} / infer.method={method!r}: choose mode from 'predict', 'score' "
         "and method from 'greedy', 'sample', 'beam'.")
+  check_at_least("infer", 1, batch_size=batch_size, num_examples=num_examples,
+                 prompt_length=prompt_length, max_new_tokens=max_new_tokens, beams=beams)
+  check_at_least("infer", 0, top_k=top_k)
+  with files.exclusive(output_path):  # a second infer writing here is refused now, not later
+    return _infer(checkpoint_path, task, output_path, inputs, mode, split, num_examples,
+                  prompt_length, dict(method=method, max_new_tokens=max_new_tokens,
+                                      temperature=temperature, top_k=top_k, top_p=top_p,
+                                      beams=beams, alpha=alpha, seed=seed),
+                  batch_size, quantize)
+
+
+def _infer(checkpoint_path, task, output_path, inputs, mode, split, num_examples,
+           prompt_length, decoding, batch_size, quantize) -> dict:
   model = loading.load_model(checkpoint_path, gin_utils.checkpoint_model_config(checkpoint_path),
                              quantize=quantize)
   task = textio.resolve_task(checkpoint_path, task, model.config.vocab_size)
@@ -57,10 +70,8 @@ def infer(checkpoint_path: str = gin.REQUIRED, task: Optional[str] = None,
               textio.task_examples(task, split, num_examples, prompt_length))
   prompts = textio.encode_prompts(examples, input_vocabulary, add_eos)
   if mode == "predict":
-    results = textio.predict(
-        model, prompts, target_vocabulary, method=method, max_new_tokens=max_new_tokens,
-        temperature=temperature, top_k=top_k, top_p=top_p, beams=beams, alpha=alpha,
-        batch_size=batch_size, seed=seed)
+    results = textio.predict(model, prompts, target_vocabulary, batch_size=batch_size,
+                             **decoding)
   else:
     results = textio.score_examples(model, examples, prompts, target_vocabulary,
                                        batch_size, add_eos)

@@ -24,7 +24,7 @@ import gin
 
 from t5x_lite import gin_utils
 from t5x_lite.common import files
-from t5x_lite.common.errors import run_cli
+from t5x_lite.common.errors import at_least, positive, run_cli
 from t5x_lite.inference.harness import HARNESS_TASKS_DIR, HarnessError, T5xLiteLM, offline_tasks
 
 
@@ -72,9 +72,9 @@ def parse(argv: Sequence[str]) -> None:
   parser = argparse.ArgumentParser(prog="python -m t5x_lite.lm_eval", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--tasks", help="comma-separated task or group names")
-  parser.add_argument("--num_fewshot", type=int)
-  parser.add_argument("--limit", type=float, help="examples per task (testing)")
-  parser.add_argument("--batch_size", type=int)
+  parser.add_argument("--num_fewshot", type=at_least(0))
+  parser.add_argument("--limit", type=positive(), help="examples per task (testing)")
+  parser.add_argument("--batch_size", type=at_least(1))
   parser.add_argument("--output_path")
   parser.add_argument("--log_samples", action="store_true", default=None)
   args, rest = parser.parse_known_args(argv)

@@ -9,6 +9,7 @@ keeps its traceback, because a bug must look like a bug.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import gc
@@ -74,11 +75,48 @@ def storage_errors(what: str, path: str) -> Iterator[None]:
                           "writable location.") from error
 
 
+def check_at_least(owner: str, minimum: int, **values: object) -> None:
+  """Raises ConfigError naming the first value that is not an integer >= `minimum`: the
+  one check of a command's whole-number settings (batch sizes, counts, steps)."""
+  for name, value in values.items():
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+      wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+      raise ConfigError(f"{owner}.{name} must be {wanted}, got {value!r}.")
+
+
 def check_positive(owner: str, **values: object) -> None:
   """Raises ConfigError naming the first value that is not a positive int."""
-  for name, value in values.items():
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      raise ConfigError(f"{owner}.{name} must be a positive integer, got {value!r}.")
+  check_at_least(owner, 1, **values)
+
+
+def at_least(minimum: float, kind: type = int) -> Callable[[str], float]:
+  """An argparse `type`: the argument as `kind`, refused below `minimum` with argparse's
+  one-line usage error (exit 2), the same rule as check_at_least for command lines."""
+  def parse(text: str):
+    try:
+      value = kind(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(
+          f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+    if value < minimum:
+      raise argparse.ArgumentTypeError(f"{text} is below the minimum {minimum}")
+    return value
+  parse.__name__ = kind.__name__
+  return parse
+
+
+def positive(kind: type = float) -> Callable[[str], float]:
+  """An argparse `type` for a number that must be > 0 (budgets, fractions, limits)."""
+  def parse(text: str):
+    try:
+      value = kind(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+      raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
+    return value
+  parse.__name__ = kind.__name__
+  return parse
 
 
 _SIMPLE_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}

@@ -249,11 +249,11 @@ def merge_adapters(model_dir: str, output_dir: str, base: Optional[str] = None,
   """Writes the merged model of the LoRA run `model_dir` as a plain run directory
   `output_dir` (the run record without the lora section) that infer, evaluate and
   fine-tuning read. Returns the step."""
+  _check_new_output(output_dir)
   record = run_dir.read_record(model_dir)
   if kind_of(record) != "lora":
     raise run_dir.RunDirError(f"{model_dir} is not a LoRA run directory (no lora section in "
                               f"{run_dir.SPEC_FILE}).")
-  _check_new_output(output_dir)
   step, model = newest_model(model_dir, base=base, stream=stream)
   record["spec"].pop("lora")
   adapter = _read_adapter_record(model_dir)
@@ -270,6 +270,7 @@ def write_quantized(model_dir: str, output_dir: str, mode: str, *,
   directory `output_dir` (the run record with "quantization") that infer and evaluate
   load directly. Returns the step."""
   quantization.check_mode(mode)
+  _check_new_output(output_dir)
   record = run_dir.read_record(model_dir)
   if record is None:
     raise quantization.QuantizationError(f"{model_dir} records no model ({run_dir.SPEC_FILE}); "
@@ -278,7 +279,6 @@ def write_quantized(model_dir: str, output_dir: str, mode: str, *,
     raise quantization.QuantizationError(
         f"{model_dir} is already quantized ({record['quantization']['mode']}); quantize its "
         "float checkpoint instead.")
-  _check_new_output(output_dir)
   config = run_dir.recorded_model(model_dir).replace(scan_layers=False)
   step, model = newest_model(model_dir, config)
   model = quantization.quantize(model, mode, output_layer=output_layer)
@@ -291,6 +291,10 @@ def write_quantized(model_dir: str, output_dir: str, mode: str, *,
 
 
 def _check_new_output(output_dir: str) -> None:
+  """Before any work: the output of merge or quantize is a new (or empty) directory."""
+  if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+    raise run_dir.RunDirError(f"--output {output_dir} is an existing file; name a new "
+                              "directory for the run directory to write.")
   if os.path.isdir(os.path.join(output_dir, "checkpoints")):
     raise run_dir.RunDirError(f"{output_dir} already holds checkpoints; write into a new "
                               "directory (nothing there is overwritten).")

@@ -38,7 +38,7 @@ from typing import Sequence
 
 from t5x_lite import gin_utils
 from t5x_lite.common import files as result_files
-from t5x_lite.common.errors import ConfigError, run_cli
+from t5x_lite.common.errors import ConfigError, at_least, positive, run_cli
 from t5x_lite.data import get_batches, register_tasks
 from t5x_lite.models import counting, mup
 from t5x_lite.scaling import coordcheck, laws, lr_sweep, planning
@@ -254,70 +254,70 @@ def main(argv: Sequence[str] | None = None) -> None:
   commands = parser.add_subparsers(dest="command", required=True)
   count = commands.add_parser("count", help="parameters and FLOPs of a gin model config "
                               "(--gin_file, --gin.KEY=VALUE, --gin_search_paths)")
-  count.add_argument("--targets_length", type=int, default=None,
+  count.add_argument("--targets_length", type=at_least(1), default=None,
                      help="decoder tokens per sequence (default: the config's max_length)")
-  count.add_argument("--inputs_length", type=int, default=None,
+  count.add_argument("--inputs_length", type=at_least(0), default=None,
                      help="encoder (or prefix) tokens (default: max_length for "
                      "encoder-decoders, 0 for decoders)")
   count.add_argument("--convention", choices=counting.CONVENTIONS, default="matmul")
   count.add_argument("--json", action="store_true", help="print one JSON object")
   optimal = commands.add_parser("optimal", help="compute-optimal N and D of a published law")
   optimal.add_argument("--law", required=True, choices=sorted(laws.PRESETS))
-  optimal.add_argument("--budget", required=True, type=float, help="training FLOPs C")
+  optimal.add_argument("--budget", required=True, type=positive(), help="training FLOPs C")
   optimal.add_argument("--json", action="store_true", help="print one JSON object")
   fit = commands.add_parser("fit", help="fit a runs table and report the optimum")
   fit.add_argument("runs", help="CSV with params, tokens, loss [, flops, run, step]")
   fit.add_argument("--method", choices=reports.METHODS, default="parametric")
-  fit.add_argument("--budget", type=float, default=None,
+  fit.add_argument("--budget", type=positive(), default=None,
                    help="FLOPs for the optimum (default: the largest run's)")
-  fit.add_argument("--bootstrap", type=int, default=0, help="bootstrap refits for 95%% CIs")
+  fit.add_argument("--bootstrap", type=at_least(0), default=0, help="bootstrap refits for 95%% CIs")
   fit.add_argument("--seed", type=int, default=0)
   fit.add_argument("--plot", help="write a figure of the fit here (.png, .pdf, .svg)")
   fit.add_argument("--json", action="store_true", help="print one JSON object")
   plan = commands.add_parser("plan", help="model shapes and steps for an IsoFLOP sweep of a "
                              "gin model family (--gin_file, --gin.KEY=VALUE)")
-  plan.add_argument("--budgets", type=float, nargs="+", help="FLOPs per profile")
+  plan.add_argument("--budgets", type=positive(), nargs="+", help="FLOPs per profile")
   plan.add_argument("--refine", metavar="RUNS.csv",
                     help="instead of --budgets: add sizes beyond the edge of every budget of a "
                     "finished sweep whose lowest loss is at its smallest or largest size")
-  plan.add_argument("--learning_rate", type=float, default=None,
+  plan.add_argument("--learning_rate", type=positive(), default=None,
                     help="peak learning rate for every run (under μP: tuned at the base width)")
   plan.add_argument("--tune_learning_rate", action="store_true",
                     help="sweep the peak learning rate at the plan's narrowest shape first and "
                     "plan every run with the best")
   plan.add_argument("--learning_rates", type=float, nargs=3, default=[1e-3, 1e-1, 8],
                     metavar=("LOW", "HIGH", "COUNT"), help="the tuning sweep's rates")
-  plan.add_argument("--tune_steps", type=int, default=200)
+  plan.add_argument("--tune_steps", type=at_least(1), default=200)
   plan.add_argument("--task", default=None, help="the tuning sweep's seqio task (default: "
                     "the architecture's pydocs byte task)")
-  plan.add_argument("--batch_size", required=True, type=int, help="sequences per step")
-  plan.add_argument("--targets_length", required=True, type=int,
+  plan.add_argument("--batch_size", required=True, type=at_least(1), help="sequences per step")
+  plan.add_argument("--targets_length", required=True, type=at_least(1),
                     help="decoder tokens per sequence (TASK_FEATURE_LENGTHS['targets'])")
-  plan.add_argument("--inputs_length", type=int, default=0,
+  plan.add_argument("--inputs_length", type=at_least(0), default=0,
                     help="encoder/prefix tokens per sequence (TASK_FEATURE_LENGTHS['inputs'])")
-  plan.add_argument("--sizes", type=int, default=None,
+  plan.add_argument("--sizes", type=at_least(1), default=None,
                     help="model sizes per budget (default 5); with --refine, sizes added "
                     "beyond each unbracketed budget's edge (default 2)")
-  plan.add_argument("--spread", type=float, default=4.0,
+  plan.add_argument("--spread", type=positive(), default=4.0,
                     help="sizes span [N*/spread, N* x spread] around the rule-of-thumb N*")
-  plan.add_argument("--tokens_per_param", type=float, default=20.0,
+  plan.add_argument("--tokens_per_param", type=positive(), default=20.0,
                     help="where N* sits: D/N of the profile's centre (Chinchilla ~20)")
   plan.add_argument("--min_params", type=float, default=0.0)
   plan.add_argument("--max_params", type=float, default=float("inf"))
-  plan.add_argument("--aspect_ratio", type=float, default=64.0, help="target d_model / layers")
-  plan.add_argument("--head_dim", type=int, default=64)
+  plan.add_argument("--aspect_ratio", type=positive(), default=64.0, help="target d_model / layers")
+  plan.add_argument("--head_dim", type=at_least(1), default=64)
   plan.add_argument("--ffn_ratio", type=float, default=None,
                     help="d_ff / d_model (default 8/3 for gated activations, else 4)")
   plan.add_argument("--output", help="write the plan as JSON here (for tools/scaling_sweep.py)")
   plan.add_argument("--json", action="store_true", help="print the plan as one JSON object")
   check = commands.add_parser("coordcheck", help="activation RMS against width, standard vs "
                               "μP (--gin_file: the base model)")
-  check.add_argument("--widths", required=True, type=int, nargs="+", help="d_model values")
+  check.add_argument("--widths", required=True, type=at_least(1), nargs="+", help="d_model values")
   check.add_argument("--output", required=True, help="figure file (.png, .pdf, .svg)")
   check.add_argument("--json", help="also write the RMS values and slopes here")
-  check.add_argument("--steps", type=int, default=5, help="AdamW steps before measuring")
-  check.add_argument("--learning_rate", type=float, default=1e-2)
-  check.add_argument("--batch_size", type=int, default=8)
+  check.add_argument("--steps", type=at_least(1), default=5, help="AdamW steps before measuring")
+  check.add_argument("--learning_rate", type=positive(), default=1e-2)
+  check.add_argument("--batch_size", type=at_least(1), default=8)
   check.add_argument("--task", default=None, help="seqio task (default: the architecture's "
                      "pydocs byte task)")
   check.add_argument("--seed", type=int, default=0)
@@ -327,8 +327,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   plot.add_argument("--curves", help="training curves (CURVES.csv) for the envelope")
   plot.add_argument("--methods", nargs="+", choices=reports.METHODS,
                     default=["isoflop", "parametric"])
-  plot.add_argument("--budget", type=float, default=None)
-  plot.add_argument("--bootstrap", type=int, default=100, help="refits per method for the bands")
+  plot.add_argument("--budget", type=positive(), default=None)
+  plot.add_argument("--bootstrap", type=at_least(0), default=100,
+                    help="refits per method for the bands")
   plot.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(rest)
   def run() -> int:
