@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import socket
 import sys
 import time
@@ -134,16 +135,17 @@ def format_changes(changed: Mapping[str, tuple[Any, Any]]) -> str:
   return "; ".join(f"{knob}: {old!r} -> {new!r}" for knob, (old, new) in changed.items())
 
 
-def check_and_record(model_dir: str, spec: TrainSpec, vocabulary: dict, resuming: bool,
-                     operative_config: Optional[str], stream: TextIO = sys.stdout) -> None:
-  """Compares `spec` with the recorded one (when resuming) and records it.
+def check_spec(model_dir: str, spec: TrainSpec, vocabulary: dict, resuming: bool,
+               stream: TextIO = sys.stdout) -> dict:
+  """Compares `spec` with the recorded one (when resuming); returns the record to write
+  once the run has started (`record`), after the restore succeeded: a start that fails
+  must leave the record describing what the checkpoints hold.
 
   Resuming with a knob that differs from the record and is neither free to change
   (spec.MAY_CHANGE_ON_RESUME) nor named in train.allow_changes is refused, listing
   every such knob; a changed vocabulary is always refused. Accepted changes are
   printed and appended to the record's history. Call with the run lock held.
   """
-  path = os.path.join(model_dir, SPEC_FILE)
   current = spec.to_json()
   record = read_record(model_dir) if resuming else None
   history = []
@@ -169,12 +171,31 @@ def check_and_record(model_dir: str, spec: TrainSpec, vocabulary: dict, resuming
       print(f"resuming with changed settings: {format_changes(changed)}", file=stream)
       history.append({"time": time.strftime("%Y-%m-%d %H:%M:%S"),
                       "changed": {knob: list(values) for knob, values in changed.items()}})
-  with files.atomic_write(path) as handle:
-    json.dump({"spec": current, "vocabulary": vocabulary, "history": history}, handle, indent=1)
+  return {"spec": current, "vocabulary": vocabulary, "history": history}
+
+
+def record(model_dir: str, run_record: dict, operative_config: Optional[str]) -> None:
+  """Writes spec.json (the record `check_spec` returned) and config.gin."""
+  with files.atomic_write(os.path.join(model_dir, SPEC_FILE)) as handle:
+    json.dump(run_record, handle, indent=1)
   if operative_config is not None:
     config_path = os.path.join(model_dir, CONFIG_FILE)
     with files.atomic_write(config_path) as handle:
       handle.write(operative_config)
+
+
+def remove_unstarted(model_dir: str) -> bool:
+  """Removes `model_dir` if it holds only what a start writes before its first step (the
+  lock and an empty checkpoints/ directory): a new MODEL_DIR whose start failed is left
+  as it was found. Returns whether it was removed; anything else there stays."""
+  if not os.path.isdir(model_dir):
+    return False
+  checkpoints_dir = os.path.join(model_dir, "checkpoints")
+  if set(os.listdir(model_dir)) - {LOCK_FILE, "checkpoints"} or (
+      os.path.isdir(checkpoints_dir) and os.listdir(checkpoints_dir)):
+    return False
+  shutil.rmtree(model_dir, ignore_errors=True)
+  return True
 
 
 def trim_metrics(model_dir: str, step: int) -> int:

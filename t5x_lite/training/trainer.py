@@ -89,6 +89,7 @@ def train(spec: TrainSpec, mesh: jax.sharding.Mesh, *, operative_config: Optiona
     raise ConfigError(f"BATCH_SIZE {run.batch_size} (/{run.microbatches} microbatches) does not "
                       f"split over the mesh's {data_shards} data x fsdp shards; use a multiple.")
   pipeline_parallel.check_mesh(spec.model, mesh, run.batch_size // run.microbatches)
+  new = not os.path.isdir(run.model_dir) or not os.listdir(run.model_dir)
   lock = run_dir.RunLock(run.model_dir)
   if jax.process_index() == 0:  # hosts share MODEL_DIR; one of them holds the lock
     lock.acquire()
@@ -99,6 +100,11 @@ def train(spec: TrainSpec, mesh: jax.sharding.Mesh, *, operative_config: Optiona
             f"{holder.get('host')}) did not exit cleanly; resuming from its last checkpoint.",
             file=stream)
     return _train_locked(spec, mesh, operative_config, stream)
+  except BaseException:
+    lock.release()
+    if new and jax.process_index() == 0:
+      run_dir.remove_unstarted(run.model_dir)  # a failed start leaves no trace
+    raise
   finally:
     lock.release()
 
@@ -135,9 +141,8 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
         run.task, run.feature_lengths, "train", run.batch_size, config.architecture,
         shard=shard, seed=run.seed)
 
-  if is_main:
-    run_dir.check_and_record(run.model_dir, spec, vocabulary, resuming, operative_config,
-                             stream)
+  run_record = (run_dir.check_spec(run.model_dir, spec, vocabulary, resuming, stream)
+                if is_main else None)
   state = steps.init()
   start, restored, batches = checkpointer.restore_latest(abstract_state(state), make_batches)
   if start is not None:
@@ -150,6 +155,8 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
       state["params"] = checkpoints.newest_params(run.init_checkpoint,
                                                   abstract_state(state["params"]))[1]
       print(f"initialised params from {run.init_checkpoint}", file=stream)
+  if is_main:  # only now: a start that failed above left the record as it was
+    run_dir.record(run.model_dir, run_record, operative_config)
   start = int(jax.device_get(state["step"]))
   if is_main:
     dropped = run_dir.trim_metrics(run.model_dir, start)

@@ -223,3 +223,31 @@ def test_a_write_the_storage_refuses_is_a_user_error_and_anything_else_is_not():
   with pytest.raises(ValueError, match="a shape bug"):
     with errors.storage_errors("a checkpoint in", "/ckpt"):
       raise ValueError("a shape bug")
+
+
+def test_an_allowed_change_that_fails_at_restore_leaves_the_record_as_it_was(trained, capsys):
+  assert run_main(helpers.command_line(trained, steps=3), capsys)[0] == 0  # writes config.gin
+  before = {name: (trained / name).read_bytes() for name in ("spec.json", "config.gin")}
+  argv = helpers.command_line(trained, steps=4) + [
+      "--gin.TransformerConfig.d_ff=96",
+      "--gin.train.allow_changes=['TransformerConfig.d_ff']"]
+  code, _, err = run_main(argv, capsys)
+  assert code == 2 and "does not match this model" in err and "Traceback" not in err
+  for name, content in before.items():
+    assert (trained / name).read_bytes() == content, name
+  code, out, _ = run_main(helpers.command_line(trained, steps=4), capsys)  # as recorded
+  assert code == 0 and "finished at step 4" in out
+
+
+def test_a_failed_start_leaves_a_new_model_dir_as_it_found_it(tmp_path, capsys):
+  new = tmp_path / "new_run"
+  code, _, err = run_main(helpers.command_line(new, steps=2) + [
+      "--gin.MIXTURE_OR_TASK_NAME='no_such_task'"], capsys)
+  assert code == 2 and "no_such_task" in err
+  assert not new.exists()
+  existing = tmp_path / "existing"
+  existing.mkdir()
+  (existing / "notes.txt").write_text("mine")
+  code, _, _ = run_main(helpers.command_line(existing, steps=2) + [
+      "--gin.MIXTURE_OR_TASK_NAME='no_such_task'"], capsys)
+  assert code == 2 and (existing / "notes.txt").read_text() == "mine"
