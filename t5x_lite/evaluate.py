@@ -45,7 +45,8 @@ def evaluate(checkpoint_path: str = gin.REQUIRED, task: Optional[str] = None,
              separator: str = "\n\n", metric_examples: int = 64, max_new_tokens: int = 64,
              seed: int = 0, max_questions: Optional[int] = None,
              chain_of_thought: Optional[cot.ChainOfThought] = None,
-             quantize: Optional[str] = None, output_path: Optional[str] = None) -> dict:
+             quantize: Optional[str] = None, output_path: Optional[str] = None,
+             lora_base: Optional[str] = None) -> dict:
   """Evaluates CHECKPOINT_PATH's model (see the module docstring); returns the results.
 
   task, feature_lengths: None means those the checkpoint was trained with.
@@ -64,7 +65,7 @@ def evaluate(checkpoint_path: str = gin.REQUIRED, task: Optional[str] = None,
   # Both outputs are claimed before any work: a second evaluate writing here is refused now.
   with files.exclusive(output_path), files.exclusive(predictions_path):
     return _evaluate(checkpoint_path, task, feature_lengths, multiple_choice, max_questions,
-                     quantize, output_path, predictions_path, dict(
+                     quantize, lora_base, output_path, predictions_path, dict(
                          split=split, batch_size=batch_size, eval_batches=eval_batches,
                          shots=shots, chain_of_thought=chain_of_thought, separator=separator,
                          metric_examples=metric_examples, max_new_tokens=max_new_tokens,
@@ -72,11 +73,11 @@ def evaluate(checkpoint_path: str = gin.REQUIRED, task: Optional[str] = None,
 
 
 def _evaluate(checkpoint_path, task, feature_lengths, multiple_choice, max_questions,
-              quantize, output_path, predictions_path, settings) -> dict:
+              quantize, lora_base, output_path, predictions_path, settings) -> dict:
   question_sets = mc.question_sets(multiple_choice, max_questions)  # fail early
   generation_sets = mc.generation_sets(multiple_choice, max_questions)
   model = loading.load_model(checkpoint_path, gin_utils.checkpoint_model_config(checkpoint_path),
-                             quantize=quantize)
+                             quantize=quantize, base=lora_base)
   task = textio.resolve_task(checkpoint_path, task, model.config.vocab_size)
   if feature_lengths is None:
     record = run_dir.read_record(checkpoint_path)

@@ -37,9 +37,11 @@ def infer(checkpoint_path: str = gin.REQUIRED, task: Optional[str] = None,
           split: str = "validation", num_examples: int = 16, prompt_length: int = 32,
           method: str = "greedy", max_new_tokens: int = 64, temperature: float = 1.0,
           top_k: int = 0, top_p: float = 1.0, beams: int = 4, alpha: float = 0.6,
-          batch_size: int = 8, seed: int = 0, quantize: Optional[str] = None) -> dict:
+          batch_size: int = 8, seed: int = 0, quantize: Optional[str] = None,
+          lora_base: Optional[str] = None) -> dict:
   """Writes predictions (or scores) of CHECKPOINT_PATH's model for `inputs` to output_path.
   `quantize` (e.g. 'int8_weights', quantization.MODES) quantizes the model's weights first.
+  `lora_base`: where a LoRA run's base is now, when it has moved (checked by fingerprint).
 
   task: supplies the vocabulary (and the examples when `inputs` is None); None means
     the task the checkpoint was trained on.
@@ -57,13 +59,13 @@ def infer(checkpoint_path: str = gin.REQUIRED, task: Optional[str] = None,
                   prompt_length, dict(method=method, max_new_tokens=max_new_tokens,
                                       temperature=temperature, top_k=top_k, top_p=top_p,
                                       beams=beams, alpha=alpha, seed=seed),
-                  batch_size, quantize)
+                  batch_size, quantize, lora_base)
 
 
 def _infer(checkpoint_path, task, output_path, inputs, mode, split, num_examples,
-           prompt_length, decoding, batch_size, quantize) -> dict:
+           prompt_length, decoding, batch_size, quantize, lora_base) -> dict:
   model = loading.load_model(checkpoint_path, gin_utils.checkpoint_model_config(checkpoint_path),
-                             quantize=quantize)
+                             quantize=quantize, base=lora_base)
   task = textio.resolve_task(checkpoint_path, task, model.config.vocab_size)
   input_vocabulary, target_vocabulary, add_eos = textio.task_vocabularies(task)
   examples = (textio.read_examples(inputs) if inputs else

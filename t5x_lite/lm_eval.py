@@ -32,34 +32,42 @@ from t5x_lite.inference.harness import HARNESS_TASKS_DIR, HarnessError, T5xLiteL
 def harness(checkpoint_path: str = gin.REQUIRED, tasks: Sequence[str] = ("t5x_lite_pydocs_cloze",),
             num_fewshot: Optional[int] = None, limit: Optional[float] = None,
             batch_size: int = 16, truncation: str = "left", log_samples: bool = False,
-            seed: int = 0, output_path: Optional[str] = None) -> dict:
+            seed: int = 0, output_path: Optional[str] = None,
+            lora_base: Optional[str] = None) -> dict:
   """Evaluates CHECKPOINT_PATH on `tasks` with lm_eval.simple_evaluate; writes and
   returns the harness's results."""
-  from lm_eval import evaluator
-  from lm_eval import utils as harness_utils
   from lm_eval.tasks import TaskManager
 
-  model = T5xLiteLM(checkpoint_path, batch_size=batch_size, truncation=truncation)
   # Indexing the harness's own thousands of task files takes seconds: only when asked for.
   manager = TaskManager(include_path=HARNESS_TASKS_DIR,
                         include_defaults=not set(tasks) <= set(offline_tasks()))
   unknown = [task for task in tasks if not manager.match_tasks([task])]
-  if unknown:
+  if unknown:  # before the model loads
     raise HarnessError(f"the harness knows no task {unknown}; the offline tasks are "
                        f"{offline_tasks()} (others: `lm_eval --tasks list`).")
+  output_path = output_path or os.path.join(checkpoint_path, "lm_eval_results.json")
+  with files.exclusive(output_path):
+    return _evaluate(checkpoint_path, list(tasks), manager, output_path, dict(
+        num_fewshot=num_fewshot, limit=limit, log_samples=log_samples, random_seed=seed,
+        numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed),
+        T5xLiteLM(checkpoint_path, batch_size=batch_size, truncation=truncation,
+                  lora_base=lora_base))
+
+
+def _evaluate(checkpoint_path, tasks, manager, output_path, settings, model) -> dict:
+  from lm_eval import evaluator
+  from lm_eval import utils as harness_utils
+
   try:
-    results = evaluator.simple_evaluate(
-        model=model, tasks=list(tasks), num_fewshot=num_fewshot, limit=limit,
-        task_manager=manager, log_samples=log_samples, random_seed=seed, numpy_random_seed=seed,
-        torch_random_seed=seed, fewshot_random_seed=seed)
+    results = evaluator.simple_evaluate(model=model, tasks=tasks, task_manager=manager,
+                                        **settings)
   except (ConnectionError, OSError) as error:
     if isinstance(error, HarnessError):
       raise
     raise HarnessError(
-        f"a task in {list(tasks)} needs its dataset downloaded from the Hugging Face Hub "
+        f"a task in {tasks} needs its dataset downloaded from the Hugging Face Hub "
         f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); run with network "
         f"access, or use the offline tasks {offline_tasks()}.") from None
-  output_path = output_path or os.path.join(checkpoint_path, "lm_eval_results.json")
   with files.atomic_write(output_path) as handle:
     json.dump(results, handle, indent=1, default=harness_utils.handle_non_serializable)
   results["output_path"] = output_path
@@ -77,10 +85,12 @@ def parse(argv: Sequence[str]) -> None:
   parser.add_argument("--batch_size", type=at_least(1))
   parser.add_argument("--output_path")
   parser.add_argument("--log_samples", action="store_true", default=None)
+  parser.add_argument("--lora_base", help="a LoRA run's base, when it has moved")
   args, rest = parser.parse_known_args(argv)
   bindings = {"tasks": args.tasks and args.tasks.split(","), "num_fewshot": args.num_fewshot,
               "limit": args.limit, "batch_size": args.batch_size,
-              "output_path": args.output_path, "log_samples": args.log_samples}
+              "output_path": args.output_path, "log_samples": args.log_samples,
+              "lora_base": args.lora_base}
   gin_utils.parse_flags(["--gin_file=runs/lm_eval.gin", *rest] + [
       f"--gin.harness.{key}={value!r}" for key, value in bindings.items() if value is not None])
 

@@ -28,7 +28,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--adapters", required=True, help="MODEL_DIR of the LoRA run")
   parser.add_argument("--output", required=True, help="new directory for the merged model")
-  parser.add_argument("--base", help="the base MODEL_DIR, if it moved since training")
+  parser.add_argument("--base", "--lora_base", dest="base",
+                      help="the base MODEL_DIR, if it moved since training (as infer.lora_base, "
+                      "evaluate.lora_base and lm_eval --lora_base)")
   parser.add_argument("--hf", help="also export the merged model here for transformers")
   return parser.parse_args(argv)
 

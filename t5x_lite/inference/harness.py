@@ -62,11 +62,12 @@ class T5xLiteLM(LM):
     batch_size: requests scored or generated together.
     max_length: positions available to a request (default: the model's max_length).
     truncation: "left" cuts the context's left end to fit; "error" refuses.
+    lora_base: where a LoRA run's base is now, when it has moved (fingerprint-checked).
   """
 
   def __init__(self, checkpoint_path: Optional[str] = None, *, model=None, vocabulary=None,
                batch_size: int | str = 16, max_length: Optional[int] = None,
-               truncation: str = "left") -> None:
+               truncation: str = "left", lora_base: Optional[str] = None) -> None:
     super().__init__()
     if (checkpoint_path is None) == (model is None):
       raise HarnessError("give the t5x_lite model either as checkpoint_path=MODEL_DIR or as "
@@ -74,7 +75,7 @@ class T5xLiteLM(LM):
     if truncation not in TRUNCATION:
       raise HarnessError(f"truncation={truncation!r}; choose from {TRUNCATION}.")
     if checkpoint_path is not None:
-      model = loading.load_model(checkpoint_path)
+      model = loading.load_model(checkpoint_path, base=lora_base)
       task = textio.resolve_task(checkpoint_path, None, model.config.vocab_size)
       vocabulary = textio.task_vocabularies(task)[1]
     elif vocabulary is None:

@@ -2,6 +2,8 @@
 their base, refuse another and merge into a plain model; every fine-tuning run resumes
 exactly as pretraining does."""
 
+import inspect
+import json
 import os
 import shutil
 
@@ -12,8 +14,9 @@ import optax
 import pytest
 from flax import nnx
 
-from t5x_lite import gin_utils, merge
+from t5x_lite import evaluate, gin_utils, infer, merge
 from t5x_lite.common import partitioning
+from t5x_lite.inference import harness as lm_eval
 from t5x_lite.models import forward
 from t5x_lite.models.lora import LoraConfig, adapt
 from t5x_lite.runs import checkpoints, loading, run_dir
@@ -185,3 +188,30 @@ def test_qlora_trains_adapters_over_a_frozen_integer_base_and_merges_to_float(
           f"--gin.CHECKPOINT_PATH='{tiny_run_once}'", "--gin.lora.quantized_base=True"]
   code, err = run_main(argv, capsys)
   assert code == 2 and "needs a quantized base" in err and "python -m t5x_lite.quantize" in err
+
+
+def test_a_moved_base_is_named_at_use_time_and_checked_by_its_fingerprint(lora_run, tmp_path,
+                                                                         capsys):
+  base, run = lora_run
+  moved_base, copy = tmp_path / "moved_base", tmp_path / "lora"
+  shutil.copytree(base, moved_base)
+  shutil.copytree(run, copy)
+  expected = loading.load_model(str(run))  # merged over the base where it was recorded
+  record = json.loads((copy / loading.ADAPTER_FILE).read_text())
+  record["base_checkpoint"] = str(tmp_path / "gone")  # the base has moved away
+  (copy / loading.ADAPTER_FILE).write_text(json.dumps(record))
+  tokens = {"decoder_input_tokens": np.arange(24, dtype=np.int32).reshape(1, 24)}
+  with pytest.raises(checkpoints.CheckpointError, match="does not exist"):
+    loading.load_model(str(copy))
+  merged = loading.load_model(str(copy), base=str(moved_base))
+  np.testing.assert_array_equal(np.asarray(merged(tokens)), np.asarray(expected(tokens)))
+  # The same option in every command that reads a LoRA run directory.
+  output = tmp_path / "predictions.jsonl"
+  assert infer.main(["--gin_file=runs/infer.gin", f"--gin.CHECKPOINT_PATH='{copy}'",
+                     f"--gin.INFER_OUTPUT='{output}'", "--gin.infer.num_examples=2",
+                     "--gin.infer.max_new_tokens=2", f"--gin.infer.lora_base='{moved_base}'"]
+                    ) == 0 and len(output.read_text().splitlines()) == 2
+  assert lm_eval.T5xLiteLM(str(copy), lora_base=str(moved_base)).model.config == merged.config
+  assert "lora_base" in inspect.signature(evaluate.evaluate).parameters
+  assert merge_code([f"--adapters={copy}", f"--output={tmp_path / 'merged'}",
+                     f"--lora_base={moved_base}"]) == 0
