@@ -126,6 +126,7 @@ class FitReport:
   bootstrap_samples: int
   law: Optional[Law] = None  # the full-data fit (anything with .optimal(C))
   samples: tuple = ()  # the bootstrap refits' laws
+  warnings: tuple = ()  # parameters the data do not constrain (boundary_warnings)
 
   def optimal_band(self, budgets, level: float = 0.95) -> dict:
     """{"params": (low, high), "tokens": (low, high)} arrays of the bootstrap at `budgets`."""
@@ -141,9 +142,65 @@ class FitReport:
       low_high = self.intervals.get(name)
       return {"value": value, **({"ci95": list(low_high)} if low_high else {})}
     return {"method": self.method, "runs": self.runs, "budget": self.budget,
-            "bootstrap_samples": self.bootstrap_samples,
+            "bootstrap_samples": self.bootstrap_samples, "warnings": list(self.warnings),
             "parameters": {k: entry(k, v) for k, v in self.parameters.items()},
             "optimal": {k: entry(k, v) for k, v in self.optimal.items()}}
+
+
+# What each method needs to identify its parameters (besides MINIMUM_RUNS): distinct
+# model sizes, distinct token counts and FLOP budgets in the table.
+MINIMUM_DATA = {"parametric": {"sizes": 3, "token counts": 3, "budgets": 2},
+                "kaplan": {"sizes": 3, "token counts": 3, "budgets": 2},
+                "isoflop": {"budgets": 2}, "envelope": {"sizes": 2}}
+# log N and log D that move together this closely cannot separate the two power laws.
+COLLINEAR = 0.999
+
+
+def check_identifiable(runs: Runs, method: str) -> None:
+  """Raises RunsError when the table cannot identify `method`'s parameters: fewer distinct
+  sizes, token counts or budgets than MINIMUM_DATA states, or (for L(N, D) laws) log N and
+  log D so correlated (one IsoFLOP budget; tokens proportional to parameters) that the
+  N and D terms are one term."""
+  have = {"sizes": len(np.unique(runs.params)), "token counts": len(np.unique(runs.tokens)),
+          "budgets": len(isoflop.group_budgets(runs.flops))}
+  for what, needed in MINIMUM_DATA[method].items():
+    if have[what] < needed:
+      counts = ", ".join(f"{count} {name}" for name, count in have.items())
+      raise RunsError(f"the {method} fit needs at least {needed} distinct {what}; the table "
+                      f"has {have[what]} ({counts}). Add runs.")
+  if method in ("parametric", "kaplan"):
+    correlation = abs(np.corrcoef(np.log(runs.params), np.log(runs.tokens))[0, 1])
+    if correlation > COLLINEAR:
+      raise RunsError(f"the {method} fit cannot separate the parameters' and the data's "
+                      f"terms: log N and log D are correlated {correlation:.4f} across the "
+                      "runs (one IsoFLOP budget, or tokens in proportion to parameters). Add "
+                      "runs that vary N and D independently (other budgets).")
+
+
+def boundary_warnings(method: str, parameters: dict, law, runs: Runs) -> list[str]:
+  """Fitted parameters at the edge of what the data can say: a fit that put them there
+  found no interior optimum, and its compute-optimal figures are not to be trusted."""
+  warnings = []
+  if method == "parametric":
+    reducible = np.mean(law.loss(runs.params, runs.tokens) - parameters["E"])
+    if reducible < 1e-3 * np.mean(runs.loss):
+      warnings.append(f"the fit attributes {reducible / np.mean(runs.loss):.1e} of the loss to "
+                      "model size and data: the runs' losses do not show how loss falls with "
+                      "N and D (too flat or too noisy), so the optimum is not determined.")
+  if method == "parametric":
+    if parameters["E"] < 1e-3:
+      warnings.append(f"E = {parameters['E']:.3g} is at its lower bound (0): the runs show no "
+                      "irreducible loss; the losses may be too flat or too few to fit.")
+    for name in ("alpha", "beta"):
+      if not 0.01 < parameters[name] < 2.5:
+        warnings.append(f"{name} = {parameters[name]:.3g} is outside every published fit "
+                        "(0.01-2.5): the data do not constrain it.")
+  if method == "kaplan":
+    for name in ("alpha_N", "alpha_D"):
+      if not 0.01 < parameters[name] < 2.5:
+        warnings.append(f"{name} = {parameters[name]:.3g} is outside every published fit "
+                        "(0.01-2.5): the data do not constrain it.")
+  return warnings
 
 
 def fit_runs(runs: Runs, method: str, budget: Optional[float] = None, bootstrap: int = 0,
@@ -152,6 +209,7 @@ def fit_runs(runs: Runs, method: str, budget: Optional[float] = None, bootstrap:
   if method not in METHODS:
     raise RunsError(f"unknown method {method!r}; choose from {METHODS}.")
   runs.require(MINIMUM_RUNS[method], method)
+  check_identifiable(runs, method)
   budget = float(runs.flops.max()) if budget is None else float(budget)
   if not np.isfinite(budget) or budget <= 0:
     raise RunsError(f"--budget must be a positive number of FLOPs, got {budget}.")
@@ -173,6 +231,9 @@ def fit_runs(runs: Runs, method: str, budget: Optional[float] = None, bootstrap:
       method in WARM_STARTED else (lambda fitted: fitted)
   law, parameters = fitter(runs)
   law = exact(law)
+  warnings = boundary_warnings(method, parameters, getattr(law, "law", law), runs)
+  for warning in warnings:
+    print(f"warning: {warning}", file=warn or sys.stderr)
   optimal = _optimal(law, budget)
   rng = np.random.default_rng(seed)
   start = getattr(law, "law", law) if method in WARM_STARTED else None
@@ -193,4 +254,4 @@ def fit_runs(runs: Runs, method: str, budget: Optional[float] = None, bootstrap:
         intervals[name] = fitting.percentile_interval([sample[position][name]
                                                        for sample in samples])
   return FitReport(method, len(runs), budget, parameters, optimal, intervals, len(samples),
-                   law, tuple(sample[0] for sample in samples))
+                   law, tuple(sample[0] for sample in samples), tuple(warnings))

@@ -1,6 +1,7 @@
 """`python -m t5x_lite.scaling fit`: runs table in, fitted law and optimum (with CIs) out."""
 
 import csv
+import dataclasses
 import json
 
 import numpy as np
@@ -79,3 +80,47 @@ def test_envelope_without_training_curves_is_one_clear_error(runs_csv, capsys):
     main(["fit", str(runs_csv), "--method", "envelope"])
   assert exit_info.value.code == 2
   assert "training curves" in capsys.readouterr().err
+
+
+def write_runs(path, runs) -> str:
+  with open(path, "w", newline="") as handle:
+    writer = csv.writer(handle)
+    writer.writerow(["params", "tokens", "flops", "loss"])
+    writer.writerows(zip(runs.params, runs.tokens, runs.flops, runs.loss))
+  return str(path)
+
+
+@pytest.mark.parametrize("method", ["parametric", "kaplan"])
+def test_one_isoflop_budget_cannot_identify_a_law_of_n_and_d(method, tmp_path, capsys):
+  # On one budget log N + log D is constant: alpha and beta are one number, not two.
+  runs = isoflop_runs(preset("epoch-2024"), [1e20], noise=0.003, seed=2)
+  path = write_runs(tmp_path / "runs.csv", runs)
+  with pytest.raises(SystemExit) as exit_info:
+    main(["fit", path, "--method", method])
+  err = capsys.readouterr().err
+  assert exit_info.value.code == 2 and "at least 2 distinct budgets" in err
+
+
+def test_n_and_d_that_move_together_are_refused_naming_the_correlation(tmp_path, capsys):
+  truth = preset("epoch-2024")
+  params = np.logspace(7, 9, 8)
+  tokens = 20 * params  # every run at 20 tokens per parameter
+  path = tmp_path / "runs.csv"
+  with open(path, "w", newline="") as handle:
+    writer = csv.writer(handle)
+    writer.writerow(["params", "tokens", "flops", "loss"])
+    writer.writerows(zip(params, tokens, 6 * params * tokens, truth.loss(params, tokens)))
+  with pytest.raises(SystemExit):
+    main(["fit", str(path), "--method", "parametric"])
+  assert "log N and log D are correlated 1.0000" in capsys.readouterr().err
+
+
+def test_losses_too_flat_to_fit_are_warned_about_never_reported_silently(tmp_path, capsys):
+  runs = isoflop_runs(preset("epoch-2024"), np.logspace(18, 21, 4), noise=0.0, seed=2)
+  flat = dataclasses.replace(runs, loss=np.full(len(runs.loss), 3.0) + 1e-4 * np.sin(
+      np.arange(len(runs.loss))))
+  main(["fit", write_runs(tmp_path / "runs.csv", flat), "--method", "parametric", "--json"])
+  captured = capsys.readouterr()
+  report = json.loads(captured.out)
+  assert report["warnings"] and "warning:" in captured.err
+  assert any("do not show how loss falls" in w for w in report["warnings"])
