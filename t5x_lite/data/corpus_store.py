@@ -12,7 +12,10 @@ it does not depend on the order documents arrive in and a document can never
 be in both splits. The fingerprint is a hash of every split's documents in
 the order written; runs record it so results name the exact data they saw.
 Building is atomic (a temporary directory renamed into place under a file
-lock), so concurrent runs and test workers never see a half-written corpus.
+lock), so concurrent runs and test workers never see a half-written corpus. Opening a
+built corpus verifies it (`verify`): the manifest's seal and every shard's size always,
+every shard's sha256 once per process; a mismatch is one error naming the shard and how
+to rebuild, before any training step.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from typing import Callable, Iterable, Iterator
 
@@ -51,6 +55,11 @@ class CorpusManifest:
   documents: dict[str, int]
   bytes: dict[str, int]
   files: dict[str, list[str]]
+  # {shard file: {"bytes": size, "sha256": digest}} and a digest of the whole record, so
+  # that a cut shard or an edited manifest is found before training reads them (corpora
+  # built before these existed have neither and are rebuilt).
+  shards: dict[str, dict] = dataclasses.field(default_factory=dict)
+  seal: str = ""
 
   def file_paths(self, directory: str, split: str) -> list[str]:
     """Absolute paths of a split's shards."""
@@ -145,6 +154,48 @@ def _write_shards(directory: str, split: str, documents: list[str], num_shards: 
   return names
 
 
+def _sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as handle:
+    for block in iter(lambda: handle.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def _seal(fields: dict) -> str:
+  """A digest of the manifest's content (all but the seal itself)."""
+  content = {key: value for key, value in fields.items() if key != "seal"}
+  return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+# Corpora whose shard checksums this process has verified (sizes are checked every time).
+_VERIFIED: set[str] = set()
+
+
+def verify(directory: str, manifest: CorpusManifest, checksums: bool = True) -> None:
+  """Checks a built corpus against its manifest: the manifest's seal, every shard's
+  presence and size, and (once per process, or when `checksums`) every shard's sha256.
+  Raises CorpusError naming the first problem and how to rebuild."""
+  rebuild = f"delete {directory} and run again (or tools/build_corpus.py) to rebuild it"
+  if _seal(dataclasses.asdict(manifest)) != manifest.seal:
+    raise CorpusError(f"{os.path.join(directory, MANIFEST)} was edited (its content no "
+                      f"longer matches its seal); {rebuild}.")
+  deep = checksums and directory not in _VERIFIED
+  for name, expected in manifest.shards.items():
+    path = os.path.join(directory, name)
+    if not os.path.isfile(path):
+      raise CorpusError(f"corpus shard {path} is missing; {rebuild}.")
+    size = os.path.getsize(path)
+    if size != expected["bytes"]:
+      raise CorpusError(f"corpus shard {path} has {size} bytes, its manifest says "
+                        f"{expected['bytes']} (cut short or changed); {rebuild}.")
+    if deep and _sha256(path) != expected["sha256"]:
+      raise CorpusError(f"corpus shard {path} does not match its checksum (damaged); "
+                        f"{rebuild}.")
+  if deep:
+    _VERIFIED.add(directory)
+
+
 def read_manifest(directory: str) -> CorpusManifest:
   """The manifest of a built corpus; CorpusError if it is missing or unreadable."""
   path = os.path.join(directory, MANIFEST)
@@ -171,11 +222,17 @@ def write_corpus(directory: str, name: str, documents: Iterable[str], source: st
 
   def write(tmp: str) -> None:
     files = {split: _write_shards(tmp, split, splits[split], num_shards) for split in SPLITS}
+    shards = {name: {"bytes": os.path.getsize(os.path.join(tmp, name)),
+                     "sha256": _sha256(os.path.join(tmp, name))}
+              for names in files.values() for name in names}
+    fields = dict(manifest_fields, files=files, shards=shards)
     with open(os.path.join(tmp, MANIFEST), "w") as handle:
-      json.dump(dict(manifest_fields, files=files), handle, indent=1)
+      json.dump(dict(fields, seal=_seal(fields)), handle, indent=1)
 
   publish_atomically(directory, write)
-  return read_manifest(directory)
+  manifest = read_manifest(directory)
+  _VERIFIED.add(directory)  # its checksums were computed from the shards just written
+  return manifest
 
 
 def ensure_corpus(directory: str, name: str, documents: Callable[[], Iterable[str]],
@@ -183,7 +240,14 @@ def ensure_corpus(directory: str, name: str, documents: Callable[[], Iterable[st
   """Returns the corpus in `directory`, building it from `documents()` the first time."""
   with file_lock(directory.rstrip("/") + ".lock"):
     if os.path.exists(os.path.join(directory, MANIFEST)):
-      return read_manifest(directory)
+      manifest = read_manifest(directory)
+      if manifest.seal:
+        verify(directory, manifest)
+        return manifest
+      # Built before manifests recorded checksums: a cache, so rebuilt rather than trusted.
+      print(f"note: rebuilding {directory} (its manifest records no shard checksums)",
+            file=sys.stderr)
+      shutil.rmtree(directory)
     if os.path.exists(directory):
       raise CorpusError(f"{directory} exists but holds no {MANIFEST}; delete it to rebuild.")
     return write_corpus(directory, name, documents(), source, **options)

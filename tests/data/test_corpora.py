@@ -6,6 +6,7 @@ import socket
 import sys
 
 import pytest
+import tensorflow as tf
 
 from t5x_lite.data import corpora, corpus_store, shakespeare, text_files
 from t5x_lite.data.corpus_store import CorpusError
@@ -135,3 +136,56 @@ def test_build_corpus_tool_builds_once_and_never_overwrites(tmp_path, capsys):
   assert build_corpus.main(["files", str(tmp_path / "*.txt"), "--output", str(output)]) == 2
   assert "already exists" in capsys.readouterr().err
   assert sorted(os.listdir(output)) == before
+
+
+@pytest.fixture
+def built(tmp_path):
+  """A small built corpus: (directory, documents callback, manifest)."""
+  directory = str(tmp_path / "corpus")
+  docs = lambda: [f"document {i} " * 40 for i in range(40)]  # noqa: E731
+  manifest = corpus_store.ensure_corpus(directory, "tiny", docs, "test")
+  corpus_store._VERIFIED.clear()  # as a new process would find it
+  return directory, docs, manifest
+
+
+def damage(directory, manifest, how):
+  shard = os.path.join(directory, manifest.files["train"][0])
+  if how == "cut":  # a quarter of the records, cut at a record boundary: still valid TFRecord
+    records = list(tf.data.TFRecordDataset(shard).as_numpy_iterator())
+    with tf.io.TFRecordWriter(shard) as writer:
+      for record in records[:max(1, len(records) // 4)]:
+        writer.write(record)
+  elif how == "flipped":  # same size, one byte changed
+    data = bytearray(open(shard, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(shard, "wb").write(bytes(data))
+  elif how == "missing":
+    os.remove(shard)
+  elif how == "fingerprint":
+    path = os.path.join(directory, corpus_store.MANIFEST)
+    record = json.load(open(path))
+    record["fingerprint"] = "0" * 64
+    json.dump(record, open(path, "w"))
+  return shard
+
+
+@pytest.mark.parametrize("how,message", [
+    ("cut", "has .* bytes, its manifest says"), ("flipped", "does not match its checksum"),
+    ("missing", "is missing"), ("fingerprint", "was edited")])
+def test_a_damaged_corpus_is_refused_naming_the_shard_and_the_rebuild(built, how, message):
+  directory, docs, manifest = built
+  shard = damage(directory, manifest, how)
+  with pytest.raises(CorpusError, match=message) as error:
+    corpus_store.ensure_corpus(directory, "tiny", docs, "test")
+  assert f"delete {directory}" in str(error.value)
+  if how != "fingerprint":
+    assert shard in str(error.value)
+
+
+def test_a_corpus_built_before_checksums_is_rebuilt_not_trusted(built):
+  directory, docs, manifest = built
+  path = os.path.join(directory, corpus_store.MANIFEST)
+  old = {k: v for k, v in json.load(open(path)).items() if k not in ("shards", "seal")}
+  json.dump(old, open(path, "w"))
+  rebuilt = corpus_store.ensure_corpus(directory, "tiny", docs, "test")
+  assert rebuilt.seal and rebuilt.fingerprint == manifest.fingerprint
