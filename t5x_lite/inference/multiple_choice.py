@@ -30,8 +30,10 @@ from t5x_lite.common.errors import UserError
 from t5x_lite.data import multitask
 from t5x_lite.inference import decoding
 
-BUILTIN = {name: os.path.join(os.path.dirname(__file__), "data", "multiple_choice",
-                              f"{name}.jsonl") for name in ("pydocs_cloze", "shakespeare_cloze")}
+# The cloze sets ship as package data of t5x_lite/data/ (tools/build_cloze.py writes them).
+BUILTIN = {name: os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "data", "multiple_choice", f"{name}.jsonl")
+           for name in ("pydocs_cloze", "shakespeare_cloze")}
 
 
 class MultipleChoiceError(UserError, ValueError):
