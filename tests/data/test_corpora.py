@@ -21,6 +21,7 @@ def no_network(monkeypatch):
   monkeypatch.setattr(socket, "create_connection", refuse)
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: outside the quick loop
 def test_pydocs_corpus_builds_offline_with_the_same_fingerprint_twice(tmp_path, monkeypatch,
                                                                         no_network):
   modules_before = set(sys.modules)

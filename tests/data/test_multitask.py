@@ -2,6 +2,7 @@
 each, held-out clusters never trained on, examples-proportional rates under T5's cap,
 answer choices that contain the answer, validation drawn from unseen documents."""
 
+import pytest
 import seqio
 
 from t5x_lite.data import multitask
@@ -24,6 +25,7 @@ def test_held_out_tasks_never_appear_in_the_training_mixture():
   assert len(training) + len(held_out) == len(multitask.TASKS)
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: outside the quick loop
 def test_mixture_rates_are_examples_proportional_under_the_cap():
   mixture = seqio.get_mixture_or_task("multitask.train.byte")
   sizes = {task.name: task.num_input_examples("train") for task in mixture.tasks}

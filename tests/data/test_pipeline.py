@@ -27,6 +27,7 @@ def assert_same_batches(first, second):
       np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: outside the quick loop
 def test_same_seed_gives_the_same_batches_and_another_seed_does_not():
   first = take(get_batches(*SPANS, "train", 4, "encoder_decoder", seed=7), 3)
   assert_same_batches(first, take(get_batches(*SPANS, "train", 4, "encoder_decoder", seed=7), 3))

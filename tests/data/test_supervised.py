@@ -165,6 +165,7 @@ def test_hash_split_is_deterministic_disjoint_and_complete(tmp_path):
   assert {e["inputs"] for e in again} == validation_inputs
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: outside the quick loop
 def test_a_supervised_task_trains_through_the_entry_point_bindings(tmp_path, rows_file):
   """gin binds supervised_data.* at the entry point; the trainer fine-tunes on it."""
   gin_utils.parse(helpers.gin_files("prefix_decoder"), helpers.bindings(

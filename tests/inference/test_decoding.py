@@ -60,6 +60,7 @@ def greedy_reference(model, prompt, steps=NEW_TOKENS):
   return generated + [0] * (steps - len(generated))
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: outside the quick loop
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 @pytest.mark.parametrize("position_encoding", ["rope", "t5_relative", "learned"])
 @pytest.mark.parametrize("ragged", [False, True], ids=["same_length", "right_padded"])
@@ -93,6 +94,7 @@ def test_greedy_is_repeated_argmax_of_the_full_forward(architecture):
   np.testing.assert_array_equal(decoded.tokens, expected)
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: outside the quick loop
 def test_sampling_reduces_to_greedy_at_zero_temperature_top_k_1_or_tiny_top_p():
   model = tiny_model("prefix_decoder")
   inputs = prompts(ragged=True)
@@ -103,6 +105,7 @@ def test_sampling_reduces_to_greedy_at_zero_temperature_top_k_1_or_tiny_top_p():
     np.testing.assert_array_equal(sampled.tokens, greedy.tokens, err_msg=str(kwargs))
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: outside the quick loop
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_beam_search_of_one_beam_is_greedy(architecture):
   model = tiny_model(architecture)
@@ -163,6 +166,7 @@ def test_score_is_the_sum_of_target_log_probabilities(architecture):
   assert scores[0] == pytest.approx(expected, abs=1e-4)
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: outside the quick loop
 def test_decoding_a_sharded_model_equals_one_device():
   """Params sharded over a (data 2, fsdp 2, tensor 2) mesh of 8 CPU devices decode the same."""
   import jax

@@ -84,6 +84,7 @@ def decoder_only_error(reference, model, vocab_size):
   return float(np.max(np.abs(ours[valid] - expected[valid])))
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: outside the quick loop
 @pytest.mark.parametrize("gated,tied", [(True, False), (False, True)],
                          ids=["t5_v1_1_untied", "t5_v1_0_tied"])
 def test_t5_reproduces_reference_logits(tmp_path, gated, tied):
@@ -240,6 +241,7 @@ def assert_no_near_ties(scores) -> None:
   assert margin > 2 * TOLERANCE, f"a near-tie ({margin:.2e}) makes this comparison fragile"
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: outside the quick loop
 def test_greedy_decoding_of_imported_models_equals_transformers_generate(tmp_path):
   from t5x_lite.inference import decoding
 
@@ -279,6 +281,7 @@ def test_greedy_decoding_of_imported_models_equals_transformers_generate(tmp_pat
   np.testing.assert_array_equal(decoded.tokens[:, :expected.shape[1]], expected)
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: outside the quick loop
 @pytest.mark.parametrize("mode,levels", [("int8_weights", 127), ("int4_weights", 7)])
 def test_an_imported_model_quantizes_within_the_quantization_step(tmp_path, mode, levels):
   from t5x_lite.models import quantization

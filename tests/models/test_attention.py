@@ -106,6 +106,7 @@ def _packed_batch(config: TransformerConfig) -> dict:
   return {name: jnp.asarray(value) for name, value in batch.items()}
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: outside the quick loop
 @pytest.mark.parametrize("architecture", ["causal_decoder", "prefix_decoder", "encoder_decoder"])
 @pytest.mark.parametrize("implementation", [i for i in IMPLEMENTATIONS if i != "xla"])
 def test_model_logits_and_gradients_match_jax_attention(architecture, implementation):

@@ -76,6 +76,7 @@ def test_non_embedding_params_exclude_vocabulary_and_position_tables():
   assert params - non_embedding == 50257 * 768 + 1024 * 768
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: outside the quick loop
 def test_count_cli_prints_json():
   out = subprocess.run([sys.executable, "-m", "t5x_lite.scaling", "count",
                         "--gin_file=gin/models/llama_7b.gin", "--json"],
@@ -85,6 +86,7 @@ def test_count_cli_prints_json():
   assert set(result) >= {"params", "non_embedding_params", "flops_per_token"}
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: outside the quick loop
 @pytest.mark.parametrize("args,message", [
     (["--gin_file=gin/models/missing.gin"], "not found"),
     (["--gin_file=gin/models/gpt2_small.gin", "--gin.TransformerConfig.d_modle=3"], "d_modle"),

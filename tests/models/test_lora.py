@@ -76,6 +76,7 @@ def test_merged_weights_reproduce_the_adapter_model(architecture):
   assert not np.allclose(forward(create_model(config), features), with_adapters, atol=1e-3)
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: outside the quick loop
 def test_a_training_step_changes_only_the_adapters():
   config = tiny("causal_decoder")
   model = apply_lora(create_model(config), LoraConfig(rank=4))

@@ -44,6 +44,7 @@ def reference():
   return dict(np.load(REFERENCE))
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: outside the quick loop
 @pytest.mark.parametrize("name", list(standard_reference.CONFIGS))
 def test_the_standard_parametrization_computes_what_it_did_before_mup(name, reference):
   # Written by the code before μP existed (standard_reference.py).
@@ -146,6 +147,7 @@ def test_attention_logits_fall_as_one_over_head_dim_beyond_the_base_head_dim():
       pytest.approx(1 / 128 ** 0.5))
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: outside the quick loop
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_adam_moves_each_tensor_by_the_learning_rate_times_its_multiplier(architecture):
   # Adam's first update is lr x sign(gradient) (eps aside): each tensor's largest
@@ -169,6 +171,7 @@ def test_adam_moves_each_tensor_by_the_learning_rate_times_its_multiplier(archit
       assert largest == pytest.approx(expected[mup.parameter_role(path)], rel=1e-4), path
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: outside the quick loop
 def test_mup_runs_resume_exactly(tmp_path):
   settings = {"make_schedule.name": "'constant'", "TransformerConfig.parametrization": "'mup'",
               "TransformerConfig.mup_base_d_model": 32}

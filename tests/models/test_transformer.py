@@ -71,6 +71,7 @@ def test_prefix_decoder_prefix_sees_whole_prefix_and_nothing_after(position_enco
   np.testing.assert_allclose(logits(original)[:, :10], logits(late_target)[:, :10], atol=ATOL)
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: outside the quick loop
 @pytest.mark.parametrize("position_encoding", ["t5_relative", "rope", "learned"])
 def test_encoder_padding_does_not_change_outputs(position_encoding):
   model = create_model(tiny("encoder_decoder", position_encoding=position_encoding))
@@ -97,6 +98,7 @@ def _pack(first: dict, second: dict) -> dict:
   return packed
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: outside the quick loop
 @pytest.mark.parametrize("architecture", ["causal_decoder", "prefix_decoder", "encoder_decoder"])
 @pytest.mark.parametrize("position_encoding", ["rope", "t5_relative", "learned"])
 def test_packed_sequences_match_each_run_alone(architecture, position_encoding):
@@ -116,6 +118,7 @@ def test_packed_sequences_match_each_run_alone(architecture, position_encoding):
   np.testing.assert_allclose(packed[:, 7:], forward(model, second), atol=ATOL)
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: outside the quick loop
 @pytest.mark.parametrize("architecture", ["causal_decoder", "encoder_decoder"])
 def test_scan_layers_is_only_a_parameter_layout(architecture):
   config = tiny(architecture, num_decoder_layers=3, position_encoding="t5_relative")
@@ -143,6 +146,7 @@ KNOB_VARIANTS = [
 ]
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: outside the quick loop
 @pytest.mark.parametrize("architecture", ["causal_decoder", "prefix_decoder", "encoder_decoder"])
 @pytest.mark.parametrize("overrides", KNOB_VARIANTS, ids=lambda o: ",".join(o) or "default")
 def test_analytic_parameter_count_equals_initialized(architecture, overrides):
@@ -151,6 +155,7 @@ def test_analytic_parameter_count_equals_initialized(architecture, overrides):
   assert count_params(config)[0] == count_initialized_params(model)
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: outside the quick loop
 def test_dropout_is_active_only_with_an_rng():
   model = create_model(tiny(dropout_rate=0.5))
   batch = {"decoder_input_tokens": tokens(2, 8)}

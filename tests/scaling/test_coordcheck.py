@@ -16,6 +16,7 @@ from t5x_lite.scaling.__main__ import main
 FLAT, GROWING = 0.4, 1.0
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: outside the quick loop
 def test_the_command_writes_the_plot_and_slopes_flat_under_mup_only(tmp_path, capsys):
   plot, slopes = tmp_path / "coordcheck.png", tmp_path / "slopes.json"
   main(["coordcheck", "--gin_file=models/tiny_causal_decoder.gin", "--widths", "64", "128",
@@ -31,6 +32,7 @@ def test_the_command_writes_the_plot_and_slopes_flat_under_mup_only(tmp_path, ca
   assert max(result["slopes"]["standard"].values()) > GROWING
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: outside the quick loop
 @pytest.mark.parametrize("architecture", ["encoder_decoder", "prefix_decoder"])
 def test_mup_keeps_every_layer_flat_for_the_other_architectures(architecture):
   base = gin_utils.model_config([f"models/tiny_{architecture}.gin"])

@@ -37,6 +37,7 @@ def test_isoflop_fit_reports_exponents_and_the_optimum_with_intervals(runs_csv, 
   assert plot.stat().st_size > 10_000
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: outside the quick loop
 def test_parametric_fit_recovers_the_law_and_warns_about_extrapolation(runs_csv, capsys):
   main(["fit", str(runs_csv), "--method", "parametric", "--budget", "1e23", "--json"])
   captured = capsys.readouterr()

@@ -34,6 +34,7 @@ def epoch_runs():
   return params[keep], flops[keep] / (6 * params[keep]), loss[keep]
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: outside the quick loop
 def test_epoch_data_fit_lands_inside_epochs_intervals():
   params, tokens, loss = epoch_runs()
   assert len(params) == 240
@@ -53,6 +54,7 @@ def noisy_runs(truth: ChinchillaLaw, count: int, noise: float):
   return params, tokens, truth.loss(params, tokens) * np.exp(rng.normal(0, noise, count))
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: outside the quick loop
 def test_recovers_a_known_law_from_noisy_runs():
   truth = ChinchillaLaw(E=1.9, A=300.0, B=900.0, alpha=0.32, beta=0.30)
   params, tokens, loss = noisy_runs(truth, count=120, noise=0.005)
@@ -64,6 +66,7 @@ def test_recovers_a_known_law_from_noisy_runs():
   assert law.a == pytest.approx(truth.a, abs=0.03)
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: outside the quick loop
 def test_bootstrap_intervals_cover_the_true_parameters():
   truth = ChinchillaLaw(E=2.0, A=500.0, B=1500.0, alpha=0.35, beta=0.33)
   params, tokens, loss = noisy_runs(truth, count=200, noise=0.01)

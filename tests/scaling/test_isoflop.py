@@ -30,6 +30,7 @@ def test_isoflop_minima_recover_the_laws_allocation_exponents():
   assert allocation.optimal(1e21).params == pytest.approx(law.optimal(1e21).params, rel=0.05)
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: outside the quick loop
 def test_approaches_2_and_3_agree_on_exponents_for_noisy_data():
   law = preset("epoch-2024")
   runs = isoflop_runs(law, np.logspace(18, 22, 5), noise=0.003, seed=1)

@@ -56,6 +56,7 @@ def test_kaplan_numerical_optimum_follows_its_analytic_exponent():
   assert exponent == pytest.approx(law.alpha_D / (law.alpha_N + law.alpha_D), abs=1e-3)
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: outside the quick loop
 def test_optimal_cli_json():
   out = subprocess.run([sys.executable, "-m", "t5x_lite.scaling", "optimal", "--law",
                         "chinchilla-approach1", "--budget", "5.76e23", "--json"],
@@ -64,6 +65,7 @@ def test_optimal_cli_json():
   assert result["params"] == pytest.approx(67e9, rel=0.03)
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: outside the quick loop
 def test_optimal_cli_rejects_bad_budget():
   out = subprocess.run([sys.executable, "-m", "t5x_lite.scaling", "optimal", "--law",
                         "epoch-2024", "--budget", "-1"], capture_output=True, text=True)

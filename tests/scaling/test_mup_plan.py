@@ -38,6 +38,7 @@ def tiny_batches(count: int, seed: int) -> list[dict]:
   return batches
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: outside the quick loop
 @pytest.mark.parametrize("parametrization", ["standard", "mup"])
 def test_a_vmapped_sweep_equals_training_at_each_rate_alone(parametrization):
   config = TransformerConfig(vocab_size=128, d_model=64, num_heads=2, d_ff=128,
@@ -98,6 +99,7 @@ def test_a_mup_plan_never_uses_a_shape_narrower_than_its_base_width(tmp_path):
   assert min(widths) == 64
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: outside the quick loop
 def test_plan_tunes_the_rate_at_its_narrowest_shape(tmp_path):
   output = tmp_path / "plan.json"
   main([*PLAN, "--budgets", "1e11", "3e11", *MUP, "--tune_learning_rate", "--tune_steps", "3",

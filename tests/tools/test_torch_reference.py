@@ -32,6 +32,7 @@ def batch_of(config, batch, inputs, targets, torch_tensors=False):
   return {name: convert(array) for name, array in features.items()}
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: outside the quick loop
 @pytest.mark.parametrize("architecture,fields", [
     ("causal_decoder", {}),
     ("causal_decoder", dict(num_kv_heads=2, gated=True, activation="silu",
