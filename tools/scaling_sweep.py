@@ -26,6 +26,12 @@ from t5x_lite import gin_utils
 from t5x_lite.scaling import sweep
 
 
+def recorded_settings(train_args: list[str]) -> dict:
+  """The spec `python -m t5x_lite.train` would record for these arguments (spec.json)."""
+  gin_utils.parse_flags(train_args)
+  return gin_utils.resolve_train_spec().to_json()
+
+
 def main(argv: list[str]) -> int:
   try:
     files, bindings, search_paths, rest = gin_utils.rewrite_gin_args(argv)
@@ -44,6 +50,9 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--commands", action="store_true",
                       help="print one launch command per run instead of running them")
   parser.add_argument("--collect_only", action="store_true", help="only write the tables")
+  parser.add_argument("--rerun_changed", action="store_true",
+                      help="move runs trained with other settings aside and train them again "
+                      "(by default such runs are refused)")
   args = parser.parse_args(rest)
   try:
     plan = sweep.read_plan(args.plan)
@@ -58,11 +67,12 @@ def main(argv: list[str]) -> int:
     if not args.collect_only:
       failed = sweep.run_sweep(plan, args.sweep_dir, gin_files=files, gin_bindings=bindings,
                                warmup_fraction=args.warmup_fraction,
-                               evaluations_per_run=args.evaluations)
+                               evaluations_per_run=args.evaluations,
+                               settings=recorded_settings, rerun_changed=args.rerun_changed)
     runs_csv = args.runs_csv or os.path.join(args.sweep_dir, "RUNS.csv")
     curves_csv = args.curves_csv or os.path.join(args.sweep_dir, "CURVES.csv")
     written, unfinished = sweep.collect(plan, args.sweep_dir, runs_csv, curves_csv)
-  except (sweep.SweepError, OSError) as error:
+  except (sweep.SweepError, gin_utils.UserError, OSError) as error:
     gin_utils.fail(str(error))
   print(f"{written} finished runs in {runs_csv} (training curves: {curves_csv})")
   if unfinished:

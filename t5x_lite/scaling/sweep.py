@@ -5,7 +5,9 @@ configured by the plan's gin files and bindings plus the sweep's own (task,
 learning rate, mesh: e.g. experiments/scaling/sweep.gin). Locally the runs go
 one after another; a run whose metrics.jsonl already holds its final
 evaluation is skipped, and an interrupted one resumes from its checkpoint,
-so re-running the same command finishes a sweep. For a cluster,
+so re-running the same command finishes a sweep; a run directory whose recorded
+settings differ from the sweep's (a changed learning rate, say) is refused instead,
+never skipped or resumed under the new ones. For a cluster,
 `launch_commands` gives one shell command per run instead.
 
 `collect` reads every finished run's evaluations into two tables: RUNS.csv
@@ -18,6 +20,7 @@ step) for the envelope fit.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import shlex
@@ -28,14 +31,42 @@ from typing import Callable, Optional, Sequence, TextIO
 
 from t5x_lite.common import files
 from t5x_lite.common.errors import UserError
+from t5x_lite.models.configs import LAYOUT_KNOBS
+from t5x_lite.runs import run_dir
+from t5x_lite.runs.spec import differences
 
 RUNS_COLUMNS = ("run", "budget", "params", "tokens", "flops", "loss", "steps", "num_layers",
-                "d_model", "d_ff")
+                "d_model", "d_ff", "settings")
+# Recorded knobs that cannot change a run's result: a sweep may skip or resume a run that
+# differs from it only in these. Everything else (the learning rate included) must match.
+NEUTRAL_KNOBS = frozenset({
+    "train.model_dir", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+    "train.peak_flops_per_device", "train.profile_start_step", "train.profile_steps",
+    "train.allow_changes", *(f"TransformerConfig.{name}" for name in LAYOUT_KNOBS)})
 CURVE_COLUMNS = ("run", "step", "params", "tokens", "flops", "loss")
 
 
 class SweepError(UserError, ValueError):
   """A plan file or sweep directory that cannot be used; the message says what to fix."""
+
+
+def settings_fingerprint(spec_json: dict) -> str:
+  """A short hash of a recorded spec's result-bearing settings (all but NEUTRAL_KNOBS):
+  RUNS.csv carries it, so rows trained under different settings are told apart."""
+  kept = {section: {key: value for key, value in values.items()
+                    if f"{section}.{key}" not in NEUTRAL_KNOBS}
+          for section, values in spec_json.items() if isinstance(values, dict)}
+  return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def changed_settings(model_dir: str, current: dict) -> dict:
+  """{knob: (recorded, now)} where a run directory's recorded spec differs from the spec
+  its run would record now (neutral knobs aside); {} when nothing was recorded yet."""
+  record = run_dir.read_record(model_dir)
+  if record is None:
+    return {}
+  return {knob: values for knob, values in differences(record["spec"], current).items()
+          if knob not in NEUTRAL_KNOBS}
 
 
 def read_plan(path: str) -> dict:
@@ -134,11 +165,25 @@ def _subprocess_train(args: list[str], log_path: str, stream: TextIO) -> int:
 def run_sweep(plan: dict, sweep_dir: str, *, gin_files: Sequence[str] = (),
               gin_bindings: Sequence[str] = (), warmup_fraction: float = 0.05,
               evaluations_per_run: int = 8, stream: TextIO = sys.stdout,
-              train: Optional[Callable[[list[str], str, TextIO], int]] = None) -> list[str]:
-  """Trains every unfinished run of `plan` in turn; returns the ids of runs that failed."""
+              train: Optional[Callable[[list[str], str, TextIO], int]] = None,
+              settings: Optional[Callable[[list[str]], dict]] = None,
+              rerun_changed: bool = False) -> list[str]:
+  """Trains every unfinished run of `plan` in turn; returns the ids of runs that failed.
+
+  settings: the spec a run's train arguments would record (what the trainer writes to
+  spec.json). A run directory that recorded other settings (NEUTRAL_KNOBS aside) is never
+  skipped as finished nor resumed: it is refused, naming the knobs, before anything
+  trains, or with `rerun_changed` moved aside (<id>.replaced-<fingerprint>) and trained
+  again.
+  """
   train = train or _subprocess_train
   os.makedirs(sweep_dir, exist_ok=True)
   runs = plan["runs"]
+  arguments = {run["id"]: train_args(plan, run, sweep_dir, gin_files, gin_bindings,
+                                     warmup_fraction, evaluations_per_run) for run in runs}
+  if settings is not None:
+    _reconcile(runs, sweep_dir, {run_id: settings(args) for run_id, args in arguments.items()},
+               rerun_changed, stream)
   total_flops = sum(float(run["flops"]) for run in runs)
   done_flops, spent, failed = 0.0, 0.0, []
   for index, run in enumerate(runs, start=1):
@@ -152,8 +197,7 @@ def run_sweep(plan: dict, sweep_dir: str, *, gin_files: Sequence[str] = (),
     model_dir = os.path.join(sweep_dir, run["id"])
     os.makedirs(model_dir, exist_ok=True)
     start = time.perf_counter()
-    status = train(train_args(plan, run, sweep_dir, gin_files, gin_bindings, warmup_fraction,
-                              evaluations_per_run), os.path.join(model_dir, "train.log"), stream)
+    status = train(arguments[run["id"]], os.path.join(model_dir, "train.log"), stream)
     spent += time.perf_counter() - start
     done_flops += float(run["flops"])
     if status != 0 or not is_finished(run, sweep_dir):
@@ -164,6 +208,29 @@ def run_sweep(plan: dict, sweep_dir: str, *, gin_files: Sequence[str] = (),
     print(f"sweep: {done_flops / total_flops:.0%} of this session's FLOPs done, "
           f"{spent / 60:.1f} min so far, ETA {remaining / 60:.1f} min", file=stream, flush=True)
   return failed
+
+
+def _reconcile(runs: list[dict], sweep_dir: str, current: dict[str, dict], rerun_changed: bool,
+               stream: TextIO) -> None:
+  """Refuses (or moves aside) every run directory whose recorded settings differ."""
+  changed = {run["id"]: changed_settings(os.path.join(sweep_dir, run["id"]), current[run["id"]])
+             for run in runs}
+  changed = {run_id: knobs for run_id, knobs in changed.items() if knobs}
+  if not changed:
+    return
+  if not rerun_changed:
+    shown = "; ".join(f"{run_id}: {run_dir.format_changes(knobs)}"
+                      for run_id, knobs in list(changed.items())[:3])
+    raise SweepError(f"{len(changed)} run(s) in {sweep_dir} were trained with other settings "
+                     f"than this sweep's ({shown}{'; ...' if len(changed) > 3 else ''}). "
+                     "Restore those settings, sweep into a new --sweep_dir, or pass "
+                     "--rerun_changed to move them aside and train them again.")
+  for run_id in changed:
+    model_dir = os.path.join(sweep_dir, run_id)
+    aside = f"{model_dir}.replaced-{settings_fingerprint(run_dir.read_record(model_dir)['spec'])}"
+    os.replace(model_dir, aside)
+    print(f"{run_id}: trained with other settings; moved to {aside}, training it again",
+          file=stream, flush=True)
 
 
 def collect(plan: dict, sweep_dir: str, runs_csv: str,
@@ -181,10 +248,12 @@ def collect(plan: dict, sweep_dir: str, runs_csv: str,
     flops_per_token = float(run["flops"]) / float(run["tokens"])
     tokens_per_step = float(run["tokens"]) / int(run["steps"])
     final = evals[-1]
+    record = run_dir.read_record(os.path.join(sweep_dir, run["id"]))
     rows.append({"run": run["id"], "budget": run["budget"], "params": run["params"],
                  "tokens": run["tokens"], "flops": run["flops"], "loss": final["loss"],
                  "steps": run["steps"], "num_layers": run["num_layers"],
-                 "d_model": run["d_model"], "d_ff": run["d_ff"]})
+                 "d_model": run["d_model"], "d_ff": run["d_ff"],
+                 "settings": settings_fingerprint(record["spec"]) if record else ""})
     for row in evals:
       tokens = round(int(row["step"]) * tokens_per_step)
       curves.append({"run": run["id"], "step": int(row["step"]), "params": run["params"],

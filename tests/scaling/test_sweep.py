@@ -1,5 +1,6 @@
 """tools/scaling_sweep.py's engine: train every planned run once, resume, collect RUNS.csv."""
 
+import csv
 import io
 import json
 import os
@@ -11,6 +12,7 @@ from t5x_lite.gin_utils import model_config
 from t5x_lite.scaling import sweep
 from t5x_lite.scaling.planning import Family, plan_sweep
 from t5x_lite.scaling.runs import read_runs
+from tests.scripts import load_script
 
 pytestmark = pytest.mark.slow  # end-to-end runs (see pytest.ini)
 
@@ -100,3 +102,44 @@ def test_a_planned_run_trains_through_the_real_job(tmp_path):
   written, _ = sweep.collect(plan, str(tmp_path), str(tmp_path / "RUNS.csv"))
   assert written == 1
   assert 0 < read_runs(str(tmp_path / "RUNS.csv")).loss[0] < 10
+
+
+def recording(train_function, settings):
+  """A trainer that records spec.json as the real one does, then trains."""
+  def run(args, log_path, stream):
+    model_dir = eval(next(a for a in args if a.startswith("--gin.MODEL_DIR="))[16:])
+    with open(os.path.join(model_dir, "spec.json"), "w") as handle:
+      json.dump({"spec": settings(args)}, handle)
+    return train_function(args, log_path, stream)
+  return run
+
+
+def test_a_sweep_never_skips_or_resumes_a_run_trained_with_other_settings(tmp_path):
+  plan = make_plan()
+  ids = [run["id"] for run in plan["runs"]]
+  # The settings each run would record, as tools/scaling_sweep.py resolves them from gin.
+  settings = load_script("tools/scaling_sweep.py").recorded_settings
+  sweep_gin = ["experiments/scaling/sweep.gin"]
+  trainer, calls = fake_train({run_id: 3.0 for run_id in ids})
+  sweep.run_sweep(plan, str(tmp_path), gin_files=sweep_gin, train=recording(trainer, settings),
+                  settings=settings, stream=io.StringIO())
+  sweep.collect(plan, str(tmp_path), str(tmp_path / "RUNS.csv"))
+  first = {row["run"]: row["settings"] for row in csv.DictReader(open(tmp_path / "RUNS.csv"))}
+  assert len(first) == len(ids) and "" not in first.values()  # each run's own settings
+
+  changed = ["LEARNING_RATE = 0.0123"]
+  with pytest.raises(sweep.SweepError, match=r"make_schedule.peak_learning_rate: .* -> 0.0123"):
+    sweep.run_sweep(plan, str(tmp_path), gin_files=sweep_gin, gin_bindings=changed,
+                    train=recording(trainer, settings), settings=settings,
+                    stream=io.StringIO())
+  assert len(calls) == len(ids)  # refused before anything trained or was skipped
+
+  output = io.StringIO()
+  assert sweep.run_sweep(plan, str(tmp_path), gin_files=sweep_gin, gin_bindings=changed,
+                         train=recording(trainer, settings), settings=settings,
+                         rerun_changed=True, stream=output) == []
+  assert calls[len(ids):] == ids and output.getvalue().count("moved to") == len(ids)
+  assert len([d for d in os.listdir(tmp_path) if ".replaced-" in d]) == len(ids)
+  sweep.collect(plan, str(tmp_path), str(tmp_path / "RUNS.csv"))
+  again = {row["run"]: row["settings"] for row in csv.DictReader(open(tmp_path / "RUNS.csv"))}
+  assert all(again[run_id] != first[run_id] for run_id in ids)
