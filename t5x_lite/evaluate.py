@@ -116,7 +116,10 @@ def _main(argv: Sequence[str]) -> int:
   for name, outcome in results["multiple_choice"].items():
     print(f"{name}: accuracy {outcome['accuracy']:.3f} ± {outcome['stderr']:.3f}, "
           f"length-normalised {outcome['accuracy_norm']:.3f} ({outcome['questions']} questions, "
-          f"chance {outcome['chance']:.2f})")
+          f"chance {outcome['chance']:.2f})" + (
+              f"; {outcome['truncated_contexts']} contexts cut to fit the model, by up to "
+              f"{outcome['truncated_tokens_max']} tokens" if outcome.get("truncated_contexts")
+              else ""))
   for name, outcome in results["generation"].items():
     print(f"{name}: exact match {outcome['exact_match']:.3f} ({outcome['examples']} examples, "
           "greedy)")

@@ -105,8 +105,10 @@ class T5xLiteLM(LM):
     if len(continuation) > self.max_length:
       raise HarnessError(f"a continuation of {len(continuation)} tokens does not fit the "
                          f"model's {self.max_length} positions; it cannot be scored.")
-    room = self.max_length if self.has_encoder else self.max_length - len(continuation)
-    context = self.truncated(context, room, f"with its {len(continuation)}-token continuation")
+    spec = self.model.config.architecture_spec
+    kept = spec.scoring_context(context, len(continuation), self.max_length)
+    context = self.truncated(context, len(kept), f"with its {len(continuation)}-token "
+                             "continuation")
     if self.has_encoder and not context:
       context = [self.vocabulary.eos_id]  # the encoder needs one token: an empty document
     return context

@@ -197,14 +197,22 @@ def binomial_stderr(accuracy: float, questions: int) -> float:
 def rank_classify(model, vocabulary, questions: Sequence[Question], *, shots: int = 0,
                   seed: int = 0, separator: str = "\n\n", batch_size: int = 32) -> dict:
   """Accuracy (with its binomial standard error), length-normalised accuracy and each
-  question's chosen answer, of `model` on `questions` (k-shot: see `prompts`)."""
+  question's chosen answer, of `model` on `questions` (k-shot: see `prompts`). A context
+  too long for the model keeps its last tokens (ArchitectureSpec.scoring_context, the
+  lm-eval model's rule too); how many were cut, and by how much, is reported."""
   contexts = [vocabulary.encode(p) for p in prompts(questions, shots, seed, separator)]
   pairs = [(q, c) for q, question in enumerate(questions) for c in range(len(question.choices))]
   scores = np.zeros(len(pairs))
+  spec, max_length = model.config.architecture_spec, model.config.max_length
+  cut = {}  # question -> tokens its context lost to the truncation rule (the longest choice)
   for start in range(0, len(pairs), batch_size):
     chunk = pairs[start:start + batch_size]
-    inputs = [contexts[q] for q, _ in chunk]
     targets = [vocabulary.encode(questions[q].choices[c]) for q, c in chunk]
+    inputs = [spec.scoring_context(contexts[q], len(target), max_length)
+              for (q, _), target in zip(chunk, targets)]
+    for (q, _), kept in zip(chunk, inputs):
+      if len(kept) < len(contexts[q]):
+        cut[q] = max(cut.get(q, 0), len(contexts[q]) - len(kept))
     scores[start:start + len(chunk)] = decoding.score(model, inputs, targets)[0]
   correct = correct_normalised = 0
   predictions = []
@@ -220,5 +228,7 @@ def rank_classify(model, vocabulary, questions: Sequence[Question], *, shots: in
   return {"accuracy": accuracy, "stderr": binomial_stderr(accuracy, len(questions)),
           "accuracy_norm": correct_normalised / len(questions),
           "questions": len(questions), "shots": shots,
+          # Contexts cut (left) to fit the model, as the lm-eval model cuts them.
+          "truncated_contexts": len(cut), "truncated_tokens_max": max(cut.values(), default=0),
           "chance": float(np.mean([1 / len(q.choices) for q in questions])),
           "predictions": predictions}

@@ -61,6 +61,15 @@ class Architecture:
       return {"encoder": prompt_length, "decoder": 1 + max_new_tokens}
     return {"decoder": 1 + prompt_length + max_new_tokens}
 
+  def scoring_context(self, context: Sequence[int], continuation_length: int,
+                      max_length: int) -> list[int]:
+    """The one truncation rule for scoring a continuation after a context (evaluate's
+    multiple choice, the lm-eval model): the context keeps its last tokens, as many as
+    fit beside the continuation in the model's `max_length` positions (decoders read
+    [context, continuation]; the encoder-decoder's encoder reads the context alone)."""
+    room = max_length if self.has_encoder else max_length - continuation_length
+    return list(context[max(0, len(context) - max(room, 0)):])
+
   def prompt_limit(self, max_length: int, max_new_tokens: int) -> int:
     """The longest prompt that fits a model of `max_length` positions."""
     return max_length if self.has_encoder else max_length - 1 - max_new_tokens

@@ -21,11 +21,11 @@ VOCABULARY = seqio.ByteVocabulary()
 ARCHITECTURES = ("causal_decoder", "prefix_decoder", "encoder_decoder")
 
 
-def tiny(architecture: str) -> "T5xLiteLM":
+def tiny(architecture: str, max_length: int = 48) -> "T5xLiteLM":
   config = TransformerConfig(architecture=architecture, vocab_size=384, d_model=32,
                              num_heads=2, head_dim=16, d_ff=64, num_decoder_layers=2,
                              num_encoder_layers=2 if architecture == "encoder_decoder" else 0,
-                             max_length=48)
+                             max_length=max_length)
   return T5xLiteLM(model=create_model(config), vocabulary=VOCABULARY, batch_size=3)
 
 
@@ -63,14 +63,25 @@ def test_a_context_longer_than_the_model_is_refused_when_asked():
     tiny("causal_decoder").loglikelihood(requests("loglikelihood", [("x", " y" * 40)]))
 
 
-def test_harness_accuracy_equals_rank_classification():
-  harness = tiny("causal_decoder")
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize("max_length", [4096, 48], ids=["fits", "truncated"])
+def test_harness_scores_equal_rank_classification_truncated_or_not(architecture, max_length):
+  # One truncation rule (ArchitectureSpec.scoring_context): with 48 positions every
+  # 3-shot context is cut, and both scorers cut it the same way.
+  harness = tiny(architecture, max_length)
   questions = multiple_choice.read_questions("pydocs_cloze")[:6]
-  args = [(q.context, choice) for q in questions for choice in q.choices]
-  scores = iter(value for value, _ in harness.loglikelihood(requests("loglikelihood", args)))
-  picks = [int(np.argmax([next(scores) for _ in q.choices])) for q in questions]
-  ours = multiple_choice.rank_classify(harness.model, VOCABULARY, questions)
-  assert picks == ours["predictions"]
+  contexts = multiple_choice.prompts(questions, shots=3)
+  args = [(context, choice) for context, q in zip(contexts, questions) for choice in q.choices]
+  harness_scores = [value for value, _ in harness.loglikelihood(requests("loglikelihood", args))]
+  ours = multiple_choice.rank_classify(harness.model, VOCABULARY, questions, shots=3,
+                                       batch_size=4)
+  scores = iter(harness_scores)
+  assert [int(np.argmax([next(scores) for _ in q.choices])) for q in questions] == (
+      ours["predictions"])
+  if max_length == 48:
+    assert ours["truncated_contexts"] == len(questions) and ours["truncated_tokens_max"] > 0
+  else:
+    assert ours["truncated_contexts"] == 0
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
