@@ -138,11 +138,25 @@ def _merged(model_dir: str, config: TransformerConfig, base: Optional[str],
 # ------------------------------------------------------------------- the trainer's part
 
 
-def check_init_checkpoint(path: str, config: TransformerConfig,
-                          allowed: Iterable[str] = ()) -> None:
+def check_init_checkpoint(path: str, config: TransformerConfig, allowed: Iterable[str] = (),
+                          adapters: bool = False) -> None:
   """Fine-tuning: the pretrained run's recorded model must compute the same function as
   `config`, but for the knobs named in `allowed` (train.allow_changes, e.g. the
-  architecture, to continue a causal decoder as a prefix decoder)."""
+  architecture, to continue a causal decoder as a prefix decoder). Full fine-tuning
+  (`adapters` False) needs a float model's run directory."""
+  record = run_dir.read_record(path)
+  kind = kind_of(record)
+  if not adapters and kind == "lora":
+    raise run_dir.RunDirError(
+        f"train.init_checkpoint {path} is a LoRA run directory (adapters only); merge them "
+        f"into their base first (`python -m t5x_lite.merge --adapters={path} --output=DIR`) "
+        "and fine-tune DIR.")
+  if not adapters and kind == "quantized":
+    raise run_dir.RunDirError(
+        f"train.init_checkpoint {path} holds a quantized model (integer weights), which full "
+        f"fine-tuning cannot update; fine-tune its float source "
+        f"{record['quantization'].get('source', '(see its spec.json)')}, or train LoRA "
+        "adapters over it (gin/runs/lora.gin: QLoRA).")
   recorded = run_dir.recorded_model(path)
   changed = {} if recorded is None else contradictions(recorded, vars(config), allowed)
   if changed:

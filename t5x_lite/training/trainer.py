@@ -120,9 +120,12 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
   checkpointer = checkpoints.Checkpointer(os.path.join(run.model_dir, "checkpoints"),
                                           run.checkpoint_every, run.keep_checkpoints)
   resuming = checkpointer.latest_step() is not None
+  if run.init_checkpoint and spec.lora is None and not resuming:
+    loading.check_init_checkpoint(run.init_checkpoint, config, run.allow_changes)
   adapted = None
   if spec.lora is not None:  # the base is frozen and loaded every time, resumed or not
-    loading.check_init_checkpoint(run.init_checkpoint, config, run.allow_changes)
+    loading.check_init_checkpoint(run.init_checkpoint, config, run.allow_changes,
+                                  adapters=True)
     base_model = loading.lora_base(run.init_checkpoint, config, spec.lora, mesh)
     if is_main:
       loading.record_base(run.model_dir, run.init_checkpoint,
@@ -151,7 +154,6 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
   else:
     batches = make_batches()
     if run.init_checkpoint and adapted is None:
-      loading.check_init_checkpoint(run.init_checkpoint, config, run.allow_changes)
       state["params"] = checkpoints.newest_params(run.init_checkpoint,
                                                   abstract_state(state["params"]))[1]
       print(f"initialised params from {run.init_checkpoint}", file=stream)

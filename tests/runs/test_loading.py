@@ -215,3 +215,15 @@ def test_a_moved_base_is_named_at_use_time_and_checked_by_its_fingerprint(lora_r
   assert "lora_base" in inspect.signature(evaluate.evaluate).parameters
   assert merge_code([f"--adapters={copy}", f"--output={tmp_path / 'merged'}",
                      f"--lora_base={moved_base}"]) == 0
+
+
+def test_full_fine_tuning_from_adapters_or_a_quantized_model_says_what_works(lora_run,
+                                                                             tmp_path):
+  _, run = lora_run
+  with pytest.raises(run_dir.RunDirError, match="is a LoRA run directory .* merge them"):
+    finetune(tmp_path / "from_lora", run, steps=1, run="finetune")
+  quantized = tmp_path / "int8"
+  loading.write_quantized(str(lora_run[0]), str(quantized), "int8_weights")
+  with pytest.raises(run_dir.RunDirError, match="quantized model .* its float source"):
+    finetune(tmp_path / "from_int8", quantized, steps=1, run="finetune")
+  assert not (tmp_path / "from_lora").exists() and not (tmp_path / "from_int8").exists()
