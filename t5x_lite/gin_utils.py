@@ -84,8 +84,15 @@ def parse(files: Iterable[str], bindings: Iterable[str] = (),
   logging.disable(logging.ERROR)
   try:
     gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
+  except RecursionError:
+    raise GinConfigError(f"gin files {files} include one another in a circle (a file that "
+                         "includes itself, directly or through others); remove the "
+                         "include that closes it.") from None
   except Exception as error:  # gin raises ValueError, KeyError, SyntaxError, IOError...
-    raise GinConfigError(f"Bad gin configuration: {error}") from None
+    lines = str(error).splitlines()
+    if len(lines) > 8:  # a long include chain: the cause and where it was read from
+      lines = lines[:4] + ["  ..."] + lines[-3:]
+    raise GinConfigError("Bad gin configuration: " + "\n".join(lines)) from None
   finally:
     logging.disable(logging.NOTSET)
   unused = [name for name in _macros_set(bindings) if name not in _macros_used()]

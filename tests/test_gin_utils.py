@@ -138,3 +138,12 @@ def test_every_objective_file_names_a_task_with_its_features(objective, architec
   assert {os.path.basename(f)[:-4] for f in glob.glob(
       os.path.join(gin_utils.GIN_DIR, "objectives", "*.gin"))} == {
           "span_corruption", "prefix_lm", "full_lm"}
+
+
+def test_a_gin_file_that_includes_itself_is_one_short_error(tmp_path):
+  first, second = tmp_path / "a.gin", tmp_path / "b.gin"
+  first.write_text(f"include '{second}'\n")
+  second.write_text(f"include '{first}'\n")
+  with pytest.raises(gin_utils.GinConfigError, match="include one another in a circle") as error:
+    gin_utils.parse([str(first)])
+  assert len(str(error.value).splitlines()) == 1
