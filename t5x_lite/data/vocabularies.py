@@ -16,6 +16,7 @@ from t5x_lite.data import corpora
 from t5x_lite.data.corpus_store import CorpusError, file_lock, publish_atomically
 
 EXTRA_IDS = 100
+CHECKSUM_FILE = "spm.model.sha256"
 DEFAULT_PIECES = 8000
 # Lines sampled for training the SentencePiece model (the whole embedded corpus fits).
 TRAINER_SENTENCES = 2_000_000
@@ -40,11 +41,32 @@ def _train_sentencepiece(corpus: corpora.LocalCorpus, pieces: int, path: str) ->
   def write(tmp: str) -> None:
     with open(os.path.join(tmp, "spm.model"), "wb") as handle:
       handle.write(model.getvalue())
+    with open(os.path.join(tmp, CHECKSUM_FILE), "w") as handle:
+      handle.write(hashlib.sha256(model.getvalue()).hexdigest())
 
   publish_atomically(os.path.dirname(path), write)
 
 
-class CorpusSentencePieceVocabulary(seqio.SentencePieceVocabulary):
+class CheckedSentencePieceVocabulary(seqio.SentencePieceVocabulary):
+  """seqio's SentencePieceVocabulary whose model file, when it cannot be read (cut short,
+  not a SentencePiece model), is one CorpusError naming the file, not a protobuf
+  traceback in the middle of training or decoding."""
+
+  def _model_context(self):
+    try:
+      return super()._model_context()
+    except CorpusError:
+      raise
+    except Exception as error:  # noqa: BLE001  protobuf DecodeError, sentencepiece's errors
+      raise CorpusError(f"SentencePiece model {self.sentencepiece_model_file} cannot be read "
+                        f"({type(error).__name__}: {str(error)[:200]}); {self._remedy()}"
+                        ) from None
+
+  def _remedy(self) -> str:
+    return "point at an intact .model file (it may be cut short or of another format)."
+
+
+class CorpusSentencePieceVocabulary(CheckedSentencePieceVocabulary):
   """A SentencePieceVocabulary whose model is trained on a local corpus when first loaded.
 
   The model is cached next to the corpus (`<corpus dir>-spm<pieces>/spm.model`),
@@ -61,11 +83,27 @@ class CorpusSentencePieceVocabulary(seqio.SentencePieceVocabulary):
 
   def _model_context(self):
     path = self.sentencepiece_model_file
-    if not self._model and not os.path.exists(path):
-      with file_lock(os.path.dirname(path) + ".lock"):
-        if not os.path.exists(path):
-          _train_sentencepiece(self._corpus_fn(), self._pieces, path)
+    if not self._model:
+      if not os.path.exists(path):
+        with file_lock(os.path.dirname(path) + ".lock"):
+          if not os.path.exists(path):
+            _train_sentencepiece(self._corpus_fn(), self._pieces, path)
+      self._verify(path)
     return super()._model_context()
+
+  def _verify(self, path: str) -> None:
+    """The cached model is the one trained: its sha256 matches the one recorded beside it."""
+    checksum = os.path.join(os.path.dirname(path), CHECKSUM_FILE)
+    if not os.path.exists(checksum):
+      return  # trained before checksums were recorded
+    with open(checksum) as handle, open(path, "rb") as model:
+      if hashlib.sha256(model.read()).hexdigest() != handle.read().strip():
+        raise CorpusError(f"SentencePiece model {path} does not match its checksum (damaged); "
+                          f"{self._remedy()}")
+
+  def _remedy(self) -> str:
+    return (f"delete {os.path.dirname(self.sentencepiece_model_file)} and run again to "
+            "retrain it.")
 
 
 def default_vocabulary() -> seqio.Vocabulary:
@@ -77,7 +115,7 @@ def sentencepiece_vocabulary(model_file: str, extra_ids: int = EXTRA_IDS) -> seq
   """A user's SentencePiece model (pad 0, eos 1, unk 2, as T5's) with sentinel extra ids."""
   if not os.path.isfile(model_file):
     raise CorpusError(f"SentencePiece model {model_file!r} does not exist; check the path.")
-  return seqio.SentencePieceVocabulary(model_file, extra_ids=extra_ids)
+  return CheckedSentencePieceVocabulary(model_file, extra_ids=extra_ids)
 
 
 def byte_vocabulary(extra_ids: int = EXTRA_IDS) -> seqio.Vocabulary:

@@ -184,3 +184,21 @@ def test_text_files_tasks_read_the_files_bound_in_gin(tmp_path, monkeypatch):
                            "causal_decoder"))
   text = bytes(int(t) - 3 for t in batch["decoder_target_tokens"].ravel() if t > 2)
   assert b"ipsum" in text
+
+
+def test_a_truncated_or_damaged_sentencepiece_model_is_one_clear_error(tmp_path):
+  model = vocabularies.default_vocabulary().sentencepiece_model_file
+  cut = tmp_path / "cut.model"
+  cut.write_bytes(open(model, "rb").read()[:1000])
+  with pytest.raises(t5x_lite.data.CorpusError, match="cut.model cannot be read"):
+    vocabularies.sentencepiece_vocabulary(str(cut)).encode("text")
+  # The built-in model is checked against the checksum recorded when it was trained.
+  corpus_dir = tmp_path / "corpus"
+  directory = tmp_path / "corpus-spm8000"
+  directory.mkdir()
+  (directory / "spm.model").write_bytes(open(model, "rb").read())
+  (directory / vocabularies.CHECKSUM_FILE).write_text("0" * 64)
+  corpus = lambda: type("Corpus", (), {"directory": str(corpus_dir)})()  # noqa: E731
+  damaged = vocabularies.CorpusSentencePieceVocabulary(corpus_fn=corpus)
+  with pytest.raises(t5x_lite.data.CorpusError, match="does not match its checksum.*delete"):
+    damaged.encode("text")
