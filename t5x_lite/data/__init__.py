@@ -10,11 +10,12 @@ from t5x_lite.data.pipeline import (
            DataError,
            DataSpec,
            check_vocabulary,
+           data_fingerprints,
            get_batches,
            get_task,
 )
 from t5x_lite.data.tasks import register_tasks
 
 __all__ = ["BatchIterator", "CorpusError", "DataError", "DataSpec", "ObjectiveError",
-           "check_vocabulary", "get_batches", "get_task", "register_tasks",
+           "check_vocabulary", "data_fingerprints", "get_batches", "get_task", "register_tasks",
            "span_corruption_lengths"]

@@ -115,6 +115,21 @@ def get_task(task: str) -> seqio.DatasetProviderBase:
                     f"registered tasks include {known}, ...") from None
 
 
+def data_fingerprints(task: str) -> dict[str, str]:
+  """{corpus name: content fingerprint} of the built local corpora a task or mixture reads
+  (corpus_store's manifest; building them if needed): what a run records about its data,
+  so that a resume on a rebuilt or edited corpus is told apart. TFDS sources have none."""
+  provider = get_task(task)
+  tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
+  found = {}
+  for member in tasks:
+    manifest = getattr(member.source, "manifest", None)
+    if callable(manifest):
+      built = manifest()
+      found[built.name] = built.fingerprint
+  return found
+
+
 def check_vocabulary(task: str, vocab_size: int) -> None:
   """Refuses a task whose token ids do not fit a model of `vocab_size` embeddings."""
   for name, feature in get_task(task).output_features.items():

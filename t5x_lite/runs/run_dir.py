@@ -136,14 +136,15 @@ def format_changes(changed: Mapping[str, tuple[Any, Any]]) -> str:
 
 
 def check_spec(model_dir: str, spec: TrainSpec, vocabulary: dict, resuming: bool,
-               stream: TextIO = sys.stdout) -> dict:
+               stream: TextIO = sys.stdout, data: Optional[dict] = None) -> dict:
   """Compares `spec` with the recorded one (when resuming); returns the record to write
   once the run has started (`record`), after the restore succeeded: a start that fails
   must leave the record describing what the checkpoints hold.
 
   Resuming with a knob that differs from the record and is neither free to change
   (spec.MAY_CHANGE_ON_RESUME) nor named in train.allow_changes is refused, listing
-  every such knob; a changed vocabulary is always refused. Accepted changes are
+  every such knob; a changed vocabulary is always refused, and so is changed corpus content
+  (`data`: corpus fingerprints) unless train.allow_changes names 'data'. Accepted changes are
   printed and appended to the record's history. Call with the run lock held.
   """
   current = spec.to_json()
@@ -167,11 +168,19 @@ def check_spec(model_dir: str, spec: TrainSpec, vocabulary: dict, resuming: bool
           f"{model_dir} was trained with vocabulary {record['vocabulary']} but task "
           f"{spec.run.task!r} now has {vocabulary}; the token ids would mean different text. "
           "Use the original vocabulary or a new MODEL_DIR.")
+    recorded_data = record.get("data")
+    if recorded_data is not None and data is not None and recorded_data != data and (
+        "data" not in spec.run.allow_changes):
+      raise RunDirError(
+          f"{model_dir} was trained on corpus content {recorded_data} but task "
+          f"{spec.run.task!r} now reads {data} (a rebuilt or changed corpus); resuming would "
+          "continue on other data. Restore the corpus, use a new MODEL_DIR, or add 'data' to "
+          "train.allow_changes.")
     if changed:
       print(f"resuming with changed settings: {format_changes(changed)}", file=stream)
       history.append({"time": time.strftime("%Y-%m-%d %H:%M:%S"),
                       "changed": {knob: list(values) for knob, values in changed.items()}})
-  return {"spec": current, "vocabulary": vocabulary, "history": history}
+  return {"spec": current, "vocabulary": vocabulary, "data": data, "history": history}
 
 
 def record(model_dir: str, run_record: dict, operative_config: Optional[str]) -> None:

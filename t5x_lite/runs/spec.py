@@ -112,7 +112,8 @@ class RunConfig:
     allow_changes: knobs (gin names, e.g. "TransformerConfig.dropout_rate") that may
       differ from the run directory's recorded configuration on resume, and model
       knobs that may differ from init_checkpoint's model when fine-tuning (e.g.
-      "TransformerConfig.architecture": a causal decoder continued as a prefix decoder).
+      "TransformerConfig.architecture": a causal decoder continued as a prefix decoder);
+      "data" lets a resume read corpus content other than the recorded fingerprints.
     profile_start_step, profile_steps: trace steps profile_start_step + 1 ...
       profile_start_step + profile_steps with jax.profiler into MODEL_DIR/profile
       (open it with TensorBoard's profile plugin or xprof; tools/top_ops.py lists the
@@ -169,7 +170,7 @@ class RunConfig:
                         f"{self.z_loss} and {self.label_smoothing}.")
     if self.peak_flops_per_device is not None and self.peak_flops_per_device <= 0:
       raise ConfigError("train.peak_flops_per_device must be positive or None.")
-    unknown = [name for name in self.allow_changes if name not in KNOBS]
+    unknown = [name for name in self.allow_changes if name not in KNOBS and name != "data"]
     if unknown:
       raise ConfigError(f"train.allow_changes names unknown knobs {unknown}; knobs look like "
                         "'TransformerConfig.dropout_rate' or 'train.batch_size'.")

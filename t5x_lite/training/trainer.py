@@ -24,7 +24,7 @@ from flax import nnx
 
 from t5x_lite.common import partitioning
 from t5x_lite.common.errors import ConfigError
-from t5x_lite.data import check_vocabulary, get_batches, get_task, vocabularies
+from t5x_lite.data import check_vocabulary, data_fingerprints, get_batches, get_task, vocabularies
 from t5x_lite.models import losses, pipeline_parallel
 from t5x_lite.models.counting import count
 from t5x_lite.models.lora import adapt
@@ -144,8 +144,8 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
         run.task, run.feature_lengths, "train", run.batch_size, config.architecture,
         shard=shard, seed=run.seed)
 
-  run_record = (run_dir.check_spec(run.model_dir, spec, vocabulary, resuming, stream)
-                if is_main else None)
+  run_record = (run_dir.check_spec(run.model_dir, spec, vocabulary, resuming, stream,
+                                   data=data_fingerprints(run.task)) if is_main else None)
   state = steps.init()
   start, restored, batches = checkpointer.restore_latest(abstract_state(state), make_batches)
   if start is not None:

@@ -251,3 +251,21 @@ def test_a_failed_start_leaves_a_new_model_dir_as_it_found_it(tmp_path, capsys):
   code, _, _ = run_main(helpers.command_line(existing, steps=2) + [
       "--gin.MIXTURE_OR_TASK_NAME='no_such_task'"], capsys)
   assert code == 2 and (existing / "notes.txt").read_text() == "mine"
+
+
+def test_a_resume_on_changed_corpus_content_is_refused_unless_allowed(tmp_path, capsys,
+                                                                     monkeypatch):
+  monkeypatch.setenv("T5X_LITE_CACHE", str(tmp_path / "cache"))
+  for i in range(4):
+    (tmp_path / f"notes{i}.txt").write_text(f"Note number {i}: " + "lorem ipsum " * 40)
+  run = tmp_path / "run"
+  argv = helpers.command_line(run, steps=2, MIXTURE_OR_TASK_NAME="'text_files.full_lm.byte'",
+                              **{"text_files_corpus.patterns": [f"{tmp_path}/notes*.txt"]})
+  assert run_main(argv, capsys)[0] == 0
+  assert list(recorded(run)["data"]) == ["text_files"]
+  (tmp_path / "notes0.txt").write_text("Another note entirely: " + "dolor sit " * 40)
+  longer = [arg.replace("TRAIN_STEPS=2", "TRAIN_STEPS=3") for arg in argv]
+  code, _, err = run_main(longer, capsys)
+  assert code == 2 and "was trained on corpus content" in err and "'data'" in err
+  code, _, _ = run_main(longer + ["--gin.train.allow_changes=['data']"], capsys)
+  assert code == 0
