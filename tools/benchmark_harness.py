@@ -1,5 +1,5 @@
 """lm-evaluation-harness throughput (`make bench`): loglikelihood requests per second of
-the harness model (t5x_lite/interop/lm_eval.py) on the quick-start decoder, one request
+the harness model (t5x_lite/inference/harness.py) on the quick-start decoder, one request
 at a time against batched, the two interleaved in one run after a warm-up pass.
 
 The requests are the pydocs cloze set's (context, choice) pairs, as the harness sends

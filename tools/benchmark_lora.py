@@ -1,7 +1,7 @@
 """Full fine-tuning vs LoRA vs QLoRA on the quick-start decoder (`make bench`): step time
 and memory (trainable parameters, AdamW state bytes, bytes of the parameters held),
 the three steps interleaved in one run. QLoRA trains the same adapters over the base
-quantized to int4 weights (t5x_lite/quantization.py, qwix).
+quantized to int4 weights (t5x_lite/models/quantization.py, qwix).
 
 Both steps are the same jitted forward + cross-entropy + AdamW update over nnx state;
 full fine-tuning differentiates and updates every nnx.Param, LoRA only the adapters

@@ -1,5 +1,5 @@
 """Quantization quality and memory (`make bench`, after `make demo`): the quick-start
-decoder in float32, bfloat16, int8, int4 and nf4 weights (t5x_lite/quantization.py, qwix),
+decoder in float32, bfloat16, int8, int4 and nf4 weights (t5x_lite/models/quantization.py, qwix),
 side by side: validation perplexity, pydocs_cloze accuracy (with its binomial standard
 error), parameter bytes, checkpoint size on disk, and greedy decode tokens/s (the
 variants interleaved in one run after a warm-up).

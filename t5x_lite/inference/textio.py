@@ -17,7 +17,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from t5x_lite.common.errors import UserError
-from t5x_lite.data import check_vocabulary, get_task, vocabularies
+from t5x_lite.data import check_vocabulary, get_task, text_files, vocabularies
 from t5x_lite.inference import decoding
 from t5x_lite.runs import run_dir
 
@@ -63,22 +63,23 @@ def read_examples(path: str, warn=None) -> list[dict]:
   if not os.path.isfile(path):
     raise InferenceError(f"inputs file {path!r} does not exist; check infer.inputs.")
   examples = []
-  with open(path, encoding="utf-8") as handle:
-    for number, line in enumerate(handle, start=1):
-      if not line.strip():
-        continue
-      if not path.endswith(".jsonl"):
-        examples.append({"inputs": line.rstrip("\n")})
-        continue
-      try:
-        record = json.loads(line)
-        if not isinstance(record, dict) or not isinstance(record.get("inputs"), str):
-          raise ValueError('needs an "inputs" string')
-        if not record["inputs"].strip():
-          raise ValueError("empty inputs")
-        examples.append({k: record[k] for k in ("inputs", "targets") if k in record})
-      except ValueError as error:
-        print(f"warning: {path}:{number}: skipped: {error}", file=warn or sys.stderr)
+  with open(path, "rb") as handle:  # not UTF-8: one error naming the offset
+    lines = text_files.record_lines(handle.read(), path)
+  for number, line in enumerate(lines, start=1):
+    if not line.strip():
+      continue
+    if not path.endswith(".jsonl"):
+      examples.append({"inputs": line})
+      continue
+    try:
+      record = json.loads(line)
+      if not isinstance(record, dict) or not isinstance(record.get("inputs"), str):
+        raise ValueError('needs an "inputs" string')
+      if not record["inputs"].strip():
+        raise ValueError("empty inputs")
+      examples.append({k: record[k] for k in ("inputs", "targets") if k in record})
+    except ValueError as error:
+      print(f"warning: {path}:{number}: skipped: {error}", file=warn or sys.stderr)
   if not examples:
     raise InferenceError(f"{path} holds no usable example.")
   return examples

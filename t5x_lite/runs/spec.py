@@ -227,7 +227,8 @@ class TrainSpec:
                         "init_checkpoint) to the MODEL_DIR of the base model.")
     if self.lora is not None and self.model.scan_layers:
       raise ConfigError("LoRA needs the unscanned layout: set TransformerConfig.scan_layers="
-                        "False (checkpoints store one layout, so a scanned run's base loads).")
+                        "False (checkpoints store one layout, so a scanned run's base loads), "
+                        "on a mesh without pipeline stages (they need the scanned one).")
 
   def to_json(self) -> dict[str, dict[str, Any]]:
     """{gin name: {field: value}}: what spec.json holds (optional sections when set)."""

@@ -88,6 +88,10 @@ def train(spec: TrainSpec, mesh: jax.sharding.Mesh, *, operative_config: Optiona
   if run.batch_size % data_shards or (run.batch_size // run.microbatches) % data_shards:
     raise ConfigError(f"BATCH_SIZE {run.batch_size} (/{run.microbatches} microbatches) does not "
                       f"split over the mesh's {data_shards} data x fsdp shards; use a multiple.")
+  if spec.lora is not None and mesh.shape.get(pipeline_parallel.STAGE_AXIS, 1) > 1:
+    raise ConfigError("LoRA runs cannot use pipeline stages: adapters wrap each layer of the "
+                      "unscanned layout, and stages split the scanned one. Use a mesh without "
+                      "a stage axis (data, FSDP, tensor: e.g. gin/meshes/fsdp.gin).")
   pipeline_parallel.check_mesh(spec.model, mesh, run.batch_size // run.microbatches)
   new = not os.path.isdir(run.model_dir) or not os.listdir(run.model_dir)
   lock = run_dir.RunLock(run.model_dir)

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +17,7 @@ from flax import nnx
 
 from t5x_lite import evaluate, gin_utils, infer, merge
 from t5x_lite.common import partitioning
+from t5x_lite.common.errors import ConfigError
 from t5x_lite.inference import harness as lm_eval
 from t5x_lite.models import forward
 from t5x_lite.models.lora import LoraConfig, adapt
@@ -227,3 +229,16 @@ def test_full_fine_tuning_from_adapters_or_a_quantized_model_says_what_works(lor
   with pytest.raises(run_dir.RunDirError, match="quantized model .* its float source"):
     finetune(tmp_path / "from_int8", quantized, steps=1, run="finetune")
   assert not (tmp_path / "from_lora").exists() and not (tmp_path / "from_int8").exists()
+
+
+def test_lora_on_a_pipeline_mesh_is_refused_with_advice_that_works(tiny_run_once, tmp_path):
+  files = ["runs/lora.gin", "models/tiny_causal_decoder.gin", "meshes/pipeline.gin"]
+  gin_utils.parse(files, helpers.bindings(tmp_path, steps=1,
+                                          MIXTURE_OR_TASK_NAME=FINETUNE_TASK,
+                                          PIPELINE_STAGES=2)
+                  + [f"CHECKPOINT_PATH = '{tiny_run_once}'"])
+  with pytest.raises(ConfigError, match="scan_layers=False .* without pipeline stages"):
+    gin_utils.resolve_train_spec()  # the pipeline mesh's gin turns scanning on
+  gin.bind_parameter("TransformerConfig.scan_layers", False)
+  with pytest.raises(ConfigError, match="LoRA runs cannot use pipeline stages.*fsdp.gin"):
+    trainer.train(gin_utils.resolve_train_spec(), gin_utils.resolve_mesh())
