@@ -28,14 +28,23 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("patterns", nargs="*", help="globs or directories (for `files`)")
   parser.add_argument("--jsonl_key", default="text", help="JSON-lines field holding the text")
   parser.add_argument("--output", help="build here instead of the cache (`files` only)")
-  parser.add_argument("--validation_fraction", type=float,
-                      default=corpus_store.DEFAULT_VALIDATION_FRACTION)
+  parser.add_argument("--validation_fraction", type=float, default=None,
+                      help="held-out share (`files` with --output only; default "
+                      f"{corpus_store.DEFAULT_VALIDATION_FRACTION})")
   args = parser.parse_args(argv)
+  cached = not (args.corpus == "files" and args.output)
+  if cached and (args.output or args.validation_fraction is not None):
+    # The cache holds each corpus as the tasks read it: one place, the default split.
+    parser.error("--output and --validation_fraction apply to `files` built with --output "
+                 "only; the cache's corpora are built where and as the tasks read them.")
+  if args.validation_fraction is not None and not 0 < args.validation_fraction < 1:
+    parser.error(f"--validation_fraction must be in (0, 1), got {args.validation_fraction}.")
   try:
     if args.corpus == "files" and args.output:
       manifest = corpus_store.write_corpus(
           args.output, "text_files", text_files.read_documents(args.patterns, args.jsonl_key),
-          source=f"files matching {args.patterns}", validation_fraction=args.validation_fraction)
+          source=f"files matching {args.patterns}",
+          validation_fraction=args.validation_fraction or corpus_store.DEFAULT_VALIDATION_FRACTION)
       directory = args.output
     else:
       corpus = (corpora.text_files_corpus(args.patterns, args.jsonl_key) if args.corpus == "files"

@@ -190,3 +190,14 @@ def test_a_corpus_built_before_checksums_is_rebuilt_not_trusted(built):
   json.dump(old, open(path, "w"))
   rebuilt = corpus_store.ensure_corpus(directory, "tiny", docs, "test")
   assert rebuilt.seal and rebuilt.fingerprint == manifest.fingerprint
+
+
+@pytest.mark.parametrize("argv", [["pydocs", "--output=/tmp/elsewhere"],
+                                  ["shakespeare", "--validation_fraction=0.2"],
+                                  ["files", "notes", "--validation_fraction=0.2"]])
+def test_build_corpus_refuses_options_it_would_ignore(argv, capsys):
+  build_corpus = load_script("tools/build_corpus.py")
+  with pytest.raises(SystemExit) as exit_info:
+    build_corpus.main(argv)
+  assert exit_info.value.code == 2
+  assert "apply to `files` built with --output only" in capsys.readouterr().err
