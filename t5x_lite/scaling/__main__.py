@@ -116,7 +116,7 @@ def _plan(args, files, bindings, search_paths) -> None:
     runs = planning.plan_sweep(
         family, args.budgets, spread=args.spread, tokens_per_param=args.tokens_per_param,
         min_params=args.min_params, max_params=args.max_params, **sizes, **lengths)
-  for problem in planning.bracketing_problems(runs) if not args.refine else []:
+  for problem in planning.bracketing_problems(runs, family) if not args.refine else []:
     print(f"warning: {problem}", file=sys.stderr)
   tuned = None
   learning_rate = args.learning_rate

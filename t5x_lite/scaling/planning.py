@@ -222,17 +222,35 @@ def _runs_for_targets(family: Family, targets: dict[float, Sequence[float]], can
   return runs
 
 
-def bracketing_problems(runs: Sequence[PlannedRun]) -> list[str]:
+def bracketing_problems(runs: Sequence[PlannedRun], family: Optional[Family] = None
+                        ) -> list[str]:
   """Budgets whose planned shapes cannot bracket an optimum (fewer than three distinct
-  sizes): what to change, one message each."""
+  sizes): what to change, one message each. With the `family`, sizes pinned at its
+  largest or smallest shape are named as the limit (not --spread)."""
+  params = sorted(p for p, _ in family.candidates()) if family is not None else []
   problems = []
   for budget in sorted({run.budget for run in runs}):
     sizes = sorted({run.params for run in runs if run.budget == budget})
-    if len(sizes) < 3:
+    if len(sizes) >= 3:
+      continue
+    shown = ", ".join(f"{s:,}" for s in sizes)
+    # `nearest` may pick a shape up to 2% smaller for its aspect ratio: within 5% is the edge.
+    if params and sizes[-1] >= params[-1] / 1.05:
+      problems.append(
+          f"budget {budget:.3g}: its sizes reach the family's largest shape ({params[-1]:,} "
+          f"parameters at {family.max_layers} layers, the layer cap), so only {len(sizes)} "
+          f"distinct sizes ({shown}) fit; lower the budget, or raise --aspect_ratio or "
+          "--head_dim for wider shapes.")
+    elif params and sizes[0] <= params[0] * 1.05:
+      problems.append(
+          f"budget {budget:.3g}: its sizes reach the family's smallest shape ({params[0]:,} "
+          f"parameters), so only {len(sizes)} distinct sizes ({shown}) fit; raise the budget, "
+          "or lower --head_dim for narrower shapes.")
+    else:
       problems.append(
           f"budget {budget:.3g}: the family's shapes give only {len(sizes)} distinct sizes "
-          f"({', '.join(f'{s:,}' for s in sizes)}); an IsoFLOP parabola needs three. Raise "
-          "--spread or --sizes, or lower --head_dim for finer shapes.")
+          f"({shown}); an IsoFLOP parabola needs three. Raise --spread or --sizes, or lower "
+          "--head_dim for finer shapes.")
   return problems
 
 

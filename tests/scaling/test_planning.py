@@ -8,7 +8,7 @@ import pytest
 from t5x_lite.gin_utils import model_config
 from t5x_lite.models import counting
 from t5x_lite.scaling.__main__ import main
-from t5x_lite.scaling.planning import Family, PlanError, plan_sweep
+from t5x_lite.scaling.planning import Family, PlanError, bracketing_problems, plan_sweep
 
 FAMILY_GIN = "experiments/scaling/family.gin"
 
@@ -77,3 +77,11 @@ def test_impossible_plans_are_one_clear_error(family, capsys):
     main(["plan", "--budgets", "1e12", "--batch_size", "16", "--targets_length", "256"])
   assert exit_info.value.code == 2
   assert "--gin_file" in capsys.readouterr().err
+
+
+def test_a_budget_beyond_the_familys_largest_shape_names_the_layer_cap(family):
+  small = Family(family.base, aspect_ratio=32, head_dim=32, max_layers=4)
+  runs = plan_sweep(small, [1e20], batch_size=16, targets_length=256)
+  (problem,) = bracketing_problems(runs, small)
+  assert "the family's largest shape" in problem and "4 layers, the layer cap" in problem
+  assert "--spread" not in problem
