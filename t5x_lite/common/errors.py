@@ -182,5 +182,10 @@ def run_cli(main: Callable[[], int]) -> int:
     gc.collect()
     # gin appends "In call to configurable ..." to errors raised inside a configurable.
     fail(str(error).split("\n  In call to configurable")[0])
+  except KeyboardInterrupt:
+    # Ctrl-C before the loop installs its own handler (setup, compilation, loading): the
+    # user asked for it, so one line, and the shell's exit status for SIGINT.
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
   finally:
     logging.getLogger("absl").removeFilter(quiet)
