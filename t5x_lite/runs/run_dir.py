@@ -21,6 +21,7 @@ import os
 import shutil
 import socket
 import sys
+import tempfile
 import time
 from typing import Any, Mapping, Optional, TextIO
 
@@ -249,11 +250,17 @@ def _trim_events(path: str, step: int) -> int:
   except tf.errors.DataLossError:
     dropped += 1  # A record cut short by a kill: it was never complete.
   if dropped:
-    temporary = path + ".tmp"
     with file_errors("TensorBoard events", path):
-      with tf.io.TFRecordWriter(temporary) as writer:
-        for record in records:
-          writer.write(record)
-      os.replace(temporary, path)
+      fd, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                                       dir=os.path.dirname(path))
+      os.close(fd)
+      try:
+        with tf.io.TFRecordWriter(temporary) as writer:
+          for event in records:
+            writer.write(event)
+        os.replace(temporary, path)
+      finally:
+        if os.path.exists(temporary):
+          os.remove(temporary)
   return dropped
 
