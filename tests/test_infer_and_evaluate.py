@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+from types import SimpleNamespace
 
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 from t5x_lite import evaluate, gin_utils, infer
 from t5x_lite.inference import decoding, evaluation, multiple_choice, textio
+from t5x_lite.models import TransformerConfig
 from t5x_lite.runs import loading
 
 pytestmark = pytest.mark.slow  # end-to-end runs (see pytest.ini)
@@ -152,7 +154,8 @@ def test_rank_classification_on_a_hand_checked_example(monkeypatch):
     def encode(self, text):
       return list(text.encode())
 
-  result = multiple_choice.rank_classify(None, Vocabulary(), [question])
+  model = SimpleNamespace(config=TransformerConfig(max_length=2048))  # only its positions
+  result = multiple_choice.rank_classify(model, Vocabulary(), [question])
   assert result["predictions"] == [0]
   assert (result["accuracy"], result["accuracy_norm"]) == (0.0, 1.0)
 

@@ -9,6 +9,7 @@ from t5x_lite.data.pipeline import (
            BatchIterator,
            DataError,
            DataSpec,
+           check_splits,
            check_vocabulary,
            data_fingerprints,
            get_batches,
@@ -17,5 +18,5 @@ from t5x_lite.data.pipeline import (
 from t5x_lite.data.tasks import register_tasks
 
 __all__ = ["BatchIterator", "CorpusError", "DataError", "DataSpec", "ObjectiveError",
-           "check_vocabulary", "data_fingerprints", "get_batches", "get_task", "register_tasks",
-           "span_corruption_lengths"]
+           "check_splits", "check_vocabulary", "data_fingerprints", "get_batches", "get_task",
+           "register_tasks", "span_corruption_lengths"]

@@ -115,6 +115,17 @@ def get_task(task: str) -> seqio.DatasetProviderBase:
                     f"registered tasks include {known}, ...") from None
 
 
+def check_splits(task: str) -> None:
+  """Reads, now, what a task's sources can check cheaply before training (supervised rows:
+  both splits non-empty), so a bad split is refused at start-up, not at the first
+  evaluation."""
+  provider = get_task(task)
+  for member in provider.tasks if isinstance(provider, seqio.Mixture) else [provider]:
+    check = getattr(member.source, "check_splits", None)
+    if callable(check):
+      check()
+
+
 def data_fingerprints(task: str) -> dict[str, str]:
   """{corpus name: content fingerprint} of the built local corpora a task or mixture reads
   (corpus_store's manifest; building them if needed): what a run records about its data,

@@ -226,13 +226,6 @@ def read_examples(data: SupervisedData, split: str,
   return examples, report
 
 
-def check_splits(data: SupervisedData) -> None:
-  """Both splits have rows (read now, at start-up, not at the first evaluation); raises
-  CorpusError naming the numbers and what to change."""
-  for split in ("train", "validation"):
-    read_examples(data, split)
-
-
 def _over_limits(example: dict[str, str], data: SupervisedData,
                  vocabulary: Optional[seqio.Vocabulary]) -> Optional[str]:
   limits = {"inputs": data.max_inputs_tokens, "targets": data.max_targets_tokens}
@@ -256,15 +249,32 @@ def data_source(data: SupervisedData, vocabulary: seqio.Vocabulary) -> seqio.Dat
   first use of each split)."""
   read: dict[str, tuple[list[str], list[str]]] = {}
 
-  def dataset_fn(split: str, shuffle_files: bool, seed: Optional[int] = None
-                 ) -> tf.data.Dataset:
-    del shuffle_files, seed  # one in-memory list; the pipeline shuffles examples
+  def rows(split: str) -> tuple[list[str], list[str]]:
     if split not in read:
       examples, report = read_examples(data, split, vocabulary)
       report.print(split)
       read[split] = ([e["inputs"] for e in examples], [e["targets"] for e in examples])
-    return examples_dataset(*read[split])
-  return seqio.FunctionDataSource(dataset_fn, splits=("train", "validation"))
+    return read[split]
+
+  def dataset_fn(split: str, shuffle_files: bool, seed: Optional[int] = None
+                 ) -> tf.data.Dataset:
+    del shuffle_files, seed  # one in-memory list; the pipeline shuffles examples
+    return examples_dataset(*rows(split))
+  return RowsSource(dataset_fn, rows)
+
+
+class RowsSource(seqio.FunctionDataSource):
+  """The supervised rows' seqio source; `check_splits` reads both splits now (the trainer
+  calls it at start-up, so an empty split is refused before the first step, not at the
+  first evaluation)."""
+
+  def __init__(self, dataset_fn, rows):
+    super().__init__(dataset_fn, splits=("train", "validation"))
+    self._rows = rows
+
+  def check_splits(self) -> None:
+    for split in self.splits:
+      self._rows(split)
 
 
 def text_to_text_task(name: str, source: seqio.DataSource,

@@ -24,7 +24,14 @@ from flax import nnx
 
 from t5x_lite.common import partitioning
 from t5x_lite.common.errors import ConfigError
-from t5x_lite.data import check_vocabulary, data_fingerprints, get_batches, get_task, vocabularies
+from t5x_lite.data import (
+  check_splits,
+  check_vocabulary,
+  data_fingerprints,
+  get_batches,
+  get_task,
+  vocabularies,
+)
 from t5x_lite.models import losses, pipeline_parallel
 from t5x_lite.models.counting import count
 from t5x_lite.models.lora import adapt
@@ -119,6 +126,7 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
   is_main = jax.process_index() == 0
   shard = seqio.ShardInfo(jax.process_index(), jax.process_count())
   check_vocabulary(run.task, config.vocab_size)  # also names an unknown task
+  check_splits(run.task)  # e.g. an empty validation split: now, not at the first evaluation
   vocabulary = vocabularies.describe(get_task(run.task).output_features["targets"].vocabulary)
   schedule = optim.make_schedule(spec.schedule, run.train_steps)
   checkpointer = checkpoints.Checkpointer(os.path.join(run.model_dir, "checkpoints"),

@@ -195,11 +195,17 @@ def test_rows_are_split_at_newlines_only_and_a_byte_order_mark_is_not_data(tmp_p
 
 
 def test_an_empty_validation_split_is_refused_at_start_up_with_the_numbers(tmp_path):
-  path = write_jsonl(tmp_path / "rows.jsonl", ROWS[:3])
-  data = supervised.SupervisedData(train=(path,), validation_fraction=0.01)
+  rows = write_jsonl(tmp_path / "rows.jsonl", ROWS[:3])
+  gin_utils.parse(helpers.gin_files("prefix_decoder"), helpers.bindings(
+      tmp_path / "run", "prefix_decoder", steps=2, MIXTURE_OR_TASK_NAME="'supervised.byte'",
+      TASK_FEATURE_LENGTHS={"inputs": 24, "targets": 16},
+      **{"supervised_data.train": [rows], "supervised_data.validation_fraction": 0.01}))
+  gin_utils.register_tasks()
   with pytest.raises(CorpusError, match=r"validation split is empty: of 3 usable rows .*"
                                         r"validation_fraction=0.01 holds out 0"):
-    register_tasks(supervised_data=data)
+    trainer.train(gin_utils.resolve_train_spec(), gin_utils.resolve_mesh(),
+                  stream=io.StringIO())
+  assert not (tmp_path / "run").exists()  # refused before the first step
 
 
 @pytest.mark.parametrize("content,message", [

@@ -136,7 +136,7 @@ def test_finetuning_from_a_model_that_computes_something_else_is_refused(trained
   spec = dataclasses.replace(spec, model=spec.model.replace(activation="relu"))
   with pytest.raises(run_dir.RunDirError, match="TransformerConfig.activation: 'silu' -> 'relu'"):
     trainer.train(spec, gin_utils.resolve_mesh())
-  assert not os.listdir(tmp_path / "finetuned" / "checkpoints")  # nothing saved
+  assert not (tmp_path / "finetuned").exists()  # nothing saved: the new MODEL_DIR is gone
 
 
 def test_finetuning_takes_the_model_from_the_checkpoint(trained, tmp_path):
