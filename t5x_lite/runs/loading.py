@@ -79,7 +79,7 @@ def newest_model(path: str, config: Optional[TransformerConfig] = None, *,
   """(step, model) of `load_model`."""
   record = run_dir.read_record(path)
   kind = kind_of(record)
-  config = config or run_dir.recorded_model(path)
+  config = config or run_dir.model_of(record)
   if config is None:
     raise checkpoints.CheckpointError(
         f"{path} records no model configuration ({run_dir.SPEC_FILE}); pass the "
@@ -157,7 +157,7 @@ def check_init_checkpoint(path: str, config: TransformerConfig, allowed: Iterabl
         f"fine-tuning cannot update; fine-tune its float source "
         f"{record['quantization'].get('source', '(see its spec.json)')}, or train LoRA "
         "adapters over it (gin/runs/lora.gin: QLoRA).")
-  recorded = run_dir.recorded_model(path)
+  recorded = run_dir.model_of(record)
   changed = {} if recorded is None else contradictions(recorded, vars(config), allowed)
   if changed:
     raise run_dir.RunDirError(
@@ -293,7 +293,7 @@ def write_quantized(model_dir: str, output_dir: str, mode: str, *,
     raise quantization.QuantizationError(
         f"{model_dir} is already quantized ({record['quantization']['mode']}); quantize its "
         "float checkpoint instead.")
-  config = run_dir.recorded_model(model_dir).replace(scan_layers=False)
+  config = run_dir.model_of(record).replace(scan_layers=False)
   step, model = newest_model(model_dir, config)
   model = quantization.quantize(model, mode, output_layer=output_layer)
   record["spec"]["TransformerConfig"]["scan_layers"] = False

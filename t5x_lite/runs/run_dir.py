@@ -126,7 +126,11 @@ def read_record(model_dir: str) -> Optional[dict]:
 
 def recorded_model(model_dir: str) -> Optional[TransformerConfig]:
   """The TransformerConfig a run directory was trained with, or None if it has no record."""
-  record = read_record(model_dir)
+  return model_of(read_record(model_dir))
+
+
+def model_of(record: Optional[dict]) -> Optional[TransformerConfig]:
+  """The TransformerConfig of a run record already read (None for no record)."""
   if record is None:
     return None
   return config_from_json(TransformerConfig, record["spec"]["TransformerConfig"])
