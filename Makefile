@@ -36,6 +36,7 @@ bench: install demo  # the quantization benchmark measures the quick-start model
 	$(PY) tools/benchmark_harness.py
 	$(PY) tools/benchmark_quantization.py
 	$(PY) tools/benchmark_pipeline.py
+	$(PY) tools/benchmark_shared_cpu.py
 
 lint: install
 	$(PY) -m ruff check t5x_lite tests tools

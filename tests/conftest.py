@@ -11,6 +11,12 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "jax"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
+from t5x_lite.common import cpus  # noqa: E402
+
+# Parallel test workers (pytest -n N) split the cores: each sizes XLA's CPU thread pool
+# to its share, and the trainer and notebook processes it starts inherit that size.
+cpus.size_thread_pool(share=int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+
 import gin  # noqa: E402
 import pytest  # noqa: E402
 

@@ -33,7 +33,7 @@ import jax
 import numpy as np
 
 from t5x_lite import gin_utils, train
-from t5x_lite.common import partitioning
+from t5x_lite.common import cpus, partitioning
 from t5x_lite.models import TransformerConfig
 from t5x_lite.models.counting import count
 from t5x_lite.training import metrics, optim
@@ -78,10 +78,14 @@ def make_batches(config: TransformerConfig, batch: int, inputs: int, targets: in
   return batches
 
 
-def ours(config: TransformerConfig, batches: list[dict]) -> dict[str, Callable[[int], None]]:
+def ours(config: TransformerConfig, batches: list[dict],
+         xla_sized_pool: bool = False) -> dict[str, Callable[[int], None]]:
   """{"t5x_lite": one training step on batch i (the trainer's own step function, under
-  the XLA flags `python -m t5x_lite.train` uses)}."""
+  the XLA flags and CPU thread pool `python -m t5x_lite.train` uses)}; xla_sized_pool:
+  leave the pool as XLA sizes it instead, as "t5x_lite (XLA-sized pool)"."""
   train.use_training_xla_flags()  # this worker has not computed anything yet
+  if not xla_sized_pool:
+    cpus.size_thread_pool()
   mesh = partitioning.create_mesh((1, 1, 1), jax.devices()[:1])
   optimizer = optim.make_optimizer(optim.OptimizerConfig(),
                                    optim.make_schedule(optim.ScheduleConfig(), 10_000))
@@ -92,7 +96,7 @@ def ours(config: TransformerConfig, batches: list[dict]) -> dict[str, Callable[[
   def step(i: int) -> None:
     state["state"], stats = steps.train(state["state"], device_batches[i % len(batches)])
     jax.block_until_ready(stats)
-  return {"t5x_lite": step}
+  return {"t5x_lite (XLA-sized pool)" if xla_sized_pool else "t5x_lite": step}
 
 
 def peers(config: TransformerConfig, batches: list[dict], compile_: bool) -> dict:

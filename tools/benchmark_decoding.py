@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from t5x_lite import gin_utils
+from t5x_lite.common import cpus
 from t5x_lite.inference import decoding
 from t5x_lite.models import TransformerConfig
 from t5x_lite.models.counting import count
@@ -47,14 +48,20 @@ def hf_llama(config: TransformerConfig):
   return transformers.LlamaForCausalLM(hf).eval()
 
 
-def ours(config: TransformerConfig, prompts: dict[int, np.ndarray], new_tokens: int) -> dict:
-  """{"t5x_lite b<batch>": greedy generation of that batch's prompts}."""
+def ours(config: TransformerConfig, prompts: dict[int, np.ndarray], new_tokens: int,
+         xla_sized_pool: bool = False) -> dict:
+  """{"t5x_lite b<batch>": greedy generation of that batch's prompts, with the CPU
+  thread pool the commands use}; xla_sized_pool: as XLA sizes it instead, as
+  "t5x_lite (XLA-sized pool) b<batch>"."""
+  if not xla_sized_pool:
+    cpus.size_thread_pool()  # this worker has not computed anything yet
+  name = "t5x_lite (XLA-sized pool)" if xla_sized_pool else "t5x_lite"
   model = create_model(config)
 
   def run(prompt):
     jax.block_until_ready(decoding.generate(model, prompt, max_new_tokens=new_tokens,
                                             eos_id=-1).tokens)
-  return {f"t5x_lite b{batch}": lambda _, p=prompt: run(p) for batch, prompt in prompts.items()}
+  return {f"{name} b{batch}": lambda _, p=prompt: run(p) for batch, prompt in prompts.items()}
 
 
 def theirs(config: TransformerConfig, prompts: dict[int, np.ndarray], new_tokens: int) -> dict:

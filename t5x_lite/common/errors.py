@@ -18,6 +18,8 @@ import re
 import sys
 from typing import Callable, Iterator, NoReturn
 
+from t5x_lite.common import cpus
+
 
 class UserError(Exception):
   """A mistake the user can fix; the message says what and where."""
@@ -169,7 +171,10 @@ def _without_closed_loop_echoes(default: Callable) -> Callable:
 
 
 def run_cli(main: Callable[[], int]) -> int:
-  """Runs an entry point's body: a UserError becomes one line and exit 2; bugs propagate."""
+  """Runs an entry point's body: a UserError becomes one line and exit 2; bugs propagate.
+  Every command starts here, before JAX's backend does, so this is also where XLA's CPU
+  thread pool is sized to the cores the process may really use (common.cpus)."""
+  cpus.size_thread_pool()
   quiet = _NoUserErrorTracebacks()
   logging.getLogger("absl").addFilter(quiet)
   sys.unraisablehook = _without_closed_loop_echoes(sys.unraisablehook)
