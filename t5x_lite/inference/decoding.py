@@ -224,6 +224,17 @@ def _sample(graphdef, state, inputs_BxP, rng, *, max_new_tokens: int, temperatur
   return end.tokens_BxN, end.scores_B
 
 
+def prefill_and_step(graphdef: nnx.GraphDef, state: nnx.State, inputs_BxP: jax.Array, *,
+                     max_new_tokens: int) -> tuple[jax.Array, dict]:
+  """The prompt's prefill, then one greedy token over the cache sized for
+  max_new_tokens: (logits [B, V] after it, the cache). The unit of decoding work whose
+  memory compile_check reports (the sampling loop repeats the second half)."""
+  model = nnx.merge(graphdef, state)
+  prefilled = _prefill(model, inputs_BxP, max_new_tokens)
+  token_B = greedy_choice(prefilled.logits_BxV)
+  return _step(model, token_B, prefilled.lengths_B, prefilled.cache, prefilled.cross_mask)
+
+
 def generate(model: Transformer, inputs, *, max_new_tokens: int, temperature: float = 0.0,
              top_k: int = 0, top_p: float = 1.0, seed: int = 0, eos_id: int = EOS_ID) -> Decoded:
   """Greedy decoding (temperature 0) or sampling from the tempered, top-k and top-p

@@ -25,10 +25,17 @@ from t5x_lite.models.params import abstract_model
 
 @dataclasses.dataclass
 class StepFunctions:
-  """The compiled pieces of a run (shared by the loop and the tests)."""
+  """The compiled pieces of a run (shared by the loop, compile_check and the tests).
+
+  `lower_train(batch)` lowers the very train step `train` runs, from shapes alone (the
+  state's and the batch's ShapeDtypeStructs with their shardings), so it can be
+  compiled for devices this process cannot run on (compile-only TPU and GPU devices).
+  """
   init: Callable[[], Any]
   train: Callable[[Any, Mapping[str, jax.Array]], tuple[Any, dict]]
   validate: Callable[[Any, Mapping[str, jax.Array]], dict]
+  abstract_state: Callable[[], Any]
+  lower_train: Callable[[Mapping[str, jax.ShapeDtypeStruct]], jax.stages.Lowered]
 
 
 def _split_microbatches(batch: Mapping[str, jax.Array], microbatches: int) -> dict:
@@ -154,7 +161,22 @@ def make_step_functions(config: TransformerConfig, optimizer: optax.GradientTran
         return fn(state, frozen, batch)
     return run
 
-  return StepFunctions(init=init, train=traced(train), validate=traced(validate))
+  def shapes_of_state():
+    shaped = lambda tree, shardings: jax.tree.map(  # noqa: E731
+        lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+        tree, shardings)
+    return {"params": shaped(abstract_params, param_shardings),
+            "opt_state": shaped(abstract_opt, opt_shardings),
+            "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)}
+
+  def lower_train(batch):
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
+             for k, v in batch.items()}
+    with partitioning.axis_rules(mesh):
+      return train.lower(shapes_of_state(), frozen, batch)
+
+  return StepFunctions(init=init, train=traced(train), validate=traced(validate),
+                       abstract_state=shapes_of_state, lower_train=lower_train)
 
 
 def abstract_state(state: Any) -> Any:

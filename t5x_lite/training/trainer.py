@@ -81,15 +81,9 @@ def _print_start(spec: TrainSpec, mesh: jax.sharding.Mesh, params: int, flops_pe
           "frozen", file=stream)
 
 
-def train(spec: TrainSpec, mesh: jax.sharding.Mesh, *, operative_config: Optional[str] = None,
-          stream: Optional[TextIO] = None) -> dict[str, Any]:
-  """Trains `spec.model` on `spec.run.task` over `mesh`; returns the final eval metrics.
-
-  MODEL_DIR (spec.run.model_dir) is locked for the life of the call; its recorded
-  spec is compared and updated (run_dir.py); `operative_config` (the gin text that
-  produced `spec`) is written there as config.gin.
-  """
-  stream = stream or sys.stdout
+def check_layout(spec: TrainSpec, mesh: jax.sharding.Mesh) -> None:
+  """The run's batch, LoRA and pipeline settings agree with the mesh (ConfigError naming
+  what to change otherwise); train and compile_check both ask before building anything."""
   run = spec.run
   data_shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if run.batch_size % data_shards or (run.batch_size // run.microbatches) % data_shards:
@@ -100,6 +94,30 @@ def train(spec: TrainSpec, mesh: jax.sharding.Mesh, *, operative_config: Optiona
                       "unscanned layout, and stages split the scanned one. Use a mesh without "
                       "a stage axis (data, FSDP, tensor: e.g. gin/meshes/fsdp.gin).")
   pipeline_parallel.check_mesh(spec.model, mesh, run.batch_size // run.microbatches)
+
+
+def build_steps(spec: TrainSpec, mesh: jax.sharding.Mesh, adapted=None) -> StepFunctions:
+  """The run's optimizer and step functions: the one builder `train` and compile_check
+  share (μP learning rates, LoRA adapters, microbatches, z-loss, label smoothing)."""
+  run = spec.run
+  schedule = optim.make_schedule(spec.schedule, run.train_steps)
+  optimizer = optim.make_optimizer(spec.optimizer, schedule, spec.model,
+                                   adapters_only=spec.lora is not None)
+  return make_step_functions(spec.model, optimizer, mesh, run.seed, run.microbatches,
+                             run.z_loss, run.label_smoothing, adapted)
+
+
+def train(spec: TrainSpec, mesh: jax.sharding.Mesh, *, operative_config: Optional[str] = None,
+          stream: Optional[TextIO] = None) -> dict[str, Any]:
+  """Trains `spec.model` on `spec.run.task` over `mesh`; returns the final eval metrics.
+
+  MODEL_DIR (spec.run.model_dir) is locked for the life of the call; its recorded
+  spec is compared and updated (run_dir.py); `operative_config` (the gin text that
+  produced `spec`) is written there as config.gin.
+  """
+  stream = stream or sys.stdout
+  run = spec.run
+  check_layout(spec, mesh)
   new = not os.path.isdir(run.model_dir) or not os.listdir(run.model_dir)
   lock = run_dir.RunLock(run.model_dir)
   if jax.process_index() == 0:  # hosts share MODEL_DIR; one of them holds the lock
@@ -128,7 +146,6 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
   check_vocabulary(run.task, config.vocab_size)  # also names an unknown task
   check_splits(run.task)  # e.g. an empty validation split: now, not at the first evaluation
   vocabulary = vocabularies.describe(get_task(run.task).output_features["targets"].vocabulary)
-  schedule = optim.make_schedule(spec.schedule, run.train_steps)
   checkpointer = checkpoints.Checkpointer(os.path.join(run.model_dir, "checkpoints"),
                                           run.checkpoint_every, run.keep_checkpoints)
   resuming = checkpointer.latest_step() is not None
@@ -143,11 +160,7 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
       loading.record_base(run.model_dir, run.init_checkpoint,
                            nnx.state(base_model, nnx.Param), resuming)
     adapted = adapt(base_model, spec.lora, seed=run.seed)
-  optimizer = optim.make_optimizer(spec.optimizer, schedule, config,
-                                   adapters_only=spec.lora is not None)
-  steps = make_step_functions(config, optimizer, mesh,
-                              run.seed, run.microbatches, run.z_loss, run.label_smoothing,
-                              adapted)
+  steps = build_steps(spec, mesh, adapted)
   first_batches = [get_batches(run.task, run.feature_lengths, "train", run.batch_size,
                                config.architecture, shard=shard, seed=run.seed)]
 
