@@ -35,6 +35,7 @@ from t5x_lite.models.counting import count
 from t5x_lite.pods import compiled, cost, topology
 
 GiB = 2**30
+GPU_PREALLOCATED = 0.75  # XLA_PYTHON_CLIENT_MEM_FRACTION's default
 # compile_check never writes a run directory; runs/pretrain.gin requires one.
 NO_MODEL_DIR = "MODEL_DIR = 'compile_check: no run directory is written'"
 
@@ -164,6 +165,11 @@ def _describe(step: compiled.CompiledStep, flops: Optional[float],
         f"({100 * memory.total / memory.capacity:.1f}%)  {verdict}")
   if step.refusal:
     print(f"  XLA: {step.refusal}")
+  if (pod.chip.platform == "cuda" and memory.fits
+      and memory.total > GPU_PREALLOCATED * memory.capacity):
+    print(f"  note: JAX takes {100 * GPU_PREALLOCATED:.0f}% of a GPU's memory by default; set "
+          f"XLA_PYTHON_CLIENT_MEM_FRACTION={min(0.95, memory.total / memory.capacity + 0.03):.2f}"
+          " for this run")
   result = {"step": step.name, "fits": verdict == "FITS", "refusal": step.refusal,
             "compile_seconds": step.compile_seconds,
             "memory_bytes": {name: value for name, value in rows},

@@ -16,6 +16,10 @@ Each ```sh command is exercised by the handler for its program:
                               (tests/test_quantization.py runs it)
   python -m t5x_lite.lm_eval  its flags parsed into gin, CHECKPOINT_PATH bound, every task
                               one the harness knows (tests/interop/test_lm_eval.py runs it)
+  python -m t5x_lite.compile_check
+                              its flags parsed, the run's spec built from its gin files, the
+                              mesh built on the topology's compile-only devices and checked
+                              against the batch (tests/test_compile_check.py compiles)
   python tools/scaling_sweep.py
                               run with --commands on the README's plan; every launch command
                               it prints is configured as above
@@ -235,6 +239,19 @@ def check_quantize(command: list[str], _) -> None:
   quantization.check_mode(args.mode)
 
 
+def check_compile_check(command: list[str], _) -> None:
+  from t5x_lite import compile_check
+  from t5x_lite.pods import topology
+  from t5x_lite.training import trainer
+
+  files, bindings, search_paths, rest = gin_utils.rewrite_gin_args(command[3:])
+  args = compile_check.parser().parse_args(rest)
+  gin_utils.parse(files, [compile_check.NO_MODEL_DIR, *bindings], search_paths)
+  spec = gin_utils.resolve_train_spec()
+  mesh = gin_utils.resolve_mesh(devices=topology.devices(topology.parse(args.topology)))
+  trainer.check_layout(spec, mesh)
+
+
 def handler(command: list[str]):
   if command[0] == "make":
     return lambda folder: check_make(command[1], folder)
@@ -245,6 +262,7 @@ def handler(command: list[str]):
             ("python", "-m", "t5x_lite.merge"): check_merge,
             ("python", "-m", "t5x_lite.lm_eval"): check_lm_eval,
             ("python", "-m", "t5x_lite.quantize"): check_quantize,
+            ("python", "-m", "t5x_lite.compile_check"): check_compile_check,
             ("python", "tools/scaling_sweep.py"): check_sweep,
             ("python", "experiments/architecture_objective/run.py"): check_ablation,
             ("python", "experiments/mup/run.py"): check_mup_study,

@@ -4,6 +4,12 @@
           python -m t5x_lite.scaling count --gin_file=gin/models/gpt3_1_3b.gin [--json]
   optimal compute-optimal parameters and tokens of a published law at a budget:
           python -m t5x_lite.scaling optimal --law chinchilla-approach1 --budget 5.76e23
+              [--topology v5p:8x8x16 [--mfu 0.4] [--price 4.2] [--power W]]
+          (with a topology: wall-clock, chip-hours, energy and cost of that run)
+  cost    time, chip-hours, energy and cost of a number of training FLOPs:
+          python -m t5x_lite.scaling cost --flops 3.14e23 --flops_per_chip 28e12 \
+              --price 1.5 [--chips 1024] [--power 300]
+          python -m t5x_lite.scaling cost --flops 1e23 --topology h100:128x8 [--mfu 0.4]
   fit     fit a runs table (see t5x_lite/scaling/runs.py for its columns):
           python -m t5x_lite.scaling fit RUNS.csv --method {parametric,isoflop,envelope,kaplan}
               [--budget C] [--bootstrap K] [--plot out.png] [--json]
@@ -41,6 +47,9 @@ from t5x_lite.common import files as result_files
 from t5x_lite.common.errors import ConfigError, at_least, positive, run_cli
 from t5x_lite.data import get_batches, register_tasks
 from t5x_lite.models import counting, mup
+from t5x_lite.pods import chips as pod_chips
+from t5x_lite.pods import cost as pod_cost
+from t5x_lite.pods import topology as pod_topology
 from t5x_lite.scaling import coordcheck, laws, lr_sweep, planning
 from t5x_lite.scaling import report as reports
 from t5x_lite.scaling.plots import plot_fit, plot_study
@@ -66,12 +75,42 @@ def _count(args, files, bindings, search_paths) -> None:
   print(f"flops_per_token_6n:   {counts.flops_per_token_6n:.4e} (6 x params)")
 
 
+def _add_pod_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--topology", help="price the run on this pod: "
+                      + pod_topology.FORMS)
+  parser.add_argument("--mfu", type=positive(), default=pod_cost.DEFAULT_MFU,
+                      help=f"model FLOPs utilisation on the pod (default {pod_cost.DEFAULT_MFU})")
+  parser.add_argument("--price", type=positive(), default=None, help="$ per chip-hour")
+  parser.add_argument("--power", type=positive(), default=None,
+                      help="watts per chip (default: the chip's datasheet figure)")
+
+
+def _pod_run_cost(args, flops: float) -> pod_cost.RunCost | None:
+  """The cost of `flops` on args.topology at args.mfu, or None without a topology."""
+  if not args.topology:
+    return None
+  if args.mfu > 1:
+    raise ConfigError(f"--mfu is a fraction of peak, at most 1; got {args.mfu}.")
+  pod = pod_topology.parse(args.topology)
+  return pod_cost.run_cost(flops, pod.num_chips, pod.chip.peak_flops * args.mfu,
+                           args.power or pod.chip.power_watts, args.price)
+
+
+def _cost_fields(run: pod_cost.RunCost) -> dict:
+  return {"chips": run.chips, "effective_flops_per_chip": run.effective_flops_per_chip,
+          "seconds": run.seconds, "days": run.days, "chip_hours": run.chip_hours,
+          "energy_kwh": run.energy_kwh, "cost": run.cost}
+
+
 def _optimal(args) -> None:
   if not (args.budget > 0 and args.budget < float("inf")):
     raise ConfigError(f"--budget must be a positive number of FLOPs, got {args.budget}.")
   allocation = laws.preset(args.law).optimal(args.budget)
+  run = _pod_run_cost(args, allocation.flops)
   if args.json:
-    print(json.dumps({"law": args.law, **allocation.as_dict()}))
+    print(json.dumps({"law": args.law, **allocation.as_dict(),
+                      **({"topology": args.topology, "mfu": args.mfu, **_cost_fields(run)}
+                         if run else {})}))
     return
   print(f"law:              {args.law}")
   print(f"budget:           {allocation.flops:.3e} FLOPs")
@@ -80,6 +119,27 @@ def _optimal(args) -> None:
   print(f"tokens/param:     {allocation.tokens_per_param:.1f}")
   if allocation.loss is not None:
     print(f"predicted loss:   {allocation.loss:.4f}")
+  if run:
+    print(f"on {args.topology} at MFU {100 * args.mfu:.0f}%: {pod_cost.describe(run)}")
+
+
+def _cost(args) -> None:
+  if args.topology and args.flops_per_chip:
+    raise ConfigError("give --topology (with --mfu) or --flops_per_chip, not both.")
+  if args.topology:
+    run = _pod_run_cost(args, args.flops)
+  elif args.flops_per_chip:
+    run = pod_cost.run_cost(args.flops, args.chips, args.flops_per_chip, args.power,
+                            args.price)
+  else:
+    raise ConfigError("cost needs --topology (a pod, with --mfu) or --flops_per_chip (the "
+                      f"effective FLOP/s of one chip, e.g. {pod_chips.get('v100').peak_flops:.3g}"
+                      " x MFU).")
+  if args.json:
+    print(json.dumps({"flops": args.flops, **_cost_fields(run)}))
+    return
+  print(f"{args.flops:.3e} FLOPs at {run.effective_flops_per_chip / 1e12:.1f} TFLOP/s per "
+        f"chip: {pod_cost.describe(run)}")
 
 
 def _plot(args) -> None:
@@ -265,6 +325,14 @@ def main(argv: Sequence[str] | None = None) -> None:
   optimal.add_argument("--law", required=True, choices=sorted(laws.PRESETS))
   optimal.add_argument("--budget", required=True, type=positive(), help="training FLOPs C")
   optimal.add_argument("--json", action="store_true", help="print one JSON object")
+  _add_pod_arguments(optimal)
+  cost = commands.add_parser("cost", help="time, chip-hours, energy and cost of training FLOPs")
+  cost.add_argument("--flops", required=True, type=positive(), help="training FLOPs")
+  cost.add_argument("--flops_per_chip", type=positive(), default=None,
+                    help="effective FLOP/s of one chip (peak x MFU), instead of --topology")
+  cost.add_argument("--chips", type=at_least(1), default=1, help="with --flops_per_chip")
+  cost.add_argument("--json", action="store_true", help="print one JSON object")
+  _add_pod_arguments(cost)
   fit = commands.add_parser("fit", help="fit a runs table and report the optimum")
   fit.add_argument("runs", help="CSV with params, tokens, loss [, flops, run, step]")
   fit.add_argument("--method", choices=reports.METHODS, default="parametric")
@@ -337,6 +405,8 @@ def main(argv: Sequence[str] | None = None) -> None:
       _count(args, files, bindings, search_paths)
     elif args.command == "optimal":
       _optimal(args)
+    elif args.command == "cost":
+      _cost(args)
     elif args.command == "fit":
       _fit(args)
     elif args.command == "plot":
