@@ -28,16 +28,19 @@ import threading
 import time
 from typing import Iterator, Optional, Sequence
 
+import gin
+
 from t5x_lite import gin_utils
 from t5x_lite.common import files
 from t5x_lite.common.errors import at_least, positive, run_cli
 from t5x_lite.models.counting import count
 from t5x_lite.pods import compiled, cost, topology
+from t5x_lite.runs.spec import TrainSpec
 
 GiB = 2**30
 GPU_PREALLOCATED = 0.75  # XLA_PYTHON_CLIENT_MEM_FRACTION's default
 # compile_check never writes a run directory; runs/pretrain.gin requires one.
-NO_MODEL_DIR = "MODEL_DIR = 'compile_check: no run directory is written'"
+NO_RUN_DIRECTORY = "compile_check: no run directory is written"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -63,6 +66,16 @@ def parser() -> argparse.ArgumentParser:
   return made
 
 
+def parse_gin(files_: Sequence[str], bindings: Sequence[str],
+              search_paths: Sequence[str]) -> TrainSpec:
+  """The run's TrainSpec from its gin files and bindings, as `train` builds it; a run
+  directory left unbound (MODEL_DIR) is not needed here."""
+  gin_utils.parse(files_, bindings, search_paths)
+  if gin.get_bindings("train").get("model_dir", gin.REQUIRED) is gin.REQUIRED:
+    gin.bind_parameter("train.model_dir", NO_RUN_DIRECTORY)
+  return gin_utils.resolve_train_spec()
+
+
 def main(argv: Sequence[str]) -> int:
   return run_cli(lambda: _main(argv))
 
@@ -71,8 +84,7 @@ def _main(argv: Sequence[str]) -> int:
   files_, bindings, search_paths, rest = gin_utils.rewrite_gin_args(argv)
   args = parser().parse_args(rest)
   pod = topology.parse(args.topology)
-  gin_utils.parse(files_, [NO_MODEL_DIR, *bindings], search_paths)
-  spec = gin_utils.resolve_train_spec()
+  spec = parse_gin(files_, bindings, search_paths)
   print(f"building compile-only devices for {pod.name} ({pod.num_chips:,} x "
         f"{pod.chip.description}, {pod.chip.hbm_bytes / GiB:.1f} GiB each) ...", flush=True)
   mesh = gin_utils.resolve_mesh(devices=topology.devices(pod))

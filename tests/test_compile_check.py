@@ -47,6 +47,14 @@ def test_a_step_that_does_not_fit_exits_1_saying_by_how_much_and_what_to_change(
   assert "remat_policy='full'" in advice and "BATCH_SIZE" in advice
 
 
+def test_a_run_directory_is_neither_needed_nor_written(tmp_path, capsys):
+  model_dir = tmp_path / "run"
+  assert compile_check.main([*TINY, f"--gin.MODEL_DIR='{model_dir}'", "--topology=h100:1x2",
+                             "--no_decode"]) == 0
+  assert not model_dir.exists()
+  assert "FITS" in capsys.readouterr().out
+
+
 def test_refused_temporaries_are_read_from_xlas_message():
   message = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for "
              "HLO temporaries (32.50G) exceeds available HBM (15.75G).")

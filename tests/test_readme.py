@@ -246,8 +246,7 @@ def check_compile_check(command: list[str], _) -> None:
 
   files, bindings, search_paths, rest = gin_utils.rewrite_gin_args(command[3:])
   args = compile_check.parser().parse_args(rest)
-  gin_utils.parse(files, [compile_check.NO_MODEL_DIR, *bindings], search_paths)
-  spec = gin_utils.resolve_train_spec()
+  spec = compile_check.parse_gin(files, bindings, search_paths)
   mesh = gin_utils.resolve_mesh(devices=topology.devices(topology.parse(args.topology)))
   trainer.check_layout(spec, mesh)
 

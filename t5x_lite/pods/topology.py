@@ -15,6 +15,7 @@ import dataclasses
 import math
 import os
 import re
+from typing import Optional
 
 import jax
 from jax.experimental import topologies
@@ -22,9 +23,15 @@ from jax.experimental import topologies
 from t5x_lite.common.errors import ConfigError
 from t5x_lite.pods import chips
 
-FORMS = ("TPU: v4:2x2x1, v5e:2x2, v5p:4x4x4, v6e:4x4 (chips per ICI dimension, as libtpu "
-         "names slices); GPU: h100:4x8, h200:1x8, a100:2x8 (hosts x GPUs per host, or "
-         "slices x hosts x GPUs)")
+FORMS = ("TPU: v5e:2x2, v5p:4x4x4, v6e:4x4 (chips per ICI dimension, as libtpu names "
+         "slices); GPU: h100:4x8, h200:1x8, a100:2x8 (hosts x GPUs per host, or slices x "
+         "hosts x GPUs)")
+# A slice's chips as jax names their kind, for finding the topology one runs on.
+DEVICE_KINDS = {"TPU v5 lite": "v5e", "TPU v5e": "v5e", "TPU v5": "v5p", "TPU v5p": "v5p",
+                "TPU v6 lite": "v6e", "TPU v6e": "v6e"}
+# Chips per ICI dimension of the small slices a single host has (v5e/v6e: 2-D, v5p: 3-D).
+HOST_SHAPES = {"v5e": {1: "1x1", 4: "2x2", 8: "2x4"}, "v6e": {1: "1x1", 4: "2x2", 8: "2x4"},
+               "v5p": {1: "1x1x1", 4: "2x2x1", 8: "2x2x2"}}
 TARGETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpu_targets")
 
 
@@ -80,8 +87,11 @@ def devices(topology: Topology) -> list[jax.Device]:
   try:
     if topology.chip.platform == "tpu":
       shape = "x".join(map(str, topology.shape))
+      # Slices smaller than a host's default chip count need the host bounds spelled out.
+      bounds = ({"chips_per_host_bounds": [*topology.shape, 1, 1][:3]}
+                if topology.num_chips < 4 else {})
       description = topologies.get_topology_desc(
-          topology_name=f"{topology.chip.libtpu_name}:{shape}", platform="tpu")
+          topology_name=f"{topology.chip.libtpu_name}:{shape}", platform="tpu", **bounds)
     else:
       shape = (1, *topology.shape) if len(topology.shape) == 2 else topology.shape
       with open(_target_file(topology.chip)) as handle:
@@ -93,4 +103,16 @@ def devices(topology: Topology) -> list[jax.Device]:
     raise TopologyError(
         f"cannot build compile-only devices for {topology.name}: {error}. Compile checks "
         f"need {extra} (`pip install -e .[pods]` or `make install`).") from error
-  return list(description.devices)
+  found = list(description.devices)
+  if len(found) != topology.num_chips:  # e.g. TPU v4, described per TensorCore
+    raise TopologyError(f"libtpu describes {topology.name} as {len(found)} devices for "
+                        f"{topology.num_chips} chips; compile checks support {FORMS}.")
+  return found
+
+
+def of_devices(devices: list[jax.Device]) -> Optional[str]:
+  """The topology name of a single host's TPU devices (a Colab or one-host TPU VM), or
+  None when they are not TPUs this module knows."""
+  chip = DEVICE_KINDS.get(devices[0].device_kind) if devices else None
+  shape = HOST_SHAPES.get(chip, {}).get(len(devices))
+  return f"{chip}:{shape}" if shape else None

@@ -1,12 +1,13 @@
 """Topology names: TPU slices as libtpu names them, GPU clusters as hosts x GPUs."""
 
+import jax
 import pytest
 
 from t5x_lite.pods import topology
 
 
 @pytest.mark.parametrize("name, chip, chips_", [
-    ("v5p:8x8x16", "v5p", 1024), ("v5e:2x2", "v5e", 4), ("v4:2x2x1", "v4", 4),
+    ("v5p:8x8x16", "v5p", 1024), ("v5e:2x2", "v5e", 4), ("v6e:1x1", "v6e", 1),
     ("h100:4x8", "h100", 32), ("h200:1x8", "h200", 8), ("H100:1x4x8", "h100", 32)])
 def test_accepted_forms(name, chip, chips_):
   parsed = topology.parse(name)
@@ -30,3 +31,15 @@ def test_a_missing_backend_names_the_extra_to_install(monkeypatch):
   with pytest.raises(topology.TopologyError) as error:
     topology.devices(topology.parse("v5p:2x2x1"))
   assert "pip install -e .[pods]" in str(error.value) and "jax[tpu]" in str(error.value)
+
+
+@pytest.mark.parametrize("name", ["v5e:1x1", "v6e:1x1", "v5p:2x2x1", "v5e:2x2"])
+def test_small_slices_have_one_device_per_chip(name):
+  pod = topology.parse(name)
+  devices = topology.devices(pod)
+  assert len(devices) == pod.num_chips
+  assert topology.of_devices(devices) == name  # and the name is found back from them
+
+
+def test_devices_that_are_not_known_tpus_have_no_topology():
+  assert topology.of_devices(jax.devices()) is None
