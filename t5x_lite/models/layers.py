@@ -181,12 +181,13 @@ class Attention(nnx.Module):
     return self.out(attended)
 
 
-def resolve_attention_impl(config: TransformerConfig) -> str:
+def resolve_attention_impl(config: TransformerConfig, backend: Optional[str] = None) -> str:
   """The attention implementation to run: config.attention_impl, or when it is None
-  the fastest one measured for this backend (see dot_product_attention)."""
+  the fastest one measured for `backend` (default: this process's; see
+  dot_product_attention)."""
   if config.attention_impl is not None:
     return config.attention_impl
-  backend = jax.default_backend()
+  backend = backend or jax.default_backend()
   if backend == "cpu":
     return "einsum"
   if backend == "gpu" and config.dtype in ("bfloat16", "float16"):

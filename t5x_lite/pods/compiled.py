@@ -29,6 +29,7 @@ from flax import nnx
 from t5x_lite.common import partitioning
 from t5x_lite.inference import decoding
 from t5x_lite.models import TransformerConfig
+from t5x_lite.models.layers import resolve_attention_impl
 from t5x_lite.models.params import abstract_model
 from t5x_lite.runs.spec import TrainSpec
 from t5x_lite.training import trainer
@@ -70,6 +71,16 @@ class CompiledStep:
   compile_seconds: float
   hlo: str
   refusal: Optional[str] = None  # XLA's own words when it refused (out of memory)
+
+
+def as_on(config: TransformerConfig, mesh: jax.sharding.Mesh) -> TransformerConfig:
+  """`config` as a process on the mesh's devices resolves it: attention_impl=None picks
+  the implementation per backend (cuDNN flash attention on GPUs for 16-bit compute),
+  and this process's own backend is the CPU."""
+  platform = mesh.devices.flat[0].platform
+  backend = "gpu" if platform in ("gpu", "cuda") else platform
+  return dataclasses.replace(config,
+                             attention_impl=resolve_attention_impl(config, backend))
 
 
 def shard_bytes(tree: Any) -> int:
@@ -153,6 +164,7 @@ def _compile(lowered: jax.stages.Lowered) -> tuple[Optional[jax.stages.Compiled]
 def compile_train_step(spec: TrainSpec, mesh: jax.sharding.Mesh,
                        capacity: int) -> CompiledStep:
   """The trainer's step for `spec` over `mesh`, compiled; memory per chip of it."""
+  spec = dataclasses.replace(spec, model=as_on(spec.model, mesh))
   trainer.check_layout(spec, mesh)
   steps = trainer.build_steps(spec, mesh)
   batch = batch_shapes(spec.model, spec.run.feature_lengths, spec.run.batch_size)
@@ -178,6 +190,7 @@ def compile_decode_step(config: TransformerConfig, mesh: jax.sharding.Mesh, batc
                         capacity: int) -> CompiledStep:
   """Prefill of `batch_size` prompts of `prompt_length` tokens and one new token over a
   cache for `max_new_tokens`, with parameters sharded as in training, compiled."""
+  config = as_on(config, mesh)
   graphdef, abstract = nnx.split(abstract_model(config))
   # Outside axis_rules, as the trainer resolves them (inside, the names would be mapped
   # to mesh axes twice and everything would replicate).

@@ -121,3 +121,14 @@ def test_gpu_topology_compiles_without_a_gpu(tmp_path):
   step = compiled.compile_train_step(spec, partitioning.create_mesh((1, 2, 1), devices),
                                      pod.chip.hbm_bytes)
   assert step.memory.fits and step.memory.temporaries > 0 and "all-gather" in step.hlo
+
+
+def test_attention_is_chosen_for_the_target_not_for_this_cpu(tmp_path):
+  """attention_impl=None resolves as a process on the pod would (cuDNN for 16-bit compute
+  on GPUs, XLA's on TPUs), not as this CPU process would (einsum)."""
+  config = tiny_spec(tmp_path, **{"TransformerConfig.dtype": "'bfloat16'"}).model
+  gpus = partitioning.create_mesh((1, 2, 1), topology.devices(topology.parse("h100:1x2")))
+  tpus = partitioning.create_mesh((1, 1, 1), topology.devices(topology.parse("v5e:1x1")))
+  assert compiled.as_on(config, gpus).attention_impl == "cudnn"
+  assert compiled.as_on(config, tpus).attention_impl == "xla"
+  assert compiled.as_on(config.replace(attention_impl="einsum"), gpus).attention_impl == "einsum"
