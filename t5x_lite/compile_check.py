@@ -34,7 +34,7 @@ from t5x_lite import gin_utils
 from t5x_lite.common import files
 from t5x_lite.common.errors import at_least, positive, run_cli
 from t5x_lite.models.counting import count
-from t5x_lite.pods import compiled, cost, topology
+from t5x_lite.pods import collectives, compiled, cost, topology
 from t5x_lite.runs.spec import TrainSpec
 
 GiB = 2**30
@@ -187,6 +187,20 @@ def _describe(step: compiled.CompiledStep, flops: Optional[float],
             "memory_bytes": {name: value for name, value in rows},
             "total_bytes": memory.total, "capacity_bytes": memory.capacity,
             "xla_argument_bytes": memory.xla_arguments}
+  if step.hlo:
+    totals = collectives.summary(collectives.read(step.hlo, pod.num_chips))
+    sent = sum(row["sent_bytes"] for row in totals.values())
+    # Across GPU hosts the network, not NVLink, bounds a collective spanning them.
+    bandwidth = (pod.chip.scale_out_bytes_per_s if pod.hosts > 1
+                 else pod.chip.interconnect_bytes_per_s)
+    if totals:
+      print("  collectives per step: " + ", ".join(
+          f"{kind} {size(row['data_bytes'])} ({row['count']:.0f}x)"
+          for kind, row in sorted(totals.items())))
+      print(f"  each chip sends {size(sent)}: {sent / bandwidth:.3f} s at "
+            f"{bandwidth / 1e9:.0f} GB/s if none of it overlapped compute")
+    result.update(collectives=totals, sent_bytes=sent,
+                  communication_seconds=sent / bandwidth)
   if flops is not None and tokens_per_step:
     roofline = flops / (pod.num_chips * pod.chip.peak_flops)
     at_mfu = roofline / mfu

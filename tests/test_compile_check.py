@@ -6,7 +6,7 @@ import json
 import pytest
 
 from t5x_lite import compile_check
-from t5x_lite.pods import compiled
+from t5x_lite.pods import chips, compiled
 
 TINY = ["--gin_file=runs/pretrain.gin", "--gin_file=models/tiny_causal_decoder.gin",
         "--gin_file=meshes/fsdp.gin", "--gin.TASK_FEATURE_LENGTHS={'targets': 128}"]
@@ -32,6 +32,10 @@ def test_a_tiny_decoder_fits_a_v5e_slice(tmp_path, capsys):
   assert train["tokens"] == tokens
   assert train["chip_hours"] == pytest.approx(4 * seconds / 3600)
   assert train["cost"] == pytest.approx(1.2 * 4 * seconds / 3600)
+  # FSDP's weights travel by all-gather; the time is what each chip sends over its link.
+  assert train["collectives"]["all-gather"]["data_bytes"] > 0
+  assert train["communication_seconds"] == pytest.approx(
+      train["sent_bytes"] / chips.get("v5e").interconnect_bytes_per_s)
 
 
 def test_a_step_that_does_not_fit_exits_1_saying_by_how_much_and_what_to_change(capsys):

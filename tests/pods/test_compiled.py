@@ -8,7 +8,7 @@ import pytest
 from t5x_lite import gin_utils
 from t5x_lite.common import partitioning
 from t5x_lite.models.counting import count_params
-from t5x_lite.pods import compiled, topology
+from t5x_lite.pods import collectives, compiled, topology
 from t5x_lite.training import trainer
 from tests import train_helpers
 
@@ -132,3 +132,28 @@ def test_attention_is_chosen_for_the_target_not_for_this_cpu(tmp_path):
   assert compiled.as_on(config, gpus).attention_impl == "cudnn"
   assert compiled.as_on(config, tpus).attention_impl == "xla"
   assert compiled.as_on(config.replace(attention_impl="einsum"), gpus).attention_impl == "einsum"
+
+
+def test_fsdp_collective_volume_is_the_analytic_one(tmp_path):
+  """FSDP over 4 GPUs (float32, scanned layers, no remat): XLA all-gathers each layer's
+  weights for the forward pass and again for the backward, the output layer and final
+  norm once (and the batch's token ids), and reduce-scatters every gradient but the
+  embedding table's, whose rows travel by all-to-all instead."""
+  spec = tiny_spec(tmp_path, **{"TransformerConfig.scan_layers": True})
+  devices = topology.devices(topology.parse("h100:1x4"))
+  step = compiled.compile_train_step(spec, partitioning.create_mesh((1, 4, 1), devices),
+                                     80 * 10**9)
+  config = spec.model
+  params = count_params(config)[0]
+  embedding = config.vocab_size * config.d_model
+  output_and_norm = config.vocab_size * config.d_model + config.d_model
+  layers = params - embedding - output_and_norm
+  totals = collectives.summary(collectives.read(step.hlo, 4))
+  token_ids = 4 * 8 * 64  # int32 [batch, length]
+  assert totals["reduce-scatter"]["data_bytes"] == pytest.approx(
+      4 * (params - embedding), rel=0.1)
+  assert totals["all-gather"]["data_bytes"] == pytest.approx(
+      4 * (2 * layers + output_and_norm) + token_ids, rel=0.1)
+  # Each chip sends 3/4 of what is gathered or scattered (ring volumes).
+  assert totals["reduce-scatter"]["sent_bytes"] == pytest.approx(
+      0.75 * totals["reduce-scatter"]["data_bytes"])
