@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import sys
 import threading
@@ -31,13 +32,13 @@ from typing import Iterator, Optional, Sequence
 import gin
 
 from t5x_lite import gin_utils
-from t5x_lite.common import files
+from t5x_lite.common import files, partitioning
 from t5x_lite.common.errors import at_least, positive, run_cli
 from t5x_lite.models.counting import count
-from t5x_lite.pods import collectives, compiled, cost, topology
+from t5x_lite.pods import chips, collectives, compiled, cost, search, topology
+from t5x_lite.pods.compiled import size
 from t5x_lite.runs.spec import TrainSpec
 
-GiB = 2**30
 GPU_PREALLOCATED = 0.75  # XLA_PYTHON_CLIENT_MEM_FRACTION's default
 # compile_check never writes a run directory; runs/pretrain.gin requires one.
 NO_RUN_DIRECTORY = "compile_check: no run directory is written"
@@ -61,9 +62,34 @@ def parser() -> argparse.ArgumentParser:
                     help="default: the task's inputs length, else half the targets length")
   made.add_argument("--max_new_tokens", type=at_least(1),
                     help="default: the targets length (decoders: the other half)")
+  made.add_argument("--memory_fraction", type=fraction, default=1.0,
+                    help="the share of each chip's memory a step may use (default 1; e.g. "
+                         f"{GPU_PREALLOCATED} on GPUs, where JAX preallocates that share)")
   made.add_argument("--no_decode", action="store_true", help="only the train step")
   made.add_argument("--json", help="also write the report here")
+  searching = made.add_argument_group(
+      "layout search", "--search compiles the train step over the layouts the pod allows "
+      "(mesh data x fsdp x tensor x stage, remat none/dots/full, microbatches; the global "
+      "batch stays the run's), ranks those that fit by estimated step time and writes the "
+      "best as a gin file for `train` (pods/search.py says how).")
+  searching.add_argument("--search", action="store_true", help="search for the best layout")
+  searching.add_argument("--max_stages", type=at_least(1), default=8,
+                         help="most pipeline stages to consider (default 8; 1: none)")
+  searching.add_argument("--top", type=at_least(1), default=5,
+                         help="layouts to rank exactly and print (default 5)")
+  searching.add_argument("--max_compiles", type=at_least(1),
+                         help="stop after this many compiles (default: no limit)")
+  searching.add_argument("--write_gin",
+                         help="where the best layout goes (default layout_<topology>.gin)")
   return made
+
+
+def fraction(text: str) -> float:
+  """An argparse type: a number in (0, 1]."""
+  value = float(text)
+  if not 0 < value <= 1:
+    raise argparse.ArgumentTypeError(f"{text} is not in (0, 1]")
+  return value
 
 
 def parse_gin(files_: Sequence[str], bindings: Sequence[str],
@@ -84,11 +110,15 @@ def _main(argv: Sequence[str]) -> int:
   files_, bindings, search_paths, rest = gin_utils.rewrite_gin_args(argv)
   args = parser().parse_args(rest)
   pod = topology.parse(args.topology)
+  capacity = int(pod.chip.hbm_bytes * args.memory_fraction)
   spec = parse_gin(files_, bindings, search_paths)
   print(f"building compile-only devices for {pod.name} ({pod.num_chips:,} x "
-        f"{pod.chip.description}, {pod.chip.hbm_bytes / GiB:.1f} GiB each) ...", flush=True)
-  mesh = gin_utils.resolve_mesh(devices=topology.devices(pod))
-  report = check(spec, mesh, pod, args)
+        f"{pod.chip.description}, {pod.chip.hbm_bytes / chips.GiB:.1f} GiB each) ...", flush=True)
+  devices = topology.devices(pod)
+  if args.search:
+    return _search(spec, pod, devices, capacity, args)
+  mesh = gin_utils.resolve_mesh(devices=devices)
+  report = check(spec, mesh, pod, capacity, args)
   bench_json(args.json, report)
   failed = [step for step in report["steps"] if not step["fits"]]
   if failed:
@@ -97,8 +127,68 @@ def _main(argv: Sequence[str]) -> int:
   return 0
 
 
-def check(spec, mesh, pod: topology.Topology, args: argparse.Namespace) -> dict:
-  """Compiles the steps, prints their tables and returns the report."""
+def _search(spec, pod: topology.Topology, devices, capacity: int,
+            args: argparse.Namespace) -> int:
+  """--search: the ranked layouts, the best one's report, and its gin file."""
+  run = spec.run
+  policies = "/".join(search.REMAT_POLICIES)
+  print(f"searching layouts for batch {run.batch_size} on {pod.name}: mesh data x fsdp x "
+        f"tensor x stage (at most {args.max_stages} stages), remat {policies}, microbatches "
+        "...", flush=True)
+  result = search.search(spec, pod, devices, capacity=capacity, max_stages=args.max_stages,
+                         top=args.top,
+                         max_compiles=args.max_compiles, watch=ticking)
+  compiles = [t for t in result.trials if t.skipped is None]
+  print(f"\n{len(compiles)} compiles in {sum(t.compile_seconds for t in compiles):.0f} s"
+        + (f"; {result.unexplored} meshes left unexplored (--max_compiles)"
+           if result.unexplored else ""))
+  for trial in result.trials:
+    if trial.skipped:
+      print(f"  not compiled: {trial.layout.describe()}: {trial.skipped}")
+  ranked = result.ranked
+  if not ranked:
+    smallest = min(result.trials, key=lambda t: t.total_bytes, default=None)
+    needs = f"; the smallest needs {size(smallest.total_bytes)} per chip" if smallest else ""
+    print(f"no layout fits {pod.name}{needs}: use more chips, a smaller batch or sequence, "
+          "LoRA, or a model with fewer parameters.", file=sys.stderr)
+    bench_json(args.json, {"topology": pod.name, "search": _search_rows(result, run)})
+    return 1
+  print(f"\n{'rank':>4s}  {'layout':72s} {'per chip':>9s} {'memory':>10s} {'step (est.)':>11s}"
+        f" {'MFU bound':>9s}")
+  for rank, trial in enumerate(ranked[:args.top], 1):
+    print(f"{rank:4d}  {trial.layout.describe():72s} "
+          f"{trial.layout.per_chip_batch(run.batch_size):9.3g} {size(trial.total_bytes):>10s} "
+          f"{trial.estimate:9.3f} s {100 * result.roofline_seconds / trial.estimate:8.1f}%")
+  best = ranked[0]
+  path = args.write_gin or f"layout_{pod.name.replace(':', '_')}.gin"
+  header = (f"# compile_check --search on {pod.name} (batch {run.batch_size}): the fastest of "
+            f"{len(ranked)} fitting layouts, estimated {best.estimate:.3f} s a step "
+            f"({100 * result.roofline_seconds / best.estimate:.1f}% MFU bound).\n"
+            "# Pass it after the run's own gin files: --gin_file=<this file>.\n")
+  with files.atomic_write(path) as handle:
+    handle.write(header + best.layout.gin())
+  print(f"\nbest layout written to {path}: {best.layout.describe()}")
+  spec = best.layout.apply(spec)
+  mesh = partitioning.create_mesh(best.layout.mesh_shape, devices)
+  report = check(spec, mesh, pod, capacity, args, train=result.best_step)
+  report["search"] = _search_rows(result, run)
+  bench_json(args.json, report)
+  return 0
+
+
+def _search_rows(result: search.Result, run) -> list[dict]:
+  return [{"layout": dataclasses.asdict(t.layout), "per_chip_batch":
+           t.layout.per_chip_batch(run.batch_size), "total_bytes": t.total_bytes,
+           "fits": t.fits, "compile_seconds": t.compile_seconds,
+           "compute_seconds": t.compute_seconds,
+           "communication_seconds": t.communication_seconds, "estimate_seconds": t.estimate,
+           "skipped": t.skipped} for t in result.trials]
+
+
+def check(spec, mesh, pod: topology.Topology, capacity: int, args: argparse.Namespace,
+          train: Optional[compiled.CompiledStep] = None) -> dict:
+  """Compiles the steps (the train step unless given), prints their tables and returns
+  the report."""
   run, config = spec.run, spec.model
   mesh_text = " x ".join(f"{name} {size}" for name, size in mesh.shape.items())
   print(f"mesh {mesh_text}; {config.architecture}, {config.dtype} compute, remat "
@@ -109,10 +199,11 @@ def check(spec, mesh, pod: topology.Topology, args: argparse.Namespace) -> dict:
   power = args.power or pod.chip.power_watts
   tokens = args.tokens or float(run.train_steps) * tokens_per_step
   steps = []
-  print(f"compiling the train step (batch {run.batch_size} x {counts.tokens_per_sequence} "
-        f"tokens) ...", flush=True)
-  with ticking("compiling the train step"):
-    train = compiled.compile_train_step(spec, mesh, pod.chip.hbm_bytes)
+  if train is None:
+    print(f"compiling the train step (batch {run.batch_size} x {counts.tokens_per_sequence} "
+          f"tokens) ...", flush=True)
+    with ticking("compiling the train step"):
+      train = compiled.compile_train_step(spec, mesh, capacity)
   flops = counts.flops_per_token * tokens_per_step
   steps.append(_describe(train, flops, tokens_per_step, pod, args.mfu, power, args.price,
                          tokens))
@@ -122,10 +213,9 @@ def check(spec, mesh, pod: topology.Topology, args: argparse.Namespace) -> dict:
     print(f"compiling the decode step (batch {batch}, prompt {prompt}, cache for {new} new "
           "tokens) ...", flush=True)
     with ticking("compiling the decode step"):
-      decode = compiled.compile_decode_step(config, mesh, batch, prompt, new,
-                                            pod.chip.hbm_bytes)
+      decode = compiled.compile_decode_step(config, mesh, batch, prompt, new, capacity)
     steps.append(_describe(decode, None, None, pod, args.mfu, power, args.price, None))
-  print(f"host peak memory {compiled.host_memory_bytes() / GiB:.1f} GiB")
+  print(f"host peak memory {compiled.host_memory_bytes() / chips.GiB:.1f} GiB")
   return {"topology": pod.name, "chip": pod.chip.description, "chips": pod.num_chips,
           "mesh": dict(mesh.shape), "params": counts.params,
           "flops_per_token": counts.flops_per_token, "mfu": args.mfu, "steps": steps}
@@ -178,29 +268,33 @@ def _describe(step: compiled.CompiledStep, flops: Optional[float],
   if step.refusal:
     print(f"  XLA: {step.refusal}")
   if (pod.chip.platform == "cuda" and memory.fits
-      and memory.total > GPU_PREALLOCATED * memory.capacity):
+      and memory.total > GPU_PREALLOCATED * pod.chip.hbm_bytes):
+    share = min(0.95, memory.total / pod.chip.hbm_bytes + 0.03)
     print(f"  note: JAX takes {100 * GPU_PREALLOCATED:.0f}% of a GPU's memory by default; set "
-          f"XLA_PYTHON_CLIENT_MEM_FRACTION={min(0.95, memory.total / memory.capacity + 0.03):.2f}"
-          " for this run")
+          f"XLA_PYTHON_CLIENT_MEM_FRACTION={share:.2f} for this run")
   result = {"step": step.name, "fits": verdict == "FITS", "refusal": step.refusal,
             "compile_seconds": step.compile_seconds,
             "memory_bytes": {name: value for name, value in rows},
             "total_bytes": memory.total, "capacity_bytes": memory.capacity,
             "xla_argument_bytes": memory.xla_arguments}
   if step.hlo:
-    totals = collectives.summary(collectives.read(step.hlo, pod.num_chips))
+    found = collectives.of_step(step.hlo, pod)
+    totals = collectives.summary(found)
     sent = sum(row["sent_bytes"] for row in totals.values())
-    # Across GPU hosts the network, not NVLink, bounds a collective spanning them.
-    bandwidth = (pod.chip.scale_out_bytes_per_s if pod.hosts > 1
-                 else pod.chip.interconnect_bytes_per_s)
+    across = sum(item.sent_bytes for item in found if item.crosses_hosts)
+    communication = collectives.seconds(found, pod.chip)
     if totals:
       print("  collectives per step: " + ", ".join(
           f"{kind} {size(row['data_bytes'])} ({row['count']:.0f}x)"
           for kind, row in sorted(totals.items())))
-      print(f"  each chip sends {size(sent)}: {sent / bandwidth:.3f} s at "
-            f"{bandwidth / 1e9:.0f} GB/s if none of it overlapped compute")
-    result.update(collectives=totals, sent_bytes=sent,
-                  communication_seconds=sent / bandwidth)
+      links = f"{pod.chip.interconnect_bytes_per_s / 1e9:.0f} GB/s"
+      if across:
+        links += (f" ({size(across)} of it between hosts at "
+                  f"{pod.chip.scale_out_bytes_per_s / 1e9:.0f} GB/s)")
+      print(f"  each chip sends {size(sent)}: {communication:.3f} s at {links} if none "
+            "of it overlapped compute")
+    result.update(collectives=totals, sent_bytes=sent, sent_between_hosts_bytes=across,
+                  communication_seconds=communication)
   if flops is not None and tokens_per_step:
     roofline = flops / (pod.num_chips * pod.chip.peak_flops)
     at_mfu = roofline / mfu
@@ -218,14 +312,6 @@ def _describe(step: compiled.CompiledStep, flops: Optional[float],
                   days=run.days, chip_hours=run.chip_hours, energy_kwh=run.energy_kwh,
                   cost=run.cost)
   return result
-
-
-def size(num_bytes: float) -> str:
-  """Bytes in the unit that reads best (KiB, MiB or GiB)."""
-  for unit, scale in (("GiB", GiB), ("MiB", 2**20), ("KiB", 2**10)):
-    if num_bytes >= scale:
-      return f"{num_bytes / scale:.2f} {unit}"
-  return f"{num_bytes:.0f} B"
 
 
 def advice(step: dict, spec, mesh) -> str:

@@ -31,8 +31,10 @@ from t5x_lite.inference import decoding
 from t5x_lite.models import TransformerConfig
 from t5x_lite.models.layers import resolve_attention_impl
 from t5x_lite.models.params import abstract_model
+from t5x_lite.pods import chips
 from t5x_lite.runs.spec import TrainSpec
 from t5x_lite.training import trainer
+from t5x_lite.training.steps import StepFunctions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,6 +163,19 @@ def _compile(lowered: jax.stages.Lowered) -> tuple[Optional[jax.stages.Compiled]
   raise AssertionError("unreachable")
 
 
+def _state_parts(steps: StepFunctions) -> dict[str, int]:
+  state = steps.abstract_state()
+  return {"parameters": shard_bytes(state["params"]),
+          "optimizer_state": shard_bytes(state["opt_state"]) + shard_bytes(state["step"])}
+
+
+def state_bytes(spec: TrainSpec, mesh: jax.sharding.Mesh) -> int:
+  """Bytes of parameters and optimizer state one chip holds in `spec`'s training over
+  `mesh`, from shapes and shardings alone (nothing compiled)."""
+  spec = dataclasses.replace(spec, model=as_on(spec.model, mesh))
+  return sum(_state_parts(trainer.build_steps(spec, mesh)).values())
+
+
 def compile_train_step(spec: TrainSpec, mesh: jax.sharding.Mesh,
                        capacity: int) -> CompiledStep:
   """The trainer's step for `spec` over `mesh`, compiled; memory per chip of it."""
@@ -169,10 +184,8 @@ def compile_train_step(spec: TrainSpec, mesh: jax.sharding.Mesh,
   steps = trainer.build_steps(spec, mesh)
   batch = batch_shapes(spec.model, spec.run.feature_lengths, spec.run.batch_size)
   lowered = steps.lower_train(batch)
-  state = steps.abstract_state()
   sharding = partitioning.batch_sharding(mesh)
-  parts = {"parameters": shard_bytes(state["params"]),
-           "optimizer_state": shard_bytes(state["opt_state"]) + shard_bytes(state["step"]),
+  parts = {**_state_parts(steps),
            "batch": shard_bytes({k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding)
                                  for k, v in batch.items()})}
   compiled, seconds, refusal = _compile(lowered)
@@ -212,6 +225,14 @@ def compile_decode_step(config: TransformerConfig, mesh: jax.sharding.Mesh, batc
                         seconds, "", refusal)
   return CompiledStep("decode", _memory(compiled, parts, capacity), seconds,
                       compiled.as_text() or "")
+
+
+def size(num_bytes: float) -> str:
+  """Bytes in the unit that reads best (KiB, MiB or GiB)."""
+  for unit, scale in (("GiB", chips.GiB), ("MiB", 2**20), ("KiB", 2**10)):
+    if num_bytes >= scale:
+      return f"{num_bytes / scale:.2f} {unit}"
+  return f"{num_bytes:.0f} B"
 
 
 def host_memory_bytes() -> int:

@@ -55,6 +55,12 @@ class Topology:
     """GPU hosts (slices x hosts); TPU slices count chips, not hosts, here."""
     return math.prod(self.shape[:-1]) if self.chip.platform == "cuda" else 1
 
+  @property
+  def devices_per_host(self) -> Optional[int]:
+    """GPUs per host of a multi-host GPU cluster (whose hosts talk over the network);
+    None for one host or a TPU slice (one interconnect domain)."""
+    return self.shape[-1] if self.hosts > 1 else None
+
 
 def parse(name: str) -> Topology:
   """`name` as a Topology; TopologyError listing the accepted forms otherwise."""
