@@ -29,6 +29,9 @@ Each ```sh command is exercised by the handler for its program:
   python experiments/mup/run.py
                               its arguments parsed, every width of both architectures built
                               under both parametrizations
+  python experiments/pods/run.py
+                              its arguments parsed; for every preset and target the pod it
+                              names parses and the search it would launch is configured
   bash experiments/...        the script parses, and each command in it is one this test runs
 ```python blocks are executed; ```gin blocks are parsed and configured like a training run.
 """
@@ -194,6 +197,24 @@ def check_mup_study(command: list[str], _) -> None:
         coordcheck.widen(base, width, parametrization)
 
 
+def check_pods_study(command: list[str], _) -> None:
+  from t5x_lite import compile_check
+  from t5x_lite.pods import topology
+
+  runner = load_script(command[1])
+  args = runner.parse_args(command[2:])
+  for preset in args.presets:
+    params = runner.preset_params(preset)
+    for target in args.targets:
+      name = runner.target_topology(params, target)
+      assert topology.parse(name).chip.name == ("v5p" if target == "tpu" else "h100")
+      search = runner.command(preset, target, name, args.max_compiles)
+      files, bindings, search_paths, rest = gin_utils.rewrite_gin_args(search[3:])
+      assert compile_check.parser().parse_args(rest).search
+      spec = compile_check.parse_gin(files, bindings, search_paths)
+      assert spec.model.dtype == "bfloat16" and spec.model.scan_layers
+
+
 def check_script(command: list[str], folder) -> None:
   path = os.path.join(ROOT, command[1])
   subprocess.run(["bash", "-n", path], check=True)
@@ -265,6 +286,7 @@ def handler(command: list[str]):
             ("python", "tools/scaling_sweep.py"): check_sweep,
             ("python", "experiments/architecture_objective/run.py"): check_ablation,
             ("python", "experiments/mup/run.py"): check_mup_study,
+            ("python", "experiments/pods/run.py"): check_pods_study,
             ("bash",): check_script}
   for prefix, check in checks.items():
     if tuple(command[:len(prefix)]) == prefix:
