@@ -204,7 +204,8 @@ def check(spec, mesh, pod: topology.Topology, capacity: int, args: argparse.Name
           f"tokens) ...", flush=True)
     with ticking("compiling the train step"):
       train = compiled.compile_train_step(spec, mesh, capacity)
-  flops = counts.flops_per_token * tokens_per_step
+  flops_per_token = counts.step_flops_per_token(frozen_base=spec.lora is not None)
+  flops = flops_per_token * tokens_per_step
   steps.append(_describe(train, flops, tokens_per_step, pod, args.mfu, power, args.price,
                          tokens))
   if not args.no_decode:
@@ -218,7 +219,7 @@ def check(spec, mesh, pod: topology.Topology, capacity: int, args: argparse.Name
   print(f"host peak memory {compiled.host_memory_bytes() / chips.GiB:.1f} GiB")
   return {"topology": pod.name, "chip": pod.chip.description, "chips": pod.num_chips,
           "mesh": dict(mesh.shape), "params": counts.params,
-          "flops_per_token": counts.flops_per_token, "mfu": args.mfu, "steps": steps}
+          "flops_per_token": flops_per_token, "mfu": args.mfu, "steps": steps}
 
 
 @contextlib.contextmanager

@@ -38,6 +38,12 @@ class Counts:
   def as_dict(self) -> dict:
     return dataclasses.asdict(self)
 
+  def step_flops_per_token(self, frozen_base: bool = False) -> float:
+    """Training FLOPs per token of a step: forward + backward = 3 forwards; over a frozen
+    base (LoRA) the backward computes activation gradients but no weight gradients, so
+    2 forwards (the adapters' own FLOPs are negligible at low rank)."""
+    return self.flops_per_token * (2 / 3 if frozen_base else 1)
+
 
 def _norm_params(config: TransformerConfig) -> int:
   return config.d_model * (2 if config.norm == "layer" and config.norm_bias else 1)

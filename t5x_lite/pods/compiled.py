@@ -27,9 +27,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from t5x_lite.common import partitioning
+from t5x_lite.common.errors import ConfigError
 from t5x_lite.inference import decoding
-from t5x_lite.models import TransformerConfig
+from t5x_lite.models import Transformer, TransformerConfig
 from t5x_lite.models.layers import resolve_attention_impl
+from t5x_lite.models.lora import AdaptedModel, apply_lora
 from t5x_lite.models.params import abstract_model
 from t5x_lite.pods import chips
 from t5x_lite.runs.spec import TrainSpec
@@ -163,9 +165,33 @@ def _compile(lowered: jax.stages.Lowered) -> tuple[Optional[jax.stages.Compiled]
   raise AssertionError("unreachable")
 
 
-def _state_parts(steps: StepFunctions) -> dict[str, int]:
+def abstract_adapted(spec: TrainSpec, mesh: jax.sharding.Mesh) -> Optional[AdaptedModel]:
+  """A LoRA run's adapted model in shapes (None for other runs): adapters as
+  models/lora.apply_lora makes them and the frozen float base sharded over the mesh as
+  runs/loading.lora_base loads it; compiling needs no checkpoint."""
+  if spec.lora is None:
+    return None
+  if spec.lora.quantized_base:
+    raise ConfigError("compile_check cannot check QLoRA yet: the quantized base's layout "
+                      "comes from its run directory. Check the float LoRA run instead "
+                      "(lora.quantized_base=False): its base holds more memory, an upper "
+                      "bound.")
+  config, seed = spec.model, spec.run.seed
+  adapted = nnx.eval_shape(lambda: apply_lora(Transformer(config, rngs=nnx.Rngs(params=seed)),
+                                              spec.lora, seed))
+  graphdef, adapters, base = nnx.split(adapted, nnx.LoRAParam, nnx.Param)
+  shardings = partitioning.state_shardings(base, mesh)
+  base = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      base, shardings)
+  return AdaptedModel(graphdef, adapters, base)
+
+
+def _state_parts(steps: StepFunctions, adapted: Optional[AdaptedModel] = None
+                 ) -> dict[str, int]:
+  """Parameters (a LoRA run's frozen base included) and optimizer state per chip."""
   state = steps.abstract_state()
-  return {"parameters": shard_bytes(state["params"]),
+  frozen = shard_bytes(adapted.base) if adapted is not None else 0
+  return {"parameters": shard_bytes(state["params"]) + frozen,
           "optimizer_state": shard_bytes(state["opt_state"]) + shard_bytes(state["step"])}
 
 
@@ -173,7 +199,8 @@ def state_bytes(spec: TrainSpec, mesh: jax.sharding.Mesh) -> int:
   """Bytes of parameters and optimizer state one chip holds in `spec`'s training over
   `mesh`, from shapes and shardings alone (nothing compiled)."""
   spec = dataclasses.replace(spec, model=as_on(spec.model, mesh))
-  return sum(_state_parts(trainer.build_steps(spec, mesh)).values())
+  adapted = abstract_adapted(spec, mesh)
+  return sum(_state_parts(trainer.build_steps(spec, mesh, adapted), adapted).values())
 
 
 def compile_train_step(spec: TrainSpec, mesh: jax.sharding.Mesh,
@@ -181,11 +208,12 @@ def compile_train_step(spec: TrainSpec, mesh: jax.sharding.Mesh,
   """The trainer's step for `spec` over `mesh`, compiled; memory per chip of it."""
   spec = dataclasses.replace(spec, model=as_on(spec.model, mesh))
   trainer.check_layout(spec, mesh)
-  steps = trainer.build_steps(spec, mesh)
+  adapted = abstract_adapted(spec, mesh)
+  steps = trainer.build_steps(spec, mesh, adapted)
   batch = batch_shapes(spec.model, spec.run.feature_lengths, spec.run.batch_size)
   lowered = steps.lower_train(batch)
   sharding = partitioning.batch_sharding(mesh)
-  parts = {**_state_parts(steps),
+  parts = {**_state_parts(steps, adapted),
            "batch": shard_bytes({k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding)
                                  for k, v in batch.items()})}
   compiled, seconds, refusal = _compile(lowered)

@@ -220,7 +220,8 @@ def search(spec: TrainSpec, pod: topology.Topology, devices: list[jax.Device], *
   config, run = spec.model, spec.run
   counts = count(config, inputs_length=run.feature_lengths.get("inputs", 0),
                  targets_length=run.feature_lengths["targets"])
-  roofline = (counts.flops_per_token * run.batch_size * counts.tokens_per_sequence
+  roofline = (counts.step_flops_per_token(frozen_base=spec.lora is not None)
+              * run.batch_size * counts.tokens_per_sequence
               / (pod.num_chips * pod.chip.peak_flops))
   trials: list[Trial] = []
   candidates = []

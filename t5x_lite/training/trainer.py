@@ -195,10 +195,7 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
   counts = count(config, inputs_length=encoder_length, targets_length=decoder_length)
   peak, peak_source = metrics.job_peak_flops(config.dtype, run.peak_flops_per_device)
   writer = metrics.MetricsWriter(run.model_dir, enabled=is_main)
-  # A step is forward + backward = 3 forwards; over a frozen base, the backward computes
-  # activation gradients but no weight gradients, so 2 forwards (the adapters' own FLOPs
-  # are negligible at low rank).
-  flops_per_token = counts.flops_per_token * (2 / 3 if adapted is not None else 1)
+  flops_per_token = counts.step_flops_per_token(frozen_base=adapted is not None)
   stages = mesh.shape.get(pipeline_parallel.STAGE_AXIS, 1)
   bubble = (pipeline_parallel.bubble_fraction(stages, config.pipeline_microbatches,
                                               config.pipeline_repeats) if stages > 1 else None)

@@ -5,8 +5,9 @@ import jax
 import numpy as np
 import pytest
 
-from t5x_lite import gin_utils
+from t5x_lite import compile_check, gin_utils
 from t5x_lite.common import partitioning
+from t5x_lite.common.errors import ConfigError
 from t5x_lite.models.counting import count_params
 from t5x_lite.pods import collectives, compiled, topology
 from t5x_lite.training import trainer
@@ -157,3 +158,33 @@ def test_fsdp_collective_volume_is_the_analytic_one(tmp_path):
   # Each chip sends 3/4 of what is gathered or scattered (ring volumes).
   assert totals["reduce-scatter"]["sent_bytes"] == pytest.approx(
       0.75 * totals["reduce-scatter"]["data_bytes"])
+
+
+def lora_spec(**extra):
+  bindings = {"CHECKPOINT_PATH": "'/no/checkpoint/needed'", "BATCH_SIZE": 8,
+              "TASK_FEATURE_LENGTHS": "{'targets': 64}", **extra}
+  return compile_check.parse_gin(["runs/lora.gin", "models/tiny_causal_decoder.gin"],
+                                 [f"{k}={v}" for k, v in bindings.items()], [])
+
+
+def test_a_lora_run_compiles_over_its_frozen_base_without_a_checkpoint():
+  """Every chip holds the frozen base and the adapters; AdamW's two moments cover the
+  adapters only, and only their gradients travel between data-parallel chips."""
+  spec = lora_spec()
+  mesh = partitioning.create_mesh((2, 1, 1), topology.devices(topology.parse("h100:1x2")))
+  step = compiled.compile_train_step(spec, mesh, 80 * 10**9)
+  adapted = compiled.abstract_adapted(spec, mesh)
+  adapters = sum(x.size for x in jax.tree.leaves(adapted.adapters))
+  base = sum(x.size for x in jax.tree.leaves(adapted.base))
+  assert base == count_params(spec.model)[0] and adapters < base / 5
+  assert step.memory.parameters == 4 * (base + adapters)
+  assert step.memory.optimizer_state == pytest.approx(2 * 4 * adapters, abs=64)
+  totals = collectives.summary(collectives.read(step.hlo, 2))
+  assert totals["all-reduce"]["data_bytes"] == pytest.approx(4 * adapters, rel=0.01)
+
+
+def test_qlora_is_refused_by_name():
+  spec = lora_spec(**{"lora.quantized_base": True})
+  mesh = partitioning.create_mesh((1, 1, 1), topology.devices(topology.parse("h100:1x1")))
+  with pytest.raises(ConfigError, match="QLoRA"):
+    compiled.compile_train_step(spec, mesh, 80 * 10**9)
