@@ -75,8 +75,8 @@ def parser() -> argparse.ArgumentParser:
   searching.add_argument("--search", action="store_true", help="search for the best layout")
   searching.add_argument("--max_stages", type=at_least(1), default=8,
                          help="most pipeline stages to consider (default 8; 1: none)")
-  searching.add_argument("--top", type=at_least(1), default=5,
-                         help="layouts to rank exactly and print (default 5)")
+  searching.add_argument("--top", type=at_least(1), default=3,
+                         help="layouts to rank exactly and print (default 3)")
   searching.add_argument("--max_compiles", type=at_least(1),
                          help="stop after this many compiles (default: no limit)")
   searching.add_argument("--write_gin",

@@ -90,7 +90,7 @@ def command(preset: str, target: str, topology: str, max_compiles: int) -> list[
 def run(presets: list[str], targets: list[str], max_compiles: int) -> None:
   os.makedirs(RESULTS, exist_ok=True)
   os.makedirs(GIN, exist_ok=True)
-  for preset in presets:
+  for preset in sorted(presets, key=preset_params):  # the quick ones first
     for target in targets:
       result = os.path.join(RESULTS, f"{preset}_{target}.json")
       if os.path.exists(result):

@@ -209,7 +209,7 @@ def compute_seconds(layout: Layout, roofline: float) -> float:
 
 
 def search(spec: TrainSpec, pod: topology.Topology, devices: list[jax.Device], *,
-           capacity: Optional[int] = None, max_stages: int = 8, top: int = 5,
+           capacity: Optional[int] = None, max_stages: int = 8, top: int = 3,
            max_compiles: Optional[int] = None, log: Callable[[str], None] = print,
            watch: Callable[[str], ContextManager] = lambda _: contextlib.nullcontext()
            ) -> Result:
