@@ -110,6 +110,7 @@ class Trial:
   total_bytes: int
   fits: bool
   compile_seconds: float = 0.0
+  temporaries: int = 0
   compute_seconds: Optional[float] = None
   communication_seconds: Optional[float] = None
   skipped: Optional[str] = None
@@ -245,12 +246,13 @@ def search(spec: TrainSpec, pod: topology.Topology, devices: list[jax.Device], *
     estimates = sorted(t.estimate for t in trials if t.estimate is not None)
     return estimates[top - 1] if len(estimates) >= top else math.inf
 
-  def attempt(layout: Layout, mesh) -> bool:
+  def attempt(layout: Layout, mesh) -> Trial:
     compiles[0] += 1
     with watch(f"compiling {layout.describe()}"):
       step = compiled.compile_train_step(layout.apply(spec), mesh, capacity)
     fits = step.memory.fits and step.refusal is None
-    trial = Trial(layout, step.memory.total, fits, step.compile_seconds)
+    trial = Trial(layout, step.memory.total, fits, step.compile_seconds,
+                  temporaries=step.memory.temporaries)
     if fits:
       trial.compute_seconds = compute_seconds(layout, roofline)
       trial.communication_seconds = collectives.seconds(collectives.of_step(step.hlo, pod),
@@ -264,7 +266,7 @@ def search(spec: TrainSpec, pod: topology.Topology, devices: list[jax.Device], *
                else "does not fit")
     log(f"  [{compiles[0]}] {layout.describe()}: {compiled.size(step.memory.total)}, "
         f"{verdict} (compiled in {step.compile_seconds:.0f} s)")
-    return fits
+    return trial
 
   unexplored = 0
   for index, (_, shape, mesh) in enumerate(candidates):
@@ -278,7 +280,7 @@ def search(spec: TrainSpec, pod: topology.Topology, devices: list[jax.Device], *
       if max_compiles is not None and compiles[0] >= max_compiles:
         unexplored = len(candidates) - index
         break
-      fitting = _fewest_that_fit(options, lambda layout: attempt(layout, mesh))
+      fitting = _fewest_that_fit(options, lambda layout: attempt(layout, mesh), capacity)
       if fitting is not None:
         limit = fitting.microbatches
     if unexplored:
@@ -286,19 +288,32 @@ def search(spec: TrainSpec, pod: topology.Topology, devices: list[jax.Device], *
   return Result(trials, best_step[0], roofline, unexplored)
 
 
-def _fewest_that_fit(options: list[Layout], fits: Callable[[Layout], bool]
-                     ) -> Optional[Layout]:
-  """The first of `options` (ordered by falling memory) that fits, by bisection: the
-  first is tried first (it often fits), then the last (if it does not, none does)."""
-  if fits(options[0]):
+def _fewest_that_fit(options: list[Layout], attempt: Callable[[Layout], Trial],
+                     capacity: int) -> Optional[Layout]:
+  """The first of `options` (ordered by falling memory) that fits. The first is tried
+  first (it often fits); if it does not, the next guess is where its temporaries, falling
+  as 1 / microbatches, would fit, then its neighbour, and bisection only if both
+  guesses miss (so a typical search costs three compiles, not a full bisection)."""
+  first = attempt(options[0])
+  if first.fits:
     return options[0]
-  if len(options) == 1 or not fits(options[-1]):
-    return None
-  low, high = 0, len(options) - 1  # options[low] does not fit, options[high] does
-  while high - low > 1:
-    middle = (low + high) // 2
-    if fits(options[middle]):
-      high = middle
+  fixed = first.total_bytes - first.temporaries
+  count = options[0].microbatches
+  guess = next((index for index, option in enumerate(options)
+                if fixed + first.temporaries * count / option.microbatches <= capacity),
+               len(options) - 1)
+  low, high = 0, None  # options[low] does not fit; options[high] does
+  probes = [max(guess, 1)]
+  while probes:
+    probe = probes.pop()
+    if attempt(options[probe]).fits:
+      high = probe
     else:
-      low = middle
+      low = probe
+    if high is None:
+      if low == len(options) - 1:
+        return None
+      probes.append(low + 1 if low == guess else len(options) - 1)
+    elif high - low > 1:
+      probes.append(high - 1 if high == guess else (low + high) // 2)
   return options[high]

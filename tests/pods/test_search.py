@@ -45,18 +45,48 @@ def test_layouts_follow_the_trainers_batch_and_pipeline_rules(tmp_path):
   assert all(o.apply(spec).model.scan_layers for o in options)
 
 
-def test_bisection_finds_the_fewest_microbatches_that_fit_in_logarithmic_compiles():
-  options = [search.Layout((1, 4, 1, 1), "none", m) for m in (1, 2, 4, 8, 16, 32, 64, 128)]
-  tried = []
-
-  def fits(layout):
+def trials_by_memory(temporaries_at_1: int, fixed: int, capacity: int, tried: list):
+  """A stand-in for compiling: temporaries fall as 1 / microbatches, plus a margin
+  that the guess does not know about."""
+  def attempt(layout):
     tried.append(layout.microbatches)
-    return layout.microbatches >= 16
-  assert search._fewest_that_fit(options, fits).microbatches == 16
-  assert tried[:2] == [1, 128] and len(tried) <= 2 + 3
-  tried.clear()
-  assert search._fewest_that_fit(options, lambda o: tried.append(o) or False) is None
-  assert len(tried) == 2  # the first and the last: if the last does not fit, none does
+    temporaries = temporaries_at_1 // layout.microbatches + 3 * 2**20
+    total = fixed + temporaries
+    return search.Trial(layout, total, total <= capacity, temporaries=temporaries)
+  return attempt
+
+
+OPTIONS = [search.Layout((1, 4, 1, 1), "none", m) for m in (1, 2, 4, 8, 16, 32, 64, 128)]
+
+
+@pytest.mark.parametrize("capacity_mib, fewest, most_compiles", [
+    (2000, 1, 1),      # fits at once
+    (80, 16, 3),       # the guess fits, one fewer does not
+    (12, 128, 3),      # the guess is the last option; one fewer does not fit
+    (4, None, 2),      # nothing fits: the guess was the last option
+])
+def test_the_fewest_microbatches_that_fit_are_found_in_few_compiles(capacity_mib, fewest,
+                                                                      most_compiles):
+  tried = []
+  attempt = trials_by_memory(1024 * 2**20, 2**20, capacity_mib * 2**20, tried)
+  found = search._fewest_that_fit(OPTIONS, attempt, capacity_mib * 2**20)
+  assert (found.microbatches if found else None) == fewest
+  assert len(tried) <= most_compiles
+  # Whatever the probes, the answer is the exact boundary: one fewer does not fit.
+  if found and fewest > 1:
+    previous = OPTIONS[OPTIONS.index(found) - 1]
+    assert not attempt(previous).fits
+
+
+def test_when_the_guess_is_far_off_bisection_still_finds_the_boundary():
+  tried = []
+  # Temporaries that do not fall with microbatches (a guess of 1 / m is wildly wrong).
+  def attempt(layout):
+    tried.append(layout.microbatches)
+    total = (100 if layout.microbatches < 32 else 10) * 2**20
+    return search.Trial(layout, total, total <= 50 * 2**20, temporaries=total)
+  assert search._fewest_that_fit(OPTIONS, attempt, 50 * 2**20).microbatches == 32
+  assert len(tried) <= 6
 
 
 @pytest.fixture(scope="module")
