@@ -208,7 +208,8 @@ def check_pods_study(command: list[str], _) -> None:
     for target in args.targets:
       name = runner.target_topology(params, target)
       assert topology.parse(name).chip.name == ("v5p" if target == "tpu" else "h100")
-      search = runner.command(preset, target, name, args.max_compiles)
+      search = runner.command(preset, target, name,
+                              args.max_compiles or runner.band(params)[3])
       files, bindings, search_paths, rest = gin_utils.rewrite_gin_args(search[3:])
       assert compile_check.parser().parse_args(rest).search
       spec = compile_check.parse_gin(files, bindings, search_paths)

@@ -22,6 +22,7 @@ import os
 import subprocess
 import sys
 import time
+from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -52,18 +53,21 @@ PRESETS = {
     "t5_1_1_small": (128, T5), "t5_1_1_base": (128, T5), "t5_1_1_large": (128, T5),
     "t5_1_1_xl": (128, T5), "t5_1_1_xxl": (128, T5),
 }
-# Pod sizes by parameters (upper bound, TPU slice, GPU nodes): a slice or node count
-# that holds the training state several times over and trains the Chinchilla-optimal
-# tokens in weeks rather than years.
-SIZE_BANDS = [(1.5e9, "v5p:2x2x2", "h100:1x8"), (15e9, "v5p:4x4x4", "h100:8x8"),
-              (float("inf"), "v5p:8x8x16", "h100:64x8")]
+# Pod sizes by parameters (upper bound, TPU slice, GPU nodes, most compiles per search):
+# a slice or node count that holds the training state several times over and trains
+# the Chinchilla-optimal tokens in weeks rather than years. The largest presets compile
+# for minutes per layout on a 2-core machine, so their searches stop after fewer.
+SIZE_BANDS = [(1.5e9, "v5p:2x2x2", "h100:1x8", 24), (15e9, "v5p:4x4x4", "h100:8x8", 24),
+              (float("inf"), "v5p:8x8x16", "h100:64x8", 10)]
+
+
+def band(params: int) -> tuple:
+  return next(row for row in SIZE_BANDS if params <= row[0])
 
 
 def target_topology(params: int, target: str) -> str:
-  for limit, tpu, gpu in SIZE_BANDS:
-    if params <= limit:
-      return tpu if target == "tpu" else gpu
-  raise AssertionError("unreachable: the last band has no limit")
+  _, tpu, gpu, _ = band(params)
+  return tpu if target == "tpu" else gpu
 
 
 def preset_params(preset: str) -> int:
@@ -87,7 +91,7 @@ def command(preset: str, target: str, topology: str, max_compiles: int) -> list[
           f"--json={os.path.join(RESULTS, name + '.json')}"]
 
 
-def run(presets: list[str], targets: list[str], max_compiles: int) -> None:
+def run(presets: list[str], targets: list[str], max_compiles: Optional[int]) -> None:
   os.makedirs(RESULTS, exist_ok=True)
   os.makedirs(GIN, exist_ok=True)
   for preset in sorted(presets, key=preset_params):  # the quick ones first
@@ -100,7 +104,8 @@ def run(presets: list[str], targets: list[str], max_compiles: int) -> None:
       start = time.perf_counter()
       log = os.path.join(RESULTS, f"{preset}_{target}.log")
       with open(log, "w") as handle:
-        code = subprocess.call(command(preset, target, topology, max_compiles),
+        budget = max_compiles or band(preset_params(preset))[3]
+        code = subprocess.call(command(preset, target, topology, budget),
                                stdout=handle, stderr=subprocess.STDOUT)
       print(f"   exit {code} after {time.perf_counter() - start:.0f} s (log: {log})",
             flush=True)
@@ -198,7 +203,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--presets", nargs="+", choices=list(PRESETS), default=list(PRESETS))
   parser.add_argument("--targets", nargs="+", choices=["tpu", "gpu"], default=["tpu", "gpu"])
-  parser.add_argument("--max_compiles", type=int, default=24)
+  parser.add_argument("--max_compiles", type=int,
+                      help="per search (default: the size band's, SIZE_BANDS)")
   parser.add_argument("--report_only", action="store_true")
   return parser.parse_args(argv)
 
