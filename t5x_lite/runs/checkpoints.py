@@ -25,13 +25,14 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Iterator, Optional, TextIO
+from typing import Any, Callable, Iterator, Optional, Sequence, TextIO
 
 import jax
 import orbax.checkpoint as ocp
 import tensorflow as tf
 from etils import epath
 from jax.experimental import multihost_utils
+from orbax.checkpoint.checkpoint_managers import preservation_policy as preservation
 
 from t5x_lite.common.errors import FileSystemError, UserError, file_errors, storage_errors
 from t5x_lite.data import BatchIterator
@@ -240,15 +241,22 @@ def _restore_newest_readable(manager: ocp.CheckpointManager, directory: str,
 
 
 class Checkpointer:
-  """Saves every `every_steps` steps (and on demand), keeps the newest `keep` (None: all)."""
+  """Saves every `every_steps` steps (and on demand), keeps the newest `keep` (None: all);
+  also saves at each of `keep_steps` and keeps those for good (the fork points of
+  cooldown branches: orbax's save-on-steps and preservation policies)."""
 
   def __init__(self, directory: str, every_steps: int, keep: Optional[int] = 3,
-               asynchronous: bool = True):
+               asynchronous: bool = True, keep_steps: Sequence[int] = ()):
     check_retention(keep)
     self.directory = os.path.abspath(directory)
+    retention = {"max_to_keep": keep}
+    if keep_steps:
+      retention = {"max_to_keep": None, "save_on_steps": list(keep_steps),
+                   "preservation_policy": preservation.AnyPreservationPolicy(
+                       [preservation.LatestN(keep), preservation.CustomSteps(keep_steps)])}
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=every_steps, max_to_keep=keep, create=True,
-        enable_async_checkpointing=asynchronous, cleanup_tmp_directories=True)
+        save_interval_steps=every_steps, create=True, enable_async_checkpointing=asynchronous,
+        cleanup_tmp_directories=True, **retention)
     with file_errors("checkpoints in", self.directory):
       self.manager = ocp.CheckpointManager(self.directory, options=options,
                                            item_handlers=item_handlers())
@@ -376,6 +384,34 @@ def newest_params(path: str, abstract_params: Any, stream: Optional[TextIO] = No
     raise CheckpointError(f"{path} holds no finished checkpoint; point CHECKPOINT_PATH at a "
                           "MODEL_DIR of a run that saved one.")
   return step, restored["params"]
+
+
+def restore_step(path: str, step: int, abstract_state: Any,
+                 make_iterator: Callable[[], BatchIterator]) -> tuple[Any, BatchIterator]:
+  """(state, iterator) of another run's checkpoint at exactly `step`, read through a
+  read-only manager (that run's directory is never written): where a cooldown branch
+  starts. CheckpointError when that step was not saved or cannot be read."""
+  directory = checkpoints_directory(path)
+  manager = ocp.CheckpointManager(os.path.abspath(directory), item_handlers=item_handlers(),
+                                  options=ocp.CheckpointManagerOptions(read_only=True))
+  saved = sorted(manager.all_steps())
+  if step not in saved:
+    raise CheckpointError(
+        f"{path} has no checkpoint at step {step} (it has {saved or 'none'}); the run to "
+        f"fork from must keep it: train.keep_steps = [{step}] in that run.")
+  try:
+    state = _read_state(manager, step, abstract_state, directory, lambda target: (
+        manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target)))["state"]), "train state")
+    iterator = make_iterator()
+    _read("data-iterator state", step, lambda: manager.restore(
+        step, args=ocp.args.Composite(data=DataIteratorRestore(iterator))))
+  except Unreadable as error:
+    raise CheckpointError(f"{path}'s checkpoint at step {step} cannot be read ({error}); "
+                          "fork from another step.") from error
+  finally:
+    manager.close()
+  return state, iterator
 
 
 def save_params(model_dir: str, step: int, params: Any) -> None:

@@ -17,7 +17,8 @@ from t5x_lite.models import mup
 from t5x_lite.models.configs import LAYOUT_KNOBS, TransformerConfig
 from t5x_lite.models.lora import LoraConfig
 
-SCHEDULES = ("warmup_cosine", "rsqrt", "constant")
+SCHEDULES = ("warmup_cosine", "rsqrt", "constant", "wsd")
+DECAY_SHAPES = ("linear", "cosine", "1-sqrt")
 OPTIMIZERS = ("adamw", "adafactor")
 
 
@@ -33,17 +34,43 @@ class ScheduleConfig:
     final_fraction x peak at the run's last step (the usual LM pretraining schedule);
     "rsqrt": T5's inverse square root, peak_learning_rate / sqrt(max(step, warmup_steps))
     x sqrt(warmup_steps), i.e. constant at the peak during warmup (T5: peak 0.01, 10k);
-    "constant": linear warmup then constant.
+    "constant": linear warmup then constant;
+    "wsd": warmup-stable-decay (Hägele et al. 2024; MiniCPM's "trapezoidal"): linear
+    warmup, constant at the peak, then over the last `decay_fraction` of the run a
+    decay to final_fraction x peak shaped `decay_shape`: "linear" (1 - p), "cosine"
+    ((1 + cos(pi p)) / 2) or "1-sqrt" (1 - sqrt(p)), p going 0 -> 1 over the decay. Its
+    stable phase does not depend on the run's length, so cooldown branches
+    (train.fork_from) can share one run's stable phase.
   """
   name: str = "warmup_cosine"
   peak_learning_rate: float = 3e-4
   warmup_steps: int = 100
   final_fraction: float = 0.1
+  decay_fraction: float = 0.2
+  decay_shape: str = "linear"
 
   def __post_init__(self):
     check_field_types(self, "make_schedule")
     if self.name not in SCHEDULES:
       raise OptimizerConfigError(f"make_schedule.name={self.name!r}; choose one of {SCHEDULES}.")
+    if not 0 < self.decay_fraction <= 1:
+      raise OptimizerConfigError(f"make_schedule.decay_fraction must be in (0, 1], got "
+                                 f"{self.decay_fraction}.")
+    if self.decay_shape not in DECAY_SHAPES:
+      raise OptimizerConfigError(f"make_schedule.decay_shape={self.decay_shape!r}; choose one "
+                                 f"of {DECAY_SHAPES}.")
+
+  def stable_end(self, total_steps: int) -> int:
+    """The first step of a WSD run's decay: its last round(decay_fraction x total_steps)
+    steps (at least one) decay; warmup and the constant phase come before."""
+    decay_steps = max(1, round(self.decay_fraction * total_steps))
+    stable_end = total_steps - decay_steps
+    if stable_end < self.warmup_steps:
+      raise OptimizerConfigError(
+          f"make_schedule.warmup_steps={self.warmup_steps} runs into the decay, which starts "
+          f"at step {stable_end} ({self.decay_fraction} of {total_steps} steps); use fewer "
+          "warmup steps, a smaller decay_fraction or more train steps.")
+    return stable_end
     if self.warmup_steps < 0 or self.peak_learning_rate < 0:
       raise OptimizerConfigError("make_schedule.warmup_steps and peak_learning_rate must be "
                                  f">= 0, got {self.warmup_steps} and {self.peak_learning_rate}.")
@@ -114,6 +141,15 @@ class RunConfig:
       knobs that may differ from init_checkpoint's model when fine-tuning (e.g.
       "TransformerConfig.architecture": a causal decoder continued as a prefix decoder);
       "data" lets a resume read corpus content other than the recorded fingerprints.
+    keep_steps: steps at which a checkpoint is saved and kept for good, beside the newest
+      `keep_checkpoints`: the fork points of cooldown branches.
+    fork_from, fork_step: a cooldown branch (make_schedule.name='wsd'): when model_dir
+      has no checkpoint yet, the run starts from the checkpoint at `fork_step` of the
+      run in `fork_from` (state and data position) instead of from scratch; that run's
+      recorded settings must equal this one's but for length, schedule and cadence, and
+      its learning rate must equal this one's at every step before the fork, so the
+      branch continues exactly what a from-scratch run of its schedule would have done.
+      The fork step lies in this run's stable phase (after warmup, before its decay).
     profile_start_step, profile_steps: trace steps profile_start_step + 1 ...
       profile_start_step + profile_steps with jax.profiler into MODEL_DIR/profile
       (open it with TensorBoard's profile plugin or xprof; tools/top_ops.py lists the
@@ -138,6 +174,9 @@ class RunConfig:
   max_consecutive_skips: int = 5
   peak_flops_per_device: Optional[float] = None
   allow_changes: tuple[str, ...] = ()
+  keep_steps: tuple[int, ...] = ()
+  fork_from: Optional[str] = None
+  fork_step: Optional[int] = None
   profile_start_step: Optional[int] = None
   profile_steps: int = 3
 
@@ -149,6 +188,19 @@ class RunConfig:
     # gin hands over lists and dicts; freeze them so the spec compares and records as data.
     object.__setattr__(self, "feature_lengths", dict(self.feature_lengths))
     object.__setattr__(self, "allow_changes", tuple(self.allow_changes))
+    object.__setattr__(self, "keep_steps", tuple(sorted(set(self.keep_steps))))
+    if any(not 1 <= step <= self.train_steps for step in self.keep_steps):
+      raise ConfigError(f"train.keep_steps {list(self.keep_steps)} must lie in 1 ... "
+                        f"train_steps ({self.train_steps}).")
+    if (self.fork_from is None) != (self.fork_step is None):
+      raise ConfigError("a cooldown branch needs both train.fork_from (the run whose stable "
+                        "phase it continues) and train.fork_step; set both or neither.")
+    if self.fork_from is not None and self.init_checkpoint:
+      raise ConfigError("train.fork_from and train.init_checkpoint exclude each other: a "
+                        "cooldown branch takes its whole state from the run it forks.")
+    if self.fork_step is not None and not 1 <= self.fork_step < self.train_steps:
+      raise ConfigError(f"train.fork_step={self.fork_step} must lie in 1 ... train_steps - 1 "
+                        f"({self.train_steps - 1}).")
     check_positive("train", train_steps=self.train_steps, batch_size=self.batch_size,
                    microbatches=self.microbatches, log_every=self.log_every,
                    eval_every=self.eval_every, eval_steps=self.eval_steps,
@@ -199,7 +251,7 @@ MAY_CHANGE_ON_RESUME = frozenset({
     "train.eval_every", "train.eval_steps", "train.checkpoint_every", "train.keep_checkpoints",
     "train.init_checkpoint", "train.nan_policy", "train.max_consecutive_skips",
     "train.peak_flops_per_device", "train.allow_changes", "train.profile_start_step",
-    "train.profile_steps",
+    "train.profile_steps", "train.keep_steps",
     *(f"make_schedule.{field.name}" for field in dataclasses.fields(ScheduleConfig)),
     *(f"TransformerConfig.{name}" for name in LAYOUT_KNOBS),
 })
@@ -225,10 +277,24 @@ class TrainSpec:
     if self.lora is not None and not self.run.init_checkpoint:
       raise ConfigError("LoRA adapts a pretrained model: set CHECKPOINT_PATH (train."
                         "init_checkpoint) to the MODEL_DIR of the base model.")
+    if self.run.fork_step is not None:
+      self._check_fork()
     if self.lora is not None and self.model.scan_layers:
       raise ConfigError("LoRA needs the unscanned layout: set TransformerConfig.scan_layers="
                         "False (checkpoints store one layout, so a scanned run's base loads), "
                         "on a mesh without pipeline stages (they need the scanned one).")
+
+  def _check_fork(self) -> None:
+    fork, schedule = self.run.fork_step, self.schedule
+    if schedule.name != "wsd":
+      raise ConfigError("a cooldown branch (train.fork_from) needs make_schedule.name='wsd': "
+                        f"its stable phase is what it shares, and {schedule.name!r} has none.")
+    stable_end = schedule.stable_end(self.run.train_steps)
+    if not schedule.warmup_steps <= fork <= stable_end:
+      raise ConfigError(f"train.fork_step={fork} lies outside this run's stable phase (steps "
+                        f"{schedule.warmup_steps} ... {stable_end}: after warmup, before the "
+                        f"decay of the last {schedule.decay_fraction} of {self.run.train_steps}"
+                        " steps); fork later, or train longer.")
 
   def to_json(self) -> dict[str, dict[str, Any]]:
     """{gin name: {field: value}}: what spec.json holds (optional sections when set)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Optional
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from t5x_lite.models import mup
@@ -45,9 +46,30 @@ def make_schedule(config: ScheduleConfig, total_steps: int) -> optax.Schedule:
       return peak * jax.lax.rsqrt(jax.numpy.maximum(step, warmup) / warmup)
 
     return rsqrt
-  return optax.join_schedules(
-      [optax.linear_schedule(0.0, peak, max(warmup, 1)), optax.constant_schedule(peak)],
-      [warmup])
+  warmup_then_peak = [optax.linear_schedule(0.0, peak, max(warmup, 1)),
+                      optax.constant_schedule(peak)]
+  if config.name == "wsd":
+    stable_end = config.stable_end(total_steps)
+    decay_steps = total_steps - stable_end
+    final = config.final_fraction * peak
+    shape = DECAY_SHAPES[config.decay_shape]
+
+    def decay(count):  # steps since the decay began
+      progress = jnp.clip(count / decay_steps, 0.0, 1.0)
+      return final + (peak - final) * shape(progress)
+
+    # The same warmup and constant as "constant" up to stable_end, value for value: a
+    # branch forked from a run with either schedule continues it exactly.
+    return optax.join_schedules([*warmup_then_peak, decay], [warmup, stable_end])
+  return optax.join_schedules(warmup_then_peak, [warmup])
+
+
+# Fraction of the peak-to-final drop left at decay progress p (1 at p = 0, 0 at p = 1).
+DECAY_SHAPES = {
+    "linear": lambda p: 1.0 - p,
+    "cosine": lambda p: 0.5 * (1.0 + jnp.cos(jnp.pi * p)),
+    "1-sqrt": lambda p: 1.0 - jnp.sqrt(p),
+}
 
 
 def decay_mask(params) -> object:

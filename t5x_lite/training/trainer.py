@@ -37,7 +37,7 @@ from t5x_lite.models.counting import count
 from t5x_lite.models.lora import adapt
 from t5x_lite.runs import checkpoints, loading, run_dir
 from t5x_lite.runs.spec import TrainSpec
-from t5x_lite.training import loop_controls, metrics, optim
+from t5x_lite.training import forking, loop_controls, metrics, optim
 from t5x_lite.training.loop_controls import TrainingHalted  # noqa: F401  (raised by the loop)
 from t5x_lite.training.steps import StepFunctions, abstract_state, make_step_functions
 
@@ -147,7 +147,8 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
   check_splits(run.task)  # e.g. an empty validation split: now, not at the first evaluation
   vocabulary = vocabularies.describe(get_task(run.task).output_features["targets"].vocabulary)
   checkpointer = checkpoints.Checkpointer(os.path.join(run.model_dir, "checkpoints"),
-                                          run.checkpoint_every, run.keep_checkpoints)
+                                          run.checkpoint_every, run.keep_checkpoints,
+                                          keep_steps=run.keep_steps)
   resuming = checkpointer.latest_step() is not None
   if run.init_checkpoint and spec.lora is None and not resuming:
     loading.check_init_checkpoint(run.init_checkpoint, config, run.allow_changes)
@@ -169,13 +170,21 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
         run.task, run.feature_lengths, "train", run.batch_size, config.architecture,
         shard=shard, seed=run.seed)
 
+  data = data_fingerprints(run.task)
   run_record = (run_dir.check_spec(run.model_dir, spec, vocabulary, resuming, stream,
-                                   data=data_fingerprints(run.task)) if is_main else None)
+                                   data=data) if is_main else None)
+  if run.fork_from and not resuming:
+    forking.check_parent(spec, vocabulary, data)
   state = steps.init()
   start, restored, batches = checkpointer.restore_latest(abstract_state(state), make_batches)
   if start is not None:
     state = restored
     print(f"resumed from {checkpointer.directory} step {start}", file=stream)
+  elif run.fork_from:
+    state, batches = checkpoints.restore_step(run.fork_from, run.fork_step,
+                                              abstract_state(state), make_batches)
+    print(f"cooldown branch: continuing {run.fork_from} from its step {run.fork_step}",
+          file=stream)
   else:
     batches = make_batches()
     if run.init_checkpoint and adapted is None:

@@ -28,6 +28,47 @@ def test_rsqrt_and_constant_schedules():
     optim.ScheduleConfig("linear")
 
 
+@pytest.mark.parametrize("shape, middle", [
+    ("linear", 0.5), ("cosine", 0.5), ("1-sqrt", 1 - np.sqrt(0.5))])
+def test_wsd_warms_up_holds_the_peak_then_decays_in_its_shape(shape, middle):
+  """100 steps, warmup 10, the last 20% decaying from 1.0 to 0.1: each shape's formula
+  at the boundaries and halfway through the decay."""
+  config = optim.ScheduleConfig(name="wsd", peak_learning_rate=1.0, warmup_steps=10,
+                                final_fraction=0.1, decay_fraction=0.2, decay_shape=shape)
+  schedule = optim.make_schedule(config, 100)
+  assert config.stable_end(100) == 80
+  assert float(schedule(0)) == 0.0 and float(schedule(5)) == pytest.approx(0.5)
+  assert float(schedule(10)) == float(schedule(45)) == float(schedule(80)) == 1.0
+  assert float(schedule(90)) == pytest.approx(0.1 + 0.9 * middle, abs=1e-6)
+  assert float(schedule(100)) == pytest.approx(0.1)
+  assert float(schedule(81)) < 1.0
+
+
+def test_wsd_before_its_decay_is_the_constant_schedule_value_for_value():
+  """What lets a cooldown branch continue a constant run (or a longer WSD run) exactly."""
+  steps = jnp.arange(800)
+  constant = optim.make_schedule(optim.ScheduleConfig(name="constant", warmup_steps=50), 10)
+  for total in (1000, 5000):
+    wsd = optim.make_schedule(optim.ScheduleConfig(name="wsd", warmup_steps=50), total)
+    np.testing.assert_array_equal(np.asarray(wsd(steps)), np.asarray(constant(steps)))
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"decay_fraction": 0.0}, "decay_fraction must be in"),
+    ({"decay_fraction": 1.5}, "decay_fraction must be in"),
+    ({"decay_shape": "exp"}, "decay_shape='exp'"),
+])
+def test_bad_wsd_settings_are_one_clear_error(settings, message):
+  with pytest.raises(optim.OptimizerConfigError, match=message):
+    optim.ScheduleConfig(name="wsd", **settings)
+
+
+def test_a_wsd_warmup_that_runs_into_the_decay_is_refused():
+  config = optim.ScheduleConfig(name="wsd", warmup_steps=90, decay_fraction=0.2)
+  with pytest.raises(optim.OptimizerConfigError, match="runs into the decay"):
+    optim.make_schedule(config, 100)
+
+
 def test_weight_decay_skips_norm_scales_and_biases():
   params = {"kernel": jnp.ones((3, 3)), "scale": jnp.ones((3,)), "bias": jnp.ones((3,))}
   optimizer = optim.make_optimizer(optim.OptimizerConfig("adamw", weight_decay=0.5,
