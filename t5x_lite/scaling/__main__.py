@@ -175,7 +175,8 @@ def _plan(args, files, bindings, search_paths) -> None:
   else:
     runs = planning.plan_sweep(
         family, args.budgets, spread=args.spread, tokens_per_param=args.tokens_per_param,
-        min_params=args.min_params, max_params=args.max_params, **sizes, **lengths)
+        min_params=args.min_params, max_params=args.max_params, share_shapes=args.wsd,
+        **sizes, **lengths)
   for problem in planning.bracketing_problems(runs, family) if not args.refine else []:
     print(f"warning: {problem}", file=sys.stderr)
   tuned = None
@@ -197,6 +198,12 @@ def _plan(args, files, bindings, search_paths) -> None:
           "parametrization": base.parametrization, "learning_rate": learning_rate,
           "learning_rate_sweep": tuned, "refined_from": args.refine, "notes": notes,
           "runs": [run.as_dict() for run in runs]}
+  family_plan = None
+  if args.wsd:
+    family_plan = planning.wsd_family(runs, decay_fraction=args.decay_fraction,
+                                      warmup_fraction=args.warmup_fraction)
+    plan["runs"] = family_plan.pop("runs")
+    plan["wsd"] = family_plan
   if args.output:
     with result_files.atomic_write(args.output) as handle:
       json.dump(plan, handle, indent=1)
@@ -212,6 +219,15 @@ def _plan(args, files, bindings, search_paths) -> None:
     print(f"{run.id:22s} {c.num_decoder_layers:6d} {c.d_model:7d} {c.num_heads:5d} "
           f"{c.d_ff:5d} {run.params:11,d} {run.steps:7d} {run.tokens:11,d} "
           f"{run.tokens_per_param:9.1f} {run.flops:9.3g}")
+  if family_plan is not None:
+    for entry in plan["runs"]:
+      if entry["role"] == "stable":
+        print(f"  {entry['id']}: stable phase of {entry['steps']} steps (warmup "
+              f"{entry['warmup_steps']}), kept at steps {entry['keep_steps']}")
+    print(f"WSD family: one stable run per shape, each run above a cooldown branch of it "
+          f"(the last {args.decay_fraction:g} of its steps); {family_plan['flops']:.3g} FLOPs "
+          f"against {family_plan['independent_flops']:.3g} for independent runs "
+          f"({100 * family_plan['savings']:.0f}% saved)")
   total = sum(run.flops for run in runs)
   if learning_rate is not None:
     print(f"peak learning rate {learning_rate:.3g}" + (
@@ -376,6 +392,13 @@ def main(argv: Sequence[str] | None = None) -> None:
   plan.add_argument("--head_dim", type=at_least(1), default=64)
   plan.add_argument("--ffn_ratio", type=float, default=None,
                     help="d_ff / d_model (default 8/3 for gated activations, else 4)")
+  plan.add_argument("--wsd", action="store_true",
+                    help="plan a WSD family: one stable run per shape, every run a cooldown "
+                    "branch of it (t5x_lite/scaling/planning.py)")
+  plan.add_argument("--decay_fraction", type=positive(), default=0.2,
+                    help="with --wsd: the share of each run that decays (default 0.2)")
+  plan.add_argument("--warmup_fraction", type=float, default=0.05,
+                    help="with --wsd: warmup, as a share of each shape's shortest run")
   plan.add_argument("--output", help="write the plan as JSON here (for tools/scaling_sweep.py)")
   plan.add_argument("--json", action="store_true", help="print the plan as one JSON object")
   check = commands.add_parser("coordcheck", help="activation RMS against width, standard vs "

@@ -27,6 +27,15 @@ near the width it was tuned at.
 
 Refining: `refine` reads a finished sweep's runs and, for each budget whose lowest loss
 sits at the smallest or largest size tried, plans sizes beyond that edge.
+
+WSD families (`wsd_family`): a warmup-stable-decay schedule's stable phase does not
+depend on the run's length (Hägele et al. 2024), so the runs of one shape across the
+budgets can share it. Each shape gets one stable run (warmup then constant, to the
+latest fork point, keeping a checkpoint at each) and each planned run becomes a
+cooldown branch of it: forked where its own WSD schedule's decay begins (the last
+`decay_fraction` of its steps), it trains only the decay, and equals the from-scratch
+WSD run of its length (training/forking.py). The plan's FLOPs are then the stable
+runs' plus the branches' decays, against the sum of the independent runs'.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ from scipy import optimize
 from t5x_lite.common.errors import UserError
 from t5x_lite.models import counting, mup
 from t5x_lite.models.configs import TransformerConfig
+from t5x_lite.runs.spec import OptimizerConfigError, ScheduleConfig
 from t5x_lite.scaling import isoflop
 from t5x_lite.scaling.runs import Runs
 
@@ -164,8 +174,10 @@ def target_sizes(budget: float, sizes: int, spread: float, centre: float,
 def plan_sweep(family: Family, budgets: Sequence[float], *, sizes: int = 5,
                spread: float = 4.0, tokens_per_param: float = 20.0, batch_size: int,
                targets_length: int, inputs_length: int = 0, min_params: float = 0.0,
-               max_params: float = math.inf) -> list[PlannedRun]:
-  """One IsoFLOP profile of up to `sizes` distinct shapes per budget."""
+               max_params: float = math.inf, share_shapes: bool = False) -> list[PlannedRun]:
+  """One IsoFLOP profile of up to `sizes` distinct shapes per budget. With
+  `share_shapes` (WSD families), every shape planned for some budget is also placed on
+  each other budget whose size range holds it, so one stable run serves several."""
   if sizes < 1 or spread < 1 or batch_size < 1 or targets_length < 1:
     raise PlanError("--sizes, --batch_size and --targets_length must be positive and "
                     "--spread at least 1.")
@@ -190,8 +202,19 @@ def plan_sweep(family: Family, budgets: Sequence[float], *, sizes: int = 5,
                                                        flops_per_token),
                                   min_params, max_params)
              for budget in sorted(budgets)}
-  return _runs_for_targets(family, targets, candidates, batch_size, targets_length,
+  runs = _runs_for_targets(family, targets, candidates, batch_size, targets_length,
                            inputs_length)
+  if share_shapes:
+    shapes = {run.params: run.config for run in runs}
+    placed = {(run.budget, run.params) for run in runs}
+    for budget, sizes in targets.items():
+      low, high = min(sizes) / 1.05, max(sizes) * 1.05  # `nearest` may land 2-5% off
+      extra = [params for params in shapes if low <= params <= high
+               and (budget, params) not in placed]
+      runs += _runs_for_targets(family, {budget: extra}, candidates, batch_size,
+                                targets_length, inputs_length)
+    runs.sort(key=lambda run: (run.budget, run.params))
+  return runs
 
 
 def _runs_for_targets(family: Family, targets: dict[float, Sequence[float]], candidates,
@@ -252,6 +275,56 @@ def bracketing_problems(runs: Sequence[PlannedRun], family: Optional[Family] = N
           f"({shown}); an IsoFLOP parabola needs three. Raise --spread or --sizes, or lower "
           "--head_dim for finer shapes.")
   return problems
+
+
+def wsd_family(runs: Sequence[PlannedRun], *, decay_fraction: float = 0.2,
+               warmup_fraction: float = 0.05) -> dict:
+  """The plan's runs as a WSD family (module docstring): {"runs": run dicts, each shape's
+  stable run before its branches; "flops": what the family computes; "independent_flops":
+  what the runs would cost trained apart; "savings": the fraction saved}.
+
+  A branch's "flops" stays the compute of the run it stands for (what its loss is a
+  point of); "own_flops" is what it computes itself, the decay. Every shape's runs share
+  one warmup, warmup_fraction of its shortest run.
+  """
+  if not 0 < decay_fraction <= 1 or not 0 <= warmup_fraction < 1:
+    raise PlanError(f"--decay_fraction must be in (0, 1] and --warmup_fraction in [0, 1); "
+                    f"got {decay_fraction} and {warmup_fraction}.")
+  shapes: dict[tuple, list[PlannedRun]] = {}
+  for run in runs:
+    shapes.setdefault((run.config.num_decoder_layers, run.config.num_encoder_layers,
+                       run.config.d_model, run.config.d_ff), []).append(run)
+  planned, family_flops = [], 0.0
+  for (layers, _, d_model, _), members in shapes.items():
+    members = sorted(members, key=lambda run: run.steps)
+    warmup = max(1, round(warmup_fraction * members[0].steps))
+    schedule = ScheduleConfig(name="wsd", warmup_steps=warmup, decay_fraction=decay_fraction)
+    try:
+      forks = [schedule.stable_end(run.steps) for run in members]
+    except OptimizerConfigError as error:
+      raise PlanError(f"the {members[0].params:,}-parameter shape's shortest run "
+                      f"({members[0].steps} steps) is too short for a WSD branch: {error}"
+                      ) from error
+    per_step = members[0].flops / members[0].steps  # batch x FLOPs per sequence
+    stable_steps = max(forks)
+    stable_id = f"stable-L{layers}-d{d_model}"
+    stable = {**members[0].as_dict(), "id": stable_id, "budget": None, "role": "stable",
+              "steps": stable_steps, "tokens": members[0].tokens // members[0].steps
+              * stable_steps, "flops": per_step * stable_steps, "warmup_steps": warmup,
+              "keep_steps": sorted(set(forks))}
+    stable["tokens_per_param"] = stable["tokens"] / stable["params"]
+    planned.append(stable)
+    family_flops += stable["flops"]
+    for run, fork in zip(members, forks):
+      own = per_step * (run.steps - fork)
+      planned.append({**run.as_dict(), "role": "branch", "parent": stable_id,
+                      "fork_step": fork, "warmup_steps": warmup,
+                      "decay_fraction": decay_fraction, "own_flops": own})
+      family_flops += own
+  independent = sum(run.flops for run in runs)
+  return {"runs": planned, "flops": family_flops, "independent_flops": independent,
+          "savings": 1 - family_flops / independent if independent else 0.0,
+          "decay_fraction": decay_fraction, "warmup_fraction": warmup_fraction}
 
 
 def with_learning_rate(runs: Sequence[PlannedRun], learning_rate: Optional[float]

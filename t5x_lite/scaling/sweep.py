@@ -36,7 +36,7 @@ from t5x_lite.runs import run_dir
 from t5x_lite.runs.spec import differences
 
 RUNS_COLUMNS = ("run", "budget", "params", "tokens", "flops", "loss", "steps", "num_layers",
-                "d_model", "d_ff", "settings")
+                "d_model", "d_ff", "settings", "stable")
 # Recorded knobs that cannot change a run's result: a sweep may skip or resume a run that
 # differs from it only in these. Everything else (the learning rate included) must match.
 NEUTRAL_KNOBS = frozenset({
@@ -109,17 +109,36 @@ def train_args(plan: dict, run: dict, sweep_dir: str, gin_files: Sequence[str] =
   run_files = run.get("gin_files", plan["gin_files"])  # a run may name its own model
   args = [f"--gin_file={path}" for path in (*gin_files, *run_files)]
   args += [f"--gin_search_paths={path}" for path in plan.get("gin_search_paths", [])]
+  warmup = run.get("warmup_steps", max(1, round(warmup_fraction * steps)))
   bindings = [*plan.get("gin_bindings", []), *run["bindings"],
               f"MODEL_DIR = {os.path.join(sweep_dir, run['id'])!r}",
               f"TRAIN_STEPS = {steps}", f"BATCH_SIZE = {plan['batch_size']}",
               f"TASK_FEATURE_LENGTHS = {_feature_lengths(plan, run)}",
-              f"WARMUP_STEPS = {max(1, round(warmup_fraction * steps))}",
+              f"WARMUP_STEPS = {warmup}",
               f"train.eval_every = {every}", f"train.checkpoint_every = {every}",
-              *gin_bindings]
+              *_wsd_bindings(run, sweep_dir), *gin_bindings]
   for binding in bindings:
     key, _, value = binding.partition("=")
     args.append(f"--gin.{key.strip()}={value.strip()}")
   return args
+
+
+def _wsd_bindings(run: dict, sweep_dir: str) -> list[str]:
+  """A WSD family's schedule (scaling/planning.wsd_family): the stable run holds the
+  peak and keeps its fork points; a branch decays from its fork of the stable run."""
+  if run.get("role") == "stable":
+    return ["make_schedule.name = 'constant'", f"train.keep_steps = {run['keep_steps']}"]
+  if run.get("role") == "branch":
+    return ["make_schedule.name = 'wsd'",
+            f"make_schedule.decay_fraction = {run['decay_fraction']!r}",
+            f"train.fork_from = {os.path.join(sweep_dir, run['parent'])!r}",
+            f"train.fork_step = {run['fork_step']}"]
+  return []
+
+
+def compute(run: dict) -> float:
+  """What training `run` computes: a branch only its decay, any other run all of it."""
+  return float(run.get("own_flops", run["flops"]))
 
 
 def launch_commands(plan: dict, sweep_dir: str, **kwargs) -> list[str]:
@@ -184,14 +203,21 @@ def run_sweep(plan: dict, sweep_dir: str, *, gin_files: Sequence[str] = (),
   if settings is not None:
     _reconcile(runs, sweep_dir, {run_id: settings(args) for run_id, args in arguments.items()},
                rerun_changed, stream)
-  total_flops = sum(float(run["flops"]) for run in runs)
+  total_flops = sum(compute(run) for run in runs)
   done_flops, spent, failed = 0.0, 0.0, []
   for index, run in enumerate(runs, start=1):
+    fork = (f" (branch of {run['parent']} from step {run['fork_step']})"
+            if run.get("role") == "branch" else "")
     header = (f"[{index}/{len(runs)}] {run['id']}: {int(run['params']):,} params, "
-              f"{int(run['steps'])} steps, {float(run['flops']):.3g} FLOPs")
+              f"{int(run['steps'])} steps, {compute(run):.3g} FLOPs{fork}")
     if is_finished(run, sweep_dir):
       print(f"{header}: finished earlier, skipped", file=stream, flush=True)
-      total_flops -= float(run["flops"])
+      total_flops -= compute(run)
+      continue
+    if run.get("parent") in failed:
+      print(f"{header}: skipped, its stable run failed", file=stream, flush=True)
+      failed.append(run["id"])
+      total_flops -= compute(run)
       continue
     print(header, file=stream, flush=True)
     model_dir = os.path.join(sweep_dir, run["id"])
@@ -199,7 +225,7 @@ def run_sweep(plan: dict, sweep_dir: str, *, gin_files: Sequence[str] = (),
     start = time.perf_counter()
     status = train(arguments[run["id"]], os.path.join(model_dir, "train.log"), stream)
     spent += time.perf_counter() - start
-    done_flops += float(run["flops"])
+    done_flops += compute(run)
     if status != 0 or not is_finished(run, sweep_dir):
       failed.append(run["id"])
       print(f"{run['id']} failed (exit status {status}); see {model_dir}/train.log",
@@ -241,6 +267,10 @@ def collect(plan: dict, sweep_dir: str, runs_csv: str,
   """
   rows, curves, unfinished = [], [], []
   for run in plan["runs"]:
+    if run.get("role") == "stable":  # a shared prefix, not a point: its branches are
+      if not is_finished(run, sweep_dir):
+        unfinished.append(run["id"])
+      continue
     evals = evaluations(os.path.join(sweep_dir, run["id"]))
     if not evals or evals[-1]["step"] < int(run["steps"]):
       unfinished.append(run["id"])
@@ -253,7 +283,8 @@ def collect(plan: dict, sweep_dir: str, runs_csv: str,
                  "tokens": run["tokens"], "flops": run["flops"], "loss": final["loss"],
                  "steps": run["steps"], "num_layers": run["num_layers"],
                  "d_model": run["d_model"], "d_ff": run["d_ff"],
-                 "settings": settings_fingerprint(record["spec"]) if record else ""})
+                 "settings": settings_fingerprint(record["spec"]) if record else "",
+                 "stable": run.get("parent", "")})
     for row in evals:
       tokens = round(int(row["step"]) * tokens_per_step)
       curves.append({"run": run["id"], "step": int(row["step"]), "params": run["params"],

@@ -7,6 +7,7 @@ import pytest
 
 from t5x_lite.gin_utils import model_config
 from t5x_lite.models import counting
+from t5x_lite.scaling import planning
 from t5x_lite.scaling.__main__ import main
 from t5x_lite.scaling.planning import Family, PlanError, bracketing_problems, plan_sweep
 
@@ -85,3 +86,49 @@ def test_a_budget_beyond_the_familys_largest_shape_names_the_layer_cap(family):
   (problem,) = bracketing_problems(runs, small)
   assert "the family's largest shape" in problem and "4 layers, the layer cap" in problem
   assert "--spread" not in problem
+
+
+def test_a_wsd_family_shares_one_stable_run_per_shape_and_its_flops_are_exact(family):
+  """Each shape is placed on every budget whose size range holds it; its stable run
+  goes to the latest fork point, and each branch computes only its decay: the family's
+  FLOPs are the stable steps plus the decay steps at batch x FLOPs per sequence."""
+  runs = planning.plan_sweep(family, [1e12, 2.5e12, 6.25e12], sizes=5, batch_size=16,
+                             targets_length=256, share_shapes=True)
+  result = planning.wsd_family(runs, decay_fraction=0.2, warmup_fraction=0.05)
+  stable = {r["id"]: r for r in result["runs"] if r["role"] == "stable"}
+  branches = [r for r in result["runs"] if r["role"] == "branch"]
+  assert len(branches) == len(runs) and len(stable) < len(runs)
+  expected = 0.0
+  for run in runs:
+    branch = next(b for b in branches if b["id"] == run.id)
+    per_step = 16 * counting.count(run.config, targets_length=256).flops_per_sequence
+    decay = max(1, round(0.2 * run.steps))
+    assert branch["fork_step"] == run.steps - decay
+    assert branch["own_flops"] == pytest.approx(per_step * decay, rel=1e-12)
+    assert branch["flops"] == run.flops  # the point it stands for: the whole run
+    parent = stable[branch["parent"]]
+    assert branch["fork_step"] in parent["keep_steps"]
+    assert parent["steps"] == max(parent["keep_steps"])
+    assert branch["warmup_steps"] == parent["warmup_steps"] <= branch["fork_step"]
+    expected += per_step * decay
+  for parent in stable.values():
+    per_step = parent["flops"] / parent["steps"]
+    expected += per_step * parent["steps"]
+  assert result["flops"] == pytest.approx(expected, rel=1e-12)
+  assert result["independent_flops"] == pytest.approx(sum(r.flops for r in runs), rel=1e-12)
+  assert result["savings"] == pytest.approx(1 - expected / result["independent_flops"])
+  assert result["savings"] > 0.2
+  # Rows stay in dependency order: a stable run before each of its branches.
+  order = [r["id"] for r in result["runs"]]
+  assert all(order.index(b["parent"]) < order.index(b["id"]) for b in branches)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"decay_fraction": 0.0}, "--decay_fraction must be in"),
+    ({"decay_fraction": 1.2}, "--decay_fraction must be in"),
+    ({"warmup_fraction": 0.9}, "too short for a WSD branch"),
+])
+def test_bad_wsd_family_settings_are_one_clear_error(family, settings, message):
+  runs = planning.plan_sweep(family, [1e12], sizes=3, batch_size=16, targets_length=256)
+  with pytest.raises(planning.PlanError, match=message):
+    planning.wsd_family(runs, **{"decay_fraction": 0.2, "warmup_fraction": 0.05, **settings})

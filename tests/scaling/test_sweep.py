@@ -1,6 +1,7 @@
 """tools/scaling_sweep.py's engine: train every planned run once, resume, collect RUNS.csv."""
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -10,7 +11,7 @@ import pytest
 from t5x_lite import train
 from t5x_lite.gin_utils import model_config
 from t5x_lite.scaling import sweep
-from t5x_lite.scaling.planning import Family, plan_sweep
+from t5x_lite.scaling.planning import Family, plan_sweep, wsd_family
 from t5x_lite.scaling.runs import read_runs
 from tests.scripts import load_script
 
@@ -143,3 +144,37 @@ def test_a_sweep_never_skips_or_resumes_a_run_trained_with_other_settings(tmp_pa
   sweep.collect(plan, str(tmp_path), str(tmp_path / "RUNS.csv"))
   again = {row["run"]: row["settings"] for row in csv.DictReader(open(tmp_path / "RUNS.csv"))}
   assert all(again[run_id] != first[run_id] for run_id in ids)
+
+
+def test_a_wsd_family_sweeps_stable_runs_then_their_branches(tmp_path):
+  """One tiny shape on two budgets: its stable run trains first, both branches fork
+  from it and train only their decays, and RUNS.csv names the stable phase they share."""
+  family = Family(model_config(["models/tiny_causal_decoder.gin"]), aspect_ratio=32,
+                  head_dim=32)
+  short, = plan_sweep(family, [2.5e8], sizes=1, batch_size=2, targets_length=32)
+  long = dataclasses.replace(short, id=short.id.replace("C2.5e8", "C5e8"),
+                             budget=2 * short.budget, steps=2 * short.steps,
+                             tokens=2 * short.tokens, flops=2 * short.flops)
+  wsd = wsd_family([short, long], decay_fraction=0.25)
+  plan = {"gin_files": ["models/tiny_causal_decoder.gin"], "gin_bindings": [],
+          "batch_size": 2, "inputs_length": 0, "targets_length": 32, "runs": wsd["runs"]}
+  assert [r["role"] for r in plan["runs"]] == ["stable", "branch", "branch"]
+  extra = ["runs/pretrain.gin", "meshes/single_device.gin"]
+  bindings = ["MIXTURE_OR_TASK_NAME = 'pydocs.full_lm.byte'", "train.eval_steps = 1",
+              "TransformerConfig.max_length = 32"]
+  output = io.StringIO()
+  failed = sweep.run_sweep(plan, str(tmp_path), gin_files=extra, gin_bindings=bindings,
+                           evaluations_per_run=2, train=lambda args, log, stream: train.main(args),
+                           stream=output)
+  assert failed == []
+  assert "branch of stable-" in output.getvalue()
+  stable, *branches = plan["runs"]
+  for branch in branches:
+    steps = [row["step"] for row in sweep.evaluations(str(tmp_path / branch["id"]))]
+    assert min(steps) > branch["fork_step"] and max(steps) == branch["steps"]
+  written, unfinished = sweep.collect(plan, str(tmp_path), str(tmp_path / "RUNS.csv"))
+  assert written == 2 and unfinished == []
+  with open(tmp_path / "RUNS.csv") as handle:
+    rows = list(csv.DictReader(handle))
+  assert {row["stable"] for row in rows} == {stable["id"]}
+  assert sorted(float(row["flops"]) for row in rows) == sorted(r["flops"] for r in branches)
