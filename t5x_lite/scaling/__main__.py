@@ -315,6 +315,13 @@ def _fit(args) -> None:
   print(f"compute-optimal at C = {fitted.budget:.3e} FLOPs:")
   for name, value in fitted.optimal.items():
     line(name, value)
+  if fitted.scatter is None:
+    print("run-to-run scatter: not measured (no replicates; sweep with seeds to measure it)")
+  else:
+    print(f"run-to-run scatter: {fitted.scatter:.4f} (pooled over replicates; the bootstrap "
+          "redraws each point from its replicates)")
+  for budget in fitted.budget_noise:
+    print(f"  {budget.describe()}")
   if args.plot:
     print(f"plot: {args.plot}")
 

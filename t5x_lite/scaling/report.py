@@ -9,7 +9,7 @@ from typing import Callable, Optional, TextIO
 
 import numpy as np
 
-from t5x_lite.scaling import envelope, fitting, isoflop, kaplan
+from t5x_lite.scaling import envelope, fitting, isoflop, kaplan, noise
 from t5x_lite.scaling.laws import Law, optimal_numerically
 from t5x_lite.scaling.runs import Runs, RunsError
 
@@ -25,8 +25,15 @@ def _subset(runs: Runs, index: np.ndarray) -> Runs:
 
 
 def resample(runs: Runs, method: str, rng: np.random.Generator) -> Runs:
-  """Runs drawn with replacement; the envelope draws whole training curves."""
+  """A bootstrap resample: with replicates, each point's losses redrawn from its own
+  (scaling/noise.py); else runs drawn with replacement, within each budget for the
+  isoflop fit; the envelope draws whole training curves."""
   if method != "envelope":
+    redrawn = noise.resample_losses(runs, rng)
+    if redrawn is not None:
+      return redrawn
+    if method == "isoflop":
+      return _subset(runs, noise.resample_within_budgets(runs, rng))
     return _subset(runs, rng.integers(0, len(runs), len(runs)))
   ids = np.unique(runs.run)
   drawn = rng.choice(ids, len(ids))
@@ -127,6 +134,8 @@ class FitReport:
   law: Optional[Law] = None  # the full-data fit (anything with .optimal(C))
   samples: tuple = ()  # the bootstrap refits' laws
   warnings: tuple = ()  # parameters the data do not constrain (boundary_warnings)
+  scatter: Optional[float] = None  # run-to-run loss scatter among replicates
+  budget_noise: tuple = ()  # isoflop: noise.BudgetNoise per bracketed budget
 
   def optimal_band(self, budgets, level: float = 0.95) -> dict:
     """{"params": (low, high), "tokens": (low, high)} arrays of the bootstrap at `budgets`."""
@@ -143,6 +152,8 @@ class FitReport:
       return {"value": value, **({"ci95": list(low_high)} if low_high else {})}
     return {"method": self.method, "runs": self.runs, "budget": self.budget,
             "bootstrap_samples": self.bootstrap_samples, "warnings": list(self.warnings),
+            "scatter": self.scatter,
+            "noise_limited_budgets": [b.flops for b in self.budget_noise if b.noise_limited],
             "parameters": {k: entry(k, v) for k, v in self.parameters.items()},
             "optimal": {k: entry(k, v) for k, v in self.optimal.items()}}
 
@@ -253,5 +264,9 @@ def fit_runs(runs: Runs, method: str, budget: Optional[float] = None, bootstrap:
       for name in values:
         intervals[name] = fitting.percentile_interval([sample[position][name]
                                                        for sample in samples])
+  spread = noise.scatter(runs)
+  budgets = tuple(noise.budget_noise(runs, spread)) if (
+      spread is not None and method == "isoflop") else ()
   return FitReport(method, len(runs), budget, parameters, optimal, intervals, len(samples),
-                   law, tuple(sample[0] for sample in samples), tuple(warnings))
+                   law, tuple(sample[0] for sample in samples), tuple(warnings), spread,
+                   budgets)
