@@ -204,6 +204,10 @@ def _plan(args, files, bindings, search_paths) -> None:
                                       warmup_fraction=args.warmup_fraction)
     plan["runs"] = family_plan.pop("runs")
     plan["wsd"] = family_plan
+    for total in ("flops", "independent_flops"):
+      family_plan[total] *= args.seeds
+  plan["runs"] = planning.with_seeds(plan["runs"], args.seeds)
+  plan["seeds"] = args.seeds
   if args.output:
     with result_files.atomic_write(args.output) as handle:
       json.dump(plan, handle, indent=1)
@@ -228,12 +232,15 @@ def _plan(args, files, bindings, search_paths) -> None:
           f"(the last {args.decay_fraction:g} of its steps); {family_plan['flops']:.3g} FLOPs "
           f"against {family_plan['independent_flops']:.3g} for independent runs "
           f"({100 * family_plan['savings']:.0f}% saved)")
-  total = sum(run.flops for run in runs)
+  total = sum(run.flops for run in runs) * args.seeds
+  if args.seeds > 1:
+    print(f"each run above trained with {args.seeds} seeds (ids -s0 ... -s{args.seeds - 1}): "
+          f"{len(plan['runs'])} run directories")
   if learning_rate is not None:
     print(f"peak learning rate {learning_rate:.3g}" + (
         f" (μP, base width d_model {runs[0].config.mup_base_d_model})"
         if runs and mup.is_mup(runs[0].config) else ""))
-  print(f"{len(runs)} runs, {total:.3g} FLOPs in all"
+  print(f"{len(runs) * args.seeds} runs, {total:.3g} FLOPs in all"
         + (f"; plan written to {args.output}" if args.output else ""))
 
 
@@ -406,6 +413,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="with --wsd: the share of each run that decays (default 0.2)")
   plan.add_argument("--warmup_fraction", type=float, default=0.05,
                     help="with --wsd: warmup, as a share of each shape's shortest run")
+  plan.add_argument("--seeds", type=at_least(1), default=1,
+                    help="train every run with this many seeds (initialisation and data "
+                    "order): replicates that measure the run-to-run scatter")
   plan.add_argument("--output", help="write the plan as JSON here (for tools/scaling_sweep.py)")
   plan.add_argument("--json", action="store_true", help="print the plan as one JSON object")
   check = commands.add_parser("coordcheck", help="activation RMS against width, standard vs "

@@ -327,6 +327,25 @@ def wsd_family(runs: Sequence[PlannedRun], *, decay_fraction: float = 0.2,
           "decay_fraction": decay_fraction, "warmup_fraction": warmup_fraction}
 
 
+def with_seeds(entries: Sequence[dict], seeds: int) -> list[dict]:
+  """The plan's run entries repeated for `seeds` seeds (initialisation and data order:
+  train.seed), ids suffixed -s<seed>; a WSD branch forks from its own seed's stable run.
+  One seed leaves the entries as they are."""
+  if seeds < 1:
+    raise PlanError(f"--seeds must be at least 1, got {seeds}.")
+  if seeds == 1:
+    return list(entries)
+  repeated = []
+  for seed in range(seeds):
+    for entry in entries:
+      copy = {**entry, "id": f"{entry['id']}-s{seed}", "seed": seed,
+              "bindings": [*entry["bindings"], f"train.seed = {seed}"]}
+      if "parent" in entry:
+        copy["parent"] = f"{entry['parent']}-s{seed}"
+      repeated.append(copy)
+  return repeated
+
+
 def with_learning_rate(runs: Sequence[PlannedRun], learning_rate: Optional[float]
                        ) -> list[PlannedRun]:
   """The runs with one peak learning rate (under μP, the rate at mup_base_d_model)."""

@@ -132,3 +132,31 @@ def test_bad_wsd_family_settings_are_one_clear_error(family, settings, message):
   runs = planning.plan_sweep(family, [1e12], sizes=3, batch_size=16, targets_length=256)
   with pytest.raises(planning.PlanError, match=message):
     planning.wsd_family(runs, **{"decay_fraction": 0.2, "warmup_fraction": 0.05, **settings})
+
+
+def test_seeds_repeat_every_run_and_each_branch_forks_its_own_seeds_stable_run(tmp_path,
+                                                                               capsys):
+  output = tmp_path / "plan.json"
+  main(["plan", f"--gin_file={FAMILY_GIN}", "--budgets", "1e12", "3e12", "--batch_size", "16",
+        "--targets_length", "256", "--aspect_ratio", "32", "--head_dim", "32", "--sizes", "3",
+        "--wsd", "--seeds", "3", "--output", str(output)])
+  assert "3 seeds" in capsys.readouterr().out
+  plan = json.loads(output.read_text())
+  one_seed = [r for r in plan["runs"] if r["id"].endswith("-s0")]
+  assert len(plan["runs"]) == 3 * len(one_seed)
+  for entry in plan["runs"]:
+    seed = entry["seed"]
+    assert entry["id"].endswith(f"-s{seed}") and f"train.seed = {seed}" in entry["bindings"]
+    if entry["role"] == "branch":
+      assert entry["parent"].endswith(f"-s{seed}")
+  single = [r for r in one_seed if r["role"] != "stable"]
+  assert plan["wsd"]["independent_flops"] == pytest.approx(3 * sum(r["flops"] for r in single))
+
+
+def test_fewer_than_one_seed_is_one_clear_error(capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    main(["plan", f"--gin_file={FAMILY_GIN}", "--budgets", "1e12", "--batch_size", "16",
+          "--targets_length", "256", "--seeds", "0"])
+  assert exit_info.value.code == 2 and "--seeds" in capsys.readouterr().err
+  with pytest.raises(PlanError, match="--seeds must be at least 1"):
+    planning.with_seeds([], 0)
