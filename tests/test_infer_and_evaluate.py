@@ -1,6 +1,7 @@
 """`python -m t5x_lite.infer` and `python -m t5x_lite.evaluate` on a freshly trained tiny model."""
 
 import json
+import math
 import os
 import shutil
 from types import SimpleNamespace
@@ -158,6 +159,11 @@ def test_rank_classification_on_a_hand_checked_example(monkeypatch):
   result = multiple_choice.rank_classify(model, Vocabulary(), [question])
   assert result["predictions"] == [0]
   assert (result["accuracy"], result["accuracy_norm"]) == (0.0, 1.0)
+  # The continuous views: the label's log-likelihood per token (7 byte tokens), and the
+  # Brier score of the renormalised choice probabilities (e^-2, e^-3 -> 0.731, 0.269).
+  assert result["answer_logprob_per_token"] == pytest.approx(-3.0 / 7)
+  p_wrong = math.exp(-2) / (math.exp(-2) + math.exp(-3))
+  assert result["brier"] == pytest.approx(p_wrong ** 2 + (1 - (1 - p_wrong)) ** 2)
 
 
 def test_few_shot_prompts_answer_other_questions_first():

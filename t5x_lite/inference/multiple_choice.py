@@ -202,7 +202,7 @@ def rank_classify(model, vocabulary, questions: Sequence[Question], *, shots: in
   lm-eval model's rule too); how many were cut, and by how much, is reported."""
   contexts = [vocabulary.encode(p) for p in prompts(questions, shots, seed, separator)]
   pairs = [(q, c) for q, question in enumerate(questions) for c in range(len(question.choices))]
-  scores = np.zeros(len(pairs))
+  scores, lengths = np.zeros(len(pairs)), np.zeros(len(pairs))
   spec, max_length = model.config.architecture_spec, model.config.max_length
   cut = {}  # question -> tokens its context lost to the truncation rule (the longest choice)
   for start in range(0, len(pairs), batch_size):
@@ -214,19 +214,30 @@ def rank_classify(model, vocabulary, questions: Sequence[Question], *, shots: in
       if len(kept) < len(contexts[q]):
         cut[q] = max(cut.get(q, 0), len(contexts[q]) - len(kept))
     scores[start:start + len(chunk)] = decoding.score(model, inputs, targets)[0]
+    lengths[start:start + len(chunk)] = [len(target) for target in targets]
   correct = correct_normalised = 0
-  predictions = []
+  predictions, answer_logprobs, briers = [], [], []
   position = 0
   for question in questions:
     choice_scores = scores[position:position + len(question.choices)]
+    answer_tokens = lengths[position + question.label]
     position += len(question.choices)
     normalised = choice_scores / np.array([len(c) for c in question.choices])
     predictions.append(int(np.argmax(choice_scores)))
     correct += predictions[-1] == question.label
     correct_normalised += int(np.argmax(normalised)) == question.label
+    answer_logprobs.append(choice_scores[question.label] / answer_tokens)
+    # The model's distribution over the choices (their likelihoods renormalised).
+    probabilities = np.exp(choice_scores - np.logaddexp.reduce(choice_scores))
+    briers.append(float(np.sum((probabilities - np.eye(len(choice_scores))[question.label]) ** 2)))
   accuracy = correct / len(questions)
   return {"accuracy": accuracy, "stderr": binomial_stderr(accuracy, len(questions)),
           "accuracy_norm": correct_normalised / len(questions),
+          # Continuous views of the same answers (Schaeffer et al. 2023: an ability that
+          # looks sudden under accuracy can be smooth under these): the correct answer's
+          # log-likelihood per token, and the Brier score of the choice distribution.
+          "answer_logprob_per_token": float(np.mean(answer_logprobs)),
+          "brier": float(np.mean(briers)),
           "questions": len(questions), "shots": shots,
           # Contexts cut (left) to fit the model, as the lm-eval model cuts them.
           "truncated_contexts": len(cut), "truncated_tokens_max": max(cut.values(), default=0),
