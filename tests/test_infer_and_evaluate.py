@@ -148,8 +148,8 @@ def test_rank_classification_on_a_hand_checked_example(monkeypatch):
   """Choice log-likelihoods -2.0 (" a", 2 characters) and -3.0 (" bbbbbb", 7): the raw
   score picks " a"; per character (-1.0 vs -0.43) picks " bbbbbb", the label."""
   question = multiple_choice.Question("context", (" a", " bbbbbb"), label=1)
-  monkeypatch.setattr(decoding, "score",
-                      lambda model, inputs, targets: (np.array([-2.0, -3.0]), None))
+  monkeypatch.setattr(decoding, "score", lambda model, inputs, targets, greedy: (
+      np.array([-2.0, -3.0]), None, np.array([True, False])))
 
   class Vocabulary:
     def encode(self, text):
@@ -164,6 +164,7 @@ def test_rank_classification_on_a_hand_checked_example(monkeypatch):
   assert result["answer_logprob_per_token"] == pytest.approx(-3.0 / 7)
   p_wrong = math.exp(-2) / (math.exp(-2) + math.exp(-3))
   assert result["brier"] == pytest.approx(p_wrong ** 2 + (1 - (1 - p_wrong)) ** 2)
+  assert result["exact_match"] == 0.0  # greedy decoding gives " a", not the label
 
 
 def test_few_shot_prompts_answer_other_questions_first():

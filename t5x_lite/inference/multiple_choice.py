@@ -7,7 +7,10 @@ choice is appended to the context as written (so it usually starts with a
 space). A k-shot prompt puts k other questions, each followed by its correct
 choice, before the context, separated by blank lines. Two accuracies are
 reported: by total log-likelihood, and length-normalised (per character of the
-choice, lm-eval's acc_norm), which removes the bias towards short choices.
+choice, lm-eval's acc_norm), which removes the bias towards short choices; beside them
+the continuous and generative views of the same answers (the correct answer's
+log-likelihood per token, the Brier score of the choices, greedy exact match), whose
+disagreement is what an "emergent" ability is made of (Schaeffer et al. 2023).
 `pydocs_cloze` names the set that ships with the project (see
 tools/build_cloze.py); `multitask.<task>` names a task of the offline multitask
 mixture (validation examples with answer choices, data/multitask.py), and
@@ -27,7 +30,7 @@ from typing import Optional, Sequence, TextIO
 import numpy as np
 
 from t5x_lite.common.errors import UserError
-from t5x_lite.data import multitask
+from t5x_lite.data import addition, multitask
 from t5x_lite.inference import decoding
 
 # The cloze sets ship as package data of t5x_lite/data/ (tools/build_cloze.py writes them).
@@ -64,12 +67,16 @@ def _question(line: str) -> Question:
 
 
 def read_questions(path: str, warn: Optional[TextIO] = None) -> list[Question]:
-  """Questions from a JSONL file (or a builtin name); malformed lines are reported with
-  their line numbers on `warn` and skipped."""
+  """Questions from a JSONL file (or a builtin name; `addition` is generated,
+  data/addition.py); malformed lines are reported with their line numbers on `warn`
+  and skipped."""
+  if path == addition.NAME:
+    return [Question(q["context"], tuple(q["choices"]), q["label"])
+            for q in addition.questions()]
   path = BUILTIN.get(path, path)
   if not os.path.isfile(path):
     raise MultipleChoiceError(f"multiple-choice file {path!r} does not exist; give a JSONL path "
-                              f"or one of {sorted(BUILTIN)}.")
+                              f"or one of {sorted([*BUILTIN, addition.NAME])}.")
   questions = []
   with open(path, encoding="utf-8") as handle:
     for number, line in enumerate(handle, start=1):
@@ -162,8 +169,9 @@ def cluster_means(results: dict[str, dict]) -> dict[str, dict]:
       grouped.setdefault(f"{multitask.TASKS[task][0]}/{shots}", []).append(outcome)
 
   def score(outcome: dict, metric: str) -> float:
-    # A generation task counts with its exact match (and chance 0) in every column.
-    if "exact_match" in outcome:
+    # A generation task (exact match only, no choices) counts with its exact match (and
+    # chance 0) in every column.
+    if "accuracy" not in outcome:
       return 0.0 if metric == "chance" else outcome["exact_match"]
     return outcome[metric]
 
@@ -203,6 +211,7 @@ def rank_classify(model, vocabulary, questions: Sequence[Question], *, shots: in
   contexts = [vocabulary.encode(p) for p in prompts(questions, shots, seed, separator)]
   pairs = [(q, c) for q, question in enumerate(questions) for c in range(len(question.choices))]
   scores, lengths = np.zeros(len(pairs)), np.zeros(len(pairs))
+  greedy = np.zeros(len(pairs), bool)
   spec, max_length = model.config.architecture_spec, model.config.max_length
   cut = {}  # question -> tokens its context lost to the truncation rule (the longest choice)
   for start in range(0, len(pairs), batch_size):
@@ -213,14 +222,17 @@ def rank_classify(model, vocabulary, questions: Sequence[Question], *, shots: in
     for (q, _), kept in zip(chunk, inputs):
       if len(kept) < len(contexts[q]):
         cut[q] = max(cut.get(q, 0), len(contexts[q]) - len(kept))
-    scores[start:start + len(chunk)] = decoding.score(model, inputs, targets)[0]
+    chunk_scores, _, chunk_greedy = decoding.score(model, inputs, targets, greedy=True)
+    scores[start:start + len(chunk)] = chunk_scores
+    greedy[start:start + len(chunk)] = chunk_greedy
     lengths[start:start + len(chunk)] = [len(target) for target in targets]
   correct = correct_normalised = 0
-  predictions, answer_logprobs, briers = [], [], []
+  predictions, answer_logprobs, briers, exact = [], [], [], []
   position = 0
   for question in questions:
     choice_scores = scores[position:position + len(question.choices)]
     answer_tokens = lengths[position + question.label]
+    exact.append(bool(greedy[position + question.label]))
     position += len(question.choices)
     normalised = choice_scores / np.array([len(c) for c in question.choices])
     predictions.append(int(np.argmax(choice_scores)))
@@ -238,6 +250,9 @@ def rank_classify(model, vocabulary, questions: Sequence[Question], *, shots: in
           # log-likelihood per token, and the Brier score of the choice distribution.
           "answer_logprob_per_token": float(np.mean(answer_logprobs)),
           "brier": float(np.mean(briers)),
+          # Generation's view: the correct answer is exactly what greedy decoding continues
+          # the prompt with (scored by teacher forcing: every answer token is the argmax).
+          "exact_match": float(np.mean(exact)),
           "questions": len(questions), "shots": shots,
           # Contexts cut (left) to fit the model, as the lm-eval model cuts them.
           "truncated_contexts": len(cut), "truncated_tokens_max": max(cut.values(), default=0),
