@@ -23,7 +23,7 @@ import os
 import sys
 
 from t5x_lite import gin_utils
-from t5x_lite.scaling import sweep
+from t5x_lite.scaling import downstream, sweep
 
 
 def recorded_settings(train_args: list[str]) -> dict:
@@ -53,6 +53,13 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--rerun_changed", action="store_true",
                       help="move runs trained with other settings aside and train them again "
                       "(by default such runs are refused)")
+  parser.add_argument("--downstream", nargs="+", metavar="SET",
+                      help="also score every finished run on these question sets "
+                      "(zero_shot_suite, pydocs_cloze, addition, a JSONL path...) into "
+                      "DOWNSTREAM.csv: accuracy, exact match, answer log-likelihood, Brier")
+  parser.add_argument("--downstream_limit", type=int,
+                      help="the first N questions of each set (default: all)")
+  parser.add_argument("--downstream_csv", help="default: <sweep_dir>/DOWNSTREAM.csv")
   args = parser.parse_args(rest)
   try:
     plan = sweep.read_plan(args.plan)
@@ -72,6 +79,11 @@ def main(argv: list[str]) -> int:
     runs_csv = args.runs_csv or os.path.join(args.sweep_dir, "RUNS.csv")
     curves_csv = args.curves_csv or os.path.join(args.sweep_dir, "CURVES.csv")
     written, unfinished = sweep.collect(plan, args.sweep_dir, runs_csv, curves_csv)
+    if args.downstream:
+      downstream_csv = args.downstream_csv or os.path.join(args.sweep_dir, "DOWNSTREAM.csv")
+      scored = downstream.collect(plan, args.sweep_dir, args.downstream, downstream_csv,
+                                  args.downstream_limit)
+      print(f"{scored} runs scored on {', '.join(args.downstream)} in {downstream_csv}")
   except (sweep.SweepError, gin_utils.UserError, OSError) as error:
     gin_utils.fail(str(error))
   print(f"{written} finished runs in {runs_csv} (training curves: {curves_csv})")

@@ -38,21 +38,22 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 from typing import Sequence
 
 from t5x_lite import gin_utils
 from t5x_lite.common import files as result_files
-from t5x_lite.common.errors import ConfigError, at_least, positive, run_cli
+from t5x_lite.common.errors import ConfigError, at_least, file_errors, positive, run_cli
 from t5x_lite.data import get_batches, register_tasks
 from t5x_lite.models import counting, mup
 from t5x_lite.pods import chips as pod_chips
 from t5x_lite.pods import cost as pod_cost
 from t5x_lite.pods import topology as pod_topology
-from t5x_lite.scaling import coordcheck, laws, lr_sweep, planning
+from t5x_lite.scaling import coordcheck, downstream, laws, lr_sweep, planning
 from t5x_lite.scaling import report as reports
-from t5x_lite.scaling.plots import plot_fit, plot_study
+from t5x_lite.scaling.plots import plot_downstream, plot_fit, plot_study
 from t5x_lite.scaling.runs import read_runs
 from t5x_lite.training import optim
 
@@ -142,7 +143,26 @@ def _cost(args) -> None:
         f"chip: {pod_cost.describe(run)}")
 
 
+def _plot_downstream(args) -> None:
+  """plot --downstream SET: DOWNSTREAM.csv's metrics of one set along the sweep."""
+  with file_errors("the downstream table", args.runs):
+    with open(args.runs) as handle:
+      rows = list(csv.DictReader(handle))
+  available = sorted({key.split("/")[0] for row in rows for key in row if "/" in key})
+  missing = [m for m in args.downstream_metrics if f"{args.downstream}/{m}" not in
+             (rows[0] if rows else {})]
+  if not rows or missing:
+    raise ConfigError(f"{args.runs} has no {args.downstream!r} scores"
+                      + (f" for {missing}" if rows else "") + f"; its sets: {available or 'none'}"
+                      " (tools/scaling_sweep.py --downstream writes them).")
+  plot_downstream(rows, args.downstream, args.downstream_metrics, args.output)
+  print(f"plot: {args.output}")
+
+
 def _plot(args) -> None:
+  if args.downstream:
+    _plot_downstream(args)
+    return
   runs = read_runs(args.runs)
   curves = read_runs(args.curves) if args.curves else None
   fitted = []
@@ -439,6 +459,11 @@ def main(argv: Sequence[str] | None = None) -> None:
   plot.add_argument("--bootstrap", type=at_least(0), default=100,
                     help="refits per method for the bands")
   plot.add_argument("--seed", type=int, default=0)
+  plot.add_argument("--downstream", metavar="SET",
+                    help="instead: the runs table is DOWNSTREAM.csv (tools/scaling_sweep.py "
+                    "--downstream); draw this question set's metrics against compute and loss")
+  plot.add_argument("--downstream_metrics", nargs="+", choices=downstream.METRICS,
+                    default=["accuracy", "exact_match", "answer_logprob_per_token", "brier"])
   args = parser.parse_args(rest)
   def run() -> int:
     if args.command == "count":

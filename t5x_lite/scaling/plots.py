@@ -7,6 +7,10 @@
 `plot_study` (the plot command): a 2 x 2 overview of a sweep: IsoFLOP
 profiles, the loss-compute frontier, N_opt and D_opt vs C of every fit
 with bootstrap bands, and the parametric L(N, D) contours.
+`plot_downstream` (plot --downstream): one question set's metrics along a sweep, each
+against compute and against validation loss, one row per metric: a discontinuous
+metric (accuracy, exact match) beside a continuous one (answer log-likelihood, Brier)
+shows whether an ability emerges or only its measurement does.
 """
 
 from __future__ import annotations
@@ -144,4 +148,39 @@ def plot_study(runs: Runs, reports: Sequence[FitReport], path: str,
   figure.tight_layout()
   with file_errors("the plot", path):
     figure.savefig(path, dpi=120)
+  plt.close(figure)
+
+
+DOWNSTREAM_LABELS = {"accuracy": "accuracy", "exact_match": "exact match (greedy)",
+                     "answer_logprob_per_token": "answer log-likelihood / token",
+                     "brier": "Brier score (lower is better)"}
+
+
+def plot_downstream(rows: Sequence[dict], question_set: str, metrics: Sequence[str],
+                    path: str) -> None:
+  """Each metric of `question_set` against compute (left) and loss (right), one point per
+  run, coloured by parameters; accuracy with the set's chance level."""
+  flops = np.array([float(row["flops"]) for row in rows])
+  loss = np.array([float(row["loss"]) for row in rows])
+  params = np.array([float(row["params"]) for row in rows])
+  figure, axes = plt.subplots(len(metrics), 2, figsize=(10, 3.2 * len(metrics)),
+                              squeeze=False)
+  colour = np.log10(params)
+  for row_axes, metric in zip(axes, metrics):
+    values = np.array([float(row[f"{question_set}/{metric}"]) for row in rows])
+    for axis, x, label in ((row_axes[0], flops, "training FLOPs"),
+                           (row_axes[1], loss, "validation loss")):
+      points = axis.scatter(x, values, c=colour, cmap="viridis", s=22)
+      if metric == "accuracy":
+        chance = float(rows[0][f"{question_set}/chance"])
+        axis.axhline(chance, color="grey", ls=":", lw=1, label="chance")
+        axis.legend(fontsize=7)
+      axis.set_xlabel(label)
+      axis.set_ylabel(DOWNSTREAM_LABELS.get(metric, metric))
+    row_axes[0].set_xscale("log")
+    row_axes[1].invert_xaxis()  # better models to the right in both columns
+  figure.colorbar(points, ax=axes, label="log10 parameters", shrink=0.6)
+  figure.suptitle(f"{question_set} along the sweep: {len(rows)} runs")
+  with file_errors("the figure", path):
+    figure.savefig(path, dpi=120, bbox_inches="tight")
   plt.close(figure)

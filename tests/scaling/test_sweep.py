@@ -10,7 +10,8 @@ import pytest
 
 from t5x_lite import train
 from t5x_lite.gin_utils import model_config
-from t5x_lite.scaling import sweep
+from t5x_lite.scaling import downstream, sweep
+from t5x_lite.scaling.__main__ import main as scaling_main
 from t5x_lite.scaling.planning import Family, plan_sweep, wsd_family
 from t5x_lite.scaling.runs import read_runs
 from tests.scripts import load_script
@@ -146,9 +147,10 @@ def test_a_sweep_never_skips_or_resumes_a_run_trained_with_other_settings(tmp_pa
   assert all(again[run_id] != first[run_id] for run_id in ids)
 
 
-def test_a_wsd_family_sweeps_stable_runs_then_their_branches(tmp_path):
-  """One tiny shape on two budgets: its stable run trains first, both branches fork
-  from it and train only their decays, and RUNS.csv names the stable phase they share."""
+@pytest.fixture(scope="module")
+def wsd_sweep(tmp_path_factory):
+  """One tiny shape on two budgets as a WSD family, swept for real: (plan, dir, log)."""
+  folder = tmp_path_factory.mktemp("wsd_sweep")
   family = Family(model_config(["models/tiny_causal_decoder.gin"]), aspect_ratio=32,
                   head_dim=32)
   short, = plan_sweep(family, [2.5e8], sizes=1, batch_size=2, targets_length=32)
@@ -158,23 +160,60 @@ def test_a_wsd_family_sweeps_stable_runs_then_their_branches(tmp_path):
   wsd = wsd_family([short, long], decay_fraction=0.25)
   plan = {"gin_files": ["models/tiny_causal_decoder.gin"], "gin_bindings": [],
           "batch_size": 2, "inputs_length": 0, "targets_length": 32, "runs": wsd["runs"]}
-  assert [r["role"] for r in plan["runs"]] == ["stable", "branch", "branch"]
   extra = ["runs/pretrain.gin", "meshes/single_device.gin"]
   bindings = ["MIXTURE_OR_TASK_NAME = 'pydocs.full_lm.byte'", "train.eval_steps = 1",
-              "TransformerConfig.max_length = 32"]
+              "TransformerConfig.max_length = 64"]
   output = io.StringIO()
-  failed = sweep.run_sweep(plan, str(tmp_path), gin_files=extra, gin_bindings=bindings,
+  failed = sweep.run_sweep(plan, str(folder), gin_files=extra, gin_bindings=bindings,
                            evaluations_per_run=2, train=lambda args, log, stream: train.main(args),
                            stream=output)
   assert failed == []
-  assert "branch of stable-" in output.getvalue()
+  return plan, folder, output.getvalue()
+
+
+def test_a_wsd_family_sweeps_stable_runs_then_their_branches(wsd_sweep):
+  """The stable run trains first, both branches fork from it and train only their
+  decays, and RUNS.csv names the stable phase they share."""
+  plan, folder, log = wsd_sweep
+  assert [r["role"] for r in plan["runs"]] == ["stable", "branch", "branch"]
+  assert "branch of stable-" in log
   stable, *branches = plan["runs"]
   for branch in branches:
-    steps = [row["step"] for row in sweep.evaluations(str(tmp_path / branch["id"]))]
+    steps = [row["step"] for row in sweep.evaluations(str(folder / branch["id"]))]
     assert min(steps) > branch["fork_step"] and max(steps) == branch["steps"]
-  written, unfinished = sweep.collect(plan, str(tmp_path), str(tmp_path / "RUNS.csv"))
+  written, unfinished = sweep.collect(plan, str(folder), str(folder / "RUNS.csv"))
   assert written == 2 and unfinished == []
-  with open(tmp_path / "RUNS.csv") as handle:
+  with open(folder / "RUNS.csv") as handle:
     rows = list(csv.DictReader(handle))
   assert {row["stable"] for row in rows} == {stable["id"]}
   assert sorted(float(row["flops"]) for row in rows) == sorted(r["flops"] for r in branches)
+
+
+def test_downstream_scores_are_collected_per_run_and_plotted(wsd_sweep, tmp_path, capsys):
+  """Each finished run (not the stable phase) scored on two sets under every metric, the
+  scores kept in its directory (a second collection scores nothing again), and the
+  emergence figure drawn from the table."""
+  plan, folder, _ = wsd_sweep
+  table = tmp_path / "DOWNSTREAM.csv"
+  assert downstream.collect(plan, str(folder), ["addition", "pydocs_cloze"], str(table),
+                            limit=6) == 2
+  with open(table) as handle:
+    rows = list(csv.DictReader(handle))
+  assert [row["run"] for row in rows] == [r["id"] for r in plan["runs"][1:]]
+  for row in rows:
+    for name in ("addition", "pydocs_cloze"):
+      assert 0 <= float(row[f"{name}/accuracy"]) <= 1
+      assert 0 <= float(row[f"{name}/exact_match"]) <= 1
+      assert float(row[f"{name}/answer_logprob_per_token"]) < 0
+      assert 0 <= float(row[f"{name}/brier"]) <= 2
+  record = json.loads((folder / plan["runs"][1]["id"] / downstream.FILE).read_text())
+  assert record["limit"] == 6 and set(record["sets"]) == {"addition", "pydocs_cloze"}
+  before = (folder / plan["runs"][1]["id"] / downstream.FILE).stat().st_mtime_ns
+  downstream.collect(plan, str(folder), ["addition"], str(table), limit=6)
+  assert (folder / plan["runs"][1]["id"] / downstream.FILE).stat().st_mtime_ns == before
+  figure = tmp_path / "emergence.png"
+  scaling_main(["plot", str(table), "--downstream", "addition", "--output", str(figure)])
+  assert figure.stat().st_size > 10_000
+  with pytest.raises(SystemExit) as exit_info:
+    scaling_main(["plot", str(table), "--downstream", "hellaswag", "--output", str(figure)])
+  assert exit_info.value.code == 2 and "its sets: ['addition'" in capsys.readouterr().err
