@@ -144,7 +144,7 @@ def summarize() -> list[dict]:
         row.update(layout=best["layout"], hbm_bytes=best["total_bytes"],
                    capacity_bytes=train["capacity_bytes"], step_seconds=best["estimate_seconds"],
                    mfu_bound=train["roofline_step_seconds"] / best["estimate_seconds"],
-                   tokens=train["tokens"], days=days, energy_mwh=energy and energy / 1000,
+                   tokens=train["tokens"], days=days, energy_kwh=energy,
                    chips=report["chips"])
       rows.append(row)
   return rows
@@ -153,7 +153,7 @@ def summarize() -> list[dict]:
 def table(rows: list[dict]) -> str:
   lines = ["| preset | params | pod | layout (data x fsdp x tensor x stage, remat, "
            "microbatches) | HBM per chip | step (est.) | MFU bound | days for 20 N tokens "
-           "| energy (MWh) |", "|---|---|---|---|---|---|---|---|---|"]
+           "| energy (kWh) |", "|---|---|---|---|---|---|---|---|---|"]
   for row in rows:
     if not row["fits"]:
       lines.append(f"| {row['preset']} | {row['params'] / 1e9:.2f}B | {row['topology']} | "
@@ -161,12 +161,12 @@ def table(rows: list[dict]) -> str:
       continue
     layout = row["layout"]
     mesh = " x ".join(map(str, layout["mesh_shape"]))
-    energy = f"{row['energy_mwh']:.0f}" if row["energy_mwh"] is not None else "n/a"
+    energy = f"{row['energy_kwh']:.3g}" if row["energy_kwh"] is not None else "n/a"
     lines.append(
         f"| {row['preset']} | {row['params'] / 1e9:.2f}B | {row['topology']} | {mesh}, "
         f"{layout['remat']}, {layout['microbatches']} | "
         f"{row['hbm_bytes'] / 2**30:.1f} / {row['capacity_bytes'] / 2**30:.0f} GiB | "
-        f"{row['step_seconds']:.2f} s | {100 * row['mfu_bound']:.0f}% | {row['days']:.1f} | "
+        f"{row['step_seconds']:.3g} s | {100 * row['mfu_bound']:.0f}% | {row['days']:.3g} | "
         f"{energy} |")
   return "\n".join(lines) + "\n"
 
