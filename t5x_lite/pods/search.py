@@ -295,8 +295,8 @@ def _fewest_that_fit(options: list[Layout], attempt: Callable[[Layout], Trial],
   as 1 / microbatches, would fit, then its neighbour, and bisection only if both
   guesses miss (so a typical search costs three compiles, not a full bisection)."""
   first = attempt(options[0])
-  if first.fits:
-    return options[0]
+  if first.fits or len(options) == 1:
+    return options[0] if first.fits else None
   fixed = first.total_bytes - first.temporaries
   count = options[0].microbatches
   guess = next((index for index, option in enumerate(options)

@@ -78,6 +78,12 @@ def test_the_fewest_microbatches_that_fit_are_found_in_few_compiles(capacity_mib
     assert not attempt(previous).fits
 
 
+def test_a_single_option_costs_one_compile():
+  tried = []
+  attempt = trials_by_memory(1024 * 2**20, 2**20, 4 * 2**20, tried)
+  assert search._fewest_that_fit(OPTIONS[:1], attempt, 4 * 2**20) is None and tried == [1]
+
+
 def test_when_the_guess_is_far_off_bisection_still_finds_the_boundary():
   tried = []
   # Temporaries that do not fall with microbatches (a guess of 1 / m is wildly wrong).
