@@ -170,7 +170,7 @@ def _search(spec, pod: topology.Topology, devices, capacity: int,
   print(f"\nbest layout written to {path}: {best.layout.describe()}")
   spec = best.layout.apply(spec)
   mesh = partitioning.create_mesh(best.layout.mesh_shape, devices)
-  report = check(spec, mesh, pod, capacity, args, train=result.best_step)
+  report = check(spec, mesh, pod, capacity, args, train=best.step)
   report["search"] = _search_rows(result, run)
   bench_json(args.json, report)
   return 0

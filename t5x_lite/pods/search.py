@@ -114,6 +114,9 @@ class Trial:
   compute_seconds: Optional[float] = None
   communication_seconds: Optional[float] = None
   skipped: Optional[str] = None
+  # The compiled step, kept while this trial is its mesh and policy's fewest fitting
+  # microbatches (the one `ranked` may report).
+  step: Optional[compiled.CompiledStep] = dataclasses.field(default=None, repr=False)
 
   @property
   def estimate(self) -> Optional[float]:
@@ -127,7 +130,6 @@ class Trial:
 class Result:
   """Every trial, ranked fitting layouts first (fastest estimate first)."""
   trials: list[Trial]
-  best_step: Optional[compiled.CompiledStep]  # the best layout's compiled train step
   roofline_seconds: float                      # model FLOPs at the pod's peak
   unexplored: int                              # candidates left when the budget ran out
 
@@ -136,17 +138,19 @@ class Result:
     """For each mesh and remat policy its layout with the fewest microbatches that fits
     (bisection also compiles fitting layouts with more), fastest estimate first; ties
     go to fewer microbatches (larger matmuls, which the estimate does not credit)."""
-    chosen: dict[tuple, Trial] = {}
-    for trial in self.trials:
-      key = (trial.layout.mesh_shape, trial.layout.remat)
-      if trial.estimate is not None and (
-          key not in chosen or trial.layout.microbatches < chosen[key].layout.microbatches):
-        chosen[key] = trial
-    return sorted(chosen.values(), key=lambda t: (t.estimate, t.layout.microbatches))
+    return sorted(_fewest_fitting(self.trials).values(),
+                  key=lambda t: (t.estimate, t.layout.microbatches))
 
-  @property
-  def best(self) -> Optional[Trial]:
-    return self.ranked[0] if self.ranked else None
+
+def _fewest_fitting(trials: list[Trial]) -> dict[tuple, Trial]:
+  """{(mesh shape, remat): its fitting trial with the fewest microbatches}."""
+  chosen: dict[tuple, Trial] = {}
+  for trial in trials:
+    key = (trial.layout.mesh_shape, trial.layout.remat)
+    if trial.estimate is not None and (
+        key not in chosen or trial.layout.microbatches < chosen[key].layout.microbatches):
+      chosen[key] = trial
+  return chosen
 
 
 def _powers_of_two(limit: int) -> Iterator[int]:
@@ -228,6 +232,7 @@ def search(spec: TrainSpec, pod: topology.Topology, devices: list[jax.Device], *
   candidates = []
   for shape in mesh_shapes(pod, config, max_stages):
     mesh = partitioning.create_mesh(shape, devices)
+    # The trainer's layout checks do not depend on the remat policy: one list per mesh.
     fewest = layouts_for(spec, mesh, REMAT_POLICIES[0])
     if not fewest:
       continue
@@ -236,9 +241,8 @@ def search(spec: TrainSpec, pod: topology.Topology, devices: list[jax.Device], *
       trials.append(Trial(fewest[0], state, False, skipped=(
           f"parameters and optimizer state alone take {compiled.size(state)} per chip")))
       continue
-    candidates.append((compute_seconds(fewest[0], roofline), shape, mesh))
+    candidates.append((compute_seconds(fewest[0], roofline), shape, mesh, fewest))
   candidates.sort(key=lambda c: (c[0], c[1][2], c[1][0]))
-  best_step: list[Optional[compiled.CompiledStep]] = [None]
   compiles = [0]
 
   def bar() -> float:
@@ -257,9 +261,12 @@ def search(spec: TrainSpec, pod: topology.Topology, devices: list[jax.Device], *
       trial.compute_seconds = compute_seconds(layout, roofline)
       trial.communication_seconds = collectives.seconds(collectives.of_step(step.hlo, pod),
                                                         pod.chip)
-      best = min((t.estimate for t in trials if t.estimate is not None), default=math.inf)
-      if trial.estimate < best:
-        best_step[0] = step
+      key = (layout.mesh_shape, layout.remat)
+      kept = _fewest_fitting(trials).get(key)
+      if kept is None or layout.microbatches < kept.layout.microbatches:
+        trial.step = step
+        if kept is not None:
+          kept.step = None  # superseded: `ranked` never reports it
     trials.append(trial)
     verdict = (f"fits, {trial.compute_seconds:.3g} s compute + "
                f"{trial.communication_seconds:.3g} s communication" if fits
@@ -269,10 +276,10 @@ def search(spec: TrainSpec, pod: topology.Topology, devices: list[jax.Device], *
     return trial
 
   unexplored = 0
-  for index, (_, shape, mesh) in enumerate(candidates):
+  for index, (_, shape, mesh, fewest) in enumerate(candidates):
     limit = None  # a costlier policy is worth trying only below this many microbatches
     for remat in REMAT_POLICIES:
-      options = layouts_for(spec, mesh, remat)
+      options = [dataclasses.replace(option, remat=remat) for option in fewest]
       if limit is not None:
         options = [o for o in options if o.microbatches < limit]
       if not options or compute_seconds(options[0], roofline) >= bar():
@@ -285,7 +292,7 @@ def search(spec: TrainSpec, pod: topology.Topology, devices: list[jax.Device], *
         limit = fitting.microbatches
     if unexplored:
       break
-  return Result(trials, best_step[0], roofline, unexplored)
+  return Result(trials, roofline, unexplored)
 
 
 def _fewest_that_fit(options: list[Layout], attempt: Callable[[Layout], Trial],
