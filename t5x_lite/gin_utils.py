@@ -145,6 +145,7 @@ _CONFIGURABLES["text_files_corpus"] = gin.external_configurable(corpora.TextFile
                                                                 name="text_files_corpus")
 _CONFIGURABLES["supervised_data"] = gin.external_configurable(supervised.SupervisedData,
                                                               name="supervised_data")
+_CONFIGURABLES["mixture"] = gin.external_configurable(data.WeightedMixture, name="mixture")
 _CONFIGURABLES["chain_of_thought"] = gin.external_configurable(
     chain_of_thought.ChainOfThought, name="chain_of_thought")
 gin.external_configurable(partitioning.single_device, name="single_device")
@@ -207,11 +208,14 @@ def resolve_train_spec() -> spec.TrainSpec:
 
 def register_tasks() -> None:
   """The project's seqio tasks, the `text_files.*` ones reading the files bound as
-  `text_files_corpus.patterns` and `supervised` the rows bound as `supervised_data.*`
-  (entry points call this before naming a task)."""
+  `text_files_corpus.patterns`, `supervised` the rows bound as `supervised_data.*` and
+  the weighted mixture bound as `mixture.*` (entry points call this before naming a
+  task)."""
   text_files = construct("text_files_corpus") if gin.get_bindings("text_files_corpus") else None
   rows = construct("supervised_data") if gin.get_bindings("supervised_data") else None
   data.register_tasks(text_files=text_files, supervised_data=rows)
+  if gin.get_bindings("mixture"):
+    data.mixtures.register(construct("mixture"))
 
 
 def resolve_mesh(devices=None):

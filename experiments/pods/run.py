@@ -57,8 +57,8 @@ PRESETS = {
 # a slice or node count that holds the training state several times over and trains
 # the Chinchilla-optimal tokens in weeks rather than years. The largest presets compile
 # for minutes per layout on a 2-core machine, so their searches stop after fewer.
-SIZE_BANDS = [(1.5e9, "v5p:2x2x2", "h100:1x8", 24), (15e9, "v5p:4x4x4", "h100:8x8", 24),
-              (float("inf"), "v5p:8x8x16", "h100:64x8", 10)]
+SIZE_BANDS = [(1.5e9, "v5p:2x2x2", "h100:1x8", 24), (15e9, "v5p:4x4x4", "h100:8x8", 12),
+              (float("inf"), "v5p:8x8x16", "h100:64x8", 6)]
 
 
 def band(params: int) -> tuple:

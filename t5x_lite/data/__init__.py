@@ -3,7 +3,9 @@
 `register_tasks()` registers every `<corpus>.<objective>` task with seqio.
 """
 
+from t5x_lite.data import mixtures
 from t5x_lite.data.corpus_store import CorpusError
+from t5x_lite.data.mixtures import WeightedMixture
 from t5x_lite.data.objectives import ObjectiveError, span_corruption_lengths
 from t5x_lite.data.pipeline import (
            BatchIterator,
@@ -18,5 +20,5 @@ from t5x_lite.data.pipeline import (
 from t5x_lite.data.tasks import register_tasks
 
 __all__ = ["BatchIterator", "CorpusError", "DataError", "DataSpec", "ObjectiveError",
-           "check_splits", "check_vocabulary", "data_fingerprints", "get_batches", "get_task",
-           "register_tasks", "span_corruption_lengths"]
+           "WeightedMixture", "check_splits", "check_vocabulary", "data_fingerprints",
+           "get_batches", "get_task", "mixtures", "register_tasks", "span_corruption_lengths"]

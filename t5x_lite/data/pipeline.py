@@ -20,15 +20,12 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from t5x_lite.common.errors import UserError
+from t5x_lite.data import mixtures
+from t5x_lite.data.providers import DataError, data_fingerprints, get_task  # noqa: F401
 from t5x_lite.models import architectures
 
 _STATE_FILE = "pipeline.json"
 _TF_CHECKPOINT = "iterator"
-
-
-class DataError(UserError, ValueError):
-  """A data request that cannot be served; the message names what to fix."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,17 +101,6 @@ def _with_prefix_mask(spec: architectures.Architecture,
       ex, decoder_causal_attention=tf.zeros_like(ex["decoder_target_tokens"])))
 
 
-def get_task(task: str) -> seqio.DatasetProviderBase:
-  """The registered seqio task or mixture `task`, or a DataError naming some that exist
-  (the project's tasks exist once `t5x_lite.data.register_tasks()` has run)."""
-  try:
-    return seqio.get_mixture_or_task(task)
-  except ValueError:
-    known = ", ".join(sorted(seqio.TaskRegistry.names())[:12])
-    raise DataError(f"unknown task or mixture {task!r} (MIXTURE_OR_TASK_NAME); "
-                    f"registered tasks include {known}, ...") from None
-
-
 def check_splits(task: str) -> None:
   """Reads, now, what a task's sources can check cheaply before training (supervised rows:
   both splits non-empty), so a bad split is refused at start-up, not at the first
@@ -124,21 +110,6 @@ def check_splits(task: str) -> None:
     check = getattr(member.source, "check_splits", None)
     if callable(check):
       check()
-
-
-def data_fingerprints(task: str) -> dict[str, str]:
-  """{corpus name: content fingerprint} of the built local corpora a task or mixture reads
-  (corpus_store's manifest; building them if needed): what a run records about its data,
-  so that a resume on a rebuilt or edited corpus is told apart. TFDS sources have none."""
-  provider = get_task(task)
-  tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
-  found = {}
-  for member in tasks:
-    manifest = getattr(member.source, "manifest", None)
-    if callable(manifest):
-      built = manifest()
-      found[built.name] = built.fingerprint
-  return found
 
 
 def check_vocabulary(task: str, vocab_size: int) -> None:
@@ -175,7 +146,7 @@ def get_batches(task: str, feature_lengths: Mapping[str, int], split: str, batch
   if batch_size % shard.num_shards:
     raise DataError(f"batch size {batch_size} does not divide over {shard.num_shards} hosts; "
                     "choose a multiple of the number of hosts.")
-  provider = get_task(task)
+  provider = mixtures.mixture_for_lengths(task, feature_lengths)
   if split not in provider.splits:
     raise DataError(f"task {task!r} has no split {split!r}; it has {list(provider.splits)}.")
   spec = DataSpec(task=task, feature_lengths=dict(feature_lengths), split=split,

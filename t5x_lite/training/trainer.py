@@ -30,6 +30,7 @@ from t5x_lite.data import (
   data_fingerprints,
   get_batches,
   get_task,
+  mixtures,
   vocabularies,
 )
 from t5x_lite.models import losses, pipeline_parallel
@@ -213,6 +214,13 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
   if is_main:
     _print_start(spec, mesh, counts.params, flops_per_token, peak_source, bubble, adapted,
                  stream)
+  tokens_per_step = run.batch_size * counts.tokens_per_sequence
+  planned = mixtures.accounting(run.task, run.feature_lengths,
+                                run.train_steps * tokens_per_step)
+  if planned and is_main:
+    print(mixtures.format_accounting(
+        planned, f"data mix over the planned {run.train_steps * tokens_per_step:.4g} tokens:"),
+        file=stream)
 
   # Read once, at the first evaluation: building a seqio pipeline takes seconds.
   validation = functools.cache(lambda: _validation_batches(
@@ -234,7 +242,7 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
         state, stats = steps.train(state, partitioning.global_batch(next(batches), mesh))
         step += 1
         profiler.after(step, stats)
-        progress.add_tokens(run.batch_size * counts.tokens_per_sequence)
+        progress.add_tokens(tokens_per_step)
         if pending is not None:
           guard.check(*pending)
         pending = (step, stats)
@@ -282,6 +290,13 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
     raise
   profiler.close()
   checkpointer.close()
+  seen = mixtures.accounting(run.task, run.feature_lengths, step * tokens_per_step)
+  if seen:
+    writer.write(step, "data", {f"epochs/{row.task}": row.epochs for row in seen
+                                if row.epochs is not None})
+    if is_main:
+      print(mixtures.format_accounting(seen, f"data mix seen in {step * tokens_per_step:.4g} "
+                                             f"tokens ({step} steps):"), file=stream)
   writer.close()
   return {"step": step, "model_dir": run.model_dir, "skipped_steps": guard.skipped,
           **last_eval}
