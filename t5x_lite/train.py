@@ -76,8 +76,8 @@ def _main(argv: Sequence[str]) -> int:
   if jax.process_index() == 0:
     model_dir = result["model_dir"]
     print(f"finished at step {result['step']}"
-          + (f": validation loss {result['loss']:.4f}, perplexity {result['perplexity']:.2f}"
-             if "loss" in result else ""))
+          + (f": validation loss {result['loss']:.4f}" if "loss" in result else "")
+          + (f", perplexity {result['perplexity']:.2f}" if "perplexity" in result else ""))
     if result["skipped_steps"]:
       print(f"warning: {result['skipped_steps']} non-finite updates were skipped in this run "
             "(train.nan_policy='skip'); see the console above and metrics.jsonl.")

@@ -92,7 +92,7 @@ def configure(entry: str, args: list[str]) -> None:
   """Everything an entry point does with its command line short of running."""
   import t5x_lite.train  # noqa: F401  (registers initialize_distributed)
   from t5x_lite import evaluate, infer
-  from t5x_lite.data import check_vocabulary, get_task
+  from t5x_lite.data import check_vocabulary, get_task, preference
   from t5x_lite.models.counting import count_params
 
   gin_utils.parse_flags(args)
@@ -113,7 +113,11 @@ def configure(entry: str, args: list[str]) -> None:
     config = gin_utils.resolve_model_config()
     task, lengths = bindings.get("task"), bindings.get("feature_lengths")
   assert count_params(config)[0] > 0
-  if task is not None:
+  if task is not None and preference.is_preference_task(task):  # pairs, not a seqio task
+    assert preference.vocabulary(task).vocab_size <= config.vocab_size
+    assert set(lengths) == {"inputs", "targets"}, task
+    preference.registered()  # the pairs are bound
+  elif task is not None:
     check_vocabulary(task, config.vocab_size)
     if lengths is not None:
       assert set(lengths) == set(get_task(task).output_features), task

@@ -81,10 +81,11 @@ class RowReport:
   used: int = 0
   skipped: list[str] = dataclasses.field(default_factory=list)
 
-  def print(self, split: str, stream: TextIO = sys.stderr, limit: int = 10) -> None:
+  def print(self, split: str, stream: TextIO = sys.stderr, limit: int = 10,
+            what: str = "supervised data") -> None:
     if not self.skipped:
       return
-    print(f"supervised data ({split}): skipped {len(self.skipped)} bad rows, used {self.used}:",
+    print(f"{what} ({split}): skipped {len(self.skipped)} bad rows, used {self.used}:",
           file=stream)
     for line in self.skipped[:limit]:
       print(f"  {line}", file=stream)
@@ -92,29 +93,32 @@ class RowReport:
       print(f"  ... and {len(self.skipped) - limit} more", file=stream)
 
 
-def load_templates(path: Optional[str]) -> list[dict[str, str]]:
-  """The templates of a JSON file, each {"inputs": ..., "targets": ...} with {field}s;
-  with no file, the identity template."""
+def load_templates(path: Optional[str], fields: Sequence[str] = FIELDS,
+                   knob: str = "supervised_data.templates") -> list[dict[str, str]]:
+  """The templates of a JSON file, each {field: format string over row fields} for every
+  one of `fields` (supervised data: inputs and targets); with no file, the identity
+  template. `knob` is the gin binding that named the file, for messages."""
   if path is None:
-    return [{"inputs": "{inputs}", "targets": "{targets}"}]
+    return [{field: f"{{{field}}}" for field in fields}]
   try:
     with open(path, "rb") as handle:
       data = json.loads(text_files.decode_utf8(handle.read(), path).removeprefix("\ufeff"))
   except FileNotFoundError:
-    raise CorpusError(f"supervised_data.templates: no file {path!r}.") from None
+    raise CorpusError(f"{knob}: no file {path!r}.") from None
   except OSError as error:  # a directory, no permission
-    raise CorpusError(f"supervised_data.templates: cannot read {path!r} "
+    raise CorpusError(f"{knob}: cannot read {path!r} "
                       f"({error.strerror}); name a JSON file.") from None
   except json.JSONDecodeError as error:
     raise CorpusError(f"{path}:{error.lineno}: not valid JSON ({error.msg}).") from None
   templates = data.get("templates") if isinstance(data, dict) else None
   if not templates or not all(isinstance(t, dict) and all(isinstance(t.get(f), str)
-                                                           for f in FIELDS)
+                                                           for f in fields)
                               for t in templates):
-    raise CorpusError(f"{path}: expected {{\"templates\": [{{\"inputs\": \"...\", "
-                      "\"targets\": \"...\"}, ...]} with string inputs and targets.")
+    shape = ", ".join(f'\"{field}\": \"...\"' for field in fields)
+    raise CorpusError(f"{path}: expected {{\"templates\": [{{{shape}}}, ...]}} with string "
+                      f"{' and '.join(fields)}.")
   for number, template in enumerate(templates):
-    for field in FIELDS:
+    for field in fields:
       try:
         names = [name for _, name, _, _ in string.Formatter().parse(template[field])
                  if name is not None]
@@ -131,11 +135,11 @@ def load_templates(path: Optional[str]) -> list[dict[str, str]]:
 
 def template_fields(template: dict[str, str]) -> set[str]:
   """The row fields a template reads."""
-  return {name for field in FIELDS for _, name, _, _ in string.Formatter().parse(template[field])
+  return {name for text in template.values() for _, name, _, _ in string.Formatter().parse(text)
           if name}
 
 
-def _rows(path: str) -> Iterator[tuple[int, object]]:
+def read_rows(path: str) -> Iterator[tuple[int, object]]:
   """(line number, parsed row or an error string) of a .jsonl or .tsv file."""
   with open(path, "rb") as handle:
     lines = text_files.record_lines(handle.read(), path)
@@ -177,7 +181,7 @@ def read_examples(data: SupervisedData, split: str,
   held_out = (0, 0)  # (rows the hash split holds out for validation, rows it splits)
   needed = set().union(*(template_fields(t) for t in templates))
   for path in files:
-    for number, row in _rows(path):
+    for number, row in read_rows(path):
       where = f"{path}:{number}"
       if isinstance(row, str):
         report.skipped.append(f"{where}: {row}")

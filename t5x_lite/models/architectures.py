@@ -35,11 +35,16 @@ class Architecture:
   has_encoder: bool
   bidirectional_prefix: bool
 
-  def feature_converter(self, pack: bool = True) -> seqio.FeatureConverter:
-    """seqio's converter (decoders take LM and prefix-LM tasks alike)."""
+  def feature_converter(self, pack: bool = True,
+                        passthrough: Optional[Mapping[str, object]] = None
+                        ) -> seqio.FeatureConverter:
+    """seqio's converter (decoders take LM and prefix-LM tasks alike). `passthrough`
+    ({feature: dtype}, unpacked only) keeps per-example features of rank 1 as they are."""
+    kept = ({name: seqio.FeatureConverter.FeatureSpec(dtype=dtype)
+             for name, dtype in passthrough.items()} if passthrough else None)
     if self.has_encoder:
-      return seqio.EncDecFeatureConverter(pack=pack)
-    return seqio.DecoderFeatureConverter(pack=pack)
+      return seqio.EncDecFeatureConverter(pack=pack, passthrough_features=kept)
+    return seqio.DecoderFeatureConverter(pack=pack, passthrough_features=kept)
 
   @property
   def features(self) -> tuple[str, ...]:

@@ -13,7 +13,7 @@ import dataclasses
 from typing import Any, Mapping, Optional
 
 from t5x_lite.common.errors import ConfigError, check_field_types, check_positive
-from t5x_lite.models import mup
+from t5x_lite.models import alignment_losses, mup
 from t5x_lite.models.configs import LAYOUT_KNOBS, TransformerConfig
 from t5x_lite.models.lora import LoraConfig
 
@@ -228,6 +228,45 @@ class RunConfig:
                         "'TransformerConfig.dropout_rate' or 'train.batch_size'.")
 
 
+@dataclasses.dataclass(frozen=True)
+class PreferenceConfig:
+  """Direct preference optimization (gin: `preference.*`; models/alignment_losses.py).
+
+  Bound, the run trains on preference pairs (MIXTURE_OR_TASK_NAME 'preference' or
+  'preference.byte', rows from `preference_data.*`; BATCH_SIZE counts pairs) with one of
+  the losses below instead of the language-modelling loss. The reference is the model
+  the run starts from (train.init_checkpoint; for a LoRA run, the base with the adapters
+  off): its log-probabilities of every pair are computed once, before the first step,
+  and kept in MODEL_DIR.
+
+  Attributes:
+    loss: "sigmoid" (DPO; with label_smoothing > 0 conservative DPO), "robust", "hinge",
+      "ipo", or "simpo" (reference-free, length-normalised, with margin simpo_gamma).
+    beta: the strength of the KL leash (DPO's beta; IPO's 1 / (2 beta) target margin).
+    label_smoothing: the assumed share of flipped labels (cDPO, robust DPO), in [0, 0.5).
+    simpo_gamma: SimPO's target reward margin.
+  """
+  loss: str = "sigmoid"
+  beta: float = 0.1
+  label_smoothing: float = 0.0
+  simpo_gamma: float = 0.5
+
+  def __post_init__(self):
+    check_field_types(self, "preference")
+    losses = alignment_losses.PreferenceLoss.__args__
+    if self.loss not in losses:
+      raise ConfigError(f"preference.loss={self.loss!r}; choose one of {list(losses)}.")
+    if not self.beta > 0:
+      raise ConfigError(f"preference.beta must be positive, got {self.beta}.")
+    if not 0.0 <= self.label_smoothing < 0.5:
+      raise ConfigError(f"preference.label_smoothing must be in [0, 0.5), got "
+                        f"{self.label_smoothing}.")
+
+  @property
+  def needs_reference(self) -> bool:
+    return self.loss not in alignment_losses.REFERENCE_FREE
+
+
 # The spec's sections and the gin names that bind them (gin_utils registers them so).
 SECTIONS: dict[str, tuple[str, type]] = {
     "model": ("TransformerConfig", TransformerConfig),
@@ -237,7 +276,10 @@ SECTIONS: dict[str, tuple[str, type]] = {
 }
 # Sections present only when bound: `lora.*` makes the run train LoRA adapters over a
 # frozen base (train.init_checkpoint) instead of every parameter.
-OPTIONAL_SECTIONS: dict[str, tuple[str, type]] = {"lora": ("lora", LoraConfig)}
+# `preference.*` makes it a preference-optimization run (PreferenceConfig).
+OPTIONAL_SECTIONS: dict[str, tuple[str, type]] = {"lora": ("lora", LoraConfig),
+                                                  "preference": ("preference",
+                                                                 PreferenceConfig)}
 KNOBS = frozenset(f"{gin_name}.{field.name}"
                   for gin_name, cls in (*SECTIONS.values(), *OPTIONAL_SECTIONS.values())
                   for field in dataclasses.fields(cls))
@@ -269,6 +311,7 @@ class TrainSpec:
   schedule: ScheduleConfig
   run: RunConfig
   lora: Optional[LoraConfig] = None
+  preference: Optional[PreferenceConfig] = None
 
   def __post_init__(self):
     problem = mup.check(self.model, self.optimizer.name)
@@ -279,6 +322,15 @@ class TrainSpec:
                         "init_checkpoint) to the MODEL_DIR of the base model.")
     if self.run.fork_step is not None:
       self._check_fork()
+    if self.preference is not None and self.run.fork_from:
+      raise ConfigError("a preference run cannot be a cooldown branch (train.fork_from): its "
+                        "reference is the model it starts from.")
+    if self.preference is not None and self.preference.needs_reference and not (
+        self.run.init_checkpoint):
+      raise ConfigError(f"preference.loss={self.preference.loss!r} compares the policy with "
+                        "the model it starts from: set CHECKPOINT_PATH (train.init_checkpoint) "
+                        "to that MODEL_DIR (e.g. an SFT run), or use the reference-free "
+                        "preference.loss='simpo'.")
     if self.lora is not None and self.model.scan_layers:
       raise ConfigError("LoRA needs the unscanned layout: set TransformerConfig.scan_layers="
                         "False (checkpoints store one layout, so a scanned run's base loads), "

@@ -18,9 +18,10 @@ import optax
 from flax import nnx
 
 from t5x_lite.common import partitioning
-from t5x_lite.models import Transformer, TransformerConfig, losses
+from t5x_lite.models import Transformer, TransformerConfig, alignment_losses
 from t5x_lite.models.lora import AdaptedModel
 from t5x_lite.models.params import abstract_model
+from t5x_lite.training.objectives import LanguageModelling
 
 
 @dataclasses.dataclass
@@ -36,6 +37,8 @@ class StepFunctions:
   validate: Callable[[Any, Mapping[str, jax.Array]], dict]
   abstract_state: Callable[[], Any]
   lower_train: Callable[[Mapping[str, jax.ShapeDtypeStruct]], jax.stages.Lowered]
+  # Each row's log-probability of its loss-weighted tokens (no dropout): [rows].
+  score: Callable[[Any, Mapping[str, jax.Array]], jax.Array]
 
 
 def _split_microbatches(batch: Mapping[str, jax.Array], microbatches: int) -> dict:
@@ -53,8 +56,12 @@ def _split_microbatches(batch: Mapping[str, jax.Array], microbatches: int) -> di
 def make_step_functions(config: TransformerConfig, optimizer: optax.GradientTransformation,
                         mesh: jax.sharding.Mesh, seed: int = 0, microbatches: int = 1,
                         z_loss: float = 1e-4, label_smoothing: float = 0.0,
-                        adapted: Optional[AdaptedModel] = None) -> StepFunctions:
+                        adapted: Optional[AdaptedModel] = None,
+                        objective: Any = None) -> StepFunctions:
   """Builds jitted init / train / eval functions with shardings from the rules table.
+
+  `objective` (training/objectives.py) is what the step minimises: by default language
+  modelling with `z_loss` and `label_smoothing`.
 
   With `adapted` (models/lora.adapt over the loaded base) the state's params are the
   LoRA adapters, initialised from `adapted.adapters`; the base parameters are a frozen
@@ -101,18 +108,19 @@ def make_step_functions(config: TransformerConfig, optimizer: optax.GradientTran
     return {"params": params, "opt_state": opt_state,
             "step": jax.device_put(jnp.zeros((), jnp.int32), replicated)}
 
+  objective = objective or LanguageModelling(z_loss, label_smoothing)
+
   def loss_sums(params, frozen, batch, rng):
     model = nnx.merge(graphdef, params, *([frozen] if adapted is not None else []))
-    return losses.model_loss_sums(model, batch, z_loss=z_loss,
-                                  label_smoothing=label_smoothing, dropout_rng=rng)
+    return objective.sums(model, batch, rng)
 
   def train_step(state, frozen, batch):
-    total_tokens = jnp.maximum(jnp.sum(batch["decoder_loss_weights"].astype(jnp.float32)), 1.0)
+    normaliser = objective.normaliser(batch)  # over the whole batch, not a microbatch
     rng = jax.random.fold_in(dropout_key, state["step"])
 
     def normalised_loss(params, microbatch, rng):
       sums = loss_sums(params, frozen, microbatch, rng)
-      return sums.loss / total_tokens, sums
+      return sums["loss"] / normaliser, sums
 
     grad_fn = jax.value_and_grad(normalised_loss, has_aux=True)
     if microbatches == 1:
@@ -137,19 +145,25 @@ def make_step_functions(config: TransformerConfig, optimizer: optax.GradientTran
     # non-finite can reach a checkpoint; the loop decides what next.
     params_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p))
                                        for p in jax.tree.leaves(params)]))
-    finite = jnp.isfinite(sums.loss) & jnp.isfinite(grad_norm) & params_finite
+    finite = jnp.isfinite(sums["loss"]) & jnp.isfinite(grad_norm) & params_finite
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
     new_state = {"params": keep(params, state["params"]),
                  "opt_state": keep(opt_state, state["opt_state"]),
                  "step": state["step"] + 1}
-    stats = dict(sums._asdict(), grad_norm=grad_norm, finite=finite,
-                 params_finite=params_finite)
+    stats = dict(sums, grad_norm=grad_norm, finite=finite, params_finite=params_finite)
     return new_state, stats
 
   def eval_step(state, frozen, batch):
-    return loss_sums(state["params"], frozen, batch, None)._asdict()
+    return loss_sums(state["params"], frozen, batch, None)
+
+  def score_step(state, frozen, batch):
+    model = nnx.merge(graphdef, state["params"], *([frozen] if adapted is not None else []))
+    return alignment_losses.sequence_logps(model(batch), batch["decoder_target_tokens"],
+                                           batch["decoder_loss_weights"]).logps
 
   with partitioning.axis_rules(mesh):
+    score = jax.jit(score_step, in_shardings=(state_shardings, frozen_shardings,
+                                              batch_sharding), out_shardings=replicated)
     train = jax.jit(train_step, in_shardings=(state_shardings, frozen_shardings, batch_sharding),
                     out_shardings=(state_shardings, replicated), donate_argnums=0)
     validate = jax.jit(eval_step, in_shardings=(state_shardings, frozen_shardings,
@@ -176,7 +190,8 @@ def make_step_functions(config: TransformerConfig, optimizer: optax.GradientTran
       return train.lower(shapes_of_state(), frozen, batch)
 
   return StepFunctions(init=init, train=traced(train), validate=traced(validate),
-                       abstract_state=shapes_of_state, lower_train=lower_train)
+                       abstract_state=shapes_of_state, lower_train=lower_train,
+                       score=traced(score))
 
 
 def abstract_state(state: Any) -> Any:

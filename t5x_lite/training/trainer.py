@@ -31,35 +31,62 @@ from t5x_lite.data import (
   get_batches,
   get_task,
   mixtures,
+  preference,
   vocabularies,
 )
-from t5x_lite.models import losses, pipeline_parallel
+from t5x_lite.models import pipeline_parallel
 from t5x_lite.models.counting import count
 from t5x_lite.models.lora import adapt
 from t5x_lite.runs import checkpoints, loading, run_dir
 from t5x_lite.runs.spec import TrainSpec
-from t5x_lite.training import forking, loop_controls, metrics, optim
+from t5x_lite.training import forking, loop_controls, metrics, objectives, optim, reference
 from t5x_lite.training.loop_controls import TrainingHalted  # noqa: F401  (raised by the loop)
 from t5x_lite.training.steps import StepFunctions, abstract_state, make_step_functions
 
 
 def _validation_batches(task, feature_lengths, batch_size, architecture, shard, eval_steps,
-                        seed) -> list[dict]:
-  """This host's first eval_steps validation batches; every evaluation uses these same ones."""
-  batches = get_batches(task, feature_lengths, "validation", batch_size, architecture,
-                        shard=shard, seed=seed, shuffle=False, num_epochs=None)
+                        seed, pairs=None) -> list[dict]:
+  """This host's first eval_steps validation batches; every evaluation uses these same ones.
+  A preference run's come from its validation `pairs` (reference log-probs added)."""
+  if pairs is not None:
+    rows, cache = pairs
+    batches = reference.WithReference(preference.get_pair_batches(
+        rows, feature_lengths, "validation", batch_size, architecture, shard=shard,
+        seed=seed, shuffle=False), cache)
+  else:
+    batches = get_batches(task, feature_lengths, "validation", batch_size, architecture,
+                          shard=shard, seed=seed, shuffle=False, num_epochs=None)
   return [next(batches) for _ in range(eval_steps)]
 
 
-def _validation_metrics(steps: StepFunctions, state, batches: list[dict], mesh
+def _validation_metrics(steps: StepFunctions, state, batches: list[dict], mesh, objective
                         ) -> dict[str, float]:
-  """Validation loss, accuracy and perplexity over `batches`."""
+  """The objective's validation metrics (e.g. loss, accuracy, perplexity) over `batches`."""
   totals: dict[str, float] = {}
   for batch in batches:
     sums = steps.validate(state, partitioning.global_batch(batch, mesh))
     for key, value in jax.device_get(sums).items():
       totals[key] = totals.get(key, 0.0) + float(value)
-  return losses.eval_metrics(totals)
+  return objective.eval_scalars(totals)
+
+
+def _preference_pairs(run, vocab_size: int, stream: TextIO) -> dict[str, list]:
+  """A preference run's tokenized pairs per split (bad rows reported on `stream`)."""
+  if not preference.is_preference_task(run.task):
+    raise ConfigError(f"preference.* trains on preference pairs: set MIXTURE_OR_TASK_NAME to "
+                      f"one of {list(preference.TASKS)} (got {run.task!r}) and bind "
+                      "preference_data.train.")
+  vocabulary = preference.vocabulary(run.task)
+  if vocabulary.vocab_size > vocab_size:
+    raise ConfigError(f"task {run.task!r} uses {vocabulary.vocab_size} token ids but "
+                      f"TransformerConfig.vocab_size is {vocab_size}; use a task whose "
+                      "vocabulary fits (preference.byte for byte-level models).")
+  pairs = {}
+  for split in ("train", "validation"):
+    pairs[split], report = preference.read_pairs(preference.registered(), split, vocabulary,
+                                                 run.feature_lengths)
+    report.print(split, stream, what="preference data")
+  return pairs
 
 
 def _print_start(spec: TrainSpec, mesh: jax.sharding.Mesh, params: int, flops_per_token: float,
@@ -105,7 +132,9 @@ def build_steps(spec: TrainSpec, mesh: jax.sharding.Mesh, adapted=None) -> StepF
   optimizer = optim.make_optimizer(spec.optimizer, schedule, spec.model,
                                    adapters_only=spec.lora is not None)
   return make_step_functions(spec.model, optimizer, mesh, run.seed, run.microbatches,
-                             run.z_loss, run.label_smoothing, adapted)
+                             run.z_loss, run.label_smoothing, adapted,
+                             objectives.for_spec(spec.preference, run.z_loss,
+                                                 run.label_smoothing))
 
 
 def train(spec: TrainSpec, mesh: jax.sharding.Mesh, *, operative_config: Optional[str] = None,
@@ -144,16 +173,21 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
   run, config = spec.run, spec.model
   is_main = jax.process_index() == 0
   shard = seqio.ShardInfo(jax.process_index(), jax.process_count())
-  check_vocabulary(run.task, config.vocab_size)  # also names an unknown task
-  check_splits(run.task)  # e.g. an empty validation split: now, not at the first evaluation
-  vocabulary = vocabularies.describe(get_task(run.task).output_features["targets"].vocabulary)
+  objective = objectives.for_spec(spec.preference, run.z_loss, run.label_smoothing)
+  pairs = _preference_pairs(run, config.vocab_size, stream) if spec.preference else None
+  if pairs is None:
+    check_vocabulary(run.task, config.vocab_size)  # also names an unknown task
+    check_splits(run.task)  # e.g. an empty validation split: now, not at the first evaluation
+    vocabulary = vocabularies.describe(get_task(run.task).output_features["targets"].vocabulary)
+  else:
+    vocabulary = vocabularies.describe(preference.vocabulary(run.task))
   checkpointer = checkpoints.Checkpointer(os.path.join(run.model_dir, "checkpoints"),
                                           run.checkpoint_every, run.keep_checkpoints,
                                           keep_steps=run.keep_steps)
   resuming = checkpointer.latest_step() is not None
   if run.init_checkpoint and spec.lora is None and not resuming:
     loading.check_init_checkpoint(run.init_checkpoint, config, run.allow_changes)
-  adapted = None
+  adapted = base_model = None
   if spec.lora is not None:  # the base is frozen and loaded every time, resumed or not
     loading.check_init_checkpoint(run.init_checkpoint, config, run.allow_changes,
                                   adapters=True)
@@ -163,20 +197,41 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
                            nnx.state(base_model, nnx.Param), resuming)
     adapted = adapt(base_model, spec.lora, seed=run.seed)
   steps = build_steps(spec, mesh, adapted)
-  first_batches = [get_batches(run.task, run.feature_lengths, "train", run.batch_size,
-                               config.architecture, shard=shard, seed=run.seed)]
+  # A preference run's reference log-probs, filled before its first batch is drawn.
+  reference_logps: dict[str, Any] = {}
+  first_batches = [] if pairs is not None else [
+      get_batches(run.task, run.feature_lengths, "train", run.batch_size, config.architecture,
+                  shard=shard, seed=run.seed)]
 
   def make_batches():  # the iterator built above first (a seqio pipeline takes seconds)
+    if pairs is not None:
+      return reference.WithReference(preference.get_pair_batches(
+          pairs["train"], run.feature_lengths, "train", run.batch_size, config.architecture,
+          shard=shard, seed=run.seed), reference_logps.get("train"))
     return first_batches.pop() if first_batches else get_batches(
         run.task, run.feature_lengths, "train", run.batch_size, config.architecture,
         shard=shard, seed=run.seed)
 
-  data = data_fingerprints(run.task)
+  data = (data_fingerprints(run.task) if pairs is None else
+          {f"preference/{split}": preference.fingerprint(rows) for split, rows in pairs.items()})
   run_record = (run_dir.check_spec(run.model_dir, spec, vocabulary, resuming, stream,
                                    data=data) if is_main else None)
   if run.fork_from and not resuming:
     forking.check_parent(spec, vocabulary, data)
   state = steps.init()
+  needs_reference = spec.preference is not None and spec.preference.needs_reference
+
+  def reference_identity(reference_params) -> dict[str, str]:
+    return reference.identity(loading.fingerprint(reference_params), pairs, run.feature_lengths,
+                              config.architecture)
+
+  if needs_reference and resuming:  # read back (and checked) before the data is restored
+    reference_params = (nnx.state(base_model, nnx.Param) if base_model is not None else
+                        checkpoints.newest_params(run.init_checkpoint,
+                                                  abstract_state(state["params"]))[1])
+    reference_logps.update(reference.load_or_compute(
+        run.model_dir, reference_identity(reference_params), None, resuming=True).logps)
+    del reference_params
   start, restored, batches = checkpointer.restore_latest(abstract_state(state), make_batches)
   if start is not None:
     state = restored
@@ -187,11 +242,28 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
     print(f"cooldown branch: continuing {run.fork_from} from its step {run.fork_step}",
           file=stream)
   else:
-    batches = make_batches()
     if run.init_checkpoint and adapted is None:
       state["params"] = checkpoints.newest_params(run.init_checkpoint,
                                                   abstract_state(state["params"]))[1]
       print(f"initialised params from {run.init_checkpoint}", file=stream)
+    if needs_reference:  # the policy is still the reference (LoRA: adapters at zero)
+      def score_all():
+        unshuffled = {split: preference.get_pair_batches(
+            rows, run.feature_lengths, split, run.batch_size, config.architecture,
+            shard=shard, seed=run.seed, shuffle=False) for split, rows in pairs.items()}
+        return reference.compute(
+            lambda batch: jax.device_get(steps.score(state, partitioning.global_batch(batch,
+                                                                                     mesh))),
+            unshuffled, {split: len(rows) for split, rows in pairs.items()})
+      reference_params = (nnx.state(base_model, nnx.Param) if base_model is not None
+                          else state["params"])
+      reference_logps.update(reference.load_or_compute(
+          run.model_dir, reference_identity(reference_params), score_all, resuming=False,
+          write=is_main).logps)
+      print(f"reference log-probabilities of {len(pairs['train'])} training and "
+            f"{len(pairs['validation'])} validation pairs: {run.model_dir}/{reference.FILE}",
+            file=stream)
+    batches = make_batches()
   if is_main:  # only now: a start that failed above left the record as it was
     run_dir.record(run.model_dir, run_record, operative_config)
   start = int(jax.device_get(state["step"]))
@@ -214,7 +286,8 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
   if is_main:
     _print_start(spec, mesh, counts.params, flops_per_token, peak_source, bubble, adapted,
                  stream)
-  tokens_per_step = run.batch_size * counts.tokens_per_sequence
+  rows_per_step = run.batch_size * (2 if pairs is not None else 1)  # a pair is two rows
+  tokens_per_step = rows_per_step * counts.tokens_per_sequence
   planned = mixtures.accounting(run.task, run.feature_lengths,
                                 run.train_steps * tokens_per_step)
   if planned and is_main:
@@ -225,7 +298,8 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
   # Read once, at the first evaluation: building a seqio pipeline takes seconds.
   validation = functools.cache(lambda: _validation_batches(
       run.task, run.feature_lengths, run.batch_size, config.architecture, shard,
-      run.eval_steps, run.seed))
+      run.eval_steps, run.seed,
+      None if pairs is None else (pairs["validation"], reference_logps.get("validation"))))
   guard = loop_controls.UpdateGuard(run.nan_policy, run.max_consecutive_skips, checkpointer,
                        stream if is_main else None)
   step = start
@@ -252,22 +326,19 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
           continue
         stats, pending = guard.check(*pending), None
         if logs or last:
-          tokens = max(float(stats["tokens"]), 1.0)
-          loss = float(stats["cross_entropy"]) / tokens
-          scalars = {"loss": loss, "z_loss": float(stats["z_loss"]) / tokens,
-                     "accuracy": float(stats["correct"]) / tokens,
-                     "grad_norm": float(stats["grad_norm"]), "skipped_steps": guard.skipped,
-                     **progress.report(step, loss)}
+          scalars = objective.scalars({key: value for key, value in stats.items()
+                                       if key not in ("grad_norm", "finite",
+                                                      "params_finite")})
+          scalars.update(grad_norm=float(stats["grad_norm"]), skipped_steps=guard.skipped,
+                         **progress.report(step, scalars["loss"]))
           writer.write(step, "train", scalars)
         if evaluates or step == run.train_steps:
           eval_start = time.perf_counter()
-          last_eval = _validation_metrics(steps, state, validation(), mesh)
+          last_eval = _validation_metrics(steps, state, validation(), mesh, objective)
           progress.exclude(time.perf_counter() - eval_start)
           writer.write(step, "eval", last_eval)
           if is_main:
-            print(f"eval at step {step}: loss {last_eval['loss']:.4f}, perplexity "
-                  f"{last_eval['perplexity']:.2f}, accuracy {last_eval['accuracy']:.3f}",
-                  file=stream)
+            print(f"eval at step {step}: {objective.describe_eval(last_eval)}", file=stream)
         checkpointer.save(step, state, batches, force=last)
       if stop.received is not None:  # it may have come after the last step's check
         if pending is not None:
@@ -277,7 +348,7 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
         if is_main:
           print(f"received signal {stop.received}: saved step {step} and stopped", file=stream)
     if step >= run.train_steps and not last_eval:  # Finished earlier: report it again.
-      last_eval = _validation_metrics(steps, state, validation(), mesh)
+      last_eval = _validation_metrics(steps, state, validation(), mesh, objective)
   except BaseException:
     profiler.close()
     # Let a save in flight finish (or fail) before the error ends the run; a second

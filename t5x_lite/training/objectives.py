@@ -1,0 +1,93 @@
+"""What a train step minimises, and what the loop logs of it.
+
+An objective turns the model and a batch into sums (so microbatches and hosts add them)
+and a normaliser (the loss is sum / normaliser over the whole batch); on the host it
+turns summed statistics into the logged scalars, "loss" first. `LanguageModelling` is
+the token cross-entropy of pretraining and fine-tuning (models/losses.py);
+`PreferenceOptimization` the DPO family over [chosen; rejected] rows whose reference
+log-probabilities ride in the batch as `reference_logps` (training/reference.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+
+from t5x_lite.models import alignment_losses, losses
+from t5x_lite.runs.spec import PreferenceConfig
+
+REFERENCE_FEATURE = "reference_logps"
+
+
+@dataclasses.dataclass(frozen=True)
+class LanguageModelling:
+  """Cross-entropy over the loss-weighted target tokens, with z-loss and smoothing."""
+  z_loss: float = 1e-4
+  label_smoothing: float = 0.0
+
+  def normaliser(self, batch: Mapping[str, jax.Array]) -> jax.Array:
+    return jnp.maximum(jnp.sum(batch["decoder_loss_weights"].astype(jnp.float32)), 1.0)
+
+  def sums(self, model, batch: Mapping[str, jax.Array], rng: Optional[jax.Array]
+           ) -> dict[str, jax.Array]:
+    return losses.model_loss_sums(model, batch, z_loss=self.z_loss,
+                                  label_smoothing=self.label_smoothing,
+                                  dropout_rng=rng)._asdict()
+
+  def scalars(self, totals: Mapping[str, float]) -> dict[str, float]:
+    tokens = max(float(totals["tokens"]), 1.0)
+    return {"loss": float(totals["cross_entropy"]) / tokens,
+            "z_loss": float(totals["z_loss"]) / tokens,
+            "accuracy": float(totals["correct"]) / tokens}
+
+  def eval_scalars(self, totals: Mapping[str, float]) -> dict[str, float]:
+    return losses.eval_metrics(totals)
+
+  def describe_eval(self, metrics: Mapping[str, float]) -> str:
+    return (f"loss {metrics['loss']:.4f}, perplexity {metrics['perplexity']:.2f}, "
+            f"accuracy {metrics['accuracy']:.3f}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PreferenceOptimization:
+  """A preference loss per pair, averaged over the pairs; TRL's metrics beside it."""
+  config: PreferenceConfig
+
+  def normaliser(self, batch: Mapping[str, jax.Array]) -> jax.Array:
+    return jnp.asarray(batch["decoder_target_tokens"].shape[0] // 2, jnp.float32)
+
+  def sums(self, model, batch: Mapping[str, jax.Array], rng: Optional[jax.Array]
+           ) -> dict[str, jax.Array]:
+    logits = model(batch, dropout_rng=rng)
+    policy = alignment_losses.sequence_logps(logits, batch["decoder_target_tokens"],
+                                             batch["decoder_loss_weights"])
+    reference = (alignment_losses.SequenceLogps(batch[REFERENCE_FEATURE], policy.tokens)
+                 if self.config.needs_reference else None)
+    terms = alignment_losses.preference_loss(
+        policy, reference, loss=self.config.loss, beta=self.config.beta,
+        label_smoothing=self.config.label_smoothing, simpo_gamma=self.config.simpo_gamma)
+    pairs = terms.loss.shape[0]
+    means = alignment_losses.preference_metrics(terms, policy)
+    return {"loss": jnp.sum(terms.loss), "pairs": jnp.asarray(pairs, jnp.float32),
+            **{name: value * pairs for name, value in means.items()}}
+
+  def scalars(self, totals: Mapping[str, float]) -> dict[str, float]:
+    pairs = max(float(totals["pairs"]), 1.0)
+    return {name: float(value) / pairs for name, value in totals.items() if name != "pairs"}
+
+  def eval_scalars(self, totals: Mapping[str, float]) -> dict[str, float]:
+    return self.scalars(totals)
+
+  def describe_eval(self, metrics: Mapping[str, float]) -> str:
+    return (f"loss {metrics['loss']:.4f}, reward accuracy {metrics['rewards/accuracies']:.3f}, "
+            f"margin {metrics['rewards/margins']:.4f}")
+
+
+def for_spec(preference: Optional[PreferenceConfig], z_loss: float, label_smoothing: float):
+  """The run's objective: preference optimization when `preference.*` is bound."""
+  if preference is not None:
+    return PreferenceOptimization(preference)
+  return LanguageModelling(z_loss, label_smoothing)

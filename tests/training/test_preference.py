@@ -1,0 +1,128 @@
+"""Preference optimization on the trainer: DPO starts at log 2 with zero rewards on every
+architecture, its reference log-probs are the starting model's, cached and checked, and
+a resumed run equals an uninterrupted one."""
+
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+
+from t5x_lite import gin_utils
+from t5x_lite.common.errors import ConfigError
+from t5x_lite.data import preference, vocabularies
+from t5x_lite.models import alignment_losses
+from t5x_lite.runs import loading
+from t5x_lite.training import reference, trainer
+from tests import train_helpers as helpers
+
+pytestmark = pytest.mark.slow  # end-to-end runs (see pytest.ini)
+
+LENGTHS = {"inputs": 16, "targets": 8}
+
+
+@pytest.fixture(scope="module")
+def pairs_file(tmp_path_factory):
+  """Sums, the correct answer chosen over one off by one; 3 rows that must be skipped."""
+  path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
+  rows = [{"prompt": f"{a}+{b}=", "chosen": str(a + b), "rejected": str(a + b + 1)}
+          for a in range(8) for b in range(5)]
+  lines = [json.dumps(row) for row in rows] + [
+      "{broken", json.dumps({"prompt": "1+1=", "chosen": "2", "rejected": "2"}),
+      json.dumps({"prompt": "x" * 40, "chosen": "1", "rejected": "2"})]
+  path.write_text("\n".join(lines) + "\n")
+  return str(path)
+
+
+def base_run(directory, architecture, steps=2):
+  helpers.run_training(directory, architecture, steps=steps)
+  return directory
+
+
+def dpo_bindings(model_dir, base, pairs_file, steps, **extra) -> list[str]:
+  values = {"MODEL_DIR": repr(str(model_dir)), "TRAIN_STEPS": steps,
+            "MIXTURE_OR_TASK_NAME": "'preference.byte'", "TASK_FEATURE_LENGTHS": LENGTHS,
+            "BATCH_SIZE": 4, "WARMUP_STEPS": 1, "LEARNING_RATE": 1e-3,
+            "train.init_checkpoint": repr(str(base)), "train.log_every": 1,
+            "train.eval_every": 1000, "train.eval_steps": 2, "train.checkpoint_every": 2,
+            "train.peak_flops_per_device": 1e11, "preference.loss": "'sigmoid'",
+            "preference.beta": 0.5, "preference_data.train": [pairs_file],
+            "preference_data.validation_fraction": 0.2}
+  values.update(extra)
+  return [f"{key} = {value}" for key, value in values.items()]
+
+
+def run_dpo(model_dir, base, pairs_file, architecture="causal_decoder", steps=3, **extra):
+  gin_utils.parse(helpers.gin_files(architecture),
+                  dpo_bindings(model_dir, base, pairs_file, steps, **extra))
+  gin_utils.register_tasks()
+  stream = io.StringIO()
+  result = trainer.train(gin_utils.resolve_train_spec(), gin_utils.resolve_mesh(),
+                         stream=stream)
+  return result, stream.getvalue()
+
+
+def records(model_dir, split="train"):
+  with open(os.path.join(model_dir, "metrics.jsonl")) as handle:
+    return [r for r in map(json.loads, handle) if r["split"] == split]
+
+
+@pytest.mark.parametrize("architecture", list(helpers.TASKS))
+def test_dpo_starts_at_log_2_with_zero_rewards_and_moves(tmp_path, pairs_file, architecture):
+  base = base_run(tmp_path / "base", architecture)
+  result, out = run_dpo(tmp_path / "dpo", base, pairs_file, architecture)
+  first, last = records(tmp_path / "dpo")[0], records(tmp_path / "dpo")[-1]
+  assert first["loss"] == pytest.approx(np.log(2), abs=1e-5)
+  for name in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
+    assert first[name] == pytest.approx(0.0, abs=1e-5), name
+  assert last["loss"] != first["loss"] and "rewards/accuracies" in last
+  assert "logps/chosen" in last and "logps/rejected" in last
+  assert "reward accuracy" in out and "reference log-probabilities of" in out
+  assert "rewards/margins" in result
+
+
+def test_the_cached_reference_is_the_starting_models_log_probs(tmp_path, pairs_file):
+  base = base_run(tmp_path / "base", "causal_decoder")
+  run_dpo(tmp_path / "dpo", base, pairs_file, steps=1)
+  with np.load(tmp_path / "dpo" / reference.FILE) as cache:
+    cached = cache["logps/train"]
+  data = preference.PreferenceData(train=(pairs_file,), validation_fraction=0.2)
+  pairs, report = preference.read_pairs(data, "train", vocabularies.byte_vocabulary(), LENGTHS)
+  assert len(report.skipped) == 3 and len(pairs) == len(cached)
+  model = loading.load_model(str(base))
+  batches = preference.get_pair_batches(pairs, LENGTHS, "train", len(pairs), "causal_decoder",
+                                        shuffle=False)
+  batch = next(batches)
+  index = batch.pop(preference.PAIR_INDEX)
+  logps = alignment_losses.sequence_logps(model(batch), batch["decoder_target_tokens"],
+                                          batch["decoder_loss_weights"]).logps
+  half = len(pairs)
+  np.testing.assert_allclose(cached[index[:half], 0], logps[:half], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(cached[index[half:], 1], logps[half:], rtol=1e-5, atol=1e-5)
+
+
+def test_a_resumed_dpo_run_equals_the_uninterrupted_one_and_a_changed_reference_is_refused(
+    tmp_path, pairs_file):
+  base = base_run(tmp_path / "base", "causal_decoder")
+  run_dpo(tmp_path / "straight", base, pairs_file, steps=4)
+  run_dpo(tmp_path / "resumed", base, pairs_file, steps=2)
+  run_dpo(tmp_path / "resumed", base, pairs_file, steps=4)
+  straight = {r["step"]: r["loss"] for r in records(tmp_path / "straight")}
+  resumed = {r["step"]: r["loss"] for r in records(tmp_path / "resumed")}
+  assert resumed == straight
+  base_run(base, "causal_decoder", steps=4)  # the reference trained further
+  with pytest.raises(reference.ReferenceChanged, match="another reference"):
+    run_dpo(tmp_path / "resumed", base, pairs_file, steps=6)
+
+
+def test_simpo_needs_no_reference_and_dpo_without_one_is_refused(tmp_path, pairs_file):
+  with pytest.raises(ConfigError, match="CHECKPOINT_PATH"):
+    gin_utils.parse(helpers.gin_files("causal_decoder"),
+                    dpo_bindings(tmp_path / "dpo", "", pairs_file, 1,
+                                 **{"train.init_checkpoint": None}))
+    gin_utils.resolve_train_spec()
+  result, _ = run_dpo(tmp_path / "simpo", tmp_path / "none", pairs_file, steps=2,
+                      **{"train.init_checkpoint": None, "preference.loss": "'simpo'"})
+  assert not os.path.exists(tmp_path / "simpo" / reference.FILE)
+  assert np.isfinite(result["loss"])
