@@ -126,3 +126,16 @@ def test_simpo_needs_no_reference_and_dpo_without_one_is_refused(tmp_path, pairs
                       **{"train.init_checkpoint": None, "preference.loss": "'simpo'"})
   assert not os.path.exists(tmp_path / "simpo" / reference.FILE)
   assert np.isfinite(result["loss"])
+
+
+def test_a_lora_policys_reference_is_its_base_with_the_adapters_off(tmp_path, pairs_file):
+  base = base_run(tmp_path / "base", "causal_decoder")
+  run_dpo(tmp_path / "lora", base, pairs_file, steps=2,
+          **{"lora.rank": 4, "TransformerConfig.scan_layers": False})
+  run_dpo(tmp_path / "full", base, pairs_file, steps=1)  # the base itself as reference
+  with np.load(tmp_path / "lora" / reference.FILE) as lora, \
+       np.load(tmp_path / "full" / reference.FILE) as full:
+    for split in ("train", "validation"):
+      np.testing.assert_allclose(lora[f"logps/{split}"], full[f"logps/{split}"], rtol=1e-5,
+                                 atol=1e-5)
+  assert records(tmp_path / "lora")[0]["loss"] == pytest.approx(np.log(2), abs=1e-5)
