@@ -29,6 +29,9 @@ Each ```sh command is exercised by the handler for its program:
   python experiments/mup/run.py
                               its arguments parsed, every width of both architectures built
                               under both parametrizations
+  python experiments/scaling/compare.py
+                              run as written (its output folder under /tmp goes to a test
+                              folder)
   python experiments/pods/run.py
                               its arguments parsed; for every preset and target the pod it
                               names parses and the search it would launch is configured
@@ -277,6 +280,15 @@ def check_compile_check(command: list[str], _) -> None:
   trainer.check_layout(spec, mesh)
 
 
+def check_compare(command: list[str], folder: str) -> None:
+  """Run as written on the committed fits, writing into the test folder."""
+  args = [str(folder) if arg.startswith("/tmp") else arg for arg in command[1:]]
+  subprocess.run([sys.executable, *args], check=True, cwd=ROOT, capture_output=True,
+                 timeout=HANG_TIMEOUT_S)
+  table = open(os.path.join(folder, "compare.md")).read()
+  assert table.count("\n") == 2 + 9 and os.path.exists(os.path.join(folder, "compare.png"))
+
+
 def handler(command: list[str]):
   if command[0] == "make":
     return lambda folder: check_make(command[1], folder)
@@ -292,6 +304,7 @@ def handler(command: list[str]):
             ("python", "experiments/architecture_objective/run.py"): check_ablation,
             ("python", "experiments/mup/run.py"): check_mup_study,
             ("python", "experiments/pods/run.py"): check_pods_study,
+            ("python", "experiments/scaling/compare.py"): check_compare,
             ("bash",): check_script}
   for prefix, check in checks.items():
     if tuple(command[:len(prefix)]) == prefix:
