@@ -231,3 +231,31 @@ def get_pair_batches(pairs: list[TokenizedPair], feature_lengths: Mapping[str, i
       lambda batch: {key: (tf.gather(value, order) if key != PAIR_INDEX
                            else tf.gather(value[:, 0], order)) for key, value in batch.items()})
   return BatchIterator(spec, both.prefetch(tf.data.AUTOTUNE), 2 * per_host)
+
+
+def completion_features(prompts: list[str], completions: list[str],
+                        vocabulary: seqio.Vocabulary, feature_lengths: Mapping[str, int],
+                        architecture: str) -> dict[str, np.ndarray]:
+  """(prompt, completion) rows laid out as training lays out each side of a pair (what a
+  reward model scores); a prompt or completion that does not fit is a DataError."""
+  if len(prompts) != len(completions) or not prompts:
+    raise DataError(f"give as many prompts as completions, at least one (got {len(prompts)} "
+                    f"and {len(completions)}).")
+  prompt_room, completion_room = _room(feature_lengths)
+  eos = vocabulary.eos_id
+  rows = []
+  for number, (prompt, completion) in enumerate(zip(prompts, completions)):
+    tokens = (tuple(vocabulary.encode(prompt)) + (eos,),
+              tuple(vocabulary.encode(completion)) + (eos,))
+    for part, length, room in (("prompt", len(tokens[0]), prompt_room),
+                               ("completion", len(tokens[1]), completion_room)):
+      if length > room:
+        raise DataError(f"row {number}: the {part} is {length} tokens, over the {room} the "
+                        "model was trained with (TASK_FEATURE_LENGTHS); shorten it.")
+    rows.append(tokens)
+  examples = tf.data.Dataset.from_tensor_slices(
+      {"inputs": _ragged([r[0] for r in rows]), "targets": _ragged([r[1] for r in rows])})
+  converter = architectures.get(architecture).feature_converter(pack=False)
+  lengths = {"inputs": prompt_room, "targets": completion_room}
+  batch = next(iter(converter(examples, lengths).batch(len(rows))))
+  return {key: value.numpy() for key, value in batch.items()}

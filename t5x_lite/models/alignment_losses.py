@@ -129,6 +129,14 @@ def preference_metrics(terms: PreferenceTerms, policy: SequenceLogps) -> dict[st
           "logps/chosen": jnp.mean(pi_c), "logps/rejected": jnp.mean(pi_r)}
 
 
+def last_token_values(values_BxL: jax.Array, weights_BxL: jax.Array) -> jax.Array:
+  """Each row's value at its last loss-weighted position (a completion's final token,
+  its EOS): where a reward model reads its reward. [B]"""
+  length = weights_BxL.shape[1]
+  last = length - 1 - jnp.argmax(weights_BxL[:, ::-1] > 0, axis=1)
+  return jnp.take_along_axis(values_BxL, last[:, None], axis=1)[:, 0]
+
+
 def bradley_terry_loss(rewards_2P: jax.Array, margin: Optional[jax.Array] = None
                        ) -> tuple[jax.Array, jax.Array]:
   """Per pair -log s(r_chosen - r_rejected - margin), and whether chosen scored higher."""

@@ -22,6 +22,7 @@ POSITION_ENCODINGS = ("t5_relative", "rope", "learned", "sinusoidal", "none")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 ATTENTION_IMPLEMENTATIONS = (None, "einsum", "xla", "cudnn")
 DTYPES = ("float32", "bfloat16", "float16")
+HEADS = ("lm", "reward")
 
 # Knobs that change how the model is computed or stored, not the function it computes
 # from its parameters: a checkpoint may be resumed, fine-tuned from or loaded for
@@ -93,6 +94,9 @@ class TransformerConfig:
     mup_base_d_model: the width the hyperparameters were tuned at (μP only; <= d_model).
     mup_base_head_dim: the head_dim at which μP's attention scale equals the standard
       1/sqrt(head_dim) (μP only; None: the model's own head_dim).
+    head: "lm" (next-token logits) or "reward": a reward model, which adds a scalar
+      projection of the decoder's final hidden state (`Transformer.rewards`) beside the
+      logits; its reward for a completion is the one at the completion's last token.
   """
 
   architecture: str = "causal_decoder"
@@ -131,6 +135,7 @@ class TransformerConfig:
   parametrization: str = "standard"
   mup_base_d_model: Optional[int] = None
   mup_base_head_dim: Optional[int] = None
+  head: str = "lm"
 
   def __post_init__(self):
     self.validate()
@@ -174,6 +179,7 @@ class TransformerConfig:
         "attention_impl": ATTENTION_IMPLEMENTATIONS,
         "dtype": DTYPES,
         "param_dtype": DTYPES,
+        "head": HEADS,
     }
     for name, allowed in choices.items():
       value = getattr(self, name)

@@ -92,7 +92,7 @@ def parameter_role(path: tuple[Any, ...]) -> str:
     return "vector"
   if any(name in _INPUT_MODULES for name in names):
     return "input"
-  if "logits_dense" in names:
+  if "logits_dense" in names or "reward_head" in names:
     return "output"
   if names[-1] == "kernel":
     return "hidden"

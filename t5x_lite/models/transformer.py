@@ -274,6 +274,13 @@ class Transformer(nnx.Module):
           config.d_model, config.vocab_size, use_bias=False,
           kernel_init=layers.partitioned(layers.fan_in_init(), ("embed", "vocab")),
           rngs=rngs, **layers.dtypes(config))
+    if config.head == "reward":
+      # A reward model's scalar head; it starts at zero, so a reward model fine-tuned
+      # from a language model starts by giving every completion the same reward.
+      self.reward_head = nnx.Linear(
+          config.d_model, 1, use_bias=True,
+          kernel_init=layers.partitioned(nnx.initializers.zeros_init(), ("embed", None)),
+          rngs=rngs, **layers.dtypes(config))
 
   def __call__(self, batch: Batch, *, dropout_rng: Optional[Array] = None) -> Array:
     """Logits [batch, decoder length, vocab] in float32 for a seqio feature dict.
@@ -287,6 +294,21 @@ class Transformer(nnx.Module):
     if self.config.architecture_spec.has_encoder:
       encoded = self.encode(batch, dropout_rng=encoder_rng)
     return self.decode(batch, encoded, dropout_rng=decoder_rng)
+
+  def rewards(self, batch: Batch, *, dropout_rng: Optional[Array] = None) -> Array:
+    """A reward model's (head="reward") scalar at every decoder position, [batch, length]
+    in float32: the projection of the decoder's final hidden state (the encoder-decoder's
+    decoder reads the prompt through its encoder)."""
+    if self.config.head != "reward":
+      raise ValueError("rewards() needs TransformerConfig.head='reward'")
+    encoder_rng = decoder_rng = None
+    if dropout_rng is not None:
+      encoder_rng, decoder_rng = jax.random.split(dropout_rng)
+    encoded = None
+    if self.config.architecture_spec.has_encoder:
+      encoded = self.encode(batch, dropout_rng=encoder_rng)
+    hidden = self.decoder_hidden(batch, encoded, dropout_rng=decoder_rng)
+    return self.reward_head(hidden)[..., 0].astype(jnp.float32)
 
   def embed(self, tokens: Array) -> Array:
     return self.token_embedding(tokens.astype(jnp.int32))
@@ -308,6 +330,11 @@ class Transformer(nnx.Module):
   def decode(self, batch: Batch, encoded: Optional[Array] = None, *,
              dropout_rng: Optional[Array] = None) -> Array:
     """Decoder logits; encoded is the encoder output for encoder_decoder."""
+    return self.logits(self.decoder_hidden(batch, encoded, dropout_rng=dropout_rng))
+
+  def decoder_hidden(self, batch: Batch, encoded: Optional[Array] = None, *,
+                     dropout_rng: Optional[Array] = None) -> Array:
+    """The decoder's final hidden states [batch, length, d_model]."""
     tokens = batch["decoder_input_tokens"]
     segments = batch.get("decoder_segment_ids")
     prefix = None
@@ -323,7 +350,7 @@ class Transformer(nnx.Module):
                                 cross_mask=self._cross_mask(batch, tokens.shape[1]))
     hidden, _ = self.decoder(self.embed(tokens), ctx, _positions(batch, "decoder", tokens),
                              dropout_rng)
-    return self.logits(hidden)
+    return hidden
 
   def init_cache(self, batch_size: int, length: int, encoded: Optional[Array] = None) -> dict:
     """An empty decoding cache of `length` positions, plus the cross-attention keys and

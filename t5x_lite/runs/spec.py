@@ -228,6 +228,9 @@ class RunConfig:
                         "'TransformerConfig.dropout_rate' or 'train.batch_size'.")
 
 
+REWARD_MODEL_LOSS = "bradley_terry"
+
+
 @dataclasses.dataclass(frozen=True)
 class PreferenceConfig:
   """Direct preference optimization (gin: `preference.*`; models/alignment_losses.py).
@@ -239,21 +242,29 @@ class PreferenceConfig:
   off): its log-probabilities of every pair are computed once, before the first step,
   and kept in MODEL_DIR.
 
+  With loss "bradley_terry" the run trains a reward model instead (TransformerConfig.head
+  = 'reward'): -log s(r_chosen - r_rejected - margin) on the rewards at each completion's
+  last token, no reference; its validation metric is the held-out pairwise accuracy.
+
   Attributes:
     loss: "sigmoid" (DPO; with label_smoothing > 0 conservative DPO), "robust", "hinge",
-      "ipo", or "simpo" (reference-free, length-normalised, with margin simpo_gamma).
+      "ipo", "simpo" (reference-free, length-normalised, with margin simpo_gamma), or
+      "bradley_terry" (a reward model).
     beta: the strength of the KL leash (DPO's beta; IPO's 1 / (2 beta) target margin).
     label_smoothing: the assumed share of flipped labels (cDPO, robust DPO), in [0, 0.5).
     simpo_gamma: SimPO's target reward margin.
+    margin: the Bradley-Terry loss's required reward margin (Llama 2 uses one per rating
+      gap; here one for every pair).
   """
   loss: str = "sigmoid"
   beta: float = 0.1
   label_smoothing: float = 0.0
   simpo_gamma: float = 0.5
+  margin: float = 0.0
 
   def __post_init__(self):
     check_field_types(self, "preference")
-    losses = alignment_losses.PreferenceLoss.__args__
+    losses = (*alignment_losses.PreferenceLoss.__args__, REWARD_MODEL_LOSS)
     if self.loss not in losses:
       raise ConfigError(f"preference.loss={self.loss!r}; choose one of {list(losses)}.")
     if not self.beta > 0:
@@ -264,7 +275,11 @@ class PreferenceConfig:
 
   @property
   def needs_reference(self) -> bool:
-    return self.loss not in alignment_losses.REFERENCE_FREE
+    return self.loss not in (*alignment_losses.REFERENCE_FREE, REWARD_MODEL_LOSS)
+
+  @property
+  def trains_reward_model(self) -> bool:
+    return self.loss == REWARD_MODEL_LOSS
 
 
 # The spec's sections and the gin names that bind them (gin_utils registers them so).
@@ -325,6 +340,15 @@ class TrainSpec:
     if self.preference is not None and self.run.fork_from:
       raise ConfigError("a preference run cannot be a cooldown branch (train.fork_from): its "
                         "reference is the model it starts from.")
+    reward_model = self.preference is not None and self.preference.trains_reward_model
+    if reward_model != (self.model.head == "reward"):
+      raise ConfigError(
+          "a reward model (TransformerConfig.head='reward') trains with "
+          "preference.loss='bradley_terry', and that loss needs that head: set both (from a "
+          "language model's checkpoint add train.allow_changes=['TransformerConfig.head'])."
+          if reward_model or self.preference is not None else
+          "TransformerConfig.head='reward' is a reward model: train it on preference pairs "
+          "with preference.loss='bradley_terry' (gin/runs/reward_model.gin).")
     if self.preference is not None and self.preference.needs_reference and not (
         self.run.init_checkpoint):
       raise ConfigError(f"preference.loss={self.preference.loss!r} compares the policy with "

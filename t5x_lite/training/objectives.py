@@ -86,8 +86,42 @@ class PreferenceOptimization:
             f"margin {metrics['rewards/margins']:.4f}")
 
 
+@dataclasses.dataclass(frozen=True)
+class RewardModelling:
+  """The Bradley-Terry loss on a reward model's rewards at each completion's last token."""
+  config: PreferenceConfig
+
+  def normaliser(self, batch: Mapping[str, jax.Array]) -> jax.Array:
+    return jnp.asarray(batch["decoder_target_tokens"].shape[0] // 2, jnp.float32)
+
+  def sums(self, model, batch: Mapping[str, jax.Array], rng: Optional[jax.Array]
+           ) -> dict[str, jax.Array]:
+    rewards = alignment_losses.last_token_values(model.rewards(batch, dropout_rng=rng),
+                                                 batch["decoder_loss_weights"])
+    loss, correct = alignment_losses.bradley_terry_loss(rewards, self.config.margin or None)
+    chosen, rejected = alignment_losses.split_pairs(rewards)
+    return {"loss": jnp.sum(loss), "pairs": jnp.asarray(loss.shape[0], jnp.float32),
+            "accuracy": jnp.sum(correct), "rewards/chosen": jnp.sum(chosen),
+            "rewards/rejected": jnp.sum(rejected),
+            "rewards/margins": jnp.sum(chosen - rejected)}
+
+  def scalars(self, totals: Mapping[str, float]) -> dict[str, float]:
+    pairs = max(float(totals["pairs"]), 1.0)
+    return {name: float(value) / pairs for name, value in totals.items() if name != "pairs"}
+
+  def eval_scalars(self, totals: Mapping[str, float]) -> dict[str, float]:
+    return self.scalars(totals)
+
+  def describe_eval(self, metrics: Mapping[str, float]) -> str:
+    return (f"loss {metrics['loss']:.4f}, pairwise accuracy {metrics['accuracy']:.3f}, "
+            f"margin {metrics['rewards/margins']:.4f}")
+
+
 def for_spec(preference: Optional[PreferenceConfig], z_loss: float, label_smoothing: float):
-  """The run's objective: preference optimization when `preference.*` is bound."""
+  """The run's objective: a reward model's or preference optimization when
+  `preference.*` is bound, else language modelling."""
+  if preference is not None and preference.trains_reward_model:
+    return RewardModelling(preference)
   if preference is not None:
     return PreferenceOptimization(preference)
   return LanguageModelling(z_loss, label_smoothing)

@@ -70,6 +70,20 @@ def _validation_metrics(steps: StepFunctions, state, batches: list[dict], mesh, 
   return objective.eval_scalars(totals)
 
 
+def _initial_params(path: str, params: nnx.State, head: str) -> nnx.State:
+  """The params of train.init_checkpoint in place of `params`; a reward model started
+  from a language model keeps its own (zero) reward head, which that checkpoint lacks."""
+  record = run_dir.read_record(path)
+  saved_head = (record or {}).get("spec", {}).get("TransformerConfig", {}).get("head", "lm")
+  if head == "reward" and saved_head != "reward":
+    mapping = params.raw_mapping
+    body = nnx.State({key: value for key, value in mapping.items() if key != "reward_head"})
+    restored = checkpoints.newest_params(path, abstract_state(body))[1].raw_mapping
+    return nnx.State({key: mapping[key] if key == "reward_head" else restored[key]
+                      for key in mapping})
+  return checkpoints.newest_params(path, abstract_state(params))[1]
+
+
 def _preference_pairs(run, vocab_size: int, stream: TextIO) -> dict[str, list]:
   """A preference run's tokenized pairs per split (bad rows reported on `stream`)."""
   if not preference.is_preference_task(run.task):
@@ -243,8 +257,7 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
           file=stream)
   else:
     if run.init_checkpoint and adapted is None:
-      state["params"] = checkpoints.newest_params(run.init_checkpoint,
-                                                  abstract_state(state["params"]))[1]
+      state["params"] = _initial_params(run.init_checkpoint, state["params"], config.head)
       print(f"initialised params from {run.init_checkpoint}", file=stream)
     if needs_reference:  # the policy is still the reference (LoRA: adapters at zero)
       def score_all():

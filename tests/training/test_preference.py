@@ -12,6 +12,7 @@ import pytest
 from t5x_lite import gin_utils
 from t5x_lite.common.errors import ConfigError
 from t5x_lite.data import preference, vocabularies
+from t5x_lite.inference.reward import RewardScorer
 from t5x_lite.models import alignment_losses
 from t5x_lite.runs import loading
 from t5x_lite.training import reference, trainer
@@ -139,3 +140,36 @@ def test_a_lora_policys_reference_is_its_base_with_the_adapters_off(tmp_path, pa
       np.testing.assert_allclose(lora[f"logps/{split}"], full[f"logps/{split}"], rtol=1e-5,
                                  atol=1e-5)
   assert records(tmp_path / "lora")[0]["loss"] == pytest.approx(np.log(2), abs=1e-5)
+
+
+def test_a_reward_model_starts_at_log_2_learns_a_preference_and_scores_as_it_trained(
+    tmp_path):
+  # Chosen completions praise, rejected ones complain: a property a function can judge.
+  path = tmp_path / "tone.jsonl"
+  words = ["good", "fine", "great", "nice"], ["bad", "poor", "awful", "sad"]
+  path.write_text("\n".join(json.dumps({"prompt": f"item {i}:", "chosen": words[0][i % 4],
+                                        "rejected": words[1][(i // 4) % 4]})
+                            for i in range(64)) + "\n")
+  base = base_run(tmp_path / "base", "causal_decoder")
+  result, out = run_dpo(tmp_path / "rm", base, str(path), steps=30,
+                        **{"preference.loss": "'bradley_terry'",
+                           "TransformerConfig.head": "'reward'", "LEARNING_RATE": 3e-3,
+                           "train.allow_changes": ["TransformerConfig.head"],
+                           "train.eval_steps": 1})
+  first = records(tmp_path / "rm")[0]
+  assert first["loss"] == pytest.approx(np.log(2), abs=1e-6)  # a zero head: equal rewards
+  assert result["accuracy"] >= 0.9 and "pairwise accuracy" in out
+  assert not os.path.exists(tmp_path / "rm" / reference.FILE)
+  scorer = RewardScorer(str(tmp_path / "rm"))
+  rewards = scorer.score(["item 70:"] * 8, words[0] + words[1])
+  assert rewards[:4].min() > rewards[4:].max()
+
+
+def test_a_reward_head_needs_the_bradley_terry_loss_and_back(tmp_path, pairs_file):
+  base = base_run(tmp_path / "base", "causal_decoder")
+  with pytest.raises(ConfigError, match="bradley_terry"):
+    run_dpo(tmp_path / "rm", base, pairs_file, **{"TransformerConfig.head": "'reward'",
+                                                  "train.allow_changes":
+                                                      ["TransformerConfig.head"]})
+  with pytest.raises(ConfigError, match="head='reward'"):
+    run_dpo(tmp_path / "rm", base, pairs_file, **{"preference.loss": "'bradley_terry'"})
