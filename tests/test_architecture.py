@@ -15,8 +15,8 @@ with open(os.path.join(ROOT, "docs", "architecture.md")) as handle:
   ARCHITECTURE = handle.read()
 # Folder -> layer, read from the Layers table ("| 6 inference | `inference/` | ...").
 LAYERS = {folder.rstrip("/"): int(layer) for layer, folder in re.findall(
-    r"^\| (\d) \w+ \| `([\w/]+)`", ARCHITECTURE, re.M) if folder != "t5x_lite/"}
-COMMANDS = 9
+    r"^\| (\d+) \w+ \| `([\w/]+)`", ARCHITECTURE, re.M) if folder != "t5x_lite/"}
+COMMANDS = max(LAYERS.values()) + 1
 OPTIONAL_EXTRAS = ("torch", "transformers", "safetensors", "lm_eval", "matplotlib")
 
 
@@ -63,7 +63,7 @@ def imports(path: str):
 def test_every_folder_of_the_package_has_a_layer():
   folders = {name for name in os.listdir(PACKAGE)
              if os.path.isfile(os.path.join(PACKAGE, name, "__init__.py"))}
-  assert folders == set(LAYERS) and len(LAYERS) == 9
+  assert folders == set(LAYERS) and len(LAYERS) == 10
 
 
 def test_every_module_the_document_names_exists():

@@ -237,25 +237,35 @@ def completion_features(prompts: list[str], completions: list[str],
                         vocabulary: seqio.Vocabulary, feature_lengths: Mapping[str, int],
                         architecture: str) -> dict[str, np.ndarray]:
   """(prompt, completion) rows laid out as training lays out each side of a pair (what a
-  reward model scores); a prompt or completion that does not fit is a DataError."""
+  reward model scores): each tokenized and ended with EOS; a prompt or completion that
+  does not fit is a DataError."""
   if len(prompts) != len(completions) or not prompts:
     raise DataError(f"give as many prompts as completions, at least one (got {len(prompts)} "
                     f"and {len(completions)}).")
-  prompt_room, completion_room = _room(feature_lengths)
   eos = vocabulary.eos_id
-  rows = []
+  return token_features([list(vocabulary.encode(p)) + [eos] for p in prompts],
+                        [list(vocabulary.encode(c)) + [eos] for c in completions],
+                        feature_lengths, architecture)
+
+
+def token_features(prompts: list[list[int]], completions: list[list[int]],
+                   feature_lengths: Mapping[str, int], architecture: str
+                   ) -> dict[str, np.ndarray]:
+  """Rows of (prompt tokens, completion tokens) as given (no EOS added), laid out by the
+  architecture's converter without packing, the loss weights on the completion."""
+  prompt_room, completion_room = _room(feature_lengths)
   for number, (prompt, completion) in enumerate(zip(prompts, completions)):
-    tokens = (tuple(vocabulary.encode(prompt)) + (eos,),
-              tuple(vocabulary.encode(completion)) + (eos,))
-    for part, length, room in (("prompt", len(tokens[0]), prompt_room),
-                               ("completion", len(tokens[1]), completion_room)):
-      if length > room:
-        raise DataError(f"row {number}: the {part} is {length} tokens, over the {room} the "
-                        "model was trained with (TASK_FEATURE_LENGTHS); shorten it.")
-    rows.append(tokens)
+    for part, tokens, room in (("prompt", prompt, prompt_room),
+                               ("completion", completion, completion_room)):
+      if len(tokens) > room:
+        raise DataError(f"row {number}: the {part} is {len(tokens)} tokens, over the {room} "
+                        "of TASK_FEATURE_LENGTHS; shorten it or raise the length.")
+      if not tokens:
+        raise DataError(f"row {number}: the {part} is empty.")
   examples = tf.data.Dataset.from_tensor_slices(
-      {"inputs": _ragged([r[0] for r in rows]), "targets": _ragged([r[1] for r in rows])})
+      {"inputs": _ragged([tuple(p) for p in prompts]),
+       "targets": _ragged([tuple(c) for c in completions])})
   converter = architectures.get(architecture).feature_converter(pack=False)
   lengths = {"inputs": prompt_room, "targets": completion_room}
-  batch = next(iter(converter(examples, lengths).batch(len(rows))))
+  batch = next(iter(converter(examples, lengths).batch(len(prompts))))
   return {key: value.numpy() for key, value in batch.items()}

@@ -20,6 +20,12 @@ from t5x_lite.models import alignment_losses, losses
 from t5x_lite.runs.spec import PreferenceConfig
 
 REFERENCE_FEATURE = "reference_logps"
+# What a rollout (alignment/rollouts.py) adds to its rows for the policy-gradient step:
+# one advantage per row, and per token the sampling policy's and the reference's
+# log-probabilities.
+ADVANTAGES = "advantages"
+OLD_LOGPS = "old_logps"
+REFERENCE_LOGPS = "reference_token_logps"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +121,46 @@ class RewardModelling:
   def describe_eval(self, metrics: Mapping[str, float]) -> str:
     return (f"loss {metrics['loss']:.4f}, pairwise accuracy {metrics['accuracy']:.3f}, "
             f"margin {metrics['rewards/margins']:.4f}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyGradient:
+  """GRPO's (and PPO's policy) loss per completion token: the clipped surrogate of the
+  importance ratio to the sampling policy times the row's advantage, plus kl_beta times
+  the per-token KL estimate to the reference when the rows carry its log-probs; averaged
+  over the completion tokens of the batch (the token mean of DAPO and Dr. GRPO)."""
+  clip_epsilon: float = 0.2
+  kl_beta: float = 0.04
+  kl_estimator: str = "k3"
+
+  def normaliser(self, batch: Mapping[str, jax.Array]) -> jax.Array:
+    return jnp.maximum(jnp.sum(batch["decoder_loss_weights"].astype(jnp.float32)), 1.0)
+
+  def sums(self, model, batch: Mapping[str, jax.Array], rng: Optional[jax.Array]
+           ) -> dict[str, jax.Array]:
+    mask = batch["decoder_loss_weights"].astype(jnp.float32)
+    logps = alignment_losses.token_logps(model(batch, dropout_rng=rng),
+                                         batch["decoder_target_tokens"])
+    terms = alignment_losses.clipped_policy_loss(logps, batch[OLD_LOGPS],
+                                                 batch[ADVANTAGES][:, None], self.clip_epsilon)
+    loss = terms.loss
+    kl = jnp.zeros_like(loss)
+    if REFERENCE_LOGPS in batch:
+      kl = alignment_losses.kl_estimate(logps, batch[REFERENCE_LOGPS], self.kl_estimator)
+      loss = loss + self.kl_beta * kl
+    total = lambda x: jnp.sum(x.astype(jnp.float32) * mask)  # noqa: E731
+    return {"loss": total(loss), "tokens": jnp.sum(mask), "kl": total(kl),
+            "clip_fraction": total(terms.clipped), "ratio": total(terms.ratio)}
+
+  def scalars(self, totals: Mapping[str, float]) -> dict[str, float]:
+    tokens = max(float(totals["tokens"]), 1.0)
+    return {name: float(value) / tokens for name, value in totals.items() if name != "tokens"}
+
+  def eval_scalars(self, totals: Mapping[str, float]) -> dict[str, float]:
+    return self.scalars(totals)
+
+  def describe_eval(self, metrics: Mapping[str, float]) -> str:
+    return f"loss {metrics['loss']:.4f}, KL {metrics['kl']:.4f}"
 
 
 def for_spec(preference: Optional[PreferenceConfig], z_loss: float, label_smoothing: float):

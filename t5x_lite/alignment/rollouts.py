@@ -1,0 +1,135 @@
+"""Rollouts for on-policy RL (GRPO, Shao et al. 2024): a group of sampled completions per
+prompt, their rewards and advantages, laid out as training rows.
+
+`rollout(policy, reference, prompts, answers, reward, ...)` samples `group_size`
+completions for each prompt from the policy with the project's KV-cache sampler (at the
+configured temperature and generation budget), judges them with a reward function
+(alignment/rewards.py) or a reward model, turns the rewards into group advantages
+(models/alignment_losses.group_advantages: GRPO, RLOO or mean-only baselines), and lays
+each (prompt, completion) out as the preference rows are laid out (data/preference.py),
+the loss weights on the completion. Beside the features it records, per completion
+token, the log-probability under the sampling policy (`old_logps`, the denominator of
+the importance ratio when a batch is reused) and under the reference (`reference_logps`,
+for the KL penalty), so a train step needs only the policy's forward pass. Timings of
+sampling and of scoring come with it, so the loop can show them apart from training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Callable, Optional, Sequence
+
+import jax
+import numpy as np
+import seqio
+from flax import nnx
+
+from t5x_lite.common.errors import ConfigError
+from t5x_lite.data import preference
+from t5x_lite.inference import decoding
+from t5x_lite.models import Transformer, alignment_losses
+from t5x_lite.training.objectives import ADVANTAGES, OLD_LOGPS, REFERENCE_LOGPS
+
+Judge = Callable[[Sequence[str], Sequence[str], Sequence[str]], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+  """How completions are sampled and compared.
+
+  Attributes:
+    group_size: completions per prompt (G >= 2: advantages compare within a group).
+    max_new_tokens: the generation budget per completion.
+    temperature: sampling temperature (> 0: on-policy exploration needs sampling).
+    baseline: "grpo" (group-normalised), "rloo" (leave-one-out) or "mean" (Dr. GRPO).
+  """
+  group_size: int = 4
+  max_new_tokens: int = 16
+  temperature: float = 1.0
+  baseline: str = "grpo"
+
+  def __post_init__(self):
+    if self.group_size < 2:
+      raise ConfigError(f"rl.group_size must be at least 2 (advantages compare the "
+                        f"completions of a prompt), got {self.group_size}.")
+    if self.max_new_tokens < 1 or not self.temperature > 0:
+      raise ConfigError(f"rl.max_new_tokens must be >= 1 and rl.temperature > 0; got "
+                        f"{self.max_new_tokens} and {self.temperature}.")
+    if self.baseline not in alignment_losses.Baseline.__args__:
+      raise ConfigError(f"rl.baseline={self.baseline!r}; choose one of "
+                        f"{list(alignment_losses.Baseline.__args__)}.")
+
+
+@dataclasses.dataclass
+class Rollout:
+  """One batch of rollouts: prompts x group_size rows, grouped prompt by prompt."""
+  features: dict[str, np.ndarray]
+  rewards: np.ndarray  # [prompts, group]
+  completions: list[str]
+  stats: dict[str, float]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _token_logps(graphdef, state, batch):
+  model = nnx.merge(graphdef, state)
+  return alignment_losses.token_logps(model(batch), batch["decoder_target_tokens"])
+
+
+def token_logps(model: Transformer, features: dict[str, np.ndarray]) -> np.ndarray:
+  """log p(target) at every position of `features` under `model` (evaluation mode),
+  zero where the loss weight is zero."""
+  graphdef, state = nnx.split(model)
+  batch = {k: v for k, v in features.items() if k not in (ADVANTAGES, OLD_LOGPS,
+                                                             REFERENCE_LOGPS)}
+  logps = np.asarray(_token_logps(graphdef, state, batch), np.float32)
+  return logps * (features["decoder_loss_weights"] > 0)
+
+
+def _until_eos(row: list[int], eos_id: int) -> list[int]:
+  return row[:row.index(eos_id) + 1] if eos_id in row else row
+
+
+def rollout(policy: Transformer, reference: Optional[Transformer], prompts: Sequence[str],
+            answers: Sequence[str], judge: Judge, vocabulary: seqio.Vocabulary,
+            feature_lengths: dict[str, int], config: RolloutConfig, seed: int) -> Rollout:
+  """Samples config.group_size completions per prompt and lays them out (module doc)."""
+  if feature_lengths["targets"] < config.max_new_tokens:
+    raise ConfigError(f"TASK_FEATURE_LENGTHS['targets'] ({feature_lengths['targets']}) must "
+                      f"hold rl.max_new_tokens ({config.max_new_tokens}).")
+  group, eos = config.group_size, vocabulary.eos_id
+  prompt_tokens = [list(vocabulary.encode(p)) + [eos] for p in prompts]
+  repeated = [tokens for tokens in prompt_tokens for _ in range(group)]
+  width = max(map(len, repeated))
+  inputs = np.zeros((len(repeated), width), np.int32)
+  for row, tokens in enumerate(repeated):
+    inputs[row, :len(tokens)] = tokens
+  start = time.perf_counter()
+  sampled = decoding.generate(policy, inputs, max_new_tokens=config.max_new_tokens,
+                              temperature=config.temperature, seed=seed, eos_id=eos)
+  completions = [_until_eos(row, eos) for row in sampled.tokens.tolist()]
+  # An empty completion (the first sampled token was padding) still takes one token so
+  # that it can be scored; it is judged as the empty text it is.
+  completions = [tokens or [eos] for tokens in completions]
+  sampling_seconds = time.perf_counter() - start
+  texts = [vocabulary.decode([t for t in tokens if t != eos]) for tokens in completions]
+  start = time.perf_counter()
+  rewards = np.asarray(judge([p for p in prompts for _ in range(group)], texts,
+                             [a for a in answers for _ in range(group)]), np.float32)
+  rewards = rewards.reshape(len(prompts), group)
+  advantages = np.asarray(alignment_losses.group_advantages(rewards, config.baseline))
+  features = preference.token_features(repeated, completions, feature_lengths,
+                                       policy.config.architecture)
+  features[ADVANTAGES] = advantages.reshape(-1).astype(np.float32)
+  features[OLD_LOGPS] = token_logps(policy, features)
+  if reference is not None:
+    features[REFERENCE_LOGPS] = token_logps(reference, features)
+  scoring_seconds = time.perf_counter() - start
+  lengths = np.array([len(tokens) for tokens in completions], np.float32)
+  stats = {"reward": float(rewards.mean()),
+           "reward_std_within_groups": float(rewards.std(axis=1).mean()),
+           "response_length": float(lengths.mean()),
+           "sampling_tokens_per_second": float(lengths.sum() / max(sampling_seconds, 1e-9)),
+           "sampling_seconds": sampling_seconds, "scoring_seconds": scoring_seconds}
+  return Rollout(features, rewards, texts, stats)
