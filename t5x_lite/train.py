@@ -19,7 +19,9 @@ import gin
 import jax
 
 from t5x_lite import gin_utils
+from t5x_lite.alignment import rl_data
 from t5x_lite.common.errors import run_cli
+from t5x_lite.data import get_task
 from t5x_lite.training import trainer
 
 # XLA:CPU's YNNPACK/XNNPACK dot fusions made the training step of the 6 x 512 causal
@@ -72,12 +74,19 @@ def _main(argv: Sequence[str]) -> int:
   spec = gin_utils.resolve_train_spec()  # before jax.distributed: a bad binding fails fast
   initialize_distributed()
   mesh = gin_utils.resolve_mesh()
-  result = trainer.train(spec, mesh, operative_config=gin.operative_config_str())
+  batches_factory = None
+  if spec.rl is not None:  # an RL run samples its batches from the policy it trains
+    vocabulary = get_task(spec.run.task).output_features["targets"].vocabulary
+    batches_factory = rl_data.factory(spec, vocabulary)
+  result = trainer.train(spec, mesh, operative_config=gin.operative_config_str(),
+                         batches_factory=batches_factory)
   if jax.process_index() == 0:
     model_dir = result["model_dir"]
     print(f"finished at step {result['step']}"
           + (f": validation loss {result['loss']:.4f}" if "loss" in result else "")
-          + (f", perplexity {result['perplexity']:.2f}" if "perplexity" in result else ""))
+          + (f", perplexity {result['perplexity']:.2f}" if "perplexity" in result else "")
+          + (f": validation reward {result['reward']:.4f}, solved {result['solved']:.3f}"
+             if "reward" in result and "loss" not in result else ""))
     if result["skipped_steps"]:
       print(f"warning: {result['skipped_steps']} non-finite updates were skipped in this run "
             "(train.nan_policy='skip'); see the console above and metrics.jsonl.")

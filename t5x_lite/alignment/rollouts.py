@@ -30,36 +30,10 @@ from t5x_lite.common.errors import ConfigError
 from t5x_lite.data import preference
 from t5x_lite.inference import decoding
 from t5x_lite.models import Transformer, alignment_losses
+from t5x_lite.runs.spec import RLConfig
 from t5x_lite.training.objectives import ADVANTAGES, OLD_LOGPS, REFERENCE_LOGPS
 
 Judge = Callable[[Sequence[str], Sequence[str], Sequence[str]], np.ndarray]
-
-
-@dataclasses.dataclass(frozen=True)
-class RolloutConfig:
-  """How completions are sampled and compared.
-
-  Attributes:
-    group_size: completions per prompt (G >= 2: advantages compare within a group).
-    max_new_tokens: the generation budget per completion.
-    temperature: sampling temperature (> 0: on-policy exploration needs sampling).
-    baseline: "grpo" (group-normalised), "rloo" (leave-one-out) or "mean" (Dr. GRPO).
-  """
-  group_size: int = 4
-  max_new_tokens: int = 16
-  temperature: float = 1.0
-  baseline: str = "grpo"
-
-  def __post_init__(self):
-    if self.group_size < 2:
-      raise ConfigError(f"rl.group_size must be at least 2 (advantages compare the "
-                        f"completions of a prompt), got {self.group_size}.")
-    if self.max_new_tokens < 1 or not self.temperature > 0:
-      raise ConfigError(f"rl.max_new_tokens must be >= 1 and rl.temperature > 0; got "
-                        f"{self.max_new_tokens} and {self.temperature}.")
-    if self.baseline not in alignment_losses.Baseline.__args__:
-      raise ConfigError(f"rl.baseline={self.baseline!r}; choose one of "
-                        f"{list(alignment_losses.Baseline.__args__)}.")
 
 
 @dataclasses.dataclass
@@ -93,7 +67,7 @@ def _until_eos(row: list[int], eos_id: int) -> list[int]:
 
 def rollout(policy: Transformer, reference: Optional[Transformer], prompts: Sequence[str],
             answers: Sequence[str], judge: Judge, vocabulary: seqio.Vocabulary,
-            feature_lengths: dict[str, int], config: RolloutConfig, seed: int) -> Rollout:
+            feature_lengths: dict[str, int], config: RLConfig, seed: int) -> Rollout:
   """Samples config.group_size completions per prompt and lays them out (module doc)."""
   if feature_lengths["targets"] < config.max_new_tokens:
     raise ConfigError(f"TASK_FEATURE_LENGTHS['targets'] ({feature_lengths['targets']}) must "

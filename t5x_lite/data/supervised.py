@@ -280,6 +280,10 @@ class RowsSource(seqio.FunctionDataSource):
     for split in self.splits:
       self._rows(split)
 
+  def rows(self, split: str) -> tuple[list[str], list[str]]:
+    """The (inputs, targets) strings of `split` (what on-policy RL prompts with)."""
+    return self._rows(split)
+
 
 def text_to_text_task(name: str, source: seqio.DataSource,
                       vocabulary: seqio.Vocabulary) -> seqio.Task:

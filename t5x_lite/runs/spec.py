@@ -282,6 +282,64 @@ class PreferenceConfig:
     return self.loss == REWARD_MODEL_LOSS
 
 
+RL_ALGORITHMS = ("grpo",)
+
+
+@dataclasses.dataclass(frozen=True)
+class RLConfig:
+  """On-policy reinforcement learning from rewards (gin: `rl.*`; alignment/).
+
+  Bound, the run samples its own batches: for BATCH_SIZE prompts of the supervised rows
+  (MIXTURE_OR_TASK_NAME 'supervised' or 'supervised.byte'; their targets are the answers
+  a reward may check) it draws `group_size` completions each from the current policy,
+  judges them, and takes policy-gradient steps on their group advantages (GRPO, Shao et
+  al. 2024) with a KL penalty to the reference (train.init_checkpoint).
+
+  Attributes:
+    algorithm: "grpo".
+    reward: a reward function's name (alignment/rewards.py: exact_match,
+      leading_number, format, length) or the MODEL_DIR of a trained reward model.
+    group_size: completions per prompt (>= 2).
+    max_new_tokens, temperature: the sampler's generation budget and temperature (> 0).
+    baseline: "grpo" (group-normalised advantages), "rloo" or "mean" (Dr. GRPO).
+    kl_beta, kl_estimator: the per-token KL penalty's weight and estimator (k1, k2, k3).
+    clip_epsilon: the importance ratio's clip range (PPO's epsilon).
+    updates_per_batch: optimizer steps on each rollout batch (> 1 reuses it, and the
+      ratio to the sampling policy and its clipping come into play).
+    eval_prompts: validation prompts scored (greedy) at each evaluation.
+  """
+  algorithm: str = "grpo"
+  reward: str = "exact_match"
+  group_size: int = 4
+  max_new_tokens: int = 16
+  temperature: float = 1.0
+  baseline: str = "grpo"
+  kl_beta: float = 0.04
+  kl_estimator: str = "k3"
+  clip_epsilon: float = 0.2
+  updates_per_batch: int = 1
+  eval_prompts: int = 64
+
+  def __post_init__(self):
+    check_field_types(self, "rl")
+    choices = {"algorithm": RL_ALGORITHMS, "baseline": alignment_losses.Baseline.__args__,
+               "kl_estimator": alignment_losses.KlEstimator.__args__}
+    for name, allowed in choices.items():
+      if getattr(self, name) not in allowed:
+        raise ConfigError(f"rl.{name}={getattr(self, name)!r}; choose one of {list(allowed)}.")
+    if self.group_size < 2:
+      raise ConfigError(f"rl.group_size must be at least 2 (advantages compare the "
+                        f"completions of a prompt), got {self.group_size}.")
+    if not self.temperature > 0:
+      raise ConfigError(f"rl.temperature must be positive (on-policy RL samples), got "
+                        f"{self.temperature}.")
+    check_positive("rl", max_new_tokens=self.max_new_tokens,
+                   updates_per_batch=self.updates_per_batch, eval_prompts=self.eval_prompts)
+    if self.kl_beta < 0 or not 0 < self.clip_epsilon < 1:
+      raise ConfigError(f"rl.kl_beta must be >= 0 and rl.clip_epsilon in (0, 1); got "
+                        f"{self.kl_beta} and {self.clip_epsilon}.")
+
+
 # The spec's sections and the gin names that bind them (gin_utils registers them so).
 SECTIONS: dict[str, tuple[str, type]] = {
     "model": ("TransformerConfig", TransformerConfig),
@@ -294,7 +352,8 @@ SECTIONS: dict[str, tuple[str, type]] = {
 # `preference.*` makes it a preference-optimization run (PreferenceConfig).
 OPTIONAL_SECTIONS: dict[str, tuple[str, type]] = {"lora": ("lora", LoraConfig),
                                                   "preference": ("preference",
-                                                                 PreferenceConfig)}
+                                                                 PreferenceConfig),
+                                                  "rl": ("rl", RLConfig)}
 KNOBS = frozenset(f"{gin_name}.{field.name}"
                   for gin_name, cls in (*SECTIONS.values(), *OPTIONAL_SECTIONS.values())
                   for field in dataclasses.fields(cls))
@@ -327,6 +386,7 @@ class TrainSpec:
   run: RunConfig
   lora: Optional[LoraConfig] = None
   preference: Optional[PreferenceConfig] = None
+  rl: Optional[RLConfig] = None
 
   def __post_init__(self):
     problem = mup.check(self.model, self.optimizer.name)
@@ -340,6 +400,14 @@ class TrainSpec:
     if self.preference is not None and self.run.fork_from:
       raise ConfigError("a preference run cannot be a cooldown branch (train.fork_from): its "
                         "reference is the model it starts from.")
+    if self.rl is not None:
+      if self.preference is not None or self.lora is not None or self.run.fork_from:
+        raise ConfigError("an RL run (rl.*) cannot also be a preference run, a LoRA run or a "
+                          "cooldown branch; bind one of them.")
+      if not self.run.init_checkpoint:
+        raise ConfigError("RL improves a model that can already answer: set CHECKPOINT_PATH "
+                          "(train.init_checkpoint) to its MODEL_DIR (e.g. an SFT run); it is "
+                          "also the reference of the KL penalty.")
     reward_model = self.preference is not None and self.preference.trains_reward_model
     if reward_model != (self.model.head == "reward"):
       raise ConfigError(

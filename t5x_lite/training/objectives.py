@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from t5x_lite.models import alignment_losses, losses
-from t5x_lite.runs.spec import PreferenceConfig
+from t5x_lite.runs.spec import PreferenceConfig, TrainSpec
 
 REFERENCE_FEATURE = "reference_logps"
 # What a rollout (alignment/rollouts.py) adds to its rows for the policy-gradient step:
@@ -163,9 +163,12 @@ class PolicyGradient:
     return f"loss {metrics['loss']:.4f}, KL {metrics['kl']:.4f}"
 
 
-def for_spec(preference: Optional[PreferenceConfig], z_loss: float, label_smoothing: float):
-  """The run's objective: a reward model's or preference optimization when
-  `preference.*` is bound, else language modelling."""
+def for_spec(spec: TrainSpec, z_loss: float, label_smoothing: float):
+  """The run's objective: the policy gradient of an `rl.*` run, a reward model's or
+  preference optimization when `preference.*` is bound, else language modelling."""
+  preference = spec.preference
+  if spec.rl is not None:
+    return PolicyGradient(spec.rl.clip_epsilon, spec.rl.kl_beta, spec.rl.kl_estimator)
   if preference is not None and preference.trains_reward_model:
     return RewardModelling(preference)
   if preference is not None:

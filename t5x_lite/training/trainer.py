@@ -16,7 +16,7 @@ import functools
 import os
 import sys
 import time
-from typing import Any, Optional, TextIO
+from typing import Any, Callable, Optional, TextIO
 
 import jax
 import seqio
@@ -147,13 +147,18 @@ def build_steps(spec: TrainSpec, mesh: jax.sharding.Mesh, adapted=None) -> StepF
                                    adapters_only=spec.lora is not None)
   return make_step_functions(spec.model, optimizer, mesh, run.seed, run.microbatches,
                              run.z_loss, run.label_smoothing, adapted,
-                             objectives.for_spec(spec.preference, run.z_loss,
-                                                 run.label_smoothing))
+                             objectives.for_spec(spec, run.z_loss, run.label_smoothing))
 
 
 def train(spec: TrainSpec, mesh: jax.sharding.Mesh, *, operative_config: Optional[str] = None,
-          stream: Optional[TextIO] = None) -> dict[str, Any]:
+          stream: Optional[TextIO] = None,
+          batches_factory: Optional[Callable[[], Any]] = None) -> dict[str, Any]:
   """Trains `spec.model` on `spec.run.task` over `mesh`; returns the final eval metrics.
+
+  `batches_factory` makes the batches of a run whose data depend on the policy (an
+  `rl.*` run: alignment/rl_data.py, handed over by train.py). Such batches are given the
+  parameters before each step (`set_params`), may add their own scalars to the logged
+  ones (`stats`), and evaluate the policy themselves (`evaluate(params)`).
 
   MODEL_DIR (spec.run.model_dir) is locked for the life of the call; its recorded
   spec is compared and updated (run_dir.py); `operative_config` (the gin text that
@@ -172,7 +177,7 @@ def train(spec: TrainSpec, mesh: jax.sharding.Mesh, *, operative_config: Optiona
       print(f"note: the previous trainer of {run.model_dir} (pid {holder.get('pid')} on "
             f"{holder.get('host')}) did not exit cleanly; resuming from its last checkpoint.",
             file=stream)
-    return _train_locked(spec, mesh, operative_config, stream)
+    return _train_locked(spec, mesh, operative_config, stream, batches_factory)
   except BaseException:
     lock.release()
     if new and jax.process_index() == 0:
@@ -183,11 +188,15 @@ def train(spec: TrainSpec, mesh: jax.sharding.Mesh, *, operative_config: Optiona
 
 
 def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Optional[str],
-                  stream: TextIO) -> dict[str, Any]:
+                  stream: TextIO, batches_factory: Optional[Callable[[], Any]]
+                  ) -> dict[str, Any]:
   run, config = spec.run, spec.model
   is_main = jax.process_index() == 0
   shard = seqio.ShardInfo(jax.process_index(), jax.process_count())
-  objective = objectives.for_spec(spec.preference, run.z_loss, run.label_smoothing)
+  objective = objectives.for_spec(spec, run.z_loss, run.label_smoothing)
+  if (spec.rl is not None) != (batches_factory is not None):
+    raise ConfigError("an RL run (rl.*) samples its own batches: start it with "
+                      "`python -m t5x_lite.train`, which builds them.")
   pairs = _preference_pairs(run, config.vocab_size, stream) if spec.preference else None
   if pairs is None:
     check_vocabulary(run.task, config.vocab_size)  # also names an unknown task
@@ -213,11 +222,13 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
   steps = build_steps(spec, mesh, adapted)
   # A preference run's reference log-probs, filled before its first batch is drawn.
   reference_logps: dict[str, Any] = {}
-  first_batches = [] if pairs is not None else [
+  first_batches = [] if pairs is not None or batches_factory else [
       get_batches(run.task, run.feature_lengths, "train", run.batch_size, config.architecture,
                   shard=shard, seed=run.seed)]
 
   def make_batches():  # the iterator built above first (a seqio pipeline takes seconds)
+    if batches_factory is not None:
+      return batches_factory()
     if pairs is not None:
       return reference.WithReference(preference.get_pair_batches(
           pairs["train"], run.feature_lengths, "train", run.batch_size, config.architecture,
@@ -299,7 +310,9 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
   if is_main:
     _print_start(spec, mesh, counts.params, flops_per_token, peak_source, bubble, adapted,
                  stream)
-  rows_per_step = run.batch_size * (2 if pairs is not None else 1)  # a pair is two rows
+  # A pair is two rows; an RL prompt, group_size rows.
+  rows_per_step = run.batch_size * (2 if pairs is not None else
+                                    spec.rl.group_size if spec.rl is not None else 1)
   tokens_per_step = rows_per_step * counts.tokens_per_sequence
   planned = mixtures.accounting(run.task, run.feature_lengths,
                                 run.train_steps * tokens_per_step)
@@ -326,6 +339,8 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
     with loop_controls.StopSignal() as stop:
       while step < run.train_steps and stop.received is None:
         profiler.before(step)
+        if hasattr(batches, "set_params"):  # batches sampled from the policy (RL)
+          batches.set_params(state["params"])
         state, stats = steps.train(state, partitioning.global_batch(next(batches), mesh))
         step += 1
         profiler.after(step, stats)
@@ -342,16 +357,21 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
           scalars = objective.scalars({key: value for key, value in stats.items()
                                        if key not in ("grad_norm", "finite",
                                                       "params_finite")})
+          scalars.update(getattr(batches, "stats", {}))
           scalars.update(grad_norm=float(stats["grad_norm"]), skipped_steps=guard.skipped,
                          **progress.report(step, scalars["loss"]))
           writer.write(step, "train", scalars)
         if evaluates or step == run.train_steps:
           eval_start = time.perf_counter()
-          last_eval = _validation_metrics(steps, state, validation(), mesh, objective)
+          last_eval = (batches.evaluate(state["params"]) if hasattr(batches, "evaluate") else
+                       _validation_metrics(steps, state, validation(), mesh, objective))
           progress.exclude(time.perf_counter() - eval_start)
           writer.write(step, "eval", last_eval)
           if is_main:
-            print(f"eval at step {step}: {objective.describe_eval(last_eval)}", file=stream)
+            print(f"eval at step {step}: " + ", ".join(
+                f"{name} {value:.4f}" for name, value in last_eval.items()
+                if name != "tokens") if hasattr(batches, "evaluate") else
+                f"eval at step {step}: {objective.describe_eval(last_eval)}", file=stream)
         checkpointer.save(step, state, batches, force=last)
       if stop.received is not None:  # it may have come after the last step's check
         if pending is not None:
@@ -361,7 +381,8 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
         if is_main:
           print(f"received signal {stop.received}: saved step {step} and stopped", file=stream)
     if step >= run.train_steps and not last_eval:  # Finished earlier: report it again.
-      last_eval = _validation_metrics(steps, state, validation(), mesh, objective)
+      last_eval = (batches.evaluate(state["params"]) if hasattr(batches, "evaluate") else
+                   _validation_metrics(steps, state, validation(), mesh, objective))
   except BaseException:
     profiler.close()
     # Let a save in flight finish (or fail) before the error ends the run; a second

@@ -9,10 +9,11 @@ from flax import nnx
 
 from t5x_lite import gin_utils
 from t5x_lite.alignment import rewards
-from t5x_lite.alignment.rollouts import RolloutConfig, rollout, token_logps
+from t5x_lite.alignment.rollouts import rollout, token_logps
 from t5x_lite.common.errors import ConfigError
 from t5x_lite.data import vocabularies
 from t5x_lite.models import alignment_losses, create_model
+from t5x_lite.runs.spec import RLConfig
 from t5x_lite.training import objectives
 
 BYTES = vocabularies.byte_vocabulary()
@@ -26,7 +27,7 @@ def tiny(seed=0):
 
 def test_a_rollout_groups_judges_and_lays_out_completions():
   policy, reference = tiny(0), tiny(1)
-  config = RolloutConfig(group_size=4, max_new_tokens=6)
+  config = RLConfig(group_size=4, max_new_tokens=6)
   out = rollout(policy, reference, PROMPTS, ANSWERS, rewards.get("length"), BYTES, LENGTHS,
                 config, seed=3)
   assert out.rewards.shape == (3, 4) and len(out.completions) == 12
@@ -67,7 +68,7 @@ def loss_and_grads(model, features, objective):
 def test_the_first_policy_gradient_step_is_minus_the_advantage_per_token():
   policy = tiny(0)
   out = rollout(policy, policy, PROMPTS, ANSWERS, rewards.get("length"), BYTES, LENGTHS,
-                RolloutConfig(group_size=4, max_new_tokens=6), seed=3)
+                RLConfig(group_size=4, max_new_tokens=6), seed=3)
   (loss, sums), _ = loss_and_grads(policy, out.features, objectives.PolicyGradient())
   weights = out.features["decoder_loss_weights"]
   tokens = weights.sum(axis=1)
@@ -82,7 +83,7 @@ def test_groups_whose_completions_all_score_the_same_teach_nothing():
   policy = tiny(0)
   same = lambda prompts, completions, answers: np.ones(len(completions))  # noqa: E731
   out = rollout(policy, None, PROMPTS, ANSWERS, same, BYTES, LENGTHS,
-                RolloutConfig(group_size=3, max_new_tokens=4), seed=0)
+                RLConfig(group_size=3, max_new_tokens=4), seed=0)
   _, grads = loss_and_grads(policy, out.features, objectives.PolicyGradient(kl_beta=0.0))
   assert all(not np.any(np.asarray(g)) for g in jax.tree.leaves(grads))
 
@@ -93,11 +94,11 @@ def test_groups_whose_completions_all_score_the_same_teach_nothing():
 ])
 def test_bad_rollout_settings_are_refused(bad, says):
   with pytest.raises(ConfigError, match=says):
-    RolloutConfig(**bad)
+    RLConfig(**bad)
 
 
 def test_the_generation_budget_must_fit_the_targets_length():
   with pytest.raises(ConfigError, match="must hold rl.max_new_tokens"):
     rollout(tiny(), None, PROMPTS, ANSWERS, rewards.get("length"), BYTES, {"inputs": 8,
                                                                            "targets": 4},
-            RolloutConfig(max_new_tokens=6), seed=0)
+            RLConfig(max_new_tokens=6), seed=0)
