@@ -31,7 +31,13 @@ from t5x_lite.data import preference
 from t5x_lite.inference import decoding
 from t5x_lite.models import Transformer, alignment_losses
 from t5x_lite.runs.spec import RLConfig
-from t5x_lite.training.objectives import ADVANTAGES, OLD_LOGPS, REFERENCE_LOGPS
+from t5x_lite.training.objectives import (
+  ADVANTAGES,
+  OLD_LOGPS,
+  OLD_VALUES,
+  REFERENCE_LOGPS,
+  RETURNS,
+)
 
 Judge = Callable[[Sequence[str], Sequence[str], Sequence[str]], np.ndarray]
 
@@ -51,14 +57,46 @@ def _token_logps(graphdef, state, batch):
   return alignment_losses.token_logps(model(batch), batch["decoder_target_tokens"])
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _values(graphdef, state, batch):
+  return nnx.merge(graphdef, state).logits_and_values(batch)[1]
+
+
+def token_values(model: Transformer, features: dict[str, np.ndarray]) -> np.ndarray:
+  """A critic's (head="value") value estimate at every position, zero off the loss."""
+  graphdef, state = nnx.split(model)
+  values = np.asarray(_values(graphdef, state, _model_features(features)), np.float32)
+  return values * (features["decoder_loss_weights"] > 0)
+
+
+def _model_features(features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  return {k: v for k, v in features.items()
+          if k not in (ADVANTAGES, OLD_LOGPS, REFERENCE_LOGPS, RETURNS, OLD_VALUES)}
+
+
 def token_logps(model: Transformer, features: dict[str, np.ndarray]) -> np.ndarray:
   """log p(target) at every position of `features` under `model` (evaluation mode),
   zero where the loss weight is zero."""
   graphdef, state = nnx.split(model)
-  batch = {k: v for k, v in features.items() if k not in (ADVANTAGES, OLD_LOGPS,
-                                                             REFERENCE_LOGPS)}
-  logps = np.asarray(_token_logps(graphdef, state, batch), np.float32)
+  logps = np.asarray(_token_logps(graphdef, state, _model_features(features)), np.float32)
   return logps * (features["decoder_loss_weights"] > 0)
+
+
+def _ppo_targets(policy: Transformer, features: dict[str, np.ndarray], rewards_R: np.ndarray,
+                 config: RLConfig) -> dict[str, np.ndarray]:
+  """PPO's per-token advantages (GAE over the completion, the sequence's reward at its
+  last token; whitened over the batch's completion tokens), returns and the rollout's
+  value estimates."""
+  mask = (features["decoder_loss_weights"] > 0).astype(np.float32)
+  values = token_values(policy, features)
+  token_rewards = np.zeros_like(values)
+  last = mask.shape[1] - 1 - np.argmax(mask[:, ::-1] > 0, axis=1)
+  token_rewards[np.arange(len(last)), last] = rewards_R
+  advantages, returns = (np.asarray(x, np.float32) for x in alignment_losses.gae(
+      token_rewards, values, mask, config.gamma, config.lam))
+  valid = advantages[mask > 0]
+  whitened = (advantages - valid.mean()) / (valid.std() + 1e-6) * mask
+  return {ADVANTAGES: whitened.astype(np.float32), RETURNS: returns, OLD_VALUES: values}
 
 
 def _until_eos(row: list[int], eos_id: int) -> list[int]:
@@ -92,11 +130,14 @@ def rollout(policy: Transformer, reference: Optional[Transformer], prompts: Sequ
   rewards = np.asarray(judge([p for p in prompts for _ in range(group)], texts,
                              [a for a in answers for _ in range(group)]), np.float32)
   rewards = rewards.reshape(len(prompts), group)
-  advantages = np.asarray(alignment_losses.group_advantages(rewards, config.baseline))
   features = preference.token_features(repeated, completions, feature_lengths,
                                        policy.config.architecture)
-  features[ADVANTAGES] = advantages.reshape(-1).astype(np.float32)
   features[OLD_LOGPS] = token_logps(policy, features)
+  if config.algorithm == "ppo":
+    features.update(_ppo_targets(policy, features, rewards.reshape(-1), config))
+  else:
+    advantages = np.asarray(alignment_losses.group_advantages(rewards, config.baseline))
+    features[ADVANTAGES] = advantages.reshape(-1).astype(np.float32)
   if reference is not None:
     features[REFERENCE_LOGPS] = token_logps(reference, features)
   scoring_seconds = time.perf_counter() - start

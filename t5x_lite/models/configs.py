@@ -22,7 +22,7 @@ POSITION_ENCODINGS = ("t5_relative", "rope", "learned", "sinusoidal", "none")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 ATTENTION_IMPLEMENTATIONS = (None, "einsum", "xla", "cudnn")
 DTYPES = ("float32", "bfloat16", "float16")
-HEADS = ("lm", "reward")
+HEADS = ("lm", "reward", "value")
 
 # Knobs that change how the model is computed or stored, not the function it computes
 # from its parameters: a checkpoint may be resumed, fine-tuned from or loaded for
@@ -94,9 +94,11 @@ class TransformerConfig:
     mup_base_d_model: the width the hyperparameters were tuned at (μP only; <= d_model).
     mup_base_head_dim: the head_dim at which μP's attention scale equals the standard
       1/sqrt(head_dim) (μP only; None: the model's own head_dim).
-    head: "lm" (next-token logits) or "reward": a reward model, which adds a scalar
+    head: "lm" (next-token logits); "reward": a reward model, which adds a scalar
       projection of the decoder's final hidden state (`Transformer.rewards`) beside the
-      logits; its reward for a completion is the one at the completion's last token.
+      logits, its reward for a completion the one at the completion's last token; or
+      "value": a policy with a value head on the same trunk (PPO's critic: the scalar at
+      each position estimates the return from there, `Transformer.logits_and_values`).
   """
 
   architecture: str = "causal_decoder"

@@ -94,7 +94,7 @@ def count_params(config: TransformerConfig) -> tuple[int, int]:
                                cross_attention=config.is_encoder_decoder)
   if config.is_encoder_decoder:
     non_embedding += stack_params(config, config.num_encoder_layers, cross_attention=False)
-  if config.head == "reward":
+  if config.head in ("reward", "value"):
     non_embedding += config.d_model + 1  # the scalar head's kernel and bias
   return non_embedding + embedding_params(config), non_embedding
 

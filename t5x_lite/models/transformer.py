@@ -274,9 +274,10 @@ class Transformer(nnx.Module):
           config.d_model, config.vocab_size, use_bias=False,
           kernel_init=layers.partitioned(layers.fan_in_init(), ("embed", "vocab")),
           rngs=rngs, **layers.dtypes(config))
-    if config.head == "reward":
-      # A reward model's scalar head; it starts at zero, so a reward model fine-tuned
-      # from a language model starts by giving every completion the same reward.
+    if config.head in ("reward", "value"):
+      # A reward model's (or a critic's) scalar head; it starts at zero, so a model
+      # fine-tuned from a language model starts by giving every completion the same
+      # reward (value).
       self.reward_head = nnx.Linear(
           config.d_model, 1, use_bias=True,
           kernel_init=layers.partitioned(nnx.initializers.zeros_init(), ("embed", None)),
@@ -301,13 +302,27 @@ class Transformer(nnx.Module):
     decoder reads the prompt through its encoder)."""
     if self.config.head != "reward":
       raise ValueError("rewards() needs TransformerConfig.head='reward'")
+    return self._scalars(self._hidden(batch, dropout_rng))
+
+  def logits_and_values(self, batch: Batch, *, dropout_rng: Optional[Array] = None
+                        ) -> tuple[Array, Array]:
+    """A policy-and-critic model's (head="value") logits [batch, length, vocab] and value
+    estimates [batch, length] from one pass, both in float32."""
+    if self.config.head != "value":
+      raise ValueError("logits_and_values() needs TransformerConfig.head='value'")
+    hidden = self._hidden(batch, dropout_rng)
+    return self.logits(hidden), self._scalars(hidden)
+
+  def _hidden(self, batch: Batch, dropout_rng: Optional[Array]) -> Array:
     encoder_rng = decoder_rng = None
     if dropout_rng is not None:
       encoder_rng, decoder_rng = jax.random.split(dropout_rng)
     encoded = None
     if self.config.architecture_spec.has_encoder:
       encoded = self.encode(batch, dropout_rng=encoder_rng)
-    hidden = self.decoder_hidden(batch, encoded, dropout_rng=decoder_rng)
+    return self.decoder_hidden(batch, encoded, dropout_rng=decoder_rng)
+
+  def _scalars(self, hidden: Array) -> Array:
     return self.reward_head(hidden)[..., 0].astype(jnp.float32)
 
   def embed(self, tokens: Array) -> Array:

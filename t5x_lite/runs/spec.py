@@ -282,7 +282,7 @@ class PreferenceConfig:
     return self.loss == REWARD_MODEL_LOSS
 
 
-RL_ALGORITHMS = ("grpo",)
+RL_ALGORITHMS = ("grpo", "ppo")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,11 +292,13 @@ class RLConfig:
   Bound, the run samples its own batches: for BATCH_SIZE prompts of the supervised rows
   (MIXTURE_OR_TASK_NAME 'supervised' or 'supervised.byte'; their targets are the answers
   a reward may check) it draws `group_size` completions each from the current policy,
-  judges them, and takes policy-gradient steps on their group advantages (GRPO, Shao et
-  al. 2024) with a KL penalty to the reference (train.init_checkpoint).
+  judges them, and takes policy-gradient steps with a KL penalty to the reference
+  (train.init_checkpoint): GRPO (Shao et al. 2024) on group advantages, or PPO (Schulman
+  et al. 2017) on per-token advantages from a value head (TransformerConfig.head='value',
+  started at zero on the policy's trunk) by generalised advantage estimation.
 
   Attributes:
-    algorithm: "grpo".
+    algorithm: "grpo" or "ppo".
     reward: a reward function's name (alignment/rewards.py: exact_match,
       leading_number, format, length) or the MODEL_DIR of a trained reward model.
     group_size: completions per prompt (>= 2).
@@ -307,6 +309,9 @@ class RLConfig:
     updates_per_batch: optimizer steps on each rollout batch (> 1 reuses it, and the
       ratio to the sampling policy and its clipping come into play).
     eval_prompts: validation prompts scored (greedy) at each evaluation.
+    gamma, lam: PPO's discount and GAE lambda (per token; the reward comes at the last).
+    value_coef, value_clip: the weight of PPO's value loss and the clip range of its
+      value estimates around the rollout's (PPO2's clipped value loss).
   """
   algorithm: str = "grpo"
   reward: str = "exact_match"
@@ -319,6 +324,10 @@ class RLConfig:
   clip_epsilon: float = 0.2
   updates_per_batch: int = 1
   eval_prompts: int = 64
+  gamma: float = 1.0
+  lam: float = 0.95
+  value_coef: float = 0.1
+  value_clip: float = 0.2
 
   def __post_init__(self):
     check_field_types(self, "rl")
@@ -335,6 +344,11 @@ class RLConfig:
                         f"{self.temperature}.")
     check_positive("rl", max_new_tokens=self.max_new_tokens,
                    updates_per_batch=self.updates_per_batch, eval_prompts=self.eval_prompts)
+    if not (0 < self.gamma <= 1 and 0 <= self.lam <= 1 and self.value_coef >= 0
+            and self.value_clip > 0):
+      raise ConfigError(f"rl.gamma must be in (0, 1], rl.lam in [0, 1], rl.value_coef >= 0 "
+                        f"and rl.value_clip > 0; got {self.gamma}, {self.lam}, "
+                        f"{self.value_coef}, {self.value_clip}.")
     if self.kl_beta < 0 or not 0 < self.clip_epsilon < 1:
       raise ConfigError(f"rl.kl_beta must be >= 0 and rl.clip_epsilon in (0, 1); got "
                         f"{self.kl_beta} and {self.clip_epsilon}.")
@@ -404,12 +418,24 @@ class TrainSpec:
       if self.preference is not None or self.lora is not None or self.run.fork_from:
         raise ConfigError("an RL run (rl.*) cannot also be a preference run, a LoRA run or a "
                           "cooldown branch; bind one of them.")
+      if (self.rl.algorithm == "ppo") != (self.model.head == "value"):
+        raise ConfigError(
+            "PPO trains a value head beside the policy: set TransformerConfig.head='value' "
+            "(from a language model's checkpoint add train.allow_changes="
+            "['TransformerConfig.head']); GRPO needs none (head 'lm')."
+            if self.rl.algorithm == "ppo" else
+            f"rl.algorithm='grpo' trains a language-model head, not "
+            f"TransformerConfig.head={self.model.head!r}; use rl.algorithm='ppo' for a value "
+            "head.")
       if not self.run.init_checkpoint:
         raise ConfigError("RL improves a model that can already answer: set CHECKPOINT_PATH "
                           "(train.init_checkpoint) to its MODEL_DIR (e.g. an SFT run); it is "
                           "also the reference of the KL penalty.")
+    if self.model.head == "value" and self.rl is None:
+      raise ConfigError("TransformerConfig.head='value' is PPO's critic: train it in an RL run "
+                        "with rl.algorithm='ppo'.")
     reward_model = self.preference is not None and self.preference.trains_reward_model
-    if reward_model != (self.model.head == "reward"):
+    if self.model.head != "value" and reward_model != (self.model.head == "reward"):
       raise ConfigError(
           "a reward model (TransformerConfig.head='reward') trains with "
           "preference.loss='bradley_terry', and that loss needs that head: set both (from a "

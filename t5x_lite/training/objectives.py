@@ -26,6 +26,10 @@ REFERENCE_FEATURE = "reference_logps"
 ADVANTAGES = "advantages"
 OLD_LOGPS = "old_logps"
 REFERENCE_LOGPS = "reference_token_logps"
+# PPO's rows carry per-token advantages and, for the value loss, the returns and the
+# rollout's value estimates.
+RETURNS = "returns"
+OLD_VALUES = "old_values"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,13 +129,17 @@ class RewardModelling:
 
 @dataclasses.dataclass(frozen=True)
 class PolicyGradient:
-  """GRPO's (and PPO's policy) loss per completion token: the clipped surrogate of the
-  importance ratio to the sampling policy times the row's advantage, plus kl_beta times
-  the per-token KL estimate to the reference when the rows carry its log-probs; averaged
-  over the completion tokens of the batch (the token mean of DAPO and Dr. GRPO)."""
+  """GRPO's and PPO's loss per completion token: the clipped surrogate of the importance
+  ratio to the sampling policy times the advantage (the row's for GRPO, the token's for
+  PPO), plus kl_beta times the per-token KL estimate to the reference when the rows carry
+  its log-probs, plus for PPO value_coef times the clipped value loss
+  0.5 max((V - R)^2, (V_old + clip(V - V_old, +-value_clip) - R)^2); averaged over the
+  completion tokens of the batch (the token mean of DAPO and Dr. GRPO)."""
   clip_epsilon: float = 0.2
   kl_beta: float = 0.04
   kl_estimator: str = "k3"
+  value_coef: float = 0.1
+  value_clip: float = 0.2
 
   def normaliser(self, batch: Mapping[str, jax.Array]) -> jax.Array:
     return jnp.maximum(jnp.sum(batch["decoder_loss_weights"].astype(jnp.float32)), 1.0)
@@ -139,18 +147,35 @@ class PolicyGradient:
   def sums(self, model, batch: Mapping[str, jax.Array], rng: Optional[jax.Array]
            ) -> dict[str, jax.Array]:
     mask = batch["decoder_loss_weights"].astype(jnp.float32)
-    logps = alignment_losses.token_logps(model(batch, dropout_rng=rng),
-                                         batch["decoder_target_tokens"])
-    terms = alignment_losses.clipped_policy_loss(logps, batch[OLD_LOGPS],
-                                                 batch[ADVANTAGES][:, None], self.clip_epsilon)
+    critic = RETURNS in batch
+    if critic:
+      logits, values = model.logits_and_values(batch, dropout_rng=rng)
+    else:
+      logits = model(batch, dropout_rng=rng)
+    logps = alignment_losses.token_logps(logits, batch["decoder_target_tokens"])
+    advantages = batch[ADVANTAGES]
+    if advantages.ndim == 1:  # one per row (GRPO)
+      advantages = advantages[:, None]
+    terms = alignment_losses.clipped_policy_loss(logps, batch[OLD_LOGPS], advantages,
+                                                 self.clip_epsilon)
     loss = terms.loss
+    value_loss = jnp.zeros_like(loss)
+    if critic:
+      old, returns = batch[OLD_VALUES], batch[RETURNS]
+      clipped = old + jnp.clip(values - old, -self.value_clip, self.value_clip)
+      value_loss = 0.5 * jnp.maximum(jnp.square(values - returns),
+                                     jnp.square(clipped - returns))
+      loss = loss + self.value_coef * value_loss
     kl = jnp.zeros_like(loss)
     if REFERENCE_LOGPS in batch:
       kl = alignment_losses.kl_estimate(logps, batch[REFERENCE_LOGPS], self.kl_estimator)
       loss = loss + self.kl_beta * kl
     total = lambda x: jnp.sum(x.astype(jnp.float32) * mask)  # noqa: E731
-    return {"loss": total(loss), "tokens": jnp.sum(mask), "kl": total(kl),
+    sums = {"loss": total(loss), "tokens": jnp.sum(mask), "kl": total(kl),
             "clip_fraction": total(terms.clipped), "ratio": total(terms.ratio)}
+    if critic:
+      sums["value_loss"] = total(value_loss)
+    return sums
 
   def scalars(self, totals: Mapping[str, float]) -> dict[str, float]:
     tokens = max(float(totals["tokens"]), 1.0)
@@ -168,7 +193,8 @@ def for_spec(spec: TrainSpec, z_loss: float, label_smoothing: float):
   preference optimization when `preference.*` is bound, else language modelling."""
   preference = spec.preference
   if spec.rl is not None:
-    return PolicyGradient(spec.rl.clip_epsilon, spec.rl.kl_beta, spec.rl.kl_estimator)
+    return PolicyGradient(spec.rl.clip_epsilon, spec.rl.kl_beta, spec.rl.kl_estimator,
+                          spec.rl.value_coef, spec.rl.value_clip)
   if preference is not None and preference.trains_reward_model:
     return RewardModelling(preference)
   if preference is not None:

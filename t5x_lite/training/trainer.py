@@ -71,11 +71,12 @@ def _validation_metrics(steps: StepFunctions, state, batches: list[dict], mesh, 
 
 
 def _initial_params(path: str, params: nnx.State, head: str) -> nnx.State:
-  """The params of train.init_checkpoint in place of `params`; a reward model started
-  from a language model keeps its own (zero) reward head, which that checkpoint lacks."""
+  """The params of train.init_checkpoint in place of `params`; a reward model or critic
+  started from a language model keeps its own (zero) scalar head, which that checkpoint
+  lacks."""
   record = run_dir.read_record(path)
   saved_head = (record or {}).get("spec", {}).get("TransformerConfig", {}).get("head", "lm")
-  if head == "reward" and saved_head != "reward":
+  if head != "lm" and saved_head == "lm":
     mapping = params.raw_mapping
     body = nnx.State({key: value for key, value in mapping.items() if key != "reward_head"})
     restored = checkpoints.newest_params(path, abstract_state(body))[1].raw_mapping

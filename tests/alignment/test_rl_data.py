@@ -89,3 +89,17 @@ def test_an_rl_run_needs_supervised_prompts_and_a_starting_checkpoint(tmp_path, 
                 "TASK_FEATURE_LENGTHS": {"inputs": 8, "targets": 6}})
   with pytest.raises(ConfigError, match="CHECKPOINT_PATH"):
     run_grpo(tmp_path / "rl", "", "unused.jsonl", steps=1, **{"train.init_checkpoint": None})
+
+
+def test_ppo_trains_a_value_head_on_the_policys_trunk(tmp_path, base, sums_file):
+  result, _ = run_grpo(tmp_path / "ppo", base, sums_file, steps=2,
+                       **{"rl.algorithm": "'ppo'", "TransformerConfig.head": "'value'",
+                          "train.allow_changes": ["TransformerConfig.head"]})
+  records = train_records(tmp_path / "ppo")
+  assert "value_loss" in records[-1] and records[0]["kl"] == pytest.approx(0.0, abs=1e-6)
+  with pytest.raises(ConfigError, match="PPO trains a value head"):
+    run_grpo(tmp_path / "bad", base, sums_file, steps=1, **{"rl.algorithm": "'ppo'"})
+  with pytest.raises(ConfigError, match="rl.algorithm='grpo' trains a language-model head"):
+    run_grpo(tmp_path / "bad", base, sums_file, steps=1,
+             **{"TransformerConfig.head": "'value'",
+                "train.allow_changes": ["TransformerConfig.head"]})

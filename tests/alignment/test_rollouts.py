@@ -102,3 +102,35 @@ def test_the_generation_budget_must_fit_the_targets_length():
     rollout(tiny(), None, PROMPTS, ANSWERS, rewards.get("length"), BYTES, {"inputs": 8,
                                                                            "targets": 4},
             RLConfig(max_new_tokens=6), seed=0)
+
+
+def critic(seed=0):
+  config = gin_utils.model_config(["models/tiny_causal_decoder.gin"]).replace(head="value")
+  return create_model(config, seed=seed)
+
+
+def test_ppo_rollouts_carry_gae_advantages_returns_and_the_rollouts_values():
+  policy = critic()
+  config = RLConfig(algorithm="ppo", group_size=2, max_new_tokens=5, gamma=1.0, lam=0.9)
+  out = rollout(policy, None, PROMPTS, ANSWERS, rewards.get("length"), BYTES, LENGTHS,
+                config, seed=2)
+  mask = out.features["decoder_loss_weights"] > 0
+  # A zero-initialised value head: V = 0, so with gamma 1 GAE gives each completion token
+  # lam^(tokens after it) x the sequence's reward, and the returns A + V are the same.
+  assert not out.features[objectives.OLD_VALUES].any()
+  raw = np.zeros(mask.shape)
+  for row in range(mask.shape[0]):
+    positions = np.flatnonzero(mask[row])
+    raw[row, positions] = 0.9 ** (positions[-1] - positions) * out.rewards.reshape(-1)[row]
+  np.testing.assert_allclose(out.features[objectives.RETURNS], raw, rtol=1e-5, atol=1e-7)
+  whitened = (raw - raw[mask].mean()) / (raw[mask].std() + 1e-6) * mask
+  np.testing.assert_allclose(out.features[objectives.ADVANTAGES], whitened, rtol=1e-4,
+                             atol=1e-5)
+  (loss, sums), _ = loss_and_grads(policy, out.features,
+                                   objectives.PolicyGradient(kl_beta=0.0, value_coef=0.5))
+  # First step: ratio 1 and V = V_old = 0, so the loss per token is -A + 0.5 x 0.5 R^2.
+  returns = out.features[objectives.RETURNS]
+  expected = (-(out.features[objectives.ADVANTAGES] * mask).sum()
+              + 0.25 * (returns ** 2 * mask).sum()) / mask.sum()
+  assert float(loss) == pytest.approx(float(expected), abs=1e-5)
+  assert float(sums["value_loss"]) == pytest.approx(float(0.5 * (returns ** 2).sum()), rel=1e-5)
