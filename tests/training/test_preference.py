@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from t5x_lite import gin_utils
+from t5x_lite.alignment import rl_data
 from t5x_lite.common.errors import ConfigError
 from t5x_lite.data import preference, vocabularies
 from t5x_lite.inference.reward import RewardScorer
@@ -163,6 +164,9 @@ def test_a_reward_model_starts_at_log_2_learns_a_preference_and_scores_as_it_tra
   scorer = RewardScorer(str(tmp_path / "rm"))
   rewards = scorer.score(["item 70:"] * 8, words[0] + words[1])
   assert rewards[:4].min() > rewards[4:].max()
+  # An RL run names the reward model's MODEL_DIR as its reward (rl.reward).
+  judge = rl_data.judge_of(str(tmp_path / "rm"))
+  np.testing.assert_array_equal(judge(["item 70:"] * 8, words[0] + words[1], [""] * 8), rewards)
 
 
 def test_a_reward_head_needs_the_bradley_terry_loss_and_back(tmp_path, pairs_file):
