@@ -327,6 +327,11 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
       run.task, run.feature_lengths, run.batch_size, config.architecture, shard,
       run.eval_steps, run.seed,
       None if pairs is None else (pairs["validation"], reference_logps.get("validation"))))
+  def evaluate(state) -> dict[str, float]:  # batches sampled from the policy score it
+    if hasattr(batches, "evaluate"):
+      return batches.evaluate(state["params"])
+    return _validation_metrics(steps, state, validation(), mesh, objective)
+
   guard = loop_controls.UpdateGuard(run.nan_policy, run.max_consecutive_skips, checkpointer,
                        stream if is_main else None)
   step = start
@@ -364,8 +369,7 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
           writer.write(step, "train", scalars)
         if evaluates or step == run.train_steps:
           eval_start = time.perf_counter()
-          last_eval = (batches.evaluate(state["params"]) if hasattr(batches, "evaluate") else
-                       _validation_metrics(steps, state, validation(), mesh, objective))
+          last_eval = evaluate(state)
           progress.exclude(time.perf_counter() - eval_start)
           writer.write(step, "eval", last_eval)
           if is_main:
@@ -382,8 +386,7 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
         if is_main:
           print(f"received signal {stop.received}: saved step {step} and stopped", file=stream)
     if step >= run.train_steps and not last_eval:  # Finished earlier: report it again.
-      last_eval = (batches.evaluate(state["params"]) if hasattr(batches, "evaluate") else
-                   _validation_metrics(steps, state, validation(), mesh, objective))
+      last_eval = evaluate(state)
   except BaseException:
     profiler.close()
     # Let a save in flight finish (or fail) before the error ends the run; a second
