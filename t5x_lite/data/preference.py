@@ -32,7 +32,13 @@ import tensorflow as tf
 from t5x_lite.data import text_files, vocabularies
 from t5x_lite.data.corpus_store import CorpusError, is_validation
 from t5x_lite.data.pipeline import BatchIterator, DataError, DataSpec
-from t5x_lite.data.supervised import RowReport, load_templates, read_rows, template_fields
+from t5x_lite.data.supervised import (
+  RowReport,
+  check_row_files,
+  load_templates,
+  read_rows,
+  template_fields,
+)
 from t5x_lite.models import architectures
 
 FIELDS = ("prompt", "chosen", "rejected")
@@ -61,15 +67,7 @@ class PreferenceData:
   templates: Optional[str] = None
 
   def __post_init__(self):
-    for name in ("train", "validation"):
-      value = getattr(self, name)
-      object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
-    if not 0.0 <= self.validation_fraction < 1.0:
-      raise CorpusError(f"preference_data.validation_fraction must be in [0, 1), got "
-                        f"{self.validation_fraction}.")
-    if not self.validation and self.validation_fraction == 0.0:
-      raise CorpusError("preference_data has no validation files and validation_fraction=0; "
-                        "give one or the other.")
+    check_row_files(self, "preference_data")
 
 
 @dataclasses.dataclass(frozen=True)

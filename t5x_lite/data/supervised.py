@@ -64,15 +64,22 @@ class SupervisedData:
   max_targets_tokens: Optional[int] = None
 
   def __post_init__(self):
-    for name in ("train", "validation"):
-      value = getattr(self, name)
-      object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
-    if not 0.0 <= self.validation_fraction < 1.0:
-      raise CorpusError(f"supervised_data.validation_fraction must be in [0, 1), got "
-                        f"{self.validation_fraction}.")
-    if not self.validation and self.validation_fraction == 0.0:
-      raise CorpusError("supervised_data has no validation files and validation_fraction=0; "
-                        "give one or the other.")
+    check_row_files(self, "supervised_data")
+
+
+def check_row_files(data, gin_name: str) -> None:
+  """Row data's `train` / `validation` globs as tuples, and a validation split that can
+  exist (its own files, or a fraction in [0, 1) of train): the rule of supervised and
+  preference rows alike; `gin_name` names the knobs in messages."""
+  for name in ("train", "validation"):
+    value = getattr(data, name)
+    object.__setattr__(data, name, (value,) if isinstance(value, str) else tuple(value))
+  if not 0.0 <= data.validation_fraction < 1.0:
+    raise CorpusError(f"{gin_name}.validation_fraction must be in [0, 1), got "
+                      f"{data.validation_fraction}.")
+  if not data.validation and data.validation_fraction == 0.0:
+    raise CorpusError(f"{gin_name} has no validation files and validation_fraction=0; "
+                      "give one or the other.")
 
 
 @dataclasses.dataclass

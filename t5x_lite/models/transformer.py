@@ -288,13 +288,7 @@ class Transformer(nnx.Module):
 
     dropout_rng: None for evaluation; a PRNG key enables dropout (training).
     """
-    encoder_rng = decoder_rng = None
-    if dropout_rng is not None:
-      encoder_rng, decoder_rng = jax.random.split(dropout_rng)
-    encoded = None
-    if self.config.architecture_spec.has_encoder:
-      encoded = self.encode(batch, dropout_rng=encoder_rng)
-    return self.decode(batch, encoded, dropout_rng=decoder_rng)
+    return self.logits(self._hidden(batch, dropout_rng))
 
   def rewards(self, batch: Batch, *, dropout_rng: Optional[Array] = None) -> Array:
     """A reward model's (head="reward") scalar at every decoder position, [batch, length]
@@ -314,6 +308,8 @@ class Transformer(nnx.Module):
     return self.logits(hidden), self._scalars(hidden)
 
   def _hidden(self, batch: Batch, dropout_rng: Optional[Array]) -> Array:
+    """The decoder's final hidden states for a feature dict (the encoder run first for
+    the encoder-decoder): what the logits and the scalar heads project."""
     encoder_rng = decoder_rng = None
     if dropout_rng is not None:
       encoder_rng, decoder_rng = jax.random.split(dropout_rng)
@@ -341,11 +337,6 @@ class Transformer(nnx.Module):
     encoded, _ = self.encoder(self.embed(tokens), ctx, _positions(batch, "encoder", tokens),
                               dropout_rng)
     return encoded
-
-  def decode(self, batch: Batch, encoded: Optional[Array] = None, *,
-             dropout_rng: Optional[Array] = None) -> Array:
-    """Decoder logits; encoded is the encoder output for encoder_decoder."""
-    return self.logits(self.decoder_hidden(batch, encoded, dropout_rng=dropout_rng))
 
   def decoder_hidden(self, batch: Batch, encoded: Optional[Array] = None, *,
                      dropout_rng: Optional[Array] = None) -> Array:

@@ -61,13 +61,25 @@ class LanguageModelling:
             f"accuracy {metrics['accuracy']:.3f}")
 
 
-@dataclasses.dataclass(frozen=True)
-class PreferenceOptimization:
-  """A preference loss per pair, averaged over the pairs; TRL's metrics beside it."""
-  config: PreferenceConfig
+class _PerPair:
+  """What the pairwise objectives share: rows come as [chosen; rejected], the loss is the
+  mean over the pairs, and every logged figure is a per-pair sum over the "pairs" count."""
 
   def normaliser(self, batch: Mapping[str, jax.Array]) -> jax.Array:
     return jnp.asarray(batch["decoder_target_tokens"].shape[0] // 2, jnp.float32)
+
+  def scalars(self, totals: Mapping[str, float]) -> dict[str, float]:
+    pairs = max(float(totals["pairs"]), 1.0)
+    return {name: float(value) / pairs for name, value in totals.items() if name != "pairs"}
+
+  def eval_scalars(self, totals: Mapping[str, float]) -> dict[str, float]:
+    return self.scalars(totals)
+
+
+@dataclasses.dataclass(frozen=True)
+class PreferenceOptimization(_PerPair):
+  """A preference loss per pair, averaged over the pairs; TRL's metrics beside it."""
+  config: PreferenceConfig
 
   def sums(self, model, batch: Mapping[str, jax.Array], rng: Optional[jax.Array]
            ) -> dict[str, jax.Array]:
@@ -84,25 +96,15 @@ class PreferenceOptimization:
     return {"loss": jnp.sum(terms.loss), "pairs": jnp.asarray(pairs, jnp.float32),
             **{name: value * pairs for name, value in means.items()}}
 
-  def scalars(self, totals: Mapping[str, float]) -> dict[str, float]:
-    pairs = max(float(totals["pairs"]), 1.0)
-    return {name: float(value) / pairs for name, value in totals.items() if name != "pairs"}
-
-  def eval_scalars(self, totals: Mapping[str, float]) -> dict[str, float]:
-    return self.scalars(totals)
-
   def describe_eval(self, metrics: Mapping[str, float]) -> str:
     return (f"loss {metrics['loss']:.4f}, reward accuracy {metrics['rewards/accuracies']:.3f}, "
             f"margin {metrics['rewards/margins']:.4f}")
 
 
 @dataclasses.dataclass(frozen=True)
-class RewardModelling:
+class RewardModelling(_PerPair):
   """The Bradley-Terry loss on a reward model's rewards at each completion's last token."""
   config: PreferenceConfig
-
-  def normaliser(self, batch: Mapping[str, jax.Array]) -> jax.Array:
-    return jnp.asarray(batch["decoder_target_tokens"].shape[0] // 2, jnp.float32)
 
   def sums(self, model, batch: Mapping[str, jax.Array], rng: Optional[jax.Array]
            ) -> dict[str, jax.Array]:
@@ -114,13 +116,6 @@ class RewardModelling:
             "accuracy": jnp.sum(correct), "rewards/chosen": jnp.sum(chosen),
             "rewards/rejected": jnp.sum(rejected),
             "rewards/margins": jnp.sum(chosen - rejected)}
-
-  def scalars(self, totals: Mapping[str, float]) -> dict[str, float]:
-    pairs = max(float(totals["pairs"]), 1.0)
-    return {name: float(value) / pairs for name, value in totals.items() if name != "pairs"}
-
-  def eval_scalars(self, totals: Mapping[str, float]) -> dict[str, float]:
-    return self.scalars(totals)
 
   def describe_eval(self, metrics: Mapping[str, float]) -> str:
     return (f"loss {metrics['loss']:.4f}, pairwise accuracy {metrics['accuracy']:.3f}, "
