@@ -6,9 +6,10 @@ the search chooses is how a pod computes it:
   * the mesh (data x fsdp x tensor x stage): tensor parallelism over powers of two that
     divide the heads, at most one GPU host (NVLink) or 8 TPU chips; pipeline stages over
     powers of two that divide every stack's layers, up to `max_stages`; the rest of the
-    chips split as all FSDP, all data parallel, or (GPU clusters) data parallel across
-    hosts with FSDP inside each; whatever the trainer's own layout checks refuse
-    (trainer.check_layout: batch and pipeline divisibility) is left out;
+    chips split as all FSDP (at most as wide as the model dimension divides), all data
+    parallel, or (GPU clusters) data parallel across hosts with FSDP inside each;
+    whatever the trainer's own layout checks refuse (trainer.check_layout: batch and
+    pipeline divisibility) is left out;
   * the remat policy: none, dots (save matmul outputs) or full;
   * the gradient-accumulation microbatches (train.microbatches), i.e. the per-chip batch
     of one pass: for each mesh and policy, the fewest microbatches that fit, by
@@ -175,9 +176,13 @@ def mesh_shapes(pod: topology.Topology, config, max_stages: int) -> list[tuple[i
       if chips % (tensor * stages) or any(n % stages for n in layers):
         continue
       rest = chips // (tensor * stages)
-      splits = {(1, rest), (rest, 1)}
+      # FSDP shards the model dimension ("embed"); a width it does not divide would be
+      # replicated on every shard (GPT-3 13B's 5140 over 32), so FSDP goes no wider
+      # than the widest split of the width and data parallelism takes the rest.
+      widest = math.gcd(rest, config.d_model)
+      splits = {(rest // widest, widest), (rest, 1)}
       hosts = pod.hosts
-      if 1 < hosts < rest and rest % hosts == 0:
+      if 1 < hosts < rest and rest % hosts == 0 and config.d_model % (rest // hosts) == 0:
         splits.add((hosts, rest // hosts))  # FSDP inside each host, data across hosts
       shapes += [(data, fsdp, tensor, stages) for data, fsdp in sorted(splits)]
   return shapes

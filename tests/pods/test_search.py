@@ -30,6 +30,15 @@ def test_meshes_keep_tensor_parallelism_within_a_host_and_dividing_the_heads():
   assert (2, 4, 2, 1) in shapes and (2, 2, 2, 2) in shapes
 
 
+def test_fsdp_is_never_wider_than_the_model_dimension_divides():
+  # GPT-3 13B's published width, 5140 = 4 x 1285: FSDP over 32 chips would shard
+  # nothing and replicate the whole training state, so 4-way FSDP with data parallelism.
+  config = TransformerConfig(d_model=5140, num_heads=40, head_dim=128, num_decoder_layers=40)
+  shapes = search.mesh_shapes(topology.parse("v5p:4x4x4"), config, max_stages=1)
+  assert all(5140 % fsdp == 0 for _, fsdp, _, _ in shapes)
+  assert (16, 4, 1, 1) in shapes and (8, 4, 2, 1) in shapes and (64, 1, 1, 1) in shapes
+
+
 def test_layouts_follow_the_trainers_batch_and_pipeline_rules(tmp_path):
   spec = compile_check.parse_gin(["runs/pretrain.gin", "models/tiny_causal_decoder.gin"],
                                  ["BATCH_SIZE=8", "TASK_FEATURE_LENGTHS={'targets': 64}"], [])
