@@ -19,9 +19,9 @@ import gin
 import jax
 
 from t5x_lite import gin_utils
-from t5x_lite.alignment import rl_data
+from t5x_lite.alignment import policy_kl, rl_data
 from t5x_lite.common.errors import run_cli
-from t5x_lite.data import get_task
+from t5x_lite.data import get_task, preference
 from t5x_lite.training import trainer
 
 # XLA:CPU's YNNPACK/XNNPACK dot fusions made the training step of the 6 x 512 causal
@@ -74,12 +74,15 @@ def _main(argv: Sequence[str]) -> int:
   spec = gin_utils.resolve_train_spec()  # before jax.distributed: a bad binding fails fast
   initialize_distributed()
   mesh = gin_utils.resolve_mesh()
-  batches_factory = None
+  batches_factory = evaluate_policy = None
   if spec.rl is not None:  # an RL run samples its batches from the policy it trains
     vocabulary = get_task(spec.run.task).output_features["targets"].vocabulary
     batches_factory = rl_data.factory(spec, vocabulary)
+  # A preference run's KL to the reference, on the policy's samples.
+  if spec.preference is not None and preference.is_preference_task(spec.run.task):
+    evaluate_policy = policy_kl.evaluator(spec, preference.vocabulary(spec.run.task))
   result = trainer.train(spec, mesh, operative_config=gin.operative_config_str(),
-                         batches_factory=batches_factory)
+                         batches_factory=batches_factory, evaluate_policy=evaluate_policy)
   if jax.process_index() == 0:
     model_dir = result["model_dir"]
     print(f"finished at step {result['step']}"

@@ -1,7 +1,9 @@
 """How far an aligned policy moved from its reference, and whether it moved the right way.
 
-`compare_policies(policy, reference, prompts, judge)` samples a completion per prompt
-from each model (the project's sampler, same temperature and seed), then reports:
+`policy_kl(policy, reference, prompts)` is the KL part alone (a preference run measures
+it at each evaluation). `compare_policies(policy, reference, prompts, judge)` samples a
+completion per prompt from each model (the project's sampler, same temperature and seed),
+then reports:
 
 - the policy's KL to the reference on these prompts: the mean over the policy's samples
   of log pi(y | x) - log ref(y | x) (the k1 estimator at the sequence level: unbiased for
@@ -53,6 +55,43 @@ def _completions(tokens_BxN: np.ndarray, eos_id: int) -> list[list[int]]:
   return rows
 
 
+@dataclasses.dataclass(frozen=True)
+class PolicyKL:
+  """KL(pi || ref) on the policy's own samples, and those samples."""
+  kl: float
+  kl_stderr: float
+  completions: list[list[int]]  # each up to and including its EOS
+
+
+def _prompt_array(prompts: Sequence[Sequence[int]]) -> np.ndarray:
+  inputs = np.zeros((len(prompts), max(map(len, prompts))), np.int32)
+  for row, tokens in enumerate(prompts):
+    inputs[row, :len(tokens)] = tokens
+  return inputs
+
+
+def policy_kl(policy: Transformer, reference: Transformer, prompts: Sequence[Sequence[int]],
+              *, eos_id: int, max_new_tokens: int, temperature: float = 1.0, seed: int = 0
+              ) -> PolicyKL:
+  """Samples one completion per tokenized prompt (ending in EOS) from `policy` and
+  estimates KL(pi || ref) as the mean over them of log pi(y|x) - log ref(y|x) (the k1
+  estimator at the sequence level), with its standard error."""
+  if not prompts:
+    raise decoding.DecodingError("policy_kl needs at least one prompt.")
+  out = decoding.generate(policy, _prompt_array(prompts), max_new_tokens=max_new_tokens,
+                          temperature=temperature, seed=seed, eos_id=eos_id)
+  completions = _completions(out.tokens, eos_id)
+  kept = [i for i, tokens in enumerate(completions) if tokens]
+  if not kept:
+    return PolicyKL(0.0, 0.0, completions)
+  scored = ([prompts[i] for i in kept], [completions[i] for i in kept])
+  log_ratio = (np.asarray(decoding.score(policy, *scored)[0], np.float64)
+               - np.asarray(decoding.score(reference, *scored)[0], np.float64))
+  stderr = (float(log_ratio.std(ddof=1) / np.sqrt(len(log_ratio))) if len(log_ratio) > 1
+            else 0.0)
+  return PolicyKL(float(log_ratio.mean()), stderr, completions)
+
+
 def compare_policies(policy: Transformer, reference: Transformer, prompts: Sequence[str],
                      judge: Judge, vocabulary: seqio.Vocabulary, *, max_new_tokens: int,
                      temperature: float = 1.0, seed: int = 0) -> Comparison:
@@ -62,31 +101,19 @@ def compare_policies(policy: Transformer, reference: Transformer, prompts: Seque
     raise decoding.DecodingError("compare_policies needs at least one prompt.")
   eos = vocabulary.eos_id
   encoded = [list(vocabulary.encode(prompt)) + [eos] for prompt in prompts]
-  width = max(map(len, encoded))
-  inputs = np.zeros((len(encoded), width), np.int32)
-  for row, tokens in enumerate(encoded):
-    inputs[row, :len(tokens)] = tokens
-  sampled = {}
-  for name, model in (("policy", policy), ("reference", reference)):
-    out = decoding.generate(model, inputs, max_new_tokens=max_new_tokens,
-                            temperature=temperature, seed=seed, eos_id=eos)
-    sampled[name] = _completions(out.tokens, eos)
-  # KL on the policy's own samples: log pi(y|x) - log ref(y|x).
-  kept = [i for i, tokens in enumerate(sampled["policy"]) if tokens]
-  policy_logps = decoding.score(policy, [encoded[i] for i in kept],
-                                [sampled["policy"][i] for i in kept])[0]
-  reference_logps = decoding.score(reference, [encoded[i] for i in kept],
-                                   [sampled["policy"][i] for i in kept])[0]
-  log_ratio = np.asarray(policy_logps, np.float64) - np.asarray(reference_logps, np.float64)
+  measured = policy_kl(policy, reference, encoded, eos_id=eos, max_new_tokens=max_new_tokens,
+                       temperature=temperature, seed=seed)
+  out = decoding.generate(reference, _prompt_array(encoded), max_new_tokens=max_new_tokens,
+                          temperature=temperature, seed=seed, eos_id=eos)
+  sampled = {"policy": measured.completions, "reference": _completions(out.tokens, eos)}
   texts = {name: [vocabulary.decode([t for t in tokens if t != eos]) for tokens in rows]
            for name, rows in sampled.items()}
   scores = {name: np.asarray(judge(list(prompts), texts[name]), np.float64)
             for name in texts}
   wins = np.where(scores["policy"] > scores["reference"], 1.0,
                   np.where(scores["policy"] == scores["reference"], 0.5, 0.0))
-  stderr = float(log_ratio.std(ddof=1) / np.sqrt(len(log_ratio))) if len(log_ratio) > 1 else 0.0
   return Comparison(
-      kl=float(log_ratio.mean()) if len(log_ratio) else 0.0, kl_stderr=stderr,
+      kl=measured.kl, kl_stderr=measured.kl_stderr,
       win_rate=float(wins.mean()), policy_score=float(scores["policy"].mean()),
       reference_score=float(scores["reference"].mean()),
       policy_length=float(np.mean([len(t) for t in sampled["policy"]])),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, Optional
 
-from t5x_lite.common.errors import ConfigError, check_field_types, check_positive
+from t5x_lite.common.errors import ConfigError, check_at_least, check_field_types, check_positive
 from t5x_lite.models import alignment_losses, mup
 from t5x_lite.models.configs import LAYOUT_KNOBS, TransformerConfig
 from t5x_lite.models.lora import LoraConfig
@@ -255,12 +255,19 @@ class PreferenceConfig:
     simpo_gamma: SimPO's target reward margin.
     margin: the Bradley-Terry loss's required reward margin (Llama 2 uses one per rating
       gap; here one for every pair).
+    kl_prompts, kl_max_new_tokens: at each evaluation of a run with a reference, the
+      policy samples a completion (temperature 1, up to kl_max_new_tokens) for each of
+      the first kl_prompts validation prompts, and its KL to the reference is the mean
+      of log pi(y|x) - log ref(y|x) over them (alignment/policy_kl.py; the reference
+      model is loaded for it). 0 prompts: not measured, the reference never loaded.
   """
   loss: str = "sigmoid"
   beta: float = 0.1
   label_smoothing: float = 0.0
   simpo_gamma: float = 0.5
   margin: float = 0.0
+  kl_prompts: int = 16
+  kl_max_new_tokens: int = 32
 
   def __post_init__(self):
     check_field_types(self, "preference")
@@ -272,6 +279,13 @@ class PreferenceConfig:
     if not 0.0 <= self.label_smoothing < 0.5:
       raise ConfigError(f"preference.label_smoothing must be in [0, 0.5), got "
                         f"{self.label_smoothing}.")
+    check_at_least("preference", 0, kl_prompts=self.kl_prompts)
+    check_positive("preference", kl_max_new_tokens=self.kl_max_new_tokens)
+
+  @property
+  def measures_kl(self) -> bool:
+    """Whether evaluations sample from the policy to measure its KL to the reference."""
+    return self.needs_reference and self.kl_prompts > 0
 
   @property
   def needs_reference(self) -> bool:
@@ -381,7 +395,8 @@ MAY_CHANGE_ON_RESUME = frozenset({
     "train.eval_every", "train.eval_steps", "train.checkpoint_every", "train.keep_checkpoints",
     "train.init_checkpoint", "train.nan_policy", "train.max_consecutive_skips",
     "train.peak_flops_per_device", "train.allow_changes", "train.profile_start_step",
-    "train.profile_steps", "train.keep_steps",
+    "train.profile_steps", "train.keep_steps", "preference.kl_prompts",
+    "preference.kl_max_new_tokens",
     *(f"make_schedule.{field.name}" for field in dataclasses.fields(ScheduleConfig)),
     *(f"TransformerConfig.{name}" for name in LAYOUT_KNOBS),
 })

@@ -97,8 +97,11 @@ class PreferenceOptimization(_PerPair):
             **{name: value * pairs for name, value in means.items()}}
 
   def describe_eval(self, metrics: Mapping[str, float]) -> str:
-    return (f"loss {metrics['loss']:.4f}, reward accuracy {metrics['rewards/accuracies']:.3f}, "
+    text = (f"loss {metrics['loss']:.4f}, reward accuracy {metrics['rewards/accuracies']:.3f}, "
             f"margin {metrics['rewards/margins']:.4f}")
+    if "kl" in metrics:  # measured on the policy's samples (alignment/policy_kl.py)
+      text += f", KL to the reference {metrics['kl']:.4f} +- {metrics['kl_stderr']:.4f}"
+    return text
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,6 +39,9 @@ class StepFunctions:
   lower_train: Callable[[Mapping[str, jax.ShapeDtypeStruct]], jax.stages.Lowered]
   # Each row's log-probability of its loss-weighted tokens (no dropout): [rows].
   score: Callable[[Any, Mapping[str, jax.Array]], jax.Array]
+  # The model of a state's params (a LoRA run's merged with its frozen base), for work
+  # outside the step functions (e.g. sampling from the policy at an evaluation).
+  model: Callable[[Any], Transformer]
 
 
 def _split_microbatches(batch: Mapping[str, jax.Array], microbatches: int) -> dict:
@@ -110,9 +113,11 @@ def make_step_functions(config: TransformerConfig, optimizer: optax.GradientTran
 
   objective = objective or LanguageModelling(z_loss, label_smoothing)
 
+  def merged(params, frozen) -> Transformer:
+    return nnx.merge(graphdef, params, *([frozen] if adapted is not None else []))
+
   def loss_sums(params, frozen, batch, rng):
-    model = nnx.merge(graphdef, params, *([frozen] if adapted is not None else []))
-    return objective.sums(model, batch, rng)
+    return objective.sums(merged(params, frozen), batch, rng)
 
   def train_step(state, frozen, batch):
     normaliser = objective.normaliser(batch)  # over the whole batch, not a microbatch
@@ -157,7 +162,7 @@ def make_step_functions(config: TransformerConfig, optimizer: optax.GradientTran
     return loss_sums(state["params"], frozen, batch, None)
 
   def score_step(state, frozen, batch):
-    model = nnx.merge(graphdef, state["params"], *([frozen] if adapted is not None else []))
+    model = merged(state["params"], frozen)
     return alignment_losses.sequence_logps(model(batch), batch["decoder_target_tokens"],
                                            batch["decoder_loss_weights"]).logps
 
@@ -191,7 +196,7 @@ def make_step_functions(config: TransformerConfig, optimizer: optax.GradientTran
 
   return StepFunctions(init=init, train=traced(train), validate=traced(validate),
                        abstract_state=shapes_of_state, lower_train=lower_train,
-                       score=traced(score))
+                       score=traced(score), model=lambda params: merged(params, frozen))
 
 
 def abstract_state(state: Any) -> Any:

@@ -34,7 +34,7 @@ from t5x_lite.data import (
   preference,
   vocabularies,
 )
-from t5x_lite.models import pipeline_parallel
+from t5x_lite.models import Transformer, pipeline_parallel
 from t5x_lite.models.counting import count
 from t5x_lite.models.lora import adapt
 from t5x_lite.runs import checkpoints, loading, run_dir
@@ -153,13 +153,17 @@ def build_steps(spec: TrainSpec, mesh: jax.sharding.Mesh, adapted=None) -> StepF
 
 def train(spec: TrainSpec, mesh: jax.sharding.Mesh, *, operative_config: Optional[str] = None,
           stream: Optional[TextIO] = None,
-          batches_factory: Optional[Callable[[], Any]] = None) -> dict[str, Any]:
+          batches_factory: Optional[Callable[[], Any]] = None,
+          evaluate_policy: Optional[Callable[[Transformer], dict[str, float]]] = None
+          ) -> dict[str, Any]:
   """Trains `spec.model` on `spec.run.task` over `mesh`; returns the final eval metrics.
 
   `batches_factory` makes the batches of a run whose data depend on the policy (an
   `rl.*` run: alignment/rl_data.py, handed over by train.py). Such batches are given the
   parameters before each step (`set_params`), may add their own scalars to the logged
   ones (`stats`), and evaluate the policy themselves (`evaluate(params)`).
+  `evaluate_policy(model)` adds its metrics of the policy to each evaluation (train.py:
+  a preference run's KL to its reference, alignment/policy_kl.py).
 
   MODEL_DIR (spec.run.model_dir) is locked for the life of the call; its recorded
   spec is compared and updated (run_dir.py); `operative_config` (the gin text that
@@ -178,7 +182,8 @@ def train(spec: TrainSpec, mesh: jax.sharding.Mesh, *, operative_config: Optiona
       print(f"note: the previous trainer of {run.model_dir} (pid {holder.get('pid')} on "
             f"{holder.get('host')}) did not exit cleanly; resuming from its last checkpoint.",
             file=stream)
-    return _train_locked(spec, mesh, operative_config, stream, batches_factory)
+    return _train_locked(spec, mesh, operative_config, stream, batches_factory,
+                         evaluate_policy)
   except BaseException:
     lock.release()
     if new and jax.process_index() == 0:
@@ -189,7 +194,8 @@ def train(spec: TrainSpec, mesh: jax.sharding.Mesh, *, operative_config: Optiona
 
 
 def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Optional[str],
-                  stream: TextIO, batches_factory: Optional[Callable[[], Any]]
+                  stream: TextIO, batches_factory: Optional[Callable[[], Any]],
+                  evaluate_policy: Optional[Callable[[Transformer], dict[str, float]]]
                   ) -> dict[str, Any]:
   run, config = spec.run, spec.model
   is_main = jax.process_index() == 0
@@ -330,7 +336,10 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
   def evaluate(state) -> dict[str, float]:  # batches sampled from the policy score it
     if hasattr(batches, "evaluate"):
       return batches.evaluate(state["params"])
-    return _validation_metrics(steps, state, validation(), mesh, objective)
+    measured = _validation_metrics(steps, state, validation(), mesh, objective)
+    if evaluate_policy is not None:
+      measured.update(evaluate_policy(steps.model(state["params"])))
+    return measured
 
   guard = loop_controls.UpdateGuard(run.nan_policy, run.max_consecutive_skips, checkpointer,
                        stream if is_main else None)

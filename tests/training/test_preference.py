@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from t5x_lite import gin_utils
-from t5x_lite.alignment import rl_data
+from t5x_lite.alignment import policy_kl, rl_data
 from t5x_lite.common.errors import ConfigError
 from t5x_lite.data import preference, vocabularies
+from t5x_lite.inference import alignment_eval
 from t5x_lite.inference.reward import RewardScorer
 from t5x_lite.models import alignment_losses
 from t5x_lite.runs import loading
@@ -60,8 +61,10 @@ def run_dpo(model_dir, base, pairs_file, architecture="causal_decoder", steps=3,
                   dpo_bindings(model_dir, base, pairs_file, steps, **extra))
   gin_utils.register_tasks()
   stream = io.StringIO()
-  result = trainer.train(gin_utils.resolve_train_spec(), gin_utils.resolve_mesh(),
-                         stream=stream)
+  spec = gin_utils.resolve_train_spec()
+  result = trainer.train(spec, gin_utils.resolve_mesh(), stream=stream,
+                         evaluate_policy=policy_kl.evaluator(spec,
+                                                             vocabularies.byte_vocabulary()))
   return result, stream.getvalue()
 
 
@@ -82,6 +85,32 @@ def test_dpo_starts_at_log_2_with_zero_rewards_and_moves(tmp_path, pairs_file, a
   assert "logps/chosen" in last and "logps/rejected" in last
   assert "reward accuracy" in out and "reference log-probabilities of" in out
   assert "rewards/margins" in result
+
+
+def test_each_evaluation_logs_the_policys_kl_to_the_reference_on_its_own_samples(
+    tmp_path, pairs_file):
+  base = base_run(tmp_path / "base", "causal_decoder")
+  result, out = run_dpo(tmp_path / "dpo", base, pairs_file, steps=3,
+                        **{"train.eval_every": 3, "preference.kl_prompts": 5,
+                           "preference.kl_max_new_tokens": 4, "LEARNING_RATE": 3e-2})
+  # The logged KL is the saved policy's: the same estimate made from the two checkpoints.
+  data = preference.PreferenceData(train=(pairs_file,), validation_fraction=0.2)
+  pairs, _ = preference.read_pairs(data, "validation", vocabularies.byte_vocabulary(), LENGTHS)
+  prompts = [list(p) for p in dict.fromkeys(pair.prompt for pair in pairs)][:5]
+  expected = alignment_eval.policy_kl(
+      loading.load_model(str(tmp_path / "dpo")), loading.load_model(str(base)), prompts,
+      eos_id=vocabularies.byte_vocabulary().eos_id, max_new_tokens=4, seed=0)
+  assert result["kl"] == pytest.approx(expected.kl, rel=1e-4, abs=1e-5)
+  assert result["kl"] > 0 and result["kl_stderr"] > 0
+  assert records(tmp_path / "dpo", "eval")[-1]["kl"] == result["kl"]
+  assert "KL to the reference" in out
+  # Off: no KL measured, and a reference-free loss never has one.
+  result, _ = run_dpo(tmp_path / "off", base, pairs_file, steps=1,
+                      **{"preference.kl_prompts": 0})
+  assert "kl" not in result
+  result, _ = run_dpo(tmp_path / "simpo", base, pairs_file, steps=1,
+                      **{"preference.loss": "'simpo'"})
+  assert "kl" not in result
 
 
 def test_the_cached_reference_is_the_starting_models_log_probs(tmp_path, pairs_file):
