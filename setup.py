@@ -35,6 +35,9 @@ setup(
         "hf": ["torch>=2.4", "transformers>=5.23,<6", "safetensors>=0.4"],
         # The lm-evaluation-harness model and command (inference/harness.py, t5x_lite.lm_eval).
         "eval": ["lm-eval>=0.4.13,<0.5"],
+        # The peers `make bench` measures against besides PyTorch (tools/benchmark_*.py):
+        # Hugging Face TRL's DPOTrainer.
+        "bench": ["trl>=1.16,<2"],
         # Compile checks of pods (t5x_lite.compile_check) from a CPU machine: libtpu as
         # jax[tpu]==0.10.2 pins it, JAX's CUDA plugin without any CUDA runtime, and
         # ptxas (nvcc's wheel) to assemble the GPU programs. No accelerator is used.
