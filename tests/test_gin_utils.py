@@ -81,7 +81,7 @@ def test_every_mesh_file_builds_its_mesh_on_eight_devices(name, shape):
 
 # run file: the entry point whose configurable it binds
 RUN_FILES = {"pretrain": "train", "finetune": "train", "lora": "train", "quickstart": "train",
-             "dpo": "train", "reward_model": "train", "grpo": "train",
+             "dpo": "train", "reward_model": "train", "grpo": "train", "ppo": "train",
              "infer": "infer", "quickstart_generate": "infer", "evaluate": "evaluate",
              "lm_eval": "harness"}
 
@@ -98,8 +98,8 @@ def test_every_run_file_parses_with_its_required_macros_bound(run):
   entry = RUN_FILES[run]
   required = {"train": ["MODEL_DIR"], "infer": ["CHECKPOINT_PATH", "INFER_OUTPUT"],
               "evaluate": ["CHECKPOINT_PATH"], "harness": ["CHECKPOINT_PATH"]}[entry] + (
-                  ["CHECKPOINT_PATH"] if run in ("finetune", "lora", "dpo", "reward_model", "grpo")
-                  else [])
+                  ["CHECKPOINT_PATH"] if run in ("finetune", "lora", "dpo", "reward_model", "grpo",
+                                                 "ppo") else [])
   gin_utils.parse([f"runs/{run}.gin", "models/tiny_causal_decoder.gin"],
                   [f"{macro} = '/tmp/unused'" for macro in required])
   path = "train.model_dir" if entry == "train" else f"{entry}.checkpoint_path"
@@ -108,11 +108,13 @@ def test_every_run_file_parses_with_its_required_macros_bound(run):
     spec = gin_utils.resolve_train_spec()
     preference = run in ("dpo", "reward_model")
     assert spec.run.train_steps > 0 and spec.run.task.startswith(
-        "preference" if preference else "supervised" if run == "grpo" else "pydocs.")
-    assert (spec.rl is not None) == (run == "grpo")
+        "preference" if preference else "supervised" if run in ("grpo", "ppo") else "pydocs.")
+    assert (spec.rl is not None) == (run in ("grpo", "ppo"))
+    assert spec.rl is None or spec.rl.algorithm == run
     assert (spec.lora is not None) == (run == "lora")
     assert (spec.preference is not None) == preference
     assert (spec.model.head == "reward") == (run == "reward_model")
+    assert (spec.model.head == "value") == (run == "ppo")
   elif entry == "harness":
     assert gin.get_bindings("harness")["tasks"] == ["t5x_lite_pydocs_cloze"]
   else:  # infer and evaluate default to the task the checkpoint was trained on

@@ -63,6 +63,13 @@ def split_pairs(x_2P: jax.Array) -> tuple[jax.Array, jax.Array]:
   return x_2P[:half], x_2P[half:]
 
 
+def chosen_nll(policy: SequenceLogps) -> jax.Array:
+  """Per pair, the chosen completion's mean negative log-likelihood per token: [P] (the
+  SFT term RPO adds to DPO, Pang et al. 2024; TRL's rpo_alpha weighs it)."""
+  logps, tokens = split_pairs(policy.logps)[0], split_pairs(policy.tokens)[0]
+  return -logps / jnp.maximum(tokens, 1)
+
+
 class PreferenceTerms(NamedTuple):
   """Per pair: the loss and the implicit rewards (beta x log-ratio to the reference, or
   beta x mean log-prob for reference-free losses)."""

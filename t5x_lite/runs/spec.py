@@ -255,6 +255,10 @@ class PreferenceConfig:
     simpo_gamma: SimPO's target reward margin.
     margin: the Bradley-Terry loss's required reward margin (Llama 2 uses one per rating
       gap; here one for every pair).
+    sft_weight: adds this times the chosen completion's mean negative log-likelihood per
+      token to each pair's loss (RPO, Pang et al. 2024, "Iterative Reasoning Preference
+      Optimization": DPO alone can lower the chosen answers' likelihood with the
+      rejected ones'; TRL's rpo_alpha). Logged as nll/chosen whatever its weight.
     kl_prompts, kl_max_new_tokens: at each evaluation of a run with a reference, the
       policy samples a completion (temperature 1, up to kl_max_new_tokens) for each of
       the first kl_prompts validation prompts, and its KL to the reference is the mean
@@ -266,6 +270,7 @@ class PreferenceConfig:
   label_smoothing: float = 0.0
   simpo_gamma: float = 0.5
   margin: float = 0.0
+  sft_weight: float = 0.0
   kl_prompts: int = 16
   kl_max_new_tokens: int = 32
 
@@ -279,6 +284,11 @@ class PreferenceConfig:
     if not 0.0 <= self.label_smoothing < 0.5:
       raise ConfigError(f"preference.label_smoothing must be in [0, 0.5), got "
                         f"{self.label_smoothing}.")
+    if not self.sft_weight >= 0:
+      raise ConfigError(f"preference.sft_weight must be >= 0, got {self.sft_weight}.")
+    if self.sft_weight and self.loss == REWARD_MODEL_LOSS:
+      raise ConfigError("preference.sft_weight adds a language-modelling term to a policy's "
+                        "loss; a reward model (loss 'bradley_terry') has none: unbind it.")
     check_at_least("preference", 0, kl_prompts=self.kl_prompts)
     check_positive("preference", kl_max_new_tokens=self.kl_max_new_tokens)
 

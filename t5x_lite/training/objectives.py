@@ -93,8 +93,10 @@ class PreferenceOptimization(_PerPair):
         label_smoothing=self.config.label_smoothing, simpo_gamma=self.config.simpo_gamma)
     pairs = terms.loss.shape[0]
     means = alignment_losses.preference_metrics(terms, policy)
-    return {"loss": jnp.sum(terms.loss), "pairs": jnp.asarray(pairs, jnp.float32),
-            **{name: value * pairs for name, value in means.items()}}
+    nll = alignment_losses.chosen_nll(policy)
+    loss = terms.loss + self.config.sft_weight * nll if self.config.sft_weight else terms.loss
+    return {"loss": jnp.sum(loss), "pairs": jnp.asarray(pairs, jnp.float32),
+            "nll/chosen": jnp.sum(nll), **{name: value * pairs for name, value in means.items()}}
 
   def describe_eval(self, metrics: Mapping[str, float]) -> str:
     text = (f"loss {metrics['loss']:.4f}, reward accuracy {metrics['rewards/accuracies']:.3f}, "

@@ -67,6 +67,11 @@ def test_at_the_start_policy_equals_reference_dpo_is_log_2_and_every_reward_zero
   assert not np.any(terms.chosen_rewards) and not np.any(terms.rejected_rewards)
 
 
+def test_the_rpo_term_is_the_chosen_completions_mean_nll_per_token():
+  policy = al.SequenceLogps(jnp.array([-3.0, -8.0, -5.0, -2.0]), jnp.array([3, 2, 5, 1]))
+  np.testing.assert_allclose(al.chosen_nll(policy), [3.0 / 3, 8.0 / 2])
+
+
 def test_simpo_needs_no_reference_and_uses_length_normalised_log_probs():
   tokens = [2.0, 4.0, 1.0, 3.0]
   beta, gamma = 2.0, 0.5

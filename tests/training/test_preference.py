@@ -17,6 +17,7 @@ from t5x_lite.inference import alignment_eval
 from t5x_lite.inference.reward import RewardScorer
 from t5x_lite.models import alignment_losses
 from t5x_lite.runs import loading
+from t5x_lite.runs.spec import PreferenceConfig
 from t5x_lite.training import reference, trainer
 from tests import train_helpers as helpers
 
@@ -113,6 +114,14 @@ def test_each_evaluation_logs_the_policys_kl_to_the_reference_on_its_own_samples
   assert "kl" not in result
 
 
+def test_the_rpo_term_adds_the_weighted_chosen_nll_to_the_dpo_loss(tmp_path, pairs_file):
+  base = base_run(tmp_path / "base", "causal_decoder")
+  run_dpo(tmp_path / "rpo", base, pairs_file, steps=1, **{"preference.sft_weight": 0.5})
+  first = records(tmp_path / "rpo")[0]
+  assert first["nll/chosen"] > 0
+  assert first["loss"] == pytest.approx(np.log(2) + 0.5 * first["nll/chosen"], rel=1e-5)
+
+
 def test_the_cached_reference_is_the_starting_models_log_probs(tmp_path, pairs_file):
   base = base_run(tmp_path / "base", "causal_decoder")
   run_dpo(tmp_path / "dpo", base, pairs_file, steps=1)
@@ -145,6 +154,15 @@ def test_a_resumed_dpo_run_equals_the_uninterrupted_one_and_a_changed_reference_
   base_run(base, "causal_decoder", steps=4)  # the reference trained further
   with pytest.raises(reference.ReferenceChanged, match="another reference"):
     run_dpo(tmp_path / "resumed", base, pairs_file, steps=6)
+
+
+@pytest.mark.parametrize("bad, says", [
+    (dict(sft_weight=-1.0), "sft_weight must be >= 0"),
+    (dict(loss="bradley_terry", sft_weight=0.5), "a reward model"),
+    (dict(kl_prompts=-1), "kl_prompts"), (dict(kl_max_new_tokens=0), "kl_max_new_tokens")])
+def test_bad_preference_knobs_are_refused_naming_the_knob(bad, says):
+  with pytest.raises(ConfigError, match=says):
+    PreferenceConfig(**bad)
 
 
 def test_simpo_needs_no_reference_and_dpo_without_one_is_refused(tmp_path, pairs_file):
