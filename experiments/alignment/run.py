@@ -58,12 +58,13 @@ SAMPLES_PER_PROMPT = 4
 # (beta, sft_weight): DPO at three betas, and RPO (DPO plus the chosen answers' NLL).
 DPO_RUNS = ((0.1, 0.0), (0.3, 0.0), (1.0, 0.0), (0.1, 1.0), (1.0, 1.0))
 DPO_LEARNING_RATE = 1e-4
+RL_COLORS = {"grpo": "tab:green", "ppo": "tab:red"}
 
 
 class Scale:
   def __init__(self, quick: bool):
     self.sft_steps = 40 if quick else 400
-    self.rm_steps = 20 if quick else 300
+    self.rm_steps = 20 if quick else 800
     self.dpo_steps = 10 if quick else 200
     self.rl_steps = 6 if quick else 240
     self.dpo = DPO_RUNS[3:4] if quick else DPO_RUNS
@@ -203,8 +204,9 @@ def study(work_dir: str, scale: Scale) -> dict:
 
   rm = train(work_dir, "reward_model", ["runs/reward_model.gin", *finetune[1:]],
              [*pairs, "BATCH_SIZE = 32", f"TRAIN_STEPS = {scale.rm_steps}",
-              "WARMUP_STEPS = 20", "LEARNING_RATE = 1e-3",
-              f"train.eval_every = {max(scale.rm_steps // 6, 1)}"])
+              "WARMUP_STEPS = 20", "LEARNING_RATE = 3e-4",
+              f"train.eval_every = {max(scale.rm_steps // 8, 1)}",
+              "train.eval_steps = 7"])  # every held-out pair
   results["reward_model"] = {"curve": [(r["step"], r["accuracy"]) for r in metrics(rm, "eval")]}
   results["reward_model"]["heldout_pairwise_accuracy"] = results["reward_model"]["curve"][-1][1]
   print(f"reward model: held-out pairwise accuracy "
@@ -309,15 +311,17 @@ def plot(results: dict, path: str) -> None:
   axes[0].set(title="reward model: held-out pairwise accuracy", xlabel="step",
               ylabel="accuracy", ylim=(0.4, 1.02))
   sft = results["sft"]["heldout_accuracy"]
-  for label, rows, marker in (
-      ("DPO", [r for r in results["dpo"] if not r["sft_weight"]], "o"),
-      ("RPO (DPO + NLL)", [r for r in results["dpo"] if r["sft_weight"]], "^")):
+  for label, rows, marker, color in (
+      ("DPO", [r for r in results["dpo"] if not r["sft_weight"]], "o", "tab:blue"),
+      ("RPO (DPO + NLL)", [r for r in results["dpo"] if r["sft_weight"]], "^", "tab:orange")):
     axes[1].errorbar([r["kl"] for r in rows], [r["heldout_accuracy"] for r in rows],
-                     xerr=[r["kl_stderr"] for r in rows], marker=marker, ls="", label=label)
+                     xerr=[r["kl_stderr"] for r in rows], marker=marker, ls="", label=label,
+                     color=color)
     for r in rows:
       axes[1].annotate(f"beta {r['beta']:g}", (r["kl"], r["heldout_accuracy"]), fontsize=8)
   for algorithm, r in results["rl"].items():
-    axes[1].scatter([r["kl"]], [r["heldout_accuracy"]], marker="s", label=algorithm.upper())
+    axes[1].scatter([r["kl"]], [r["heldout_accuracy"]], marker="s", label=algorithm.upper(),
+                    color=RL_COLORS[algorithm])
   axes[1].axhline(sft, color="grey", ls="--", label="SFT")
   axes[1].axhline(results["sft_continued"]["heldout_accuracy"], color="grey", ls=":",
                   label="SFT continued")
@@ -327,10 +331,12 @@ def plot(results: dict, path: str) -> None:
   for algorithm, r in results["rl"].items():
     if r["solved_curve"]:
       steps, solved = zip(*r["solved_curve"])
-      axes[2].plot(steps, solved, marker="o", label=f"{algorithm.upper()}: greedy, held out")
+      axes[2].plot(steps, solved, marker="o", label=f"{algorithm.upper()}: greedy, held out",
+                   color=RL_COLORS[algorithm])
     if r["reward_curve"]:
       steps, reward = zip(*r["reward_curve"])
-      axes[2].plot(steps, reward, alpha=0.4, label=f"{algorithm.upper()}: sampled reward")
+      axes[2].plot(steps, reward, alpha=0.35, label=f"{algorithm.upper()}: sampled reward",
+                   color=RL_COLORS[algorithm])
   axes[2].axhline(sft, color="grey", ls="--", label="SFT (greedy)")
   axes[2].set(title="on-policy RL (exact-match reward)", xlabel="step", ylabel="accuracy")
   axes[2].legend(fontsize=8)
@@ -343,13 +349,19 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--work_dir", default="/tmp/t5x_lite_alignment")
   parser.add_argument("--quick", action="store_true", help="a smoke run (minutes)")
+  parser.add_argument("--report_only", action="store_true",
+                      help="rebuild results.md and the plot from results.json")
   return parser.parse_args(argv)
 
 
 def main() -> None:
   args = parse_args()
   os.makedirs(args.work_dir, exist_ok=True)
-  results = study(args.work_dir, Scale(args.quick))
+  if args.report_only:
+    with open(os.path.join(HERE, "results.json")) as handle:
+      results = json.load(handle)
+  else:
+    results = study(args.work_dir, Scale(args.quick))
   print(report(results, args.work_dir if args.quick else HERE))
 
 
