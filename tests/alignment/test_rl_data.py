@@ -33,7 +33,7 @@ def base(tmp_path_factory):
   return directory
 
 
-def run_grpo(model_dir, base, rows, steps, **extra):
+def run_grpo(model_dir, base, rows, steps, mesh="single_device", **extra):
   values = {"MODEL_DIR": repr(str(model_dir)), "TRAIN_STEPS": steps,
             "MIXTURE_OR_TASK_NAME": "'supervised.byte'",
             "TASK_FEATURE_LENGTHS": {"inputs": 8, "targets": 6}, "BATCH_SIZE": 2,
@@ -46,7 +46,7 @@ def run_grpo(model_dir, base, rows, steps, **extra):
             "make_schedule.name": "'constant'",
             "supervised_data.validation_fraction": 0.25}
   values.update(extra)
-  gin_utils.parse(helpers.gin_files("causal_decoder"),
+  gin_utils.parse(helpers.gin_files("causal_decoder", mesh),
                   [f"{key} = {value}" for key, value in values.items()])
   gin_utils.register_tasks()
   spec = gin_utils.resolve_train_spec()
@@ -103,3 +103,15 @@ def test_ppo_trains_a_value_head_on_the_policys_trunk(tmp_path, base, sums_file)
     run_grpo(tmp_path / "bad", base, sums_file, steps=1,
              **{"TransformerConfig.head": "'value'",
                 "train.allow_changes": ["TransformerConfig.head"]})
+
+
+def test_grpo_on_a_sharded_mesh_equals_one_device(tmp_path, base, sums_file):
+  # 8 devices: 4-way FSDP x 2-way tensor parallel (rollouts decode the sharded policy).
+  run_grpo(tmp_path / "sharded", base, sums_file, steps=3, mesh="fsdp_tensor",
+           **{"TENSOR_PARALLELISM": 2, "BATCH_SIZE": 4})
+  run_grpo(tmp_path / "one4", base, sums_file, steps=3, **{"BATCH_SIZE": 4})
+  for one, sharded in zip(train_records(tmp_path / "one4"), train_records(tmp_path / "sharded")):
+    assert sharded["reward"] == one["reward"] and sharded["response_length"] == one[
+        "response_length"]
+    for name in ("loss", "kl"):
+      assert sharded[name] == pytest.approx(one[name], rel=1e-4, abs=1e-5), name

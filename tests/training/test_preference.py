@@ -57,8 +57,9 @@ def dpo_bindings(model_dir, base, pairs_file, steps, **extra) -> list[str]:
   return [f"{key} = {value}" for key, value in values.items()]
 
 
-def run_dpo(model_dir, base, pairs_file, architecture="causal_decoder", steps=3, **extra):
-  gin_utils.parse(helpers.gin_files(architecture),
+def run_dpo(model_dir, base, pairs_file, architecture="causal_decoder", steps=3,
+            mesh="single_device", **extra):
+  gin_utils.parse(helpers.gin_files(architecture, mesh),
                   dpo_bindings(model_dir, base, pairs_file, steps, **extra))
   gin_utils.register_tasks()
   stream = io.StringIO()
@@ -120,6 +121,17 @@ def test_the_rpo_term_adds_the_weighted_chosen_nll_to_the_dpo_loss(tmp_path, pai
   first = records(tmp_path / "rpo")[0]
   assert first["nll/chosen"] > 0
   assert first["loss"] == pytest.approx(np.log(2) + 0.5 * first["nll/chosen"], rel=1e-5)
+
+
+def test_dpo_on_a_sharded_mesh_equals_one_device(tmp_path, pairs_file):
+  base = base_run(tmp_path / "base", "causal_decoder")
+  run_dpo(tmp_path / "one", base, pairs_file, steps=3, **{"preference.kl_prompts": 0})
+  # 8 devices: 4-way FSDP x 2-way tensor parallel.
+  run_dpo(tmp_path / "sharded", base, pairs_file, steps=3, mesh="fsdp_tensor",
+          **{"preference.kl_prompts": 0, "TENSOR_PARALLELISM": 2})
+  for one, sharded in zip(records(tmp_path / "one"), records(tmp_path / "sharded")):
+    for name in ("loss", "rewards/margins", "logps/chosen"):
+      assert sharded[name] == pytest.approx(one[name], rel=1e-4, abs=1e-5), name
 
 
 def test_the_cached_reference_is_the_starting_models_log_probs(tmp_path, pairs_file):
