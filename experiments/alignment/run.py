@@ -64,7 +64,7 @@ RL_COLORS = {"grpo": "tab:green", "ppo": "tab:red"}
 class Scale:
   def __init__(self, quick: bool):
     self.sft_steps = 40 if quick else 400
-    self.rm_steps = 20 if quick else 800
+    self.rm_steps = 20 if quick else 2400
     self.dpo_steps = 10 if quick else 200
     self.rl_steps = 6 if quick else 240
     self.dpo = DPO_RUNS[3:4] if quick else DPO_RUNS
