@@ -4,8 +4,8 @@
 # point a cooldown branch of it: `plan --wsd`), 2 seeds per point, 7 budgets over two
 # decades (3e10-3e12 FLOPs) at about the μP study's total compute (6.9e13 FLOPs of
 # training against its 7e13), on Python's docs and Shakespeare as one byte corpus
-# (gin/mixtures/pydocs_shakespeare_byte.gin: 6.8M bytes, under one epoch at the largest
-# budget). Then the fits of fit.sh, the three studies in one table and figure
+# (gin/mixtures/pydocs_shakespeare_byte.gin, mixed by size: 6.8M bytes, 1.07 epochs at the
+# largest budget). Then the fits of fit.sh, the three studies in one table and figure
 # (compare.md / compare.png), and every run scored on the cloze set and the addition set
 # along the sweep (DOWNSTREAM.csv, emergence.png). Re-running skips finished runs.
 #   bash experiments/scaling/run_wsd.sh [SWEEP_DIR]    (default /tmp/t5x_lite_scaling_wsd)
@@ -31,8 +31,12 @@ if [ ! -f $OUT/plan.json ]; then
       --budgets 3e10 6e10 1e11 2e11 5e11 1e12 3e12 --sizes 5 --spread 4 \
       --learning_rate "$LEARNING_RATE" --wsd --seeds 2 --output $OUT/plan.json
 fi
+# The two sources mixed in proportion to their sizes (2.08M and 4.70M bytes an epoch),
+# so the largest run (7.3M tokens) repeats neither more than 1.07 times; the mixture
+# file's 0.7 / 0.3 would repeat Python's docs 2.4 times there.
 python tools/scaling_sweep.py $OUT/plan.json --sweep_dir "$SWEEP_DIR" \
     --gin_file=$HERE/sweep.gin --gin_file=mixtures/pydocs_shakespeare_byte.gin \
+    "--gin.mixture.sources={'pydocs.full_lm.byte': 0.307, 'shakespeare.full_lm.byte': 0.693}" \
     --runs_csv $OUT/RUNS.csv --curves_csv $OUT/CURVES.csv \
     --downstream pydocs_cloze addition --downstream_limit 200 \
     --downstream_csv $OUT/DOWNSTREAM.csv
