@@ -42,7 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from t5x_lite.common import files  # noqa: E402
 from t5x_lite.data import vocabularies  # noqa: E402
-from t5x_lite.inference import alignment_eval, decoding  # noqa: E402
+from t5x_lite.inference import alignment_eval, decoding, textio  # noqa: E402
 from t5x_lite.runs import loading  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -130,12 +130,8 @@ def encode_prompts(pairs: Sequence[tuple[int, int]]) -> list[list[int]]:
 def answers(model, pairs: Sequence[tuple[int, int]], temperature: float = 0.0,
             seed: int = 0) -> list[str]:
   """The model's answer to each sum (greedy unless a temperature is given)."""
-  encoded = encode_prompts(pairs)
-  inputs = np.zeros((len(encoded), max(map(len, encoded))), np.int32)
-  for row, tokens in enumerate(encoded):
-    inputs[row, :len(tokens)] = tokens
-  out = decoding.generate(model, inputs, max_new_tokens=5, temperature=temperature, seed=seed,
-                          eos_id=VOCABULARY.eos_id)
+  out = decoding.generate(model, textio.padded(encode_prompts(pairs)), max_new_tokens=5,
+                          temperature=temperature, seed=seed, eos_id=VOCABULARY.eos_id)
   eos = VOCABULARY.eos_id
   return [VOCABULARY.decode([t for t in (row[:row.index(eos)] if eos in row else row) if t])
           for row in out.tokens.tolist()]

@@ -27,7 +27,7 @@ from t5x_lite.alignment.rollouts import rollout
 from t5x_lite.common.errors import ConfigError
 from t5x_lite.data import get_task
 from t5x_lite.data.supervised import RowsSource
-from t5x_lite.inference import decoding
+from t5x_lite.inference import decoding, textio
 from t5x_lite.inference.reward import RewardScorer
 from t5x_lite.models import Transformer
 from t5x_lite.models.params import abstract_model
@@ -110,10 +110,7 @@ class RolloutBatches:
     prompts, answers = prompts[:self.rl.eval_prompts], answers[:self.rl.eval_prompts]
     eos = self.vocabulary.eos_id
     encoded = [list(self.vocabulary.encode(p)) + [eos] for p in prompts]
-    inputs = np.zeros((len(encoded), max(map(len, encoded))), np.int32)
-    for row, tokens in enumerate(encoded):
-      inputs[row, :len(tokens)] = tokens
-    tokens = decoding.generate(self._policy(params), inputs,
+    tokens = decoding.generate(self._policy(params), textio.padded(encoded),
                                max_new_tokens=self.rl.max_new_tokens, eos_id=eos).tokens
     texts = [self.vocabulary.decode([t for t in row[:row.index(eos)] if t] if eos in row
                                     else [t for t in row if t]) for row in tokens.tolist()]

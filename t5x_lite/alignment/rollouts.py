@@ -28,7 +28,7 @@ from flax import nnx
 
 from t5x_lite.common.errors import ConfigError
 from t5x_lite.data import preference
-from t5x_lite.inference import decoding
+from t5x_lite.inference import decoding, textio
 from t5x_lite.models import Transformer, alignment_losses
 from t5x_lite.runs.spec import RLConfig
 from t5x_lite.training.objectives import (
@@ -113,12 +113,8 @@ def rollout(policy: Transformer, reference: Optional[Transformer], prompts: Sequ
   group, eos = config.group_size, vocabulary.eos_id
   prompt_tokens = [list(vocabulary.encode(p)) + [eos] for p in prompts]
   repeated = [tokens for tokens in prompt_tokens for _ in range(group)]
-  width = max(map(len, repeated))
-  inputs = np.zeros((len(repeated), width), np.int32)
-  for row, tokens in enumerate(repeated):
-    inputs[row, :len(tokens)] = tokens
   start = time.perf_counter()
-  sampled = decoding.generate(policy, inputs, max_new_tokens=config.max_new_tokens,
+  sampled = decoding.generate(policy, textio.padded(repeated), max_new_tokens=config.max_new_tokens,
                               temperature=config.temperature, seed=seed, eos_id=eos)
   completions = [_until_eos(row, eos) for row in sampled.tokens.tolist()]
   # An empty completion (the first sampled token was padding) still takes one token so

@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 import seqio
 
-from t5x_lite.inference import decoding
+from t5x_lite.inference import decoding, textio
 from t5x_lite.models import Transformer
 
 Judge = Callable[[Sequence[str], Sequence[str]], np.ndarray]
@@ -63,13 +63,6 @@ class PolicyKL:
   completions: list[list[int]]  # each up to and including its EOS
 
 
-def _prompt_array(prompts: Sequence[Sequence[int]]) -> np.ndarray:
-  inputs = np.zeros((len(prompts), max(map(len, prompts))), np.int32)
-  for row, tokens in enumerate(prompts):
-    inputs[row, :len(tokens)] = tokens
-  return inputs
-
-
 def policy_kl(policy: Transformer, reference: Transformer, prompts: Sequence[Sequence[int]],
               *, eos_id: int, max_new_tokens: int, temperature: float = 1.0, seed: int = 0
               ) -> PolicyKL:
@@ -78,7 +71,7 @@ def policy_kl(policy: Transformer, reference: Transformer, prompts: Sequence[Seq
   estimator at the sequence level), with its standard error."""
   if not prompts:
     raise decoding.DecodingError("policy_kl needs at least one prompt.")
-  out = decoding.generate(policy, _prompt_array(prompts), max_new_tokens=max_new_tokens,
+  out = decoding.generate(policy, textio.padded(prompts), max_new_tokens=max_new_tokens,
                           temperature=temperature, seed=seed, eos_id=eos_id)
   completions = _completions(out.tokens, eos_id)
   kept = [i for i, tokens in enumerate(completions) if tokens]
@@ -103,7 +96,7 @@ def compare_policies(policy: Transformer, reference: Transformer, prompts: Seque
   encoded = [list(vocabulary.encode(prompt)) + [eos] for prompt in prompts]
   measured = policy_kl(policy, reference, encoded, eos_id=eos, max_new_tokens=max_new_tokens,
                        temperature=temperature, seed=seed)
-  out = decoding.generate(reference, _prompt_array(encoded), max_new_tokens=max_new_tokens,
+  out = decoding.generate(reference, textio.padded(encoded), max_new_tokens=max_new_tokens,
                           temperature=temperature, seed=seed, eos_id=eos)
   sampled = {"policy": measured.completions, "reference": _completions(out.tokens, eos)}
   texts = {name: [vocabulary.decode([t for t in tokens if t != eos]) for tokens in rows]
