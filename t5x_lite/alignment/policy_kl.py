@@ -25,34 +25,31 @@ from t5x_lite.runs import loading
 from t5x_lite.runs.spec import TrainSpec
 
 
-def validation_prompts(spec: TrainSpec, vocabulary: seqio.Vocabulary) -> list[list[int]]:
-  """The first preference.kl_prompts distinct tokenized validation prompts (with EOS)."""
-  pairs, _ = preference.read_pairs(preference.registered(), "validation", vocabulary,
-                                   spec.run.feature_lengths)
+def validation_prompts(pairs: list[preference.TokenizedPair], count: int) -> list[list[int]]:
+  """The first `count` distinct tokenized prompts (with EOS) of `pairs`."""
   prompts = list(dict.fromkeys(pair.prompt for pair in pairs))
-  return [list(prompt) for prompt in prompts[:spec.preference.kl_prompts]]
+  return [list(prompt) for prompt in prompts[:count]]
 
 
 def evaluator(spec: TrainSpec, vocabulary: seqio.Vocabulary
-              ) -> Optional[Callable[[Transformer], dict[str, float]]]:
+              ) -> Optional[Callable[[Transformer, list], dict[str, float]]]:
   """What train.py hands the trainer as `evaluate_policy` for a preference run that
-  measures its KL (PreferenceConfig.measures_kl); None for any other run."""
+  measures its KL (PreferenceConfig.measures_kl); None for any other run. The trainer
+  gives it the policy and the run's validation pairs at each evaluation."""
   if spec.preference is None or not spec.preference.measures_kl:
     return None
   config = spec.preference
 
-  # Read at the first evaluation, after the trainer has checked the data and the
-  # checkpoint (and said what to fix if they are wrong).
-  @functools.cache
-  def prompts_and_reference() -> tuple[list[list[int]], Transformer]:
-    return (validation_prompts(spec, vocabulary),
-            loading.load_model(spec.run.init_checkpoint))
+  # Loaded at the first evaluation, after the trainer has checked the checkpoint (and
+  # said what to fix if it is wrong).
+  reference = functools.cache(lambda: loading.load_model(spec.run.init_checkpoint))
 
-  def evaluate(policy: Transformer) -> dict[str, float]:
-    prompts, reference = prompts_and_reference()
+  def evaluate(policy: Transformer, pairs: list[preference.TokenizedPair]
+               ) -> dict[str, float]:
     measured = alignment_eval.policy_kl(
-        policy, reference, prompts, eos_id=vocabulary.eos_id,
-        max_new_tokens=config.kl_max_new_tokens, seed=spec.run.seed)
+        policy, reference(), validation_prompts(pairs, config.kl_prompts),
+        eos_id=vocabulary.eos_id, max_new_tokens=config.kl_max_new_tokens,
+        seed=spec.run.seed)
     return {"kl": measured.kl, "kl_stderr": measured.kl_stderr,
             "sample_length": float(np.mean([len(c) for c in measured.completions]))}
   return evaluate

@@ -43,6 +43,10 @@ from t5x_lite.training import forking, loop_controls, metrics, objectives, optim
 from t5x_lite.training.loop_controls import TrainingHalted  # noqa: F401  (raised by the loop)
 from t5x_lite.training.steps import StepFunctions, abstract_state, make_step_functions
 
+# What a preference run's evaluations add (train.py hands it over): metrics of the policy
+# model, given the run's tokenized validation pairs.
+PolicyEvaluation = Callable[[Transformer, list], dict[str, float]]
+
 
 def _validation_batches(task, feature_lengths, batch_size, architecture, shard, eval_steps,
                         seed, pairs=None) -> list[dict]:
@@ -154,16 +158,16 @@ def build_steps(spec: TrainSpec, mesh: jax.sharding.Mesh, adapted=None) -> StepF
 def train(spec: TrainSpec, mesh: jax.sharding.Mesh, *, operative_config: Optional[str] = None,
           stream: Optional[TextIO] = None,
           batches_factory: Optional[Callable[[], Any]] = None,
-          evaluate_policy: Optional[Callable[[Transformer], dict[str, float]]] = None
-          ) -> dict[str, Any]:
+          evaluate_policy: Optional[PolicyEvaluation] = None) -> dict[str, Any]:
   """Trains `spec.model` on `spec.run.task` over `mesh`; returns the final eval metrics.
 
   `batches_factory` makes the batches of a run whose data depend on the policy (an
   `rl.*` run: alignment/rl_data.py, handed over by train.py). Such batches are given the
   parameters before each step (`set_params`), may add their own scalars to the logged
   ones (`stats`), and evaluate the policy themselves (`evaluate(params)`).
-  `evaluate_policy(model)` adds its metrics of the policy to each evaluation (train.py:
-  a preference run's KL to its reference, alignment/policy_kl.py).
+  `evaluate_policy(model, validation_pairs)` adds its metrics of the policy to each
+  evaluation of a preference run, given the run's tokenized validation pairs (train.py:
+  the KL to the reference, alignment/policy_kl.py).
 
   MODEL_DIR (spec.run.model_dir) is locked for the life of the call; its recorded
   spec is compared and updated (run_dir.py); `operative_config` (the gin text that
@@ -195,8 +199,7 @@ def train(spec: TrainSpec, mesh: jax.sharding.Mesh, *, operative_config: Optiona
 
 def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Optional[str],
                   stream: TextIO, batches_factory: Optional[Callable[[], Any]],
-                  evaluate_policy: Optional[Callable[[Transformer], dict[str, float]]]
-                  ) -> dict[str, Any]:
+                  evaluate_policy: Optional[PolicyEvaluation]) -> dict[str, Any]:
   run, config = spec.run, spec.model
   is_main = jax.process_index() == 0
   shard = seqio.ShardInfo(jax.process_index(), jax.process_count())
@@ -337,8 +340,8 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
     if hasattr(batches, "evaluate"):
       return batches.evaluate(state["params"])
     measured = _validation_metrics(steps, state, validation(), mesh, objective)
-    if evaluate_policy is not None:
-      measured.update(evaluate_policy(steps.model(state["params"])))
+    if evaluate_policy is not None and pairs is not None:
+      measured.update(evaluate_policy(steps.model(state["params"]), pairs["validation"]))
     return measured
 
   guard = loop_controls.UpdateGuard(run.nan_policy, run.max_consecutive_skips, checkpointer,
