@@ -60,6 +60,9 @@ class CorpusManifest:
   # built before these existed have neither and are rebuilt).
   shards: dict[str, dict] = dataclasses.field(default_factory=dict)
   seal: str = ""
+  # What the corpus was derived from and how (a curated corpus: its inputs' and settings'
+  # fingerprint, data/curation); sealed with the rest.
+  provenance: dict = dataclasses.field(default_factory=dict)
 
   def file_paths(self, directory: str, split: str) -> list[str]:
     """Absolute paths of a split's shards."""
@@ -164,7 +167,9 @@ def _sha256(path: str) -> str:
 
 def _seal(fields: dict) -> str:
   """A digest of the manifest's content (all but the seal itself)."""
-  content = {key: value for key, value in fields.items() if key != "seal"}
+  # An empty provenance is left out, so corpora sealed before it existed still verify.
+  content = {key: value for key, value in fields.items()
+             if key != "seal" and not (key == "provenance" and not value)}
   return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
@@ -211,14 +216,17 @@ def read_manifest(directory: str) -> CorpusManifest:
 
 def write_corpus(directory: str, name: str, documents: Iterable[str], source: str,
                  validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
-                 num_shards: int = DEFAULT_SHARDS) -> CorpusManifest:
-  """Builds a corpus into `directory` (which must not exist yet) and returns its manifest."""
+                 num_shards: int = DEFAULT_SHARDS, provenance: dict | None = None,
+                 extra_files: dict[str, str] | None = None) -> CorpusManifest:
+  """Builds a corpus into `directory` (which must not exist yet) and returns its manifest;
+  `extra_files` ({name: text}, e.g. a curation report) are published with it."""
   if os.path.exists(directory):
     raise CorpusError(f"{directory} already exists; build into a new directory or delete it.")
   splits = split_documents(documents, validation_fraction)
   manifest_fields = dict(name=name, fingerprint=fingerprint(splits), source=source,
                          documents={s: len(d) for s, d in splits.items()},
-                         bytes={s: sum(len(t.encode()) for t in d) for s, d in splits.items()})
+                         bytes={s: sum(len(t.encode()) for t in d) for s, d in splits.items()},
+                         provenance=dict(provenance or {}))
 
   def write(tmp: str) -> None:
     files = {split: _write_shards(tmp, split, splits[split], num_shards) for split in SPLITS}
@@ -226,6 +234,9 @@ def write_corpus(directory: str, name: str, documents: Iterable[str], source: st
                      "sha256": _sha256(os.path.join(tmp, name))}
               for names in files.values() for name in names}
     fields = dict(manifest_fields, files=files, shards=shards)
+    for name, text in (extra_files or {}).items():
+      with open(os.path.join(tmp, name), "w", encoding="utf-8") as handle:
+        handle.write(text)
     with open(os.path.join(tmp, MANIFEST), "w") as handle:
       json.dump(dict(fields, seal=_seal(fields)), handle, indent=1)
 
