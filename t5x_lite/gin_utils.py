@@ -22,6 +22,7 @@ from t5x_lite import data
 from t5x_lite.common import partitioning
 from t5x_lite.common.errors import ConfigError, UserError, fail  # noqa: F401  (fail: for entry points)
 from t5x_lite.data import corpora, preference, supervised
+from t5x_lite.data.curation.config import CurationConfig
 from t5x_lite.inference import chain_of_thought
 from t5x_lite.models.configs import TransformerConfig, contradictions
 from t5x_lite.runs import run_dir, spec
@@ -143,6 +144,7 @@ _CONFIGURABLES["create_mesh"] = gin.external_configurable(partitioning.create_me
                                                           name="create_mesh")
 _CONFIGURABLES["text_files_corpus"] = gin.external_configurable(corpora.TextFiles,
                                                                 name="text_files_corpus")
+_CONFIGURABLES["curation"] = gin.external_configurable(CurationConfig, name="curation")
 _CONFIGURABLES["supervised_data"] = gin.external_configurable(supervised.SupervisedData,
                                                               name="supervised_data")
 _CONFIGURABLES["preference_data"] = gin.external_configurable(preference.PreferenceData,
@@ -210,13 +212,15 @@ def resolve_train_spec() -> spec.TrainSpec:
 
 def register_tasks() -> None:
   """The project's seqio tasks, the `text_files.*` ones reading the files bound as
-  `text_files_corpus.patterns`, `supervised` the rows bound as `supervised_data.*`,
+  `text_files_corpus.patterns`, `curated.*` the corpus `curation.*` makes,
+  `supervised` the rows bound as `supervised_data.*`,
   the weighted mixture bound as `mixture.*` and the `preference` pairs bound as
   `preference_data.*` (entry points call this before naming a
   task)."""
   text_files = construct("text_files_corpus") if gin.get_bindings("text_files_corpus") else None
   rows = construct("supervised_data") if gin.get_bindings("supervised_data") else None
-  data.register_tasks(text_files=text_files, supervised_data=rows)
+  curation = construct("curation") if gin.get_bindings("curation") else None
+  data.register_tasks(text_files=text_files, supervised_data=rows, curation=curation)
   if gin.get_bindings("mixture"):
     data.mixtures.register(construct("mixture"))
   if gin.get_bindings("preference_data"):

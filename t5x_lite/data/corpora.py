@@ -87,7 +87,8 @@ def text_files_corpus(patterns: Sequence[str] = (), jsonl_key: str = "text") -> 
 
 
 class LocalCorpusSource(seqio.DataSource):
-  """A seqio DataSource over a LocalCorpus, built the first time a dataset is asked for.
+  """A seqio DataSource over a LocalCorpus (or anything with its `directory` and `build()`,
+  such as a curated corpus), built the first time a dataset is asked for.
 
   Building lazily keeps registering every task (data.register_tasks) instant.
   """

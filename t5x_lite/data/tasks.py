@@ -20,13 +20,16 @@ from typing import Optional
 import seqio
 
 from t5x_lite.data import corpora, multitask, objectives, supervised, vocabularies
+from t5x_lite.data.curation import pipeline as curation_pipeline
+from t5x_lite.data.curation.config import CurationConfig
 
 OBJECTIVES = {
     "full_lm": objectives.full_lm,
     "prefix_lm": objectives.prefix_lm,
     "span_corruption": objectives.span_corruption,
 }
-CORPORA = (*corpora.LOCAL_CORPORA, *corpora.TFDS_CORPORA)
+# `curated`: the corpus data/curation makes of `curation.*` (by default, curated pydocs).
+CORPORA = (*corpora.LOCAL_CORPORA, "curated", *corpora.TFDS_CORPORA)
 
 
 def output_features(objective: str, vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
@@ -37,7 +40,8 @@ def output_features(objective: str, vocabulary: seqio.Vocabulary) -> dict[str, s
 
 
 def make_task(name: str, corpus: str, objective: str, vocabulary: seqio.Vocabulary,
-              text_files: corpora.TextFiles = corpora.TextFiles()) -> seqio.Task:
+              text_files: corpora.TextFiles = corpora.TextFiles(),
+              curation: Optional[CurationConfig] = None) -> seqio.Task:
   """One corpus x objective Task (not registered)."""
   preprocessors = [
       functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"}),
@@ -46,7 +50,12 @@ def make_task(name: str, corpus: str, objective: str, vocabulary: seqio.Vocabula
   ]
   if objective != "full_lm":
     preprocessors.append(seqio.preprocessors.append_eos_after_trim)
-  return seqio.Task(name, source=corpora.data_source(corpus, text_files),
+  if corpus == "curated":
+    curated = curation_pipeline.CuratedCorpus(curation or CurationConfig())
+    source = corpora.LocalCorpusSource(lambda: curated)
+  else:
+    source = corpora.data_source(corpus, text_files)
+  return seqio.Task(name, source=source,
                     preprocessors=preprocessors,
                     output_features=output_features(objective, vocabulary), metric_fns=[])
 
@@ -65,12 +74,14 @@ def register_supervised(data: supervised.SupervisedData) -> list[str]:
 
 def register_tasks(vocabulary: Optional[seqio.Vocabulary] = None, suffix: str = "",
                    text_files: Optional[corpora.TextFiles] = None,
-                   supervised_data: Optional[supervised.SupervisedData] = None) -> list[str]:
+                   supervised_data: Optional[supervised.SupervisedData] = None,
+                   curation: Optional[CurationConfig] = None) -> list[str]:
   """Registers `<corpus>.<objective><suffix>` for every corpus and objective with
   `vocabulary`; returns the names. With no vocabulary, the project's tasks: the default
   vocabulary's and the byte vocabulary's (`.byte`), registered once however often it is
   called. `text_files` (re)binds the `text_files.*` tasks to those files;
-  `supervised_data` (re)binds the `supervised` tasks."""
+  `supervised_data` (re)binds the `supervised` tasks; `curation` (re)binds the
+  `curated.*` tasks to the corpus that curation makes."""
   if supervised_data is not None:
     register_supervised(supervised_data)
   if vocabulary is None:
@@ -79,17 +90,22 @@ def register_tasks(vocabulary: Optional[seqio.Vocabulary] = None, suffix: str = 
                             register_tasks(vocabularies.byte_vocabulary(), suffix=".byte") +
                             multitask.register() +
                             multitask.register(vocabularies.byte_vocabulary(), ".byte"))
-    if text_files is not None:
-      register_tasks(vocabularies.default_vocabulary(), text_files=text_files)
-      register_tasks(vocabularies.byte_vocabulary(), suffix=".byte", text_files=text_files)
+    if text_files is not None or curation is not None:
+      register_tasks(vocabularies.default_vocabulary(), text_files=text_files,
+                     curation=curation)
+      register_tasks(vocabularies.byte_vocabulary(), suffix=".byte", text_files=text_files,
+                     curation=curation)
     return list(_PROJECT_TASKS)
   names = []
-  for corpus in CORPORA if text_files is None else ("text_files",):
+  rebound = [corpus for corpus, given in (("text_files", text_files), ("curated", curation))
+             if given is not None]
+  for corpus in rebound or CORPORA:
     for objective in OBJECTIVES:
       name = f"{corpus}.{objective}{suffix}"
       seqio.TaskRegistry.remove(name)
       seqio.TaskRegistry.add_provider(name, make_task(name, corpus, objective, vocabulary,
-                                                      text_files or corpora.TextFiles()))
+                                                      text_files or corpora.TextFiles(),
+                                                      curation))
       names.append(name)
   return names
 

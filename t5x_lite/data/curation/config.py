@@ -37,6 +37,7 @@ from datatrove.pipeline.filters import (
 )
 
 from t5x_lite.common.errors import ConfigError, check_at_least
+from t5x_lite.data.corpus_store import CorpusError
 from t5x_lite.data.curation import eval_sets, steps
 
 FILTERS: dict[str, Callable] = {
@@ -101,6 +102,8 @@ class CurationConfig:
     validation_fraction: documents of the curated corpus held out (by a hash of the text).
     samples_per_reason: removed documents the report quotes for each removal reason.
     output_dir: where the corpus goes; None: `<cache>/curated-<fingerprint[:16]>`.
+    datatrove_logs: show datatrove's own log lines and per-task stats tables on stderr
+      (always written under `<output>.work/logs/` when on).
   """
   inputs: tuple[str, ...] = ("pydocs",)
   jsonl_key: str = "text"
@@ -113,6 +116,7 @@ class CurationConfig:
   validation_fraction: float = 0.05
   samples_per_reason: int = 3
   output_dir: Optional[str] = None
+  datatrove_logs: bool = False
 
   def __post_init__(self):
     object.__setattr__(self, "inputs", tuple(self.inputs))
@@ -148,6 +152,11 @@ class CurationConfig:
     if decontaminate and decontaminate["action"] not in ("remove", "flag"):
       raise ConfigError("curation.settings['decontaminate']['action'] must be 'remove' or "
                         f"'flag', got {decontaminate['action']!r}.")
+    for name in decontaminate.get("sets", ()):
+      try:
+        eval_sets.check_name(name)
+      except CorpusError as error:
+        raise ConfigError(f"curation.settings['decontaminate']['sets']: {error}") from None
     if "minhash_dedup" in self.steps:
       minhash = self.step_settings("minhash_dedup")
       for key in ("n_grams", "num_buckets", "hashes_per_bucket"):

@@ -90,8 +90,24 @@ def _multitask_items(name: str, tasks: Sequence[str]) -> list[EvalItem]:
           for index, e in enumerate(examples)]
 
 
+def check_name(name: str) -> None:
+  """Raises CorpusError unless `name` is a set this module can read (without reading it)."""
+  known = (*CLOZE_SETS, addition.NAME, "multitask", "multitask.held_out",
+           *(f"multitask.{task}" for task in multitask.TASKS))
+  if name in known:
+    return
+  if isinstance(name, str) and name.endswith(text_files.JSONL_SUFFIXES):
+    if not os.path.isfile(name):
+      raise CorpusError(f"evaluation set file {name!r} does not exist.")
+    return
+  raise CorpusError(f"unknown evaluation set {name!r}; choose from {list(CLOZE_SETS)}, "
+                    f"{addition.NAME!r}, 'multitask', 'multitask.held_out', "
+                    "'multitask.<task>', or a .jsonl path.")
+
+
 def items(name: str) -> list[EvalItem]:
   """The items of one evaluation set by name or JSONL path (module docstring)."""
+  check_name(name)
   if name in CLOZE_SETS:
     return _cloze_items(name, os.path.join(CLOZE_DIR, f"{name}.jsonl"))
   if name == addition.NAME:
@@ -102,18 +118,8 @@ def items(name: str) -> list[EvalItem]:
   if name == "multitask.held_out":
     return _multitask_items(name, multitask.held_out_tasks())
   if name.startswith("multitask."):
-    task = name.removeprefix("multitask.")
-    if task not in multitask.TASKS:
-      raise CorpusError(f"unknown multitask set {name!r}; the tasks are "
-                        f"{sorted(multitask.TASKS)} (or multitask, multitask.held_out).")
-    return _multitask_items(name, [task])
-  if name.endswith(text_files.JSONL_SUFFIXES):
-    if not os.path.isfile(name):
-      raise CorpusError(f"evaluation set file {name!r} does not exist.")
-    return _cloze_items(name, name)
-  raise CorpusError(f"unknown evaluation set {name!r}; choose from {list(CLOZE_SETS)}, "
-                    f"{addition.NAME!r}, 'multitask', 'multitask.held_out', "
-                    "'multitask.<task>', or a .jsonl path.")
+    return _multitask_items(name, [name.removeprefix("multitask.")])
+  return _cloze_items(name, name)
 
 
 class Words:

@@ -41,6 +41,7 @@ from datatrove.pipeline.dedup import (
 )
 from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.writers import JsonlWriter
+from loguru import logger
 
 from t5x_lite.data import corpus_store, pydocs, shakespeare, text_files
 from t5x_lite.data.corpus_store import CorpusError, CorpusManifest
@@ -187,6 +188,10 @@ def run_stages(config: CurationConfig, work: str, stream: TextIO = sys.stderr) -
   """Runs (or resumes) every stage; True when all have finished (a Slurm or Ray run may
   still be queued when this returns)."""
   stages = plan(config, work)
+  if config.datatrove_logs:
+    logger.enable("datatrove")
+  else:  # curate prints its own progress; datatrove's per-task tables are for debugging
+    logger.disable("datatrove")
   if config.executor != "local":
     executor = None
     for stage in stages:  # each waits for the one before (datatrove's `depends`)
@@ -262,3 +267,28 @@ def settings_line(config: CurationConfig) -> Any:
     return None
   settings = config.step_settings("minhash_dedup")
   return dedup.minhash_rates(settings["num_buckets"], settings["hashes_per_bucket"]).line()
+
+
+class CuratedCorpus:
+  """The corpus a curation run makes (data/curation), curated the first time it is read
+  and found by its fingerprint ever after (gin: `curation.*`)."""
+
+  def __init__(self, config: CurationConfig):
+    self.config = config
+    self._curated = None
+
+  def _built(self) -> Curated:
+    if self._curated is None:
+      curated = curate(self.config)
+      if curated is None:
+        raise CorpusError("the curated corpus is still being built by the "
+                          f"{self.config.executor} executor; train once it is done.")
+      self._curated = curated
+    return self._curated
+
+  @property
+  def directory(self) -> str:
+    return self._built().directory
+
+  def build(self) -> CorpusManifest:
+    return self._built().manifest
