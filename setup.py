@@ -25,6 +25,12 @@ setup(
         "sentencepiece>=0.2.0",
         "tensorboard>=2.21",  # tf.summary needs it; tensorflow no longer installs it
         "qwix>=0.1.8,<0.2",  # quantization (t5x_lite/quantization.py)
+        # Curation (data/curation): datatrove's filters, deduplication and executors; spacy
+        # is its English word tokenizer (a blank pipeline, no model download); orjson its
+        # JSONL writer.
+        "datatrove>=0.10.1,<0.11",
+        "spacy>=3.8,<4",
+        "orjson>=3.10",
     ],
     extras_require={
         # nbclient, nbformat, ipykernel: CI executes the colab/ notebooks in small mode.

@@ -31,6 +31,7 @@ import gin
 from t5x_lite import gin_utils
 from t5x_lite.common import files
 from t5x_lite.common.errors import check_at_least, run_cli
+from t5x_lite.data.curation import report as curation_report
 from t5x_lite.inference import chain_of_thought as cot
 from t5x_lite.inference import evaluation, textio
 from t5x_lite.inference import multiple_choice as mc
@@ -46,13 +47,17 @@ def evaluate(checkpoint_path: str = gin.REQUIRED, task: Optional[str] = None,
              seed: int = 0, max_questions: Optional[int] = None,
              chain_of_thought: Optional[cot.ChainOfThought] = None,
              quantize: Optional[str] = None, output_path: Optional[str] = None,
-             lora_base: Optional[str] = None) -> dict:
+             lora_base: Optional[str] = None,
+             contamination_report: Optional[str] = None) -> dict:
   """Evaluates CHECKPOINT_PATH's model (see the module docstring); returns the results.
 
   task, feature_lengths: None means those the checkpoint was trained with.
   separator, seed: k-shot examples' separator and draw.
   chain_of_thought: `@chain_of_thought()` with its `chain_of_thought.*` bindings.
   quantize: e.g. 'int8_weights' (quantization.MODES): quantize the weights first.
+  contamination_report: the training corpus's curation report (report.json, or the curated
+    corpus directory): sets it names are also scored on their clean and contaminated
+    items apart.
   """
   check_at_least("evaluate", 1, batch_size=batch_size, eval_batches=eval_batches,
                  max_new_tokens=max_new_tokens)
@@ -64,12 +69,14 @@ def evaluate(checkpoint_path: str = gin.REQUIRED, task: Optional[str] = None,
   predictions_path = os.path.splitext(output_path)[0] + "_predictions.jsonl"
   # Both outputs are claimed before any work: a second evaluate writing here is refused now.
   with files.exclusive(output_path), files.exclusive(predictions_path):
+    contamination = (curation_report.dirty_items(contamination_report)
+                     if contamination_report else None)
     return _evaluate(checkpoint_path, task, feature_lengths, multiple_choice, max_questions,
                      quantize, lora_base, output_path, predictions_path, dict(
                          split=split, batch_size=batch_size, eval_batches=eval_batches,
                          shots=shots, chain_of_thought=chain_of_thought, separator=separator,
                          metric_examples=metric_examples, max_new_tokens=max_new_tokens,
-                         seed=seed))
+                         seed=seed, contamination=contamination))
 
 
 def _evaluate(checkpoint_path, task, feature_lengths, multiple_choice, max_questions,
@@ -120,6 +127,8 @@ def _main(argv: Sequence[str]) -> int:
               f"; {outcome['truncated_contexts']} contexts cut to fit the model, by up to "
               f"{outcome['truncated_tokens_max']} tokens" if outcome.get("truncated_contexts")
               else ""))
+  for name, split in results.get("contamination", {}).items():
+    print(f"{name}: " + evaluation.describe_contamination(split))
   for name, outcome in results["generation"].items():
     print(f"{name}: exact match {outcome['exact_match']:.3f} ({outcome['examples']} examples, "
           "greedy)")

@@ -25,7 +25,16 @@ import gin
 from t5x_lite import gin_utils
 from t5x_lite.common import files
 from t5x_lite.common.errors import at_least, positive, run_cli
-from t5x_lite.inference.harness import HARNESS_TASKS_DIR, HarnessError, T5xLiteLM, offline_tasks
+from t5x_lite.data.curation import report as curation_report
+from t5x_lite.inference.evaluation import describe_contamination
+from t5x_lite.inference.harness import (
+  HARNESS_TASKS_DIR,
+  HarnessError,
+  T5xLiteLM,
+  contamination,
+  evaluation_set,
+  offline_tasks,
+)
 
 
 @gin.configurable
@@ -33,9 +42,12 @@ def harness(checkpoint_path: str = gin.REQUIRED, tasks: Sequence[str] = ("t5x_li
             num_fewshot: Optional[int] = None, limit: Optional[float] = None,
             batch_size: int = 16, truncation: str = "left", log_samples: bool = False,
             seed: int = 0, output_path: Optional[str] = None,
-            lora_base: Optional[str] = None) -> dict:
+            lora_base: Optional[str] = None, contamination_report: Optional[str] = None) -> dict:
   """Evaluates CHECKPOINT_PATH on `tasks` with lm_eval.simple_evaluate; writes and
-  returns the harness's results."""
+  returns the harness's results. With the training corpus's curation report
+  (`contamination_report`), each offline task it covers is also scored on its clean and
+  contaminated items apart (results["contamination"]; the samples are logged for it)."""
+  dirty = curation_report.dirty_items(contamination_report) if contamination_report else None
   from lm_eval.tasks import TaskManager
 
   # Indexing the harness's own thousands of task files takes seconds: only when asked for.
@@ -48,13 +60,14 @@ def harness(checkpoint_path: str = gin.REQUIRED, tasks: Sequence[str] = ("t5x_li
   output_path = output_path or os.path.join(checkpoint_path, "lm_eval_results.json")
   with files.exclusive(output_path):
     return _evaluate(checkpoint_path, list(tasks), manager, output_path, dict(
-        num_fewshot=num_fewshot, limit=limit, log_samples=log_samples, random_seed=seed,
+        num_fewshot=num_fewshot, limit=limit, log_samples=log_samples or dirty is not None,
+        random_seed=seed,
         numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed),
         T5xLiteLM(checkpoint_path, batch_size=batch_size, truncation=truncation,
-                  lora_base=lora_base))
+                  lora_base=lora_base), dirty)
 
 
-def _evaluate(checkpoint_path, tasks, manager, output_path, settings, model) -> dict:
+def _evaluate(checkpoint_path, tasks, manager, output_path, settings, model, dirty) -> dict:
   from lm_eval import evaluator
   from lm_eval import utils as harness_utils
 
@@ -68,6 +81,10 @@ def _evaluate(checkpoint_path, tasks, manager, output_path, settings, model) -> 
         f"a task in {tasks} needs its dataset downloaded from the Hugging Face Hub "
         f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); run with network "
         f"access, or use the offline tasks {offline_tasks()}.") from None
+  for task, samples in results.get("samples", {}).items() if dirty is not None else ():
+    name = evaluation_set(task)
+    if name in dirty:
+      results.setdefault("contamination", {})[task] = contamination(samples, dirty[name])
   with files.atomic_write(output_path) as handle:
     json.dump(results, handle, indent=1, default=harness_utils.handle_non_serializable)
   results["output_path"] = output_path
@@ -86,11 +103,14 @@ def parse(argv: Sequence[str]) -> None:
   parser.add_argument("--output_path")
   parser.add_argument("--log_samples", action="store_true", default=None)
   parser.add_argument("--lora_base", help="a LoRA run's base, when it has moved")
+  parser.add_argument("--contamination_report",
+                      help="the training corpus's curation report: score clean and "
+                      "contaminated items apart")
   args, rest = parser.parse_known_args(argv)
   bindings = {"tasks": args.tasks and args.tasks.split(","), "num_fewshot": args.num_fewshot,
               "limit": args.limit, "batch_size": args.batch_size,
               "output_path": args.output_path, "log_samples": args.log_samples,
-              "lora_base": args.lora_base}
+              "lora_base": args.lora_base, "contamination_report": args.contamination_report}
   gin_utils.parse_flags(["--gin_file=runs/lm_eval.gin", *rest] + [
       f"--gin.harness.{key}={value!r}" for key, value in bindings.items() if value is not None])
 
@@ -108,6 +128,8 @@ def _main(argv: Sequence[str]) -> int:
     shown = ", ".join(f"{name.split(',')[0]} {value:.4f}" for name, value in metrics.items()
                       if isinstance(value, float) and "stderr" not in name)
     print(f"{task}: {shown}")
+  for task, split in results.get("contamination", {}).items():
+    print(f"{task}: " + describe_contamination(split))
   print(f"results: {results['output_path']}")
   return 0
 

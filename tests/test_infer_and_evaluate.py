@@ -286,10 +286,14 @@ def test_the_zero_shot_suite_has_two_thousand_validation_questions():
 
 def test_evaluate_writes_every_prediction_and_the_standard_error(model_dir, tmp_path, capsys):
   output = tmp_path / "evaluation.json"
+  report = tmp_path / "report.json"  # a curation report: cloze items 1 and 3 were in training
+  report.write_text(json.dumps({"contamination": {"pydocs_cloze": {
+      "items": {"1": [], "3": []}}}}))
   code = evaluate.main(["--gin_file=runs/evaluate.gin", f"--gin.CHECKPOINT_PATH='{model_dir}'",
                         "--gin.evaluate.multiple_choice=['pydocs_cloze']",
                         "--gin.evaluate.max_questions=5", "--gin.evaluate.eval_batches=1",
                         "--gin.evaluate.metric_examples=0",
+                        f"--gin.evaluate.contamination_report='{report}'",
                         f"--gin.evaluate.output_path='{output}'"])
   assert code == 0
   rows = [json.loads(line) for line in (tmp_path / "evaluation_predictions.jsonl").open()]
@@ -299,3 +303,16 @@ def test_evaluate_writes_every_prediction_and_the_standard_error(model_dir, tmp_
   assert outcome["stderr"] == pytest.approx((outcome["accuracy"] * (1 - outcome["accuracy"])
                                              / 5) ** 0.5)
   assert f"± {outcome['stderr']:.3f}" in capsys.readouterr().out
+  split = json.loads(output.read_text())["contamination"]["pydocs_cloze/0-shot"]
+  assert split["dirty"]["questions"] == 2 and split["clean"]["questions"] == 3
+  assert split["dirty"]["accuracy"] == (rows[1]["correct"] + rows[3]["correct"]) / 2
+  assert split["clean"]["accuracy"] == sum(rows[i]["correct"] for i in (0, 2, 4)) / 3
+
+
+def test_clean_and_dirty_accuracy_by_hand():
+  split = evaluation.contamination_split([True, False, True, True], dirty={1, 3})
+  assert split["clean"] == {"accuracy": 1.0, "stderr": 0.0, "questions": 2}
+  assert split["dirty"]["accuracy"] == 0.5
+  assert split["dirty"]["stderr"] == pytest.approx((0.5 * 0.5 / 2) ** 0.5)
+  assert split["all"] == 0.75 and split["clean_minus_all"] == 0.25
+  assert evaluation.contamination_split([True], dirty=set())["dirty"]["accuracy"] is None

@@ -15,7 +15,7 @@ Every set's per-example predictions are returned under "predictions" for inspect
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from typing import Collection, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -91,16 +91,51 @@ def exact_match(model, examples: Sequence[Mapping[str, str]], vocabulary, add_eo
           "predictions": predictions}
 
 
+def contamination_split(correct: Sequence[bool], dirty: Collection[int]) -> dict:
+  """Accuracy on the clean and on the contaminated items of a set apart (GPT-3, Appendix
+  C): each subset's accuracy, its binomial standard error and size, and clean minus all,
+  the change decontamination would make to the reported score. A subset with no items
+  has accuracy None."""
+  def subset(values: list) -> dict:
+    if not values:
+      return {"accuracy": None, "stderr": None, "questions": 0}
+    accuracy = float(np.mean(values))
+    return {"accuracy": accuracy, "stderr": mc.binomial_stderr(accuracy, len(values)),
+            "questions": len(values)}
+
+  clean = subset([bool(c) for i, c in enumerate(correct) if i not in dirty])
+  contaminated = subset([bool(c) for i, c in enumerate(correct) if i in dirty])
+  overall = float(np.mean([bool(c) for c in correct])) if len(correct) else None
+  return {"clean": clean, "dirty": contaminated, "all": overall,
+          "clean_minus_all": None if clean["accuracy"] is None or overall is None
+          else clean["accuracy"] - overall}
+
+
+def describe_contamination(split: dict) -> str:
+  """One line: accuracy on the clean and the contaminated items of a set."""
+  def part(name: str) -> str:
+    subset = split[name]
+    if subset["accuracy"] is None:
+      return f"{name} - (0 items)"
+    return f"{name} {subset['accuracy']:.3f} ± {subset['stderr']:.3f} ({subset['questions']})"
+  return f"{part('clean')}, {part('dirty')}" + (
+      f"; clean - all {split['clean_minus_all']:+.3f}" if split["clean_minus_all"] is not None
+      else "")
+
+
 def report(model, task: str, feature_lengths: Mapping[str, int], *, split: str = "validation",
            batch_size: int = 8, eval_batches: int = 8,
            question_sets: Mapping[str, Sequence[mc.Question]] = (), shots: Sequence[int] = (0,),
            generation_sets: Mapping[str, Sequence[Mapping[str, str]]] = (),
            chain_of_thought: Optional[cot.ChainOfThought] = None,
            separator: str = "\n\n", metric_examples: int = 64, max_new_tokens: int = 64,
-           seed: int = 0) -> dict:
+           seed: int = 0, contamination: Optional[Mapping[str, Collection[int]]] = None) -> dict:
   """Language modelling, task metrics, multiple choice (each set at each shot count, k-shot
   examples joined by `separator` in an order drawn by `seed`), zero-shot generation sets
-  (exact match), per-cluster means of multitask tasks, and chain of thought."""
+  (exact match), per-cluster means of multitask tasks, and chain of thought. Given
+  `contamination` ({set: indices of its items found in the training corpus}, a curation
+  report's, data/curation/report.dirty_items), each of those sets is also scored on its
+  clean and its contaminated items apart (`contamination_split`)."""
   _, vocabulary, add_eos = textio.task_vocabularies(task)
   # Prompts the model cannot hold are bad input that generation meets last: refuse them
   # before the language-modelling and multiple-choice passes spend their time.
@@ -132,6 +167,11 @@ def report(model, task: str, feature_lengths: Mapping[str, int], *, split: str =
          "correct": normalise(p) == normalise(e["targets"])}
         for i, (p, e) in enumerate(zip(outcome.pop("predictions"), examples))]
     results["generation"][key] = outcome
+  for key, rows in results["predictions"].items():
+    dirty = (contamination or {}).get(key.split("/")[0])
+    if dirty is not None:
+      results.setdefault("contamination", {})[key] = contamination_split(
+          [row["correct"] for row in rows], dirty)
   if chain_of_thought is not None:
     outcome = cot.score(model, vocabulary, add_eos, chain_of_thought, batch_size)
     key = f"chain_of_thought/{outcome['shots']}-shot/{outcome['samples']}-samples"

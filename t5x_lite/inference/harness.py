@@ -32,7 +32,8 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
 from t5x_lite.common.errors import UserError
-from t5x_lite.inference import decoding, textio
+from t5x_lite.data import multitask
+from t5x_lite.inference import decoding, evaluation, textio
 from t5x_lite.runs import loading
 
 TRUNCATION = ("left", "error")
@@ -49,6 +50,32 @@ def offline_tasks() -> list[str]:
   """Names of the offline harness tasks and groups (one YAML file each)."""
   return sorted(name.removesuffix(".yaml") for name in os.listdir(HARNESS_TASKS_DIR)
                 if name.endswith(".yaml") and not name.startswith("_"))
+
+
+def evaluation_set(task: str) -> Optional[str]:
+  """The project's evaluation set an offline harness task scores, by the name curation's
+  decontamination reports it under (data/curation/eval_sets.py), or None; its documents
+  are that set's items in order, so a sample's doc_id is the item's index."""
+  name = task.removeprefix("t5x_lite_")
+  if name == "pydocs_cloze":
+    return name
+  if name in multitask.TASKS:
+    return f"multitask.{name}"
+  return None
+
+
+def contamination(samples: Sequence[dict], dirty: set[int]) -> dict:
+  """A harness task's logged samples split into clean and contaminated items
+  (evaluation.contamination_split), by each sample's accuracy or exact match."""
+  scored = {}
+  for sample in samples:
+    metric = next(key for key in ("acc", "exact_match") if key in sample)
+    scored[int(sample["doc_id"])] = bool(sample[metric])
+  ordered = [scored.get(i) for i in range(max(scored, default=-1) + 1)]
+  if any(value is None for value in ordered):
+    raise HarnessError("the harness's samples do not cover doc ids 0..n-1; "
+                       "contamination needs every item up to the limit scored.")
+  return evaluation.contamination_split(ordered, dirty)
 
 
 @register_model("t5x_lite")

@@ -124,16 +124,31 @@ def test_rolling_loglikelihood_predicts_every_token_once():
 
 def test_offline_tasks_run_end_to_end_on_a_checkpoint(tiny_run_once, tmp_path, capsys):
   output = tmp_path / "results.json"
+  # A curation report finding cloze item 1 and same_play item 0 in the training corpus.
+  report = tmp_path / "report.json"
+  report.write_text(json.dumps({"contamination": {
+      "pydocs_cloze": {"items": {"1": []}}, "multitask.same_play": {"items": {"0": []}}}}))
   code = command.main([f"--gin.CHECKPOINT_PATH='{tiny_run_once}'", "--tasks",
                        "t5x_lite_pydocs_cloze,t5x_lite_held_out,t5x_lite_docstring_summary",
-                       "--limit", "3", "--output_path", str(output)])
+                       "--limit", "3", "--output_path", str(output),
+                       "--contamination_report", str(report)])
   assert code == 0
-  results = json.loads(output.read_text())["results"]
+  written = json.loads(output.read_text())
+  for task, dirty in (("t5x_lite_pydocs_cloze", 1), ("t5x_lite_same_play", 0)):
+    correct = {s["doc_id"]: s["acc"] for s in written["samples"][task]}
+    split = written["contamination"][task]
+    assert split["dirty"] == {"accuracy": correct[dirty], "stderr": 0.0, "questions": 1}
+    clean = [v for doc, v in correct.items() if doc != dirty]
+    assert split["clean"]["accuracy"] == pytest.approx(sum(clean) / 2)
+    assert split["all"] == pytest.approx(written["results"][task]["acc,none"])
+  assert set(written["contamination"]) == {"t5x_lite_pydocs_cloze", "t5x_lite_same_play"}
+  results = written["results"]
   assert {"t5x_lite_pydocs_cloze", "t5x_lite_held_out", "t5x_lite_same_play",
           "t5x_lite_docstring_summary"} <= set(results)
   assert 0 <= results["t5x_lite_pydocs_cloze"]["acc,none"] <= 1
   assert "exact_match,strip" in results["t5x_lite_docstring_summary"]
-  assert "t5x_lite_held_out: acc" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "t5x_lite_held_out: acc" in out and "t5x_lite_pydocs_cloze: clean " in out
   assert "t5x_lite_held_out" in offline_tasks()
 
 

@@ -7,8 +7,8 @@ example's inputs and targets, the addition set's sum and result). Sets by name:
   pydocs_cloze, shakespeare_cloze   the cloze sets (t5x_lite/data/multiple_choice/)
   addition                          the generated two-digit addition set (addition.py)
   multitask.<task>                  one multitask task's validation examples
-  multitask.held_out                the held-out tasks (the harness's t5x_lite_held_out)
-  multitask                         every multitask task
+  multitask.held_out                each held-out task (the harness's t5x_lite_held_out)
+  multitask                         each multitask task
   <path>.jsonl                      a file of your own: per line "text", or "context" +
                                     "choices" + "label", or "inputs" + "targets", or
                                     "question" + "answer", or "prompt" + "completion"
@@ -84,10 +84,9 @@ def _item_text(record: object, path: str, number: int) -> str:
                     "\"question\"/\"answer\" or \"prompt\"/\"completion\".")
 
 
-def _multitask_items(name: str, tasks: Sequence[str]) -> list[EvalItem]:
-  examples = [e for task in tasks for e in multitask.examples(task, "validation")]
+def _multitask_items(name: str, task: str) -> list[EvalItem]:
   return [EvalItem(name, index, e["inputs"] + " " + e["targets"])
-          for index, e in enumerate(examples)]
+          for index, e in enumerate(multitask.examples(task, "validation"))]
 
 
 def check_name(name: str) -> None:
@@ -105,6 +104,20 @@ def check_name(name: str) -> None:
                     "'multitask.<task>', or a .jsonl path.")
 
 
+def expand(names: Iterable[str]) -> list[str]:
+  """Set names with the multitask groups as their tasks (`multitask.<task>` each), so an
+  item's index is its index in that task's validation examples, as evaluation counts."""
+  expanded = []
+  for name in names:
+    if name == "multitask":
+      expanded += [f"multitask.{task}" for task in multitask.TASKS]
+    elif name == "multitask.held_out":
+      expanded += [f"multitask.{task}" for task in multitask.held_out_tasks()]
+    else:
+      expanded.append(name)
+  return list(dict.fromkeys(expanded))
+
+
 def items(name: str) -> list[EvalItem]:
   """The items of one evaluation set by name or JSONL path (module docstring)."""
   check_name(name)
@@ -113,12 +126,10 @@ def items(name: str) -> list[EvalItem]:
   if name == addition.NAME:
     return [EvalItem(name, index, q["context"] + q["choices"][q["label"]])
             for index, q in enumerate(addition.questions())]
-  if name == "multitask":
-    return _multitask_items(name, list(multitask.TASKS))
-  if name == "multitask.held_out":
-    return _multitask_items(name, multitask.held_out_tasks())
+  if name in ("multitask", "multitask.held_out"):
+    raise CorpusError(f"{name!r} is a group of sets; expand() names its tasks.")
   if name.startswith("multitask."):
-    return _multitask_items(name, [name.removeprefix("multitask.")])
+    return _multitask_items(name, name.removeprefix("multitask."))
   return _cloze_items(name, name)
 
 
@@ -169,7 +180,7 @@ def build_index(sets: Iterable[str], n_grams: int = 13, min_ngram: int = 8,
   hash_fn = create_hash_func(hash_config)
   hashes: dict[int, dict[int, list[tuple[str, int]]]] = {}
   set_ngram, checked, unchecked = {}, {}, {}
-  for name in sets:
+  for name in expand(sets):
     tokenized = [(item, words(item.text)) for item in items(name)]
     n = set_ngram_size([len(w) for _, w in tokenized], n_grams, min_ngram)
     set_ngram[name], checked[name], unchecked[name] = n, 0, 0

@@ -249,7 +249,8 @@ def curate(config: CurationConfig, stream: TextIO = sys.stderr) -> Optional[Cura
     provenance = {"fingerprint": fingerprint, "inputs_fingerprint": fingerprint_in,
                   "inputs": list(config.inputs), "settings": config.effective()}
     manifest = corpus_store.write_corpus(
-        directory, "curated", [record["text"] for record in kept], source=f"curated from {list(config.inputs)}",
+        directory, "curated", [record["text"] for record in kept],
+        source=f"curated from {list(config.inputs)}",
         validation_fraction=config.validation_fraction, provenance=provenance,
         extra_files={REPORT_JSON: json.dumps(built, indent=1),
                      REPORT_MD: report.markdown(built)})

@@ -16,7 +16,7 @@ import json
 import os
 from typing import Iterable, Iterator, Sequence
 
-from t5x_lite.data.corpus_store import CorpusManifest
+from t5x_lite.data.corpus_store import CorpusError, CorpusManifest
 from t5x_lite.data.curation import dedup, eval_sets, steps
 from t5x_lite.data.curation.config import DEDUP, CurationConfig
 
@@ -98,14 +98,14 @@ def contamination(work: str, settings: dict) -> dict:
   (indices) with the documents they were found in."""
   index = eval_sets.build_index(settings["sets"], settings["n_grams"], settings["min_ngram"])
   found: dict[str, dict[int, list]] = {name: collections.defaultdict(list)
-                                       for name in settings["sets"]}
-  documents: dict[str, set] = {name: set() for name in settings["sets"]}
+                                       for name in index.set_ngram}
+  documents: dict[str, set] = {name: set() for name in index.set_ngram}
   for record in read_jsonl_folder(os.path.join(work, "contamination")):
     for name, item, gram in record["matches"]:
       found[name][item].append({"document": record["id"], "ngram": gram})
       documents[name].add(record["id"])
   report = {}
-  for name in settings["sets"]:
+  for name in index.set_ngram:
     items = found[name]
     report[name] = {
         "ngram": index.set_ngram[name], "checked": index.checked[name],
@@ -163,6 +163,23 @@ def build(config: CurationConfig, work: str, stages: Sequence, kept: Sequence[di
   return report
 
 
+def dirty_items(path: str) -> dict[str, set[int]]:
+  """{evaluation set: indices of its contaminated items} from a curation report (its
+  report.json, or the curated corpus directory that holds it)."""
+  if os.path.isdir(path):
+    path = os.path.join(path, "report.json")
+  try:
+    with open(path) as handle:
+      found = json.load(handle)["contamination"]
+  except FileNotFoundError:
+    raise CorpusError(f"no curation report at {path}; name a curated corpus directory or "
+                      "its report.json.") from None
+  except (json.JSONDecodeError, KeyError, TypeError):
+    raise CorpusError(f"{path} is not a curation report with a decontamination step "
+                      "(no 'contamination' section).") from None
+  return {name: {int(item) for item in entry["items"]} for name, entry in found.items()}
+
+
 def _table(header: Sequence[str], rows: Iterable[Sequence]) -> list[str]:
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
@@ -171,13 +188,15 @@ def _table(header: Sequence[str], rows: Iterable[Sequence]) -> list[str]:
 
 def markdown(report: dict) -> str:
   """report.md: the tables a person reads."""
-  out = [f"# Curation report", "",
+  out = ["# Curation report", "",
          f"Inputs {report['inputs']}: {report['documents_in']:,} documents, "
          f"{report['bytes_in']:,} bytes in; {report['documents_out']:,} documents, "
          f"{report['bytes_out']:,} bytes out ({report['seconds']} s, "
          f"{report['documents_per_second']} documents/s).", "", "## Steps", ""]
-  out += _table(["step", "documents in", "documents out", "bytes in", "bytes out", "removed (reason: documents)"],
-                [(r["step"], r["documents_in"], r["documents_out"], r["bytes_in"], r["bytes_out"],
+  out += _table(["step", "documents in", "documents out", "bytes in", "bytes out",
+                 "removed (reason: documents)"],
+                [(r["step"], r["documents_in"], r["documents_out"], r["bytes_in"],
+                  r["bytes_out"],
                   ", ".join(f"{k}: {v}" for k, v in sorted(r["removed"].items())) or "-")
                  for r in report["steps"]])
   if "c4_lines_removed" in report:
@@ -197,8 +216,8 @@ def markdown(report: dict) -> str:
   if "contamination" in report:
     out += ["", "## Contamination", ""]
     out += _table(["set", "n-gram", "items checked", "too short", "contaminated", "documents"],
-                  [(name, s["ngram"], s["checked"], s["too_short"], s["contaminated"], s["documents"])
-                   for name, s in report["contamination"].items()])
+                  [(name, s["ngram"], s["checked"], s["too_short"], s["contaminated"],
+                    s["documents"]) for name, s in report["contamination"].items()])
   out += ["", "## Removed documents, a sample per reason", ""]
   for row in report["steps"]:
     for reason, quoted in sorted(row["samples"].items()):
