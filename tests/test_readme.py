@@ -16,6 +16,8 @@ Each ```sh command is exercised by the handler for its program:
                               (tests/test_quantization.py runs it)
   python -m t5x_lite.lm_eval  its flags parsed into gin, CHECKPOINT_PATH bound, every task
                               one the harness knows (tests/interop/test_lm_eval.py runs it)
+  python -m t5x_lite.curate   configured: its gin parsed, its inputs found, its stages planned
+                              (tests/data/curation runs the pipeline)
   python -m t5x_lite.compile_check
                               its flags parsed, the run's spec built from its gin files, the
                               mesh built on the topology's compile-only devices and checked
@@ -280,6 +282,17 @@ def check_compile_check(command: list[str], _) -> None:
   trainer.check_layout(spec, mesh)
 
 
+def check_curate(command: list[str], folder) -> None:
+  """Configured: the gin parsed into a curation config, its inputs found, its stages planned."""
+  from t5x_lite.data.curation import pipeline
+
+  gin_utils.parse_flags(in_test_folder(command[3:], folder))
+  config = gin_utils.construct("curation")
+  assert pipeline.input_sources(config)
+  stages = pipeline.plan(config, os.path.join(str(folder), "work"))
+  assert stages[-1].name == "final" and len(stages) >= 2
+
+
 def check_compare(command: list[str], folder: str) -> None:
   """Run as written on the committed fits, writing into the test folder."""
   args = [str(folder) if arg.startswith("/tmp") else arg for arg in command[1:]]
@@ -300,6 +313,7 @@ def handler(command: list[str]):
             ("python", "-m", "t5x_lite.lm_eval"): check_lm_eval,
             ("python", "-m", "t5x_lite.quantize"): check_quantize,
             ("python", "-m", "t5x_lite.compile_check"): check_compile_check,
+            ("python", "-m", "t5x_lite.curate"): check_curate,
             ("python", "tools/scaling_sweep.py"): check_sweep,
             ("python", "experiments/architecture_objective/run.py"): check_ablation,
             ("python", "experiments/mup/run.py"): check_mup_study,
