@@ -34,6 +34,7 @@ bench: install demo  # the quantization benchmark measures the quick-start model
 	$(PY) tools/benchmark_scaling.py
 	$(PY) tools/benchmark_lora.py
 	$(PY) tools/benchmark_preference.py
+	$(PY) tools/benchmark_curation.py
 	$(PY) tools/benchmark_harness.py
 	$(PY) tools/benchmark_quantization.py
 	$(PY) tools/benchmark_pipeline.py
