@@ -10,6 +10,7 @@ import random
 import pytest
 import seqio
 
+from t5x_lite import curate
 from t5x_lite.common.errors import ConfigError
 from t5x_lite.data import register_tasks
 from t5x_lite.data.corpus_store import CorpusError
@@ -190,3 +191,25 @@ def test_unreadable_input_is_one_clear_error(tmp_path):
 def test_bad_settings_are_one_clear_error_each(kwargs, message):
   with pytest.raises(ConfigError, match=message):
     CurationConfig(**kwargs)
+
+
+def test_a_changed_threshold_builds_a_second_corpus_in_the_cache(tmp_path, monkeypatch):
+  monkeypatch.setenv("T5X_LITE_CACHE", str(tmp_path / "cache"))
+  path = tmp_path / "docs.jsonl"
+  rng = random.Random(1)
+  path.write_text("".join(json.dumps({"text": good_document(rng)}) + "\n" for _ in range(6)))
+  built = [pipeline.curate(CurationConfig(inputs=(str(path),), steps=("gopher_quality",),
+                                          settings={"gopher_quality": {"min_doc_words": n}}))
+           for n in (50, 40, 50)]
+  assert built[0].directory != built[1].directory
+  assert built[2].directory == built[0].directory
+  assert built[0].directory.startswith(str(tmp_path / "cache" / "curated-"))
+  assert (built[1].manifest.provenance["settings"]["steps"]["gopher_quality"]
+          ["min_doc_words"] == 40)
+
+
+def test_the_command_refuses_an_unknown_step_with_exit_2(capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    curate.main(["--gin.curation.steps=['gopher_quality', 'dedupe']"])
+  assert exit_info.value.code == 2
+  assert "unknown curation step 'dedupe'" in capsys.readouterr().err
