@@ -27,6 +27,7 @@ import sys
 import time
 from typing import Any, Callable, Iterable, Optional, TextIO
 
+import multiprocess
 from datatrove.executor import LocalPipelineExecutor, RayPipelineExecutor, SlurmPipelineExecutor
 from datatrove.pipeline.dedup import (
   ExactDedupConfig,
@@ -198,7 +199,12 @@ def run_stages(config: CurationConfig, work: str, stream: TextIO = sys.stderr) -
       executor = _executor(config, stage, work, executor)
     executor.run()
     return all(_finished(work, stage) for stage in stages)
-  # Locally, stage by stage, saying where the run is.
+  # Locally, stage by stage, saying where the run is. The local executor starts a
+  # multiprocess Manager even for one worker; from a process running JAX's threads that
+  # must not be a fork (a child can inherit a lock held mid-operation), so its processes
+  # come from a fork server started clean.
+  if multiprocess.get_start_method(allow_none=True) in (None, "fork"):
+    multiprocess.set_start_method("forkserver", force=True)
   for number, stage in enumerate(stages, start=1):
     if _finished(work, stage):
       print(f"curate: stage {number}/{len(stages)} {stage.name}: done before", file=stream)
