@@ -45,7 +45,7 @@ from t5x_lite.inference import decoding  # noqa: E402
 from t5x_lite.runs import loading  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BASE, HELDOUT = 400, 60
+BASE, HELDOUT = 1200, 60
 COPIES = (1, 8, 32)
 PASSAGES_PER_GROUP = 10
 PLANTED_ITEMS = 50
@@ -62,17 +62,33 @@ LOOSENED = {"gopher_quality": {"max_non_alpha_words_ratio": None, "min_stop_word
 
 class Scale:
   def __init__(self, quick: bool):
-    self.steps = 20 if quick else 400
+    self.steps = 20 if quick else 300
     self.base, self.heldout = (60, 10) if quick else (BASE, HELDOUT)
     self.items, self.pii, self.low_quality = (10, 5, 5) if quick else (
         PLANTED_ITEMS, PII_DOCUMENTS, LOW_QUALITY)
 
 
+def chunks(text: str, longest: int = 4000) -> list[str]:
+  """A document cut at paragraph breaks into pieces of at most `longest` characters."""
+  pieces, current = [], ""
+  for paragraph in text.split("\n\n"):
+    if current and len(current) + len(paragraph) + 2 > longest:
+      pieces.append(current)
+      current = ""
+    current = f"{current}\n\n{paragraph}" if current else paragraph
+  return pieces + [current] if current else pieces
+
+
 def source_documents(count: int) -> list[str]:
-  """Documents of both embedded corpora, alternating, of 400-4000 characters."""
+  """Pieces of 400-4000 characters of both embedded corpora's documents, alternating
+  between them."""
+  def pieces(documents):
+    for text in documents():
+      yield from (piece for piece in chunks(text) if len(piece) >= 400)
+
   chosen = []
-  for pair in zip(pydocs.documents(), shakespeare.documents()):
-    chosen += [t for t in pair if 400 <= len(t) <= 4000]
+  for pair in zip(pieces(pydocs.documents), pieces(shakespeare.documents)):
+    chosen += pair
     if len(chosen) >= count:
       break
   return chosen[:count]
@@ -294,9 +310,17 @@ def study(work_dir: str, scale: Scale) -> dict:
           "MIXTURE_OR_TASK_NAME = 'curated.full_lm'"], scale),
   }
   results["training"] = {}
+  vocabulary = vocabularies.default_vocabulary()
+  corpus_texts = {"raw": [r["text"] for r in map(json.loads, open(
+      os.path.join(work_dir, "raw.jsonl")))],
+                  "curated": [r["text"] for r in report.read_jsonl_folder(
+                      os.path.join(loosened.directory + ".work", "data", "curated"))]}
+  trained_tokens = scale.steps * 8 * 256  # quickstart.gin's batch and length
   for name, model_dir in runs.items():
     evaluation = evaluate(model_dir, work_dir, flagged.directory)
+    corpus_tokens = sum(len(vocabulary.encode(text)) + 1 for text in corpus_texts[name])
     results["training"][name] = {
+        "corpus_tokens": corpus_tokens, "epochs": trained_tokens / corpus_tokens,
         "heldout_loss": evaluation["language_modelling"]["loss"],
         "cloze": evaluation["contamination"]["pydocs_cloze/0-shot"],
         "memorisation": memorisation(model_dir, truth)}
@@ -316,11 +340,12 @@ def report_markdown(results: dict) -> str:
       out.append(f"| {name} | {step} | {r.get('removed', r.get('replacements'))} | "
                  f"{fmt(r['precision'])} | {fmt(r['recall'])} | {r.get('clean_removed', '-')} |")
   out += ["", "## Training at equal compute", "",
-          "| corpus | held-out loss | cloze clean | cloze contaminated | memorised, by copies |",
-          "|---|---|---|---|---|"]
+          "| corpus | tokens | epochs | held-out loss | cloze clean | cloze contaminated | "
+          "memorised, by copies |", "|---|---|---|---|---|---|---|"]
   for name, r in results["training"].items():
     cloze = r["cloze"]
-    out.append(f"| {name} | {r['heldout_loss']:.4f} | {fmt(cloze['clean']['accuracy'])} "
+    out.append(f"| {name} | {r['corpus_tokens']:,} | {r['epochs']:.2f} | "
+               f"{r['heldout_loss']:.4f} | {fmt(cloze['clean']['accuracy'])} "
                f"({cloze['clean']['questions']}) | {fmt(cloze['dirty']['accuracy'])} "
                f"({cloze['dirty']['questions']}) | "
                + ", ".join(f"{k}: {v:.2f}" for k, v in r["memorisation"].items()) + " |")
