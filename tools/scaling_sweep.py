@@ -80,6 +80,11 @@ def main(argv: list[str]) -> int:
     curves_csv = args.curves_csv or os.path.join(args.sweep_dir, "CURVES.csv")
     written, unfinished = sweep.collect(plan, args.sweep_dir, runs_csv, curves_csv)
     if args.downstream:
+      # The runs' tasks as the runs registered them (a mixture bound in gin among them):
+      # scoring reads the vocabulary of each run's recorded task.
+      gin_utils.parse([*plan["gin_files"], *files], [*plan["gin_bindings"], *bindings],
+                      plan.get("gin_search_paths", []))
+      gin_utils.register_tasks()
       downstream_csv = args.downstream_csv or os.path.join(args.sweep_dir, "DOWNSTREAM.csv")
       scored = downstream.collect(plan, args.sweep_dir, args.downstream, downstream_csv,
                                   args.downstream_limit)

@@ -60,6 +60,11 @@ LOOSENED = {"gopher_quality": {"max_non_alpha_words_ratio": None, "min_stop_word
                            "min_words_per_line": -1, "filter_curly_bracket": False}}
 
 
+# The study plants pydocs cloze questions, so it decontaminates against that set (the
+# multitask sets are cut from the same documents as the corpus: every piece would match).
+DECONTAMINATE = {"action": "remove", "sets": ["pydocs_cloze"]}
+
+
 class Scale:
   def __init__(self, quick: bool):
     self.steps = 20 if quick else 300
@@ -79,12 +84,20 @@ def chunks(text: str, longest: int = 4000) -> list[str]:
   return pieces + [current] if current else pieces
 
 
+def normalized(text: str) -> str:
+  return " ".join(text.lower().split())
+
+
 def source_documents(count: int) -> list[str]:
   """Pieces of 400-4000 characters of both embedded corpora's documents, alternating
-  between them."""
+  between them, leaving out every piece that holds a cloze question's context: the cloze
+  set was cut from the pydocs documents, and the study plants its own contamination."""
+  contexts = [normalized(item.text)[:80] for item in eval_sets.items("pydocs_cloze")]
+
   def pieces(documents):
     for text in documents():
-      yield from (piece for piece in chunks(text) if len(piece) >= 400)
+      yield from (piece for piece in chunks(text) if len(piece) >= 400
+                  and not any(c in normalized(piece) for c in contexts))
 
   chosen = []
   for pair in zip(pieces(pydocs.documents), pieces(shakespeare.documents)):
@@ -230,7 +243,8 @@ def precision_recall(curated: pipeline.Curated, truth: dict, source: str) -> dic
 def curate(work_dir: str, name: str, settings: dict, action: str = "remove",
            steps: Optional[Sequence[str]] = None) -> pipeline.Curated:
   config = CurationConfig(inputs=(os.path.join(work_dir, "raw.jsonl"),),
-                          settings={**settings, "decontaminate": {"action": action}},
+                          settings={**settings, "decontaminate": {
+                              "action": action, "sets": ["pydocs_cloze"]}},
                           output_dir=os.path.join(work_dir, name),
                           **({"steps": tuple(steps)} if steps else {}))
   print(f"== curate {name}", flush=True)
@@ -267,20 +281,23 @@ def evaluate(model_dir: str, work_dir: str, contamination: str) -> dict:
     return json.load(handle)
 
 
-def memorisation(model_dir: str, truth: dict) -> dict[str, float]:
+def memorisation(model_dir: str, truth: dict) -> dict[str, dict[str, float]]:
   """Per number of copies: the share of passages whose next 32 tokens greedy decoding
-  reproduces from their first 32."""
+  reproduces from their first 32 (exact), and those 32 tokens' mean loss (nats per token,
+  the continuous view of the same thing)."""
   model = loading.load_model(model_dir)
   vocabulary = vocabularies.default_vocabulary()
-  by_copies: dict[int, list[bool]] = {}
+  by_copies: dict[int, list[tuple[bool, float]]] = {}
   for passage, copies in truth["passages"].items():
     tokens = list(vocabulary.encode(passage))
     if len(tokens) < PREFIX + CONTINUATION:
       continue
-    _, _, exact = decoding.score(model, [tokens[:PREFIX]],
-                                 [tokens[PREFIX:PREFIX + CONTINUATION]], greedy=True)
-    by_copies.setdefault(copies, []).append(bool(exact[0]))
-  return {str(copies): float(np.mean(hits)) for copies, hits in sorted(by_copies.items())}
+    logprob, _, exact = decoding.score(model, [tokens[:PREFIX]],
+                                       [tokens[PREFIX:PREFIX + CONTINUATION]], greedy=True)
+    by_copies.setdefault(copies, []).append((bool(exact[0]), -float(logprob[0]) / CONTINUATION))
+  return {str(copies): {"exact": float(np.mean([e for e, _ in hits])),
+                        "loss": float(np.mean([loss for _, loss in hits]))}
+          for copies, hits in sorted(by_copies.items())}
 
 
 def study(work_dir: str, scale: Scale) -> dict:
@@ -306,7 +323,7 @@ def study(work_dir: str, scale: Scale) -> dict:
       "curated": train(work_dir, "train_curated", [
           f"curation.inputs = ['{work_dir}/raw.jsonl']",
           f"curation.output_dir = '{loosened.directory}'",
-          f"curation.settings = {({**LOOSENED, 'decontaminate': {'action': 'remove'}})!r}",
+          f"curation.settings = {({**LOOSENED, 'decontaminate': DECONTAMINATE})!r}",
           "MIXTURE_OR_TASK_NAME = 'curated.full_lm'"], scale),
   }
   results["training"] = {}
@@ -341,14 +358,15 @@ def report_markdown(results: dict) -> str:
                  f"{fmt(r['precision'])} | {fmt(r['recall'])} | {r.get('clean_removed', '-')} |")
   out += ["", "## Training at equal compute", "",
           "| corpus | tokens | epochs | held-out loss | cloze clean | cloze contaminated | "
-          "memorised, by copies |", "|---|---|---|---|---|---|---|"]
+          "memorised by copies: exact (continuation loss) |", "|---|---|---|---|---|---|---|"]
   for name, r in results["training"].items():
     cloze = r["cloze"]
     out.append(f"| {name} | {r['corpus_tokens']:,} | {r['epochs']:.2f} | "
                f"{r['heldout_loss']:.4f} | {fmt(cloze['clean']['accuracy'])} "
                f"({cloze['clean']['questions']}) | {fmt(cloze['dirty']['accuracy'])} "
                f"({cloze['dirty']['questions']}) | "
-               + ", ".join(f"{k}: {v:.2f}" for k, v in r["memorisation"].items()) + " |")
+               + ", ".join(f"{k}: {v['exact']:.2f} ({v['loss']:.2f})"
+                           for k, v in r["memorisation"].items()) + " |")
   return "\n".join(out) + "\n"
 
 
@@ -360,11 +378,11 @@ def plot(results: dict, path: str) -> None:
   fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
   for name, r in results["training"].items():
     copies = list(r["memorisation"])
-    left.plot([int(c) for c in copies], [r["memorisation"][c] for c in copies], "o-",
+    left.plot([int(c) for c in copies], [r["memorisation"][c]["loss"] for c in copies], "o-",
               label=name)
   left.set_xscale("log")
   left.set_xlabel("copies of a passage in the raw corpus")
-  left.set_ylabel("exact 32-token continuation rate")
+  left.set_ylabel("loss of its next 32 tokens (nats/token)")
   left.legend()
   names = list(results["training"])
   for offset, subset in ((-0.2, "clean"), (0.2, "dirty")):
