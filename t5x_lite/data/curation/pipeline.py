@@ -25,7 +25,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable, Iterable, Optional, TextIO
+from typing import Any, Callable, Iterable, Optional, Sequence, TextIO
 
 import multiprocess
 from datatrove.executor import LocalPipelineExecutor, RayPipelineExecutor, SlurmPipelineExecutor
@@ -185,10 +185,10 @@ def _check_survivors(work: str, stage: Stage) -> None:
                       f"{os.path.join(work, 'removed')}).")
 
 
-def run_stages(config: CurationConfig, work: str, stream: TextIO = sys.stderr) -> bool:
+def run_stages(config: CurationConfig, work: str, stages: Sequence[Stage],
+               stream: TextIO = sys.stderr) -> bool:
   """Runs (or resumes) every stage; True when all have finished (a Slurm or Ray run may
   still be queued when this returns)."""
-  stages = plan(config, work)
   if config.datatrove_logs:
     logger.enable("datatrove")
   else:  # curate prints its own progress; datatrove's per-task tables are for debugging
@@ -241,7 +241,8 @@ def curate(config: CurationConfig, stream: TextIO = sys.stderr) -> Optional[Cura
                         "choose another curation.output_dir or delete it.")
     work = directory.rstrip("/") + ".work"
     started = time.monotonic()
-    if not run_stages(config, work, stream):
+    stages = plan(config, work)
+    if not run_stages(config, work, stages, stream):
       print(f"curate: the {config.executor} jobs are submitted; run the same command again "
             "when they finish to write the corpus.", file=stream)
       return None
@@ -250,7 +251,7 @@ def curate(config: CurationConfig, stream: TextIO = sys.stderr) -> Optional[Cura
       raise CorpusError(f"every one of the {documents_in} input documents was removed; "
                         "loosen the thresholds in curation.settings (the removal reasons are "
                         f"in {os.path.join(work, 'removed')}).")
-    built = report.build(config, work, plan(config, work), kept,
+    built = report.build(config, work, stages, kept,
                          seconds=time.monotonic() - started)
     provenance = {"fingerprint": fingerprint, "inputs_fingerprint": fingerprint_in,
                   "inputs": list(config.inputs), "settings": config.effective()}

@@ -17,7 +17,7 @@ import os
 from typing import Iterable, Iterator, Sequence
 
 from t5x_lite.data.corpus_store import CorpusError, CorpusManifest
-from t5x_lite.data.curation import dedup, eval_sets, steps
+from t5x_lite.data.curation import dedup, steps
 from t5x_lite.data.curation.config import DEDUP, CurationConfig
 
 EXCERPT = 300  # characters of a sample document quoted in the report
@@ -96,20 +96,22 @@ def minhash_clusters(work: str, kept: Sequence[dict], samples: int) -> dict:
 def contamination(work: str, settings: dict) -> dict:
   """Per evaluation set: its n, items checked and too short, and the contaminated items
   (indices) with the documents they were found in."""
-  index = eval_sets.build_index(settings["sets"], settings["n_grams"], settings["min_ngram"])
+  folder = os.path.join(work, "contamination")
+  with open(os.path.join(folder, steps.SETS_FILE)) as handle:
+    sets = json.load(handle)  # written by the step from the index it used
   found: dict[str, dict[int, list]] = {name: collections.defaultdict(list)
-                                       for name in index.set_ngram}
-  documents: dict[str, set] = {name: set() for name in index.set_ngram}
-  for record in read_jsonl_folder(os.path.join(work, "contamination")):
+                                       for name in sets["ngram"]}
+  documents: dict[str, set] = {name: set() for name in sets["ngram"]}
+  for record in read_jsonl_folder(folder):
     for name, item, gram in record["matches"]:
       found[name][item].append({"document": record["id"], "ngram": gram})
       documents[name].add(record["id"])
   report = {}
-  for name in index.set_ngram:
+  for name, ngram in sets["ngram"].items():
     items = found[name]
     report[name] = {
-        "ngram": index.set_ngram[name], "checked": index.checked[name],
-        "too_short": index.unchecked[name], "contaminated": len(items),
+        "ngram": ngram, "checked": sets["checked"][name],
+        "too_short": sets["too_short"][name], "contaminated": len(items),
         "documents": len(documents[name]), "action": settings["action"],
         "items": {str(item): matches[:3] for item, matches in sorted(items.items())}}
   return report

@@ -32,6 +32,8 @@ from t5x_lite.data.curation import eval_sets
 PHONE_PATTERN = (r"(?<![\w+.-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{3}\)[ ]?\d{3}-\d{4}"
                  r"|\d{3}([ .-])\d{3}\1\d{4}|\+\d{1,3} \d{2,4} \d{3,4} \d{3,4})(?![\w-])")
 PLACEHOLDERS = {"email": "<EMAIL>", "ip": "<IP_ADDRESS>", "phone": "<PHONE_NUMBER>"}
+# Beside Decontaminate's records: each set's n-gram size and items checked and too short.
+SETS_FILE = "sets.json"
 
 
 class InputReader(PipelineStep):
@@ -168,5 +170,10 @@ class Decontaminate(BaseFilter):
     return (False, "contaminated") if self.action == "remove" else True
 
   def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+    index = self.index()
+    if rank == 0:  # what each set's check was, for the report (which need not rebuild it)
+      with self.records_folder.open(SETS_FILE, "w") as handle:
+        json.dump({"ngram": index.set_ngram, "checked": index.checked,
+                   "too_short": index.unchecked}, handle)
     with self.records_folder.open(f"{rank:05d}.jsonl", "w") as self._records:
       yield from super().run(data, rank, world_size)
