@@ -2,8 +2,13 @@
 
 Model code names every parameter and block-boundary activation axis with a
 logical name; this table alone decides which mesh axis ("data", "fsdp", "tensor",
-"stage") shards it, so pipeline, data, FSDP and tensor parallelism are a rules/mesh
-change rather than a model change (the T5X/MaxText convention).
+"stage", "expert") shards it, so pipeline, data, FSDP, tensor and expert parallelism are
+a rules/mesh change rather than a model change (the T5X/MaxText convention).
+
+Expert parallelism: the "expert" axis shards the experts of MoE layers (their weights and
+the buffer of tokens dispatched to them, models/moe.py) and, everywhere else, acts as one
+more data axis: the batch is split over data x fsdp x expert, so between the two layouts
+XLA moves the tokens with an all-to-all.
 """
 
 from __future__ import annotations
@@ -20,8 +25,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from t5x_lite.common.errors import ConfigError
 
-# "stage": pipeline stages (models/pipeline.py); the others as in T5X.
-MESH_AXES = ("data", "fsdp", "tensor", "stage")
+# "stage": pipeline stages (models/pipeline.py); "expert": MoE experts; the others as in
+# T5X.
+MESH_AXES = ("data", "fsdp", "tensor", "stage", "expert")
+# The axes the batch is split over.
+BATCH_AXES = ("data", "fsdp", "expert")
 
 # (logical name, mesh axis or axes). Names absent here are replicated.
 LOGICAL_AXIS_RULES: tuple[tuple[str, object], ...] = (
@@ -38,8 +46,12 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, object], ...] = (
     ("layers", "stage"),
     ("relpos_buckets", None),
     ("abspos", None),
+    # MoE: expert e's weights and dispatched tokens live on expert shard e // (E / size).
+    ("experts", "expert"),
+    ("activation_experts", "expert"),
+    ("activation_expert_batch", ("data", "fsdp")),
     # Activations: the batch is split over every data-like axis.
-    ("activation_batch", ("data", "fsdp")),
+    ("activation_batch", BATCH_AXES),
     ("activation_length", None),
     ("activation_embed", None),
     ("activation_heads", "tensor"),
@@ -64,8 +76,9 @@ class MeshError(ConfigError):
 
 def create_mesh(shape: Sequence[int] = (-1, 1, 1),
                 devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A ("data", "fsdp", "tensor", "stage") mesh over all devices; one -1 entry takes the
-  rest. `shape` has four entries, or three for (data, fsdp, tensor) with one stage.
+  """A ("data", "fsdp", "tensor", "stage", "expert") mesh over all devices; one -1 entry
+  takes the rest. `shape` has five entries, or four (no expert parallelism) or three
+  (data, fsdp, tensor: neither stages nor expert parallelism).
 
   Entry points bind `create_mesh.shape` in gin (gin/meshes/*.gin). The device order is
   jax's (process-major), so on multi-host systems each host's devices form a
@@ -74,12 +87,13 @@ def create_mesh(shape: Sequence[int] = (-1, 1, 1),
   devices = list(jax.devices() if devices is None else devices)
   given = tuple(shape)  # as the user wrote it, for messages
   shape = list(shape)
-  if len(shape) == len(MESH_AXES) - 1:
-    shape = [*shape, 1]
+  if len(MESH_AXES) - 2 <= len(shape) < len(MESH_AXES):
+    shape = [*shape, *[1] * (len(MESH_AXES) - len(shape))]
   if len(shape) != len(MESH_AXES) or shape.count(-1) > 1 or any(
       s == 0 or s < -1 for s in shape):
     raise MeshError(f"mesh shape {given} must have {len(MESH_AXES)} positive entries "
-                    f"for {MESH_AXES} (or 3 for {MESH_AXES[:3]}), at most one of them -1.")
+                    f"for {MESH_AXES} (or 4 for {MESH_AXES[:4]}, or 3 for {MESH_AXES[:3]}), "
+                    "at most one of them -1.")
   known = math.prod(s for s in shape if s != -1)
   if -1 in shape:
     if len(devices) % known:
@@ -128,7 +142,12 @@ def state_shardings(abstract_state: Any, mesh: Mesh,
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Batches are split over every data-like axis and replicated over tensor."""
-  return NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+  return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def batch_shards(mesh: Mesh) -> int:
+  """How many ways the batch is split (data x fsdp x expert)."""
+  return math.prod(mesh.shape.get(axis, 1) for axis in BATCH_AXES)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -23,6 +23,7 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 ATTENTION_IMPLEMENTATIONS = (None, "einsum", "xla", "cudnn")
 DTYPES = ("float32", "bfloat16", "float16")
 HEADS = ("lm", "reward", "value")
+MOE_ROUTERS = ("mixtral", "switch")
 
 # Knobs that change how the model is computed or stored, not the function it computes
 # from its parameters: a checkpoint may be resumed, fine-tuned from or loaded for
@@ -33,7 +34,7 @@ LAYOUT_KNOBS = ("scan_layers", "remat_policy", "attention_impl", "pipeline_micro
 # but a change of numerics on resume, where it must be asked for explicitly.
 PRECISION_KNOBS = ("dtype", "param_dtype")
 # Knobs that only matter while training (dropout) or at initialisation.
-TRAINING_KNOBS = ("dropout_rate", "embedding_init_std")
+TRAINING_KNOBS = ("dropout_rate", "embedding_init_std", "moe_aux_loss_coef", "moe_z_loss_coef")
 # The rest define the function the parameters compute: inference and fine-tuning must
 # use a checkpoint's own values (see `contradictions`).
 NON_FUNCTIONAL_KNOBS = LAYOUT_KNOBS + PRECISION_KNOBS + TRAINING_KNOBS
@@ -99,6 +100,24 @@ class TransformerConfig:
       logits, its reward for a completion the one at the completion's last token; or
       "value": a policy with a value head on the same trunk (PPO's critic: the scalar at
       each position estimates the return from there, `Transformer.logits_and_values`).
+    num_experts: 0 (dense) or E: the feed-forward block of the MoE layers becomes E
+      experts of the configured activation behind a learned router (models/moe.py).
+    moe_top_k: experts each token is sent to (k).
+    moe_router: "mixtral" (the k chosen probabilities renormalised to sum to 1:
+      softmax over the top-k logits) or "switch" (the chosen probabilities of the softmax
+      over all experts, as they are).
+    moe_capacity_factor: each expert takes at most ceil(factor x tokens x k / E) tokens
+      of a sequence, the rest of its assignments are dropped (the token passes through
+      the residual); None: dropless, no assignment is ever dropped.
+    moe_encoder_interval / moe_decoder_interval: every k-th layer of that stack is an
+      MoE layer (layers k-1, 2k-1, ...; 1: all, 2: every other one as Switch; 0: none).
+    moe_aux_loss_coef: weight of the Switch load-balancing loss (mean over MoE layers).
+    moe_z_loss_coef: weight of ST-MoE's router z-loss (mean over MoE layers).
+    moe_shared_experts: experts every token goes through besides the routed ones
+      (DeepSeekMoE), each of the routed experts' width.
+    moe_granularity: G of fine-grained experts (Krajewski et al. 2024): each of the
+      num_experts x G routed experts is d_ff / G wide and tokens go to moe_top_k x G of
+      them, so the active parameters stay those of G = 1.
   """
 
   architecture: str = "causal_decoder"
@@ -138,6 +157,16 @@ class TransformerConfig:
   mup_base_d_model: Optional[int] = None
   mup_base_head_dim: Optional[int] = None
   head: str = "lm"
+  num_experts: int = 0
+  moe_top_k: int = 2
+  moe_router: str = "mixtral"
+  moe_capacity_factor: Optional[float] = 1.25
+  moe_encoder_interval: int = 1
+  moe_decoder_interval: int = 1
+  moe_aux_loss_coef: float = 0.01
+  moe_z_loss_coef: float = 0.001
+  moe_shared_experts: int = 0
+  moe_granularity: int = 1
 
   def __post_init__(self):
     self.validate()
@@ -165,6 +194,38 @@ class TransformerConfig:
   def is_encoder_decoder(self) -> bool:
     return self.architecture_spec.has_encoder
 
+  @property
+  def routed_experts(self) -> int:
+    """The router's choices: num_experts x moe_granularity (0 for a dense model)."""
+    return self.num_experts * self.moe_granularity
+
+  @property
+  def experts_per_token(self) -> int:
+    """Routed experts each token goes to: moe_top_k x moe_granularity."""
+    return self.moe_top_k * self.moe_granularity
+
+  @property
+  def expert_d_ff(self) -> int:
+    """Hidden width of one routed (or shared) expert: d_ff / moe_granularity."""
+    return self.d_ff // self.moe_granularity
+
+  def moe_interval(self, stack: str) -> int:
+    """Every how many layers `stack` ("encoder" or "decoder") has an MoE layer; 0: none."""
+    if not self.num_experts:
+      return 0
+    return self.moe_encoder_interval if stack == "encoder" else self.moe_decoder_interval
+
+  def is_moe_layer(self, stack: str, index: int) -> bool:
+    """Whether layer `index` of `stack` routes its feed-forward block to experts."""
+    interval = self.moe_interval(stack)
+    return interval > 0 and (index + 1) % interval == 0
+
+  def moe_layers(self, stack: str) -> int:
+    """How many of `stack`'s layers are MoE layers."""
+    layers = self.num_encoder_layers if stack == "encoder" else self.num_decoder_layers
+    interval = self.moe_interval(stack)
+    return layers // interval if interval else 0
+
   def replace(self, **changes) -> "TransformerConfig":
     return dataclasses.replace(self, **changes)
 
@@ -182,6 +243,7 @@ class TransformerConfig:
         "dtype": DTYPES,
         "param_dtype": DTYPES,
         "head": HEADS,
+        "moe_router": MOE_ROUTERS,
     }
     for name, allowed in choices.items():
       value = getattr(self, name)
@@ -217,6 +279,51 @@ class TransformerConfig:
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ConfigError(
           f"TransformerConfig.dropout_rate must be in [0, 1), got {self.dropout_rate}.")
+    self._validate_moe()
+
+  def _validate_moe(self) -> None:
+    if self.num_experts < 0:
+      raise ConfigError(f"TransformerConfig.num_experts must be 0 (dense) or positive, got "
+                        f"{self.num_experts}.")
+    if not self.num_experts:
+      return
+    for name in ("moe_top_k", "moe_granularity"):
+      if getattr(self, name) <= 0:
+        raise ConfigError(f"TransformerConfig.{name} must be positive, got "
+                          f"{getattr(self, name)}.")
+    for name in ("moe_encoder_interval", "moe_decoder_interval", "moe_shared_experts"):
+      if getattr(self, name) < 0:
+        raise ConfigError(f"TransformerConfig.{name} must be 0 or positive, got "
+                          f"{getattr(self, name)}.")
+    if self.moe_top_k > self.num_experts:
+      raise ConfigError(f"TransformerConfig.moe_top_k={self.moe_top_k} is more than the "
+                        f"num_experts={self.num_experts} a token can be sent to; use at most "
+                        f"{self.num_experts}.")
+    if self.moe_capacity_factor is not None and self.moe_capacity_factor <= 0:
+      raise ConfigError(f"TransformerConfig.moe_capacity_factor must be positive, or None "
+                        f"for dropless routing; got {self.moe_capacity_factor}.")
+    if self.d_ff % self.moe_granularity:
+      raise ConfigError(f"TransformerConfig.d_ff={self.d_ff} does not split into "
+                        f"moe_granularity={self.moe_granularity} experts of equal width; "
+                        "choose a divisor of d_ff.")
+    if self.moe_aux_loss_coef < 0 or self.moe_z_loss_coef < 0:
+      raise ConfigError("TransformerConfig.moe_aux_loss_coef and moe_z_loss_coef must be "
+                        "0 or positive.")
+    if self.scan_layers:
+      for stack in ("encoder", "decoder"):
+        interval = self.moe_interval(stack)
+        layers = self.num_encoder_layers if stack == "encoder" else self.num_decoder_layers
+        if interval > 1 and layers % interval:
+          raise ConfigError(
+              f"the scanned layout (scan_layers) runs the {stack}'s layers in groups of its "
+              f"MoE interval moe_{stack}_interval={interval}, which does not divide its "
+              f"{layers} layers; choose a divisor or scan_layers = False.")
+    if not (self.moe_decoder_interval or (self.is_encoder_decoder and
+                                          self.moe_encoder_interval)):
+      raise ConfigError(f"TransformerConfig.num_experts={self.num_experts} but no stack has "
+                        "MoE layers (moe_decoder_interval = 0"
+                        f"{' and moe_encoder_interval = 0' if self.is_encoder_decoder else ''})"
+                        "; set an interval or num_experts = 0.")
 
 
 def contradictions(recorded: "TransformerConfig", values: Mapping[str, object],

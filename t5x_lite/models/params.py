@@ -2,7 +2,9 @@
 
 Paths are tuples such as ("decoder", "layers", 3, "mlp", "wo", "kernel") in the
 per-layer layout. With scan_layers=True the layer index disappears and every
-layer parameter gains a leading axis; `stack_layers` / `unstack_layers` (and
+layer parameter gains a leading axis; a stack whose every k-th layer is an MoE layer
+(k > 1) scans groups of k layers instead, ("decoder", "layers", "blocks", j, ...) with a
+leading group axis g holding layer g k + j. `stack_layers` / `unstack_layers` (and
 `restack_layers` for sharded device arrays) convert between the two. The
 per-layer layout is the one on disk: weight import, export and checkpoints
 (parameters and the optimizer state that mirrors them) use it whatever the
@@ -40,6 +42,29 @@ def layer_path(path: Path, position: int, index: int) -> Path:
   return path[:position + 1] + (index,) + path[position + 1:]
 
 
+GROUP = "blocks"  # the scanned group's list of layers (models/transformer.py LayerGroup)
+
+
+def _group_sizes(paths) -> dict[Path, int]:
+  """{stack prefix ending in "layers": k} for the stacks scanned in groups of k layers."""
+  sizes: dict[Path, int] = {}
+  for path in paths:
+    position = stacked_at(path)
+    if position is not None and path[position + 1] == GROUP:
+      prefix = path[:position + 1]
+      sizes[prefix] = max(sizes.get(prefix, 0), int(path[position + 2]) + 1)
+  return sizes
+
+
+def per_layer_paths(path: Path, units: int, group_sizes: Mapping[Path, int]) -> list[Path]:
+  """The per-layer paths a stacked path's `units` entries hold, in order along its axis."""
+  position = stacked_at(path)
+  if path[position + 1] != GROUP:
+    return [layer_path(path, position, i) for i in range(units)]
+  size, member = group_sizes[path[:position + 1]], int(path[position + 2])
+  return [path[:position + 1] + (g * size + member,) + path[position + 3:] for g in range(units)]
+
+
 def flat_params(model: Transformer) -> FlatParams:
   """The model's parameters in the per-layer layout, as host numpy arrays."""
   flat = {path: np.asarray(var.get_value())
@@ -56,13 +81,13 @@ def unstack_layers(flat: Mapping[Path, Any],
   (and entries of the per-layer layout) pass through. `take(value, index)` is one layer
   of a stacked value (numpy, jax, or `abstract_layer` for shape placeholders)."""
   out = {}
+  groups = _group_sizes(flat)
   for path, value in flat.items():
-    position = stacked_at(path)
-    if position is None:
+    if stacked_at(path) is None:
       out[path] = value
     else:
-      for index in range(value.shape[0]):
-        out[layer_path(path, position, index)] = take(value, index)
+      for index, target in enumerate(per_layer_paths(path, value.shape[0], groups)):
+        out[target] = take(value, index)
   return out
 
 
@@ -81,27 +106,35 @@ def restack_layers(per_layer: Mapping[Path, jax.Array],
   """The inverse of unstack_layers for device arrays: every stacked entry of `template`
   gathered from its per-layer entries, placed with the template's sharding."""
   out = {}
+  groups = _group_sizes(template)
   for path, leaf in template.items():
-    position = stacked_at(path)
-    if position is None:
+    if stacked_at(path) is None:
       out[path] = per_layer[path]
       continue
-    layers = [per_layer[layer_path(path, position, i)] for i in range(leaf.shape[0])]
+    layers = [per_layer[p] for p in per_layer_paths(path, leaf.shape[0], groups)]
     out[path] = jax.jit(jnp.stack, out_shardings=leaf.sharding)(layers)
   return out
 
 
-def stack_layers(flat: Mapping[Path, np.ndarray]) -> FlatParams:
-  """Per-layer layout -> scanned layout with a leading layer axis."""
-  grouped: dict[Path, dict[int, np.ndarray]] = {}
+def stack_layers(flat: Mapping[Path, np.ndarray], template: Mapping[Path, Any]
+                 ) -> FlatParams:
+  """Per-layer layout -> the scanned layout of `template` (a scanned model's flat state:
+  which entries are stacked, how many units each holds, and in which groups)."""
+  groups = _group_sizes(template)
   out: FlatParams = {}
-  for path, value in flat.items():
-    if len(path) > 3 and path[1] == "layers" and str(path[2]).isdigit():
-      grouped.setdefault(path[:2] + path[3:], {})[int(path[2])] = value
-    else:
-      out[path] = value
-  for path, by_index in grouped.items():
-    out[path] = np.stack([by_index[i] for i in range(len(by_index))])
+  for path, leaf in template.items():
+    if stacked_at(path) is None:
+      if path in flat:
+        out[path] = flat[path]
+      continue
+    members = per_layer_paths(path, leaf.shape[0], groups)
+    if all(member in flat for member in members):
+      out[path] = np.stack([flat[member] for member in members])
+  # Entries the template does not know stay, for model_from_params to report.
+  used = {member for path, leaf in template.items() if stacked_at(path) is not None
+          for member in per_layer_paths(path, leaf.shape[0], groups)}
+  out.update({path: value for path, value in flat.items()
+              if path not in used and path not in template})
   return out
 
 
@@ -116,10 +149,10 @@ def model_from_params(config: TransformerConfig, flat: Mapping[Path, np.ndarray]
   Raises ValueError naming missing, unexpected or mis-shaped parameters, so a
   weight file that does not match the config is never loaded half-way.
   """
-  if config.scan_layers:
-    flat = stack_layers(flat)
   graphdef, state = nnx.split(abstract_model(config))
   expected = dict(nnx.to_flat_state(state))
+  if config.scan_layers:
+    flat = stack_layers(flat, {path: var.get_value() for path, var in expected.items()})
   missing = sorted(map(str, set(expected) - set(flat)))
   unexpected = sorted(map(str, set(flat) - set(expected)))
   if missing or unexpected:

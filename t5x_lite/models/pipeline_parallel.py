@@ -31,6 +31,7 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 
+from t5x_lite.common import partitioning
 from t5x_lite.common.errors import ConfigError
 
 STAGE_AXIS = "stage"
@@ -81,13 +82,13 @@ def check_mesh(config, mesh, batch_size: int) -> None:
   for stack, layers in stacks:
     check(layers, stages, config.pipeline_microbatches, config.pipeline_repeats, batch_size,
           stack)
-  rows, shards = batch_size // config.pipeline_microbatches, mesh.shape["data"] * mesh.shape[
-      "fsdp"]
+  rows = batch_size // config.pipeline_microbatches
+  shards = partitioning.batch_shards(mesh)
   if rows % shards:
     raise PipelineError(f"a microbatch of {rows} sequences (batch {batch_size} / "
                         f"{config.pipeline_microbatches} microbatches) does not split over the "
-                        f"mesh's {shards} data x fsdp shards; use fewer microbatches or a "
-                        "larger batch.")
+                        f"mesh's {shards} data x fsdp x expert shards; use fewer microbatches "
+                        "or a larger batch.")
 
 
 def _split(value: Any, batch: int, microbatches: int) -> tuple[Any, bool]:
@@ -103,14 +104,18 @@ def mesh_stages() -> int:
 
 
 def pipelined_stack(block_applier: Callable, graphdef, stacked_state, x_BxTxD: jax.Array,
-                    ctx, layer_rngs: Optional[jax.Array], *, stages: int, microbatches: int,
-                    repeats: int = 1, stack: str = "decoder") -> jax.Array:
-  """The stack's output [B, T, D]: the layers of `stacked_state` (leading axis L) applied
-  in order to every example, scheduled over `stages` pipeline stages.
+                    ctx, layer_rngs: Optional[jax.Array], no_stats: dict, *, stages: int,
+                    microbatches: int, repeats: int = 1, stack: str = "decoder"
+                    ) -> tuple[jax.Array, dict]:
+  """(the stack's output [B, T, D], the layers' summed statistics): the layers of
+  `stacked_state` (leading axis L) applied in order to every example, scheduled over
+  `stages` pipeline stages.
 
   block_applier(ctx) returns the stack's one-layer function apply_block(graphdef,
-  layer_state, h, rng, cache, layer) -> (h, cache) for an AttentionContext (cache None
-  here); ctx is the stack's, split into microbatches here.
+  layer_state, h, rng, cache, layer) -> (h, cache, stats) for an AttentionContext (cache
+  None here); ctx is the stack's, split into microbatches here. Statistics (an MoE
+  layer's routing sums, models/moe.py; `no_stats` is their zero, {} for none) are added
+  over the layers and microbatches the schedule really computes (not the bubble).
   """
   num_layers = jax.tree.leaves(stacked_state)[0].shape[0]
   batch = x_BxTxD.shape[0]
@@ -138,13 +143,14 @@ def pipelined_stack(block_applier: Callable, graphdef, stacked_state, x_BxTxD: j
     rngs = None if rngs_R is None else jax.vmap(
         lambda key: jax.random.fold_in(key, microbatch))(rngs_R[repeat])
 
-    def body(h, xs):
+    def body(carry, xs):
+      h, stats = carry
       layer_state, rng = xs
-      h, _ = apply_block(graphdef, layer_state, h, rng, None, 0)
-      return h, None
+      h, _, layer_stats = apply_block(graphdef, layer_state, h, rng, None, 0)
+      return (h, jax.tree.map(jnp.add, stats, layer_stats)), None
 
-    h_bxTxD, _ = jax.lax.scan(body, h_bxTxD, (group, rngs))
-    return h_bxTxD
+    (h_bxTxD, stats), _ = jax.lax.scan(body, (h_bxTxD, no_stats), (group, rngs))
+    return h_bxTxD, stats
 
   run_stages = jax.vmap(stage_fn, in_axes=(0, None if rngs_SxR is None else 0, 0, 0, 0),
                         spmd_axis_name=STAGE_AXIS)
@@ -152,7 +158,7 @@ def pipelined_stack(block_applier: Callable, graphdef, stacked_state, x_BxTxD: j
   positions_total = microbatches * repeats
 
   def iteration(carry, t):
-    outputs_SxbxTxD, buffer_MxbxTxD = carry
+    outputs_SxbxTxD, buffer_MxbxTxD, stats = carry
     # Stage s > 0 takes what stage s - 1 produced last iteration; stage 0 a new
     # microbatch (first repeat) or the last stage's output of the previous repeat.
     shifted = jnp.roll(outputs_SxbxTxD, 1, axis=0)
@@ -162,16 +168,22 @@ def pipelined_stack(block_applier: Callable, graphdef, stacked_state, x_BxTxD: j
     position = t - stage_ids
     microbatch = position % microbatches
     repeat = jnp.clip(position // microbatches, 0, repeats - 1)
-    outputs_SxbxTxD = run_stages(params_SxR, rngs_SxR, inputs_SxbxTxD, microbatch, repeat)
+    outputs_SxbxTxD, stats_S = run_stages(params_SxR, rngs_SxR, inputs_SxbxTxD, microbatch,
+                                          repeat)
+    computed_S = (position >= 0) & (position < positions_total)
+    stats = jax.tree.map(
+        lambda total, by_stage: total + jnp.sum(
+            jnp.where(computed_S.reshape(-1, *[1] * (by_stage.ndim - 1)), by_stage, 0), axis=0),
+        stats, stats_S)
     last = position[-1]
     done = (last >= 0) & (last < positions_total)
     slot = last % microbatches
     buffer_MxbxTxD = buffer_MxbxTxD.at[slot].set(
         jnp.where(done, outputs_SxbxTxD[-1], buffer_MxbxTxD[slot]))
-    return (outputs_SxbxTxD, buffer_MxbxTxD), None
+    return (outputs_SxbxTxD, buffer_MxbxTxD, stats), None
 
   state = jnp.zeros((stages, *x_MxbxTxD.shape[1:]), x_BxTxD.dtype)
   buffer = jnp.zeros_like(x_MxbxTxD)
-  (_, buffer), _ = jax.lax.scan(iteration, (state, buffer),
-                                jnp.arange(positions_total + stages - 1))
-  return buffer.reshape(x_BxTxD.shape)
+  (_, buffer, stats), _ = jax.lax.scan(iteration, (state, buffer, no_stats),
+                                       jnp.arange(positions_total + stages - 1))
+  return buffer.reshape(x_BxTxD.shape), stats

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from t5x_lite.common.partitioning import constrain
-from t5x_lite.models import layers, mup, pipeline_parallel
+from t5x_lite.models import layers, moe, mup, pipeline_parallel
 from t5x_lite.models.configs import TransformerConfig
 
 Array = jax.Array
@@ -54,21 +54,24 @@ class AttentionContext:
   encoded: Optional[Array] = None     # [b, s, d] encoder output (cross-attention)
   cross_mask: Optional[Array] = None  # [b, 1, t, s] bool
   cache_positions: Optional[Array] = None  # [b, t] cache slots of this call's tokens
+  routable: Optional[Array] = None    # [b, t] bool: positions MoE layers route (not padding)
 
 
 class Block(nnx.Module):
-  """One transformer layer: self-attention, optional cross-attention, MLP."""
+  """One transformer layer: self-attention, optional cross-attention, MLP (or, with
+  `moe`, the mixture-of-experts feed-forward block of models/moe.py)."""
 
   def __init__(self, config: TransformerConfig, *, cross_attention: bool, use_rope: bool,
-               rngs: nnx.Rngs):
+               rngs: nnx.Rngs, moe_layer: bool = False):
     self.config = config
+    self.moe_layer = moe_layer
     self.self_attention_norm = layers.make_norm(config, rngs=rngs)
     self.self_attention = layers.Attention(config, use_rope=use_rope, rngs=rngs)
     if cross_attention:
       self.cross_attention_norm = layers.make_norm(config, rngs=rngs)
       self.cross_attention = layers.Attention(config, use_rope=False, rngs=rngs)
     self.mlp_norm = layers.make_norm(config, rngs=rngs)
-    self.mlp = layers.Mlp(config, rngs=rngs)
+    self.mlp = moe.MoeMlp(config, rngs=rngs) if moe_layer else layers.Mlp(config, rngs=rngs)
 
   def _residual(self, x: Array, norm: nnx.Module, branch, rng: Optional[Array]) -> Array:
     rate = self.config.dropout_rate
@@ -78,11 +81,12 @@ class Block(nnx.Module):
 
   def __call__(self, x: Array, ctx: AttentionContext, dropout_rng: Optional[Array],
                cache: Optional[dict] = None, layer: Array | int = 0
-               ) -> tuple[Array, Optional[dict]]:
+               ) -> tuple[Array, Optional[dict], dict]:
     """(the layer's output, the stack's decoding cache with this layer's slice updated by
-    this call's keys and values); the cache is None when none is given (training and
-    evaluation). cache: the whole stack's, [layers, B, kv_heads, positions, head_dim]
-    arrays; `layer` is this block's index in it."""
+    this call's keys and values, the MoE layer's routing statistics ({} for a dense
+    one)); the cache is None when none is given (training and evaluation). cache: the
+    whole stack's, [layers, B, kv_heads, positions, head_dim] arrays; `layer` is this
+    block's index in it."""
     rngs = [None] * 4 if dropout_rng is None else list(jax.random.split(dropout_rng, 4))
     updated = None if cache is None else dict(cache)
 
@@ -113,9 +117,42 @@ class Block(nnx.Module):
     x = self._residual(x, self.self_attention_norm, self_attend, rngs[0])
     if hasattr(self, "cross_attention"):
       x = self._residual(x, self.cross_attention_norm, cross_attend, rngs[1])
-    x = self._residual(x, self.mlp_norm, lambda h: self.mlp(h, dropout_rng=rngs[3]), rngs[2])
+    stats = {}
+
+    def feed_forward(h):
+      nonlocal stats
+      if not self.moe_layer:
+        return self.mlp(h, dropout_rng=rngs[3])
+      # Decoding calls see a token or a prompt at a time, not the sequences training
+      # routed: nothing is dropped there (see models/moe.py).
+      out, stats = self.mlp(h, routable=ctx.routable, dropout_rng=rngs[3],
+                            dropless=cache is not None)
+      return out
+
+    x = self._residual(x, self.mlp_norm, feed_forward, rngs[2])
     x = constrain(x, HIDDEN_AXES)
-    return x, updated
+    return x, updated, stats
+
+
+class LayerGroup(nnx.Module):
+  """k consecutive layers run as one unit: the scanned layout of a stack whose every k-th
+  layer is an MoE layer (k > 1), where one scanned unit must hold one of each kind."""
+
+  def __init__(self, blocks: list[Block]):
+    self.blocks = nnx.List(blocks)
+
+  def __call__(self, x: Array, ctx: AttentionContext, dropout_rngs: Optional[Array],
+               cache: Optional[dict] = None, group: Array | int = 0
+               ) -> tuple[Array, Optional[dict], dict]:
+    """Block.__call__ over the group's layers; dropout_rngs: one key per layer [k];
+    `group` is the group's index (its layers are k group ... k group + k - 1)."""
+    size = len(self.blocks)
+    stats = {}
+    for j, block in enumerate(self.blocks):
+      x, cache, block_stats = block(x, ctx, None if dropout_rngs is None else dropout_rngs[j],
+                                    cache, group * size + j)
+      stats = moe.add_stats(stats, block_stats)
+    return x, cache, stats
 
 
 class TransformerStack(nnx.Module):
@@ -133,23 +170,33 @@ class TransformerStack(nnx.Module):
     elif encoding in ("learned", "sinusoidal"):
       self.absolute_positions = layers.AbsolutePositionEmbedding(config, rngs=rngs)
 
-    def make_block(block_rngs: nnx.Rngs) -> Block:
+    def make_block(block_rngs: nnx.Rngs, index: int) -> Block:
       return Block(config, cross_attention=cross_attention, use_rope=encoding == "rope",
-                   rngs=block_rngs)
+                   rngs=block_rngs, moe_layer=config.is_moe_layer(name, index))
 
     # Layer i draws its initial parameters from the same stream in every layout, so the
     # layout (scan_layers, and the pipeline stages that need it) never changes the model.
-    blocks = [make_block(rngs) for _ in range(num_layers)]
+    blocks = [make_block(rngs, i) for i in range(num_layers)]
+    # The scanned unit: a layer, or with an MoE layer every k > 1 layers a group of k.
+    self.group_size = max(config.moe_interval(name), 1)
     if config.scan_layers:
-      # One Block whose parameters carry a leading "layers" axis (vmap's metadata names it),
-      # holding the blocks above stacked.
-      make_stacked = nnx.split_rngs(splits=num_layers)(
-          nnx.vmap(make_block, in_axes=0, out_axes=0,
+      size = self.group_size
+      units = num_layers // size
+      if size == 1:
+        make_unit, scanned = (lambda unit_rngs: make_block(unit_rngs, size - 1)), blocks
+      else:
+        make_unit = lambda unit_rngs: LayerGroup(  # noqa: E731
+            [make_block(unit_rngs, j) for j in range(size)])
+        scanned = [LayerGroup(blocks[g * size:(g + 1) * size]) for g in range(units)]
+      # One unit whose parameters carry a leading "layers" axis (vmap's metadata names it),
+      # holding the units above stacked.
+      make_stacked = nnx.split_rngs(splits=units)(
+          nnx.vmap(make_unit, in_axes=0, out_axes=0,
                    transform_metadata={nnx.PARTITION_NAME: "layers"}))
       graphdef, abstract = nnx.split(nnx.eval_shape(lambda: make_stacked(nnx.Rngs(0))))
-      per_block = [jax.tree.leaves(nnx.state(block)) for block in blocks]
+      per_unit = [jax.tree.leaves(nnx.state(unit)) for unit in scanned]
       self.layers = nnx.merge(graphdef, jax.tree.unflatten(
-          jax.tree.structure(abstract), [jnp.stack(leaves) for leaves in zip(*per_block)]))
+          jax.tree.structure(abstract), [jnp.stack(leaves) for leaves in zip(*per_unit)]))
     else:
       self.layers = nnx.List(blocks)
     if config.norm_position == "pre":
@@ -184,6 +231,7 @@ class TransformerStack(nnx.Module):
     else:
       layer_rngs = None
     x = constrain(x, HIDDEN_AXES)
+    no_stats = moe.empty_stats(config) if config.moe_interval(self.name) else {}
 
     def block_applier(ctx: AttentionContext):
       def apply_block(graphdef, state, h, rng, cache, layer):
@@ -201,29 +249,41 @@ class TransformerStack(nnx.Module):
         raise pipeline_parallel.PipelineError("pipeline stages need the scanned layout (stacked "
                                      "layers): set TransformerConfig.scan_layers = True.")
       graphdef, state = nnx.split(self.layers)
-      x = pipeline_parallel.pipelined_stack(
-          block_applier, graphdef, state, x, ctx, layer_rngs, stages=stages,
-          microbatches=config.pipeline_microbatches, repeats=config.pipeline_repeats,
-          stack=self.name)
+      x, stats = pipeline_parallel.pipelined_stack(
+          block_applier, graphdef, state, x, ctx, self._unit_rngs(layer_rngs), no_stats,
+          stages=stages, microbatches=config.pipeline_microbatches,
+          repeats=config.pipeline_repeats, stack=self.name)
     elif config.scan_layers:
       graphdef, state = nnx.split(self.layers)
 
       def scan_body(carry, xs):
-        h, cache = carry
-        layer_state, rng, layer = xs
-        return apply_block(graphdef, layer_state, h, rng, cache, layer), None
+        h, cache, stats = carry
+        unit_state, rng, unit = xs
+        h, cache, unit_stats = apply_block(graphdef, unit_state, h, rng, cache, unit)
+        return (h, cache, moe.add_stats(stats, unit_stats)), None
 
-      (x, cache), _ = jax.lax.scan(scan_body, (x, cache),
-                                   (state, layer_rngs, jnp.arange(self.num_layers)))
+      units = self.num_layers // self.group_size
+      (x, cache, stats), _ = jax.lax.scan(
+          scan_body, (x, cache, no_stats),
+          (state, self._unit_rngs(layer_rngs), jnp.arange(units)))
     else:
+      stats = no_stats
       for i, block in enumerate(self.layers):
         graphdef, state = nnx.split(block)
-        x, cache = apply_block(graphdef, state, x,
-                               None if layer_rngs is None else layer_rngs[i], cache, i)
+        x, cache, block_stats = apply_block(
+            graphdef, state, x, None if layer_rngs is None else layer_rngs[i], cache, i)
+        stats = moe.add_stats(stats, block_stats)
+    moe.report(stats)
     if config.norm_position == "pre":
       x = self.final_norm(x)
     x = layers.dropout(x, config.dropout_rate, dropout_rng)
     return x, cache
+
+  def _unit_rngs(self, layer_rngs: Optional[Array]) -> Optional[Array]:
+    """Per-layer dropout keys [layers] arranged per scanned unit ([groups, k] for groups)."""
+    if layer_rngs is None or self.group_size == 1:
+      return layer_rngs
+    return layer_rngs.reshape(-1, self.group_size, *layer_rngs.shape[1:])
 
   def cross_keys_values(self, encoded: Array) -> dict:
     """Every layer's cross-attention keys and values of the encoder output, stacked in
@@ -235,7 +295,17 @@ class TransformerStack(nnx.Module):
 
     if self.config.scan_layers:
       graphdef, state = nnx.split(self.layers)
-      return jax.lax.map(lambda layer_state: layer(nnx.merge(graphdef, layer_state)), state)
+
+      def unit(unit_state):
+        merged = nnx.merge(graphdef, unit_state)
+        if self.group_size == 1:
+          return layer(merged)
+        return jax.tree.map(lambda *arrays: jnp.stack(arrays),
+                            *[layer(block) for block in merged.blocks])
+
+      stacked = jax.lax.map(unit, state)
+      # Groups: [groups, k, ...] -> [layers, ...] in layer order.
+      return jax.tree.map(lambda a: a.reshape(self.num_layers, *a.shape[a.ndim - 4:]), stacked)
     return jax.tree.map(lambda *arrays: jnp.stack(arrays), *[layer(b) for b in self.layers])
 
 
@@ -250,6 +320,17 @@ def _positions(batch: Batch, prefix: str, tokens: Array) -> Array:
   if positions is None:
     return jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
   return positions
+
+
+def _decoder_routable(batch: Batch) -> Optional[Array]:
+  """[b, t] True at the decoder positions that hold a token (what MoE layers route):
+  those of a segment in packed rows, else those with a target (the first input is the
+  BOS id 0, so input tokens cannot tell); None (every position) without either."""
+  segments = batch.get("decoder_segment_ids")
+  if segments is not None:
+    return segments > 0
+  targets = batch.get("decoder_target_tokens")
+  return None if targets is None else targets > 0
 
 
 def _same_segment(q_segments: Array, k_segments: Array) -> Array:
@@ -333,7 +414,8 @@ class Transformer(nnx.Module):
       mask = (tokens > 0)[:, None, None, :]
     else:
       mask = _same_segment(segments, segments)
-    ctx = AttentionContext(self_mask=mask)
+    routable = tokens > 0 if segments is None else segments > 0
+    ctx = AttentionContext(self_mask=mask, routable=routable)
     encoded, _ = self.encoder(self.embed(tokens), ctx, _positions(batch, "encoder", tokens),
                               dropout_rng)
     return encoded
@@ -351,6 +433,7 @@ class Transformer(nnx.Module):
                          "'decoder_causal_attention' feature (use seqio's "
                          "PrefixLMFeatureConverter).")
     ctx = self._decoder_self_attention(tokens.shape[1], segments, prefix)
+    ctx = dataclasses.replace(ctx, routable=_decoder_routable(batch))
     if encoded is not None:
       ctx = dataclasses.replace(ctx, encoded=encoded,
                                 cross_mask=self._cross_mask(batch, tokens.shape[1]))

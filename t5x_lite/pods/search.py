@@ -191,7 +191,7 @@ def mesh_shapes(pod: topology.Topology, config, max_stages: int) -> list[tuple[i
 def layouts_for(spec: TrainSpec, mesh: jax.sharding.Mesh, remat: str) -> list[Layout]:
   """The layouts of one mesh and remat policy the trainer accepts, fewest microbatches
   (largest per-chip batch) first."""
-  shape = tuple(mesh.shape[axis] for axis in partitioning.MESH_AXES)
+  shape = tuple(mesh.shape[axis] for axis in partitioning.MESH_AXES[:4])
   found = []
   for microbatches in range(1, spec.run.batch_size + 1):
     if spec.run.batch_size % microbatches:

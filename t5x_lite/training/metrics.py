@@ -170,8 +170,9 @@ class Progress:
     """Leaves time spent outside training steps (evaluation) out of tokens/s and MFU."""
     self._last_time += seconds
 
-  def report(self, step: int, loss: float) -> dict[str, float]:
-    """Prints the line and returns the throughput figures for the metric writers."""
+  def report(self, step: int, loss: float, detail: str = "") -> dict[str, float]:
+    """Prints the line (with `detail` after the loss, e.g. an MoE model's routing) and
+    returns the throughput figures for the metric writers."""
     now = time.perf_counter()
     elapsed = max(now - self._last_time, 1e-9)
     tokens_per_second = self._tokens / elapsed
@@ -185,7 +186,9 @@ class Progress:
     if self.stream is not None:
       shown = (f" | {pipelined['step_seconds']:.3f} s/step, bubble {100 * self.bubble:.0f}%"
                if pipelined else "")
-      print(f"step {step}/{self.total_steps} | loss {loss:.4f} | {tokens_per_second:,.0f} tok/s"
+      detail = f" | {detail}" if detail else ""
+      print(f"step {step}/{self.total_steps} | loss {loss:.4f}{detail} | "
+            f"{tokens_per_second:,.0f} tok/s"
             f" | MFU {100 * mfu:.1f}%{shown} | ETA {format_duration(eta)}", file=self.stream,
             flush=True)
     self._last_step, self._last_time, self._tokens = step, now, 0

@@ -6,17 +6,21 @@ turns summed statistics into the logged scalars, "loss" first. `LanguageModellin
 the token cross-entropy of pretraining and fine-tuning (models/losses.py);
 `PreferenceOptimization` the DPO family over [chosen; rejected] rows whose reference
 log-probabilities ride in the batch as `reference_logps` (training/reference.py).
+`WithRouterLosses` adds an MoE model's router losses to any of them and logs the routing
+(load balance, dropped assignments).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Optional
+import functools
+from typing import Any, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
 
-from t5x_lite.models import alignment_losses, losses
+from t5x_lite.models import alignment_losses, losses, moe
+from t5x_lite.models.configs import TransformerConfig
 from t5x_lite.runs.spec import PreferenceConfig, TrainSpec
 
 REFERENCE_FEATURE = "reference_logps"
@@ -190,7 +194,12 @@ class PolicyGradient:
 
 def for_spec(spec: TrainSpec, z_loss: float, label_smoothing: float):
   """The run's objective: the policy gradient of an `rl.*` run, a reward model's or
-  preference optimization when `preference.*` is bound, else language modelling."""
+  preference optimization when `preference.*` is bound, else language modelling; with
+  an MoE model's router losses."""
+  return with_router_losses(_objective(spec, z_loss, label_smoothing), spec.model)
+
+
+def _objective(spec: TrainSpec, z_loss: float, label_smoothing: float):
   preference = spec.preference
   if spec.rl is not None:
     return PolicyGradient(spec.rl.clip_epsilon, spec.rl.kl_beta, spec.rl.kl_estimator,
@@ -200,3 +209,84 @@ def for_spec(spec: TrainSpec, z_loss: float, label_smoothing: float):
   if preference is not None:
     return PreferenceOptimization(preference)
   return LanguageModelling(z_loss, label_smoothing)
+
+
+ROUTING = "moe/"  # the prefix of the router statistics' sums and scalars
+
+
+@dataclasses.dataclass(frozen=True)
+class WithRouterLosses:
+  """An MoE model's objective: `inner`'s loss plus aux_coef x the Switch load-balancing
+  loss plus z_coef x the router z-loss, each the mean over the forward pass's MoE layers
+  (models/moe.py), weighted like the loss (a microbatch by its share of the normaliser).
+  Logged beside `inner`'s figures: both router losses, the fraction of assignments
+  dropped for capacity, each expert's share of the assignments and the largest share
+  over the uniform 1 / E ("max load"). `inner`'s own "loss" scalar stays its own (the
+  cross-entropy of language modelling)."""
+  inner: Any
+  aux_coef: float
+  z_coef: float
+  experts: int
+
+  def normaliser(self, batch: Mapping[str, jax.Array]) -> jax.Array:
+    return self.inner.normaliser(batch)
+
+  def sums(self, model, batch: Mapping[str, jax.Array], rng: Optional[jax.Array]
+           ) -> dict[str, jax.Array]:
+    with moe.collect() as reports:
+      sums = dict(self.inner.sums(model, batch, rng))
+    stats = functools.reduce(moe.add_stats, reports, {})
+    aux, z = moe.mean_losses(stats)
+    weight = self.inner.normaliser(batch)
+    sums["loss"] = sums["loss"] + (self.aux_coef * aux + self.z_coef * z) * weight
+    per_expert = {f"{ROUTING}expert_{e}": stats["expert_assignments"][e]
+                  for e in range(self.experts)}
+    return {**sums, f"{ROUTING}aux_loss": aux * weight, f"{ROUTING}z_loss": z * weight,
+            f"{ROUTING}weight": weight, f"{ROUTING}assignments": stats["assignments"],
+            f"{ROUTING}dropped": stats["dropped"], **per_expert}
+
+  def _split(self, totals: Mapping[str, float]) -> tuple[dict, dict]:
+    own = {k: v for k, v in totals.items() if not k.startswith(ROUTING)}
+    return own, routing_scalars(totals, self.experts)
+
+  def scalars(self, totals: Mapping[str, float]) -> dict[str, float]:
+    own, routing = self._split(totals)
+    return {**self.inner.scalars(own), **routing}
+
+  def eval_scalars(self, totals: Mapping[str, float]) -> dict[str, float]:
+    own, routing = self._split(totals)
+    return {**self.inner.eval_scalars(own), **routing}
+
+  def describe_eval(self, metrics: Mapping[str, float]) -> str:
+    return f"{self.inner.describe_eval(metrics)}, {describe_routing(metrics)}"
+
+
+def routing_scalars(totals: Mapping[str, float], experts: int) -> dict[str, float]:
+  """The logged routing figures from WithRouterLosses' sums (see there)."""
+  weight = max(float(totals[f"{ROUTING}weight"]), 1e-9)
+  assignments = max(float(totals[f"{ROUTING}assignments"]), 1.0)
+  shares = [float(totals[f"{ROUTING}expert_{e}"]) / assignments for e in range(experts)]
+  return {f"{ROUTING}aux_loss": float(totals[f"{ROUTING}aux_loss"]) / weight,
+          f"{ROUTING}z_loss": float(totals[f"{ROUTING}z_loss"]) / weight,
+          f"{ROUTING}dropped_fraction": float(totals[f"{ROUTING}dropped"]) / assignments,
+          f"{ROUTING}max_load": max(shares) * experts,
+          **{f"{ROUTING}expert_{e}_share": share for e, share in enumerate(shares)}}
+
+
+def describe_routing(scalars: Mapping[str, float]) -> str:
+  """The progress line's routing part ("" for a dense model)."""
+  if f"{ROUTING}aux_loss" not in scalars:
+    return ""
+  return (f"balance {scalars[f'{ROUTING}aux_loss']:.3f}, router z "
+          f"{scalars[f'{ROUTING}z_loss']:.2f}, dropped "
+          f"{100 * scalars[f'{ROUTING}dropped_fraction']:.1f}%, max load "
+          f"{scalars[f'{ROUTING}max_load']:.2f}x")
+
+
+def with_router_losses(objective: Any, config: TransformerConfig) -> Any:
+  """`objective` with the router losses of `config`'s MoE layers (itself for a dense
+  model or one already wrapped)."""
+  if not config.num_experts or isinstance(objective, WithRouterLosses):
+    return objective
+  return WithRouterLosses(objective, config.moe_aux_loss_coef, config.moe_z_loss_coef,
+                          config.routed_experts)

@@ -21,7 +21,7 @@ from t5x_lite.common import partitioning
 from t5x_lite.models import Transformer, TransformerConfig, alignment_losses
 from t5x_lite.models.lora import AdaptedModel
 from t5x_lite.models.params import abstract_model
-from t5x_lite.training.objectives import LanguageModelling
+from t5x_lite.training.objectives import LanguageModelling, with_router_losses
 
 
 @dataclasses.dataclass
@@ -64,7 +64,7 @@ def make_step_functions(config: TransformerConfig, optimizer: optax.GradientTran
   """Builds jitted init / train / eval functions with shardings from the rules table.
 
   `objective` (training/objectives.py) is what the step minimises: by default language
-  modelling with `z_loss` and `label_smoothing`.
+  modelling with `z_loss` and `label_smoothing`; an MoE model's adds its router losses.
 
   With `adapted` (models/lora.adapt over the loaded base) the state's params are the
   LoRA adapters, initialised from `adapted.adapters`; the base parameters are a frozen
@@ -111,7 +111,8 @@ def make_step_functions(config: TransformerConfig, optimizer: optax.GradientTran
     return {"params": params, "opt_state": opt_state,
             "step": jax.device_put(jnp.zeros((), jnp.int32), replicated)}
 
-  objective = objective or LanguageModelling(z_loss, label_smoothing)
+  objective = with_router_losses(objective or LanguageModelling(z_loss, label_smoothing),
+                                 config)
 
   def merged(params, frozen) -> Transformer:
     return nnx.merge(graphdef, params, *([frozen] if adapted is not None else []))

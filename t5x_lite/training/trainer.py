@@ -132,10 +132,18 @@ def check_layout(spec: TrainSpec, mesh: jax.sharding.Mesh) -> None:
   """The run's batch, LoRA and pipeline settings agree with the mesh (ConfigError naming
   what to change otherwise); train and compile_check both ask before building anything."""
   run = spec.run
-  data_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  data_shards = partitioning.batch_shards(mesh)
   if run.batch_size % data_shards or (run.batch_size // run.microbatches) % data_shards:
     raise ConfigError(f"BATCH_SIZE {run.batch_size} (/{run.microbatches} microbatches) does not "
-                      f"split over the mesh's {data_shards} data x fsdp shards; use a multiple.")
+                      f"split over the mesh's {data_shards} data x fsdp x expert shards; use a "
+                      "multiple.")
+  experts = mesh.shape.get("expert", 1)
+  if experts > 1 and spec.model.num_experts and spec.model.routed_experts % experts:
+    raise ConfigError(f"the mesh's expert axis of {experts} needs a model whose routed experts "
+                      f"split evenly over it: TransformerConfig.num_experts="
+                      f"{spec.model.num_experts} (x moe_granularity "
+                      f"{spec.model.moe_granularity}) is not a multiple of {experts}. Change "
+                      "num_experts or the expert entry of create_mesh.shape.")
   if spec.lora is not None and mesh.shape.get(pipeline_parallel.STAGE_AXIS, 1) > 1:
     raise ConfigError("LoRA runs cannot use pipeline stages: adapters wrap each layer of the "
                       "unscanned layout, and stages split the scanned one. Use a mesh without "
@@ -377,7 +385,8 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
                                                       "params_finite")})
           scalars.update(getattr(batches, "stats", {}))
           scalars.update(grad_norm=float(stats["grad_norm"]), skipped_steps=guard.skipped,
-                         **progress.report(step, scalars["loss"]))
+                         **progress.report(step, scalars["loss"],
+                                           objectives.describe_routing(scalars)))
           writer.write(step, "train", scalars)
         if evaluates or step == run.train_steps:
           eval_start = time.perf_counter()
