@@ -13,7 +13,14 @@ Conventions:
     converters concatenate them). The encoder-decoder runs its encoder on the
     inputs and its decoder (with cross-attention) on the targets; its tokens
     per sequence are inputs + targets.
-  - flops_per_token_6n is Chinchilla's C = 6 N D approximation with N = params.
+  - flops_per_token_6n is Chinchilla's C = 6 N D approximation with N = active_params
+    (params for a dense model).
+  - Mixture-of-experts: params counts every expert (the router, E routed and the shared
+    ones); active_params what one token uses (the router, its k routed experts and the
+    shared ones), the N of 6 N D for an MoE model. FLOPs are active FLOPs: the router
+    and k experts per token (PaLM's MFU numerator, MaxText's convention); the slots
+    capacity leaves empty, the dispatch/combine einsums and the dropped assignments are
+    not counted, so MFU shows what the routing costs.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ class Counts:
   flops_per_sequence: float  # training FLOPs for one sequence (3 x forward)
   flops_per_token: float
   flops_per_token_6n: float
+  active_params: int  # parameters one token uses (params for a dense model)
 
   def as_dict(self) -> dict:
     return dataclasses.asdict(self)
@@ -63,15 +71,36 @@ def mlp_params(config: TransformerConfig) -> int:
   return weights + biases
 
 
-def layer_params(config: TransformerConfig, *, cross_attention: bool) -> int:
+def moe_mlp_params(config: TransformerConfig, *, active: bool = False) -> int:
+  """An MoE feed-forward block's parameters: the router, the routed experts (all of them,
+  or with `active` the k a token goes to) and the shared experts."""
+  inputs = 2 if config.gated else 1
+  width = config.expert_d_ff
+  expert = (inputs + 1) * config.d_model * width + (
+      inputs * width + config.d_model if config.use_bias else 0)
+  routed = config.experts_per_token if active else config.routed_experts
+  shared = 0
+  if config.moe_shared_experts:
+    shared = mlp_params(config.replace(d_ff=config.moe_shared_experts * width, num_experts=0))
+  return config.d_model * config.routed_experts + routed * expert + shared
+
+
+def layer_params(config: TransformerConfig, *, cross_attention: bool,
+                 moe_layer: bool = False, active: bool = False) -> int:
   attentions = 2 if cross_attention else 1
+  feed_forward = moe_mlp_params(config, active=active) if moe_layer else mlp_params(config)
   return attentions * (attention_params(config) + _norm_params(config)) + (
-      mlp_params(config) + _norm_params(config))
+      feed_forward + _norm_params(config))
 
 
-def stack_params(config: TransformerConfig, num_layers: int, *, cross_attention: bool) -> int:
-  """A stack's parameters excluding learned position tables."""
-  total = num_layers * layer_params(config, cross_attention=cross_attention)
+def stack_params(config: TransformerConfig, num_layers: int, *, cross_attention: bool,
+                 stack: str = "decoder", active: bool = False) -> int:
+  """A stack's parameters excluding learned position tables (with `active`, those one
+  token uses)."""
+  moe_layers = config.moe_layers(stack)
+  total = (num_layers - moe_layers) * layer_params(config, cross_attention=cross_attention)
+  total += moe_layers * layer_params(config, cross_attention=cross_attention, moe_layer=True,
+                                     active=active)
   if config.norm_position == "pre":
     total += _norm_params(config)
   if config.position_encoding == "t5_relative":
@@ -88,12 +117,14 @@ def embedding_params(config: TransformerConfig) -> int:
   return total
 
 
-def count_params(config: TransformerConfig) -> tuple[int, int]:
-  """(params, non_embedding_params)."""
+def count_params(config: TransformerConfig, *, active: bool = False) -> tuple[int, int]:
+  """(params, non_embedding_params); with `active`, of the parameters one token uses
+  (an MoE model's k routed experts per layer, not all E)."""
   non_embedding = stack_params(config, config.num_decoder_layers,
-                               cross_attention=config.is_encoder_decoder)
+                               cross_attention=config.is_encoder_decoder, active=active)
   if config.is_encoder_decoder:
-    non_embedding += stack_params(config, config.num_encoder_layers, cross_attention=False)
+    non_embedding += stack_params(config, config.num_encoder_layers, cross_attention=False,
+                                  stack="encoder", active=active)
   if config.head in ("reward", "value"):
     non_embedding += config.d_model + 1  # the scalar head's kernel and bias
   return non_embedding + embedding_params(config), non_embedding
@@ -109,13 +140,19 @@ def _attention_forward_flops(config: TransformerConfig, q_len: int, kv_len: int,
 
 
 def _stack_forward_flops(config: TransformerConfig, num_layers: int, length: int,
-                         cross_length: int, convention: str) -> float:
+                         cross_length: int, convention: str, stack: str) -> float:
   per_layer = _attention_forward_flops(config, length, length, convention)
   if cross_length:
     per_layer += _attention_forward_flops(config, length, cross_length, convention)
-  per_layer += 2 * length * (3 if config.gated else 2) * config.d_model * config.d_ff
+  moe_layers = config.moe_layers(stack)
+  dense_mlp = 2 * length * (3 if config.gated else 2) * config.d_model * config.d_ff
+  # A token's MoE block: the router, its k experts and the shared ones (weights only).
+  expert_matmuls = (3 if config.gated else 2) * config.d_model * config.expert_d_ff
+  moe_mlp = 2 * length * (config.d_model * config.routed_experts + expert_matmuls * (
+      config.experts_per_token + config.moe_shared_experts))
   embeddings = 2 * length * config.vocab_size * config.d_model if convention == "chinchilla" else 0
-  return num_layers * per_layer + embeddings
+  return (num_layers * per_layer + (num_layers - moe_layers) * dense_mlp
+          + moe_layers * moe_mlp + embeddings)
 
 
 def count(config: TransformerConfig, *, targets_length: int | None = None,
@@ -134,21 +171,22 @@ def count(config: TransformerConfig, *, targets_length: int | None = None,
     raise ConfigError(f"Feature lengths must be positive, got inputs={inputs_length}, "
                      f"targets={targets_length}.")
   params, non_embedding = count_params(config)
+  active = count_params(config, active=True)[0]
   if config.is_encoder_decoder:
     if inputs_length <= 0:
       raise ConfigError("An encoder-decoder needs a positive inputs_length.")
     decoder_length = targets_length
     forward = _stack_forward_flops(config, config.num_encoder_layers, inputs_length, 0,
-                                   convention)
+                                   convention, "encoder")
     forward += _stack_forward_flops(config, config.num_decoder_layers, decoder_length,
-                                    inputs_length, convention)
+                                    inputs_length, convention, "decoder")
   else:
     decoder_length = inputs_length + targets_length
     forward = _stack_forward_flops(config, config.num_decoder_layers, decoder_length, 0,
-                                   convention)
+                                   convention, "decoder")
   forward += 2 * decoder_length * config.d_model * config.vocab_size  # output logits
   tokens = inputs_length + targets_length
   training = 3.0 * forward
   return Counts(params=params, non_embedding_params=non_embedding, tokens_per_sequence=tokens,
                 flops_per_sequence=training, flops_per_token=training / tokens,
-                flops_per_token_6n=6.0 * params)
+                flops_per_token_6n=6.0 * active, active_params=active)
