@@ -1,13 +1,15 @@
-"""Hugging Face weights in and out: T5 (v1.0, v1.1), GPT-2 and Llama.
+"""Hugging Face weights in and out: T5 (v1.0, v1.1), GPT-2, Llama and Mixtral.
 
 `load(path)` reads a model directory (config.json + *.safetensors; pickled
 PyTorch files are refused) and returns a t5x_lite `Transformer` whose
 `model(batch)` reproduces the reference logits. `export(model, path)` writes
-T5 and Llama models back in the Hugging Face layout.
+T5, Llama and Mixtral models back in the Hugging Face layout.
 
 Each family is a table of (our parameter path, HF tensor name, transform)
 rows; a transform maps the HF tensor to ours and its inverse maps back, so
-import and export share one description of the layout.
+import and export share one description of the layout. A path ending in an expert
+index e names expert e's slice of our stacked [E, ...] expert kernel (Mixtral stores
+one tensor per expert).
 """
 
 from __future__ import annotations
@@ -132,6 +134,19 @@ def _gpt2_config(hf: dict) -> TransformerConfig:
       scale_attention_logits=hf.get("scale_attn_weights", True), scale_decoder_outputs=False)
 
 
+def _mixtral_config(hf: dict) -> TransformerConfig:
+  """Mixtral: Llama's decoder with every feed-forward block top-k routed over
+  num_local_experts SwiGLU experts, gates renormalised over the k, nothing dropped."""
+  if hf.get("sliding_window") is not None:
+    raise UnsupportedModelError(f"config.json sliding_window={hf.get('sliding_window')} "
+                                "(sliding-window attention) is not supported; only full "
+                                "attention (sliding_window null) is.")
+  return _llama_config(hf).replace(
+      num_experts=hf["num_local_experts"], moe_top_k=hf["num_experts_per_tok"],
+      moe_router="mixtral", moe_capacity_factor=None, moe_decoder_interval=1,
+      moe_aux_loss_coef=float(hf.get("router_aux_loss_coef", 0.001)), moe_z_loss_coef=0.0)
+
+
 def _llama_config(hf: dict) -> TransformerConfig:
   _require(hf, "attention_bias", (False, None))
   _require(hf, "mlp_bias", (False, None))
@@ -203,11 +218,39 @@ def _llama_rows(config: TransformerConfig):
          heads_in(kv, hd)),
         (ours + ("self_attention", "out", "kernel"), f"{theirs}.self_attn.o_proj.weight",
          heads_out(h, hd)),
-        (ours + ("mlp", "wi_0", "kernel"), f"{theirs}.mlp.gate_proj.weight", TRANSPOSE),
-        (ours + ("mlp", "wi_1", "kernel"), f"{theirs}.mlp.up_proj.weight", TRANSPOSE),
-        (ours + ("mlp", "wo", "kernel"), f"{theirs}.mlp.down_proj.weight", TRANSPOSE),
     ]
+    if config.num_experts:  # Mixtral
+      moe = f"{theirs}.block_sparse_moe"
+      rows.append((ours + ("mlp", "router", "kernel"), f"{moe}.gate.weight", TRANSPOSE))
+      for e in range(config.num_experts):
+        rows += [(ours + ("mlp", name, "kernel", e), f"{moe}.experts.{e}.{hf_name}.weight",
+                  TRANSPOSE) for name, hf_name in (("wi_0", "w1"), ("wi_1", "w3"), ("wo", "w2"))]
+    else:
+      rows += [
+          (ours + ("mlp", "wi_0", "kernel"), f"{theirs}.mlp.gate_proj.weight", TRANSPOSE),
+          (ours + ("mlp", "wi_1", "kernel"), f"{theirs}.mlp.up_proj.weight", TRANSPOSE),
+          (ours + ("mlp", "wo", "kernel"), f"{theirs}.mlp.down_proj.weight", TRANSPOSE),
+      ]
   return rows
+
+
+def _stack_experts(flat: FlatParams) -> FlatParams:
+  """Rows of one expert each (paths ending in its index) stacked into [E, ...] kernels."""
+  out: FlatParams = {}
+  experts: dict[tuple, dict[int, np.ndarray]] = {}
+  for path, value in flat.items():
+    if isinstance(path[-1], int):
+      experts.setdefault(path[:-1], {})[path[-1]] = value
+    else:
+      out[path] = value
+  for path, by_expert in experts.items():
+    out[path] = np.stack([by_expert[e] for e in range(len(by_expert))])
+  return out
+
+
+def _our_tensor(flat: FlatParams, path: tuple) -> np.ndarray:
+  """Our parameter at a row's path (one expert's slice for paths ending in its index)."""
+  return flat[path[:-1]][path[-1]] if isinstance(path[-1], int) else flat[path]
 
 
 def _gpt2_params(config: TransformerConfig, weights: "_UsedTensors") -> FlatParams:
@@ -238,8 +281,9 @@ def _gpt2_params(config: TransformerConfig, weights: "_UsedTensors") -> FlatPara
 
 
 FAMILIES = {"t5": (_t5_config, _t5_rows), "gpt2": (_gpt2_config, None),
-            "llama": (_llama_config, _llama_rows)}
-_EMBEDDING_KEYS = {"t5": "shared.weight", "gpt2": "wte.weight", "llama": "embed_tokens.weight"}
+            "llama": (_llama_config, _llama_rows), "mixtral": (_mixtral_config, _llama_rows)}
+_EMBEDDING_KEYS = {"t5": "shared.weight", "gpt2": "wte.weight", "llama": "embed_tokens.weight",
+                   "mixtral": "embed_tokens.weight"}
 
 
 # ----------------------------------------------------------------------------- files
@@ -331,6 +375,9 @@ def load(path: str, **config_overrides) -> Transformer:
         flat[ours] = transform.to_ours(tensor)
       except ValueError:  # numpy cannot reshape it into heads x head_dim
         flat[ours] = tensor
+    flat = _stack_experts(flat)
+    sources = {path[:-1] if isinstance(path[-1], int) else path: name
+               for path, name in sources.items()}
   if not tied:
     flat[("logits_dense", "kernel")] = used["lm_head.weight"].T
   _check_shapes(config, flat, sources, hf, path)
@@ -382,25 +429,29 @@ def _check_shapes(config: TransformerConfig, flat: FlatParams, sources: dict, hf
 
 
 def export(model: Transformer, path: str, *, model_type: Optional[str] = None) -> None:
-  """Writes a T5 (model_type "t5") or Llama ("llama") model in the Hugging
-  Face layout: config.json + model.safetensors, loadable by transformers."""
+  """Writes a T5 (model_type "t5"), Llama ("llama") or Mixtral ("mixtral") model in the
+  Hugging Face layout: config.json + model.safetensors, loadable by transformers.
+  Mixtral routes without a capacity limit, as our dropless mode does."""
   from safetensors.numpy import save_file
 
   config = model.config
-  model_type = model_type or ("t5" if config.is_encoder_decoder else "llama")
+  model_type = model_type or ("t5" if config.is_encoder_decoder else
+                              "mixtral" if config.num_experts else "llama")
   if model_type == "t5":
     hf = _t5_hf_config(config)
   elif model_type == "llama":
     hf = _llama_hf_config(config)
+  elif model_type == "mixtral":
+    hf = _mixtral_hf_config(config)
   else:
-    raise UnsupportedModelError(f"export supports model_type 't5' and 'llama', not "
-                                f"{model_type!r}.")
+    raise UnsupportedModelError(f"export supports model_type 't5', 'llama' and 'mixtral', "
+                                f"not {model_type!r}.")
   if _meaning(FAMILIES[model_type][0](hf)) != _meaning(config):
     raise UnsupportedModelError(f"This model's config has knobs a {model_type} checkpoint "
                                 "cannot express; it cannot be exported exactly.")
   flat = flat_params(model)
   prefix = "" if model_type == "t5" else "model."
-  tensors = {prefix + theirs: np.ascontiguousarray(transform.to_hf(flat[ours]))
+  tensors = {prefix + theirs: np.ascontiguousarray(transform.to_hf(_our_tensor(flat, ours)))
              for ours, theirs, transform in FAMILIES[model_type][1](config)}
   if not config.tie_embeddings:
     tensors["lm_head.weight"] = np.ascontiguousarray(flat[("logits_dense", "kernel")].T)
@@ -414,7 +465,8 @@ def export(model: Transformer, path: str, *, model_type: Optional[str] = None) -
 # Knobs that do not change what the weights compute (or are written separately).
 _NOT_ARCHITECTURE = ("dropout_rate", "dtype", "param_dtype", "scan_layers", "remat_policy",
                      "attention_impl", "embedding_init_std", "max_length", "tie_embeddings",
-                     "scale_decoder_outputs")
+                     "scale_decoder_outputs", "moe_aux_loss_coef", "moe_z_loss_coef",
+                     "moe_capacity_factor", "moe_encoder_interval")
 
 
 def _meaning(config: TransformerConfig) -> dict:
@@ -455,3 +507,11 @@ def _llama_hf_config(config: TransformerConfig) -> dict:
           "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
           "tie_word_embeddings": config.tie_embeddings, "attention_bias": False,
           "mlp_bias": False}
+
+
+def _mixtral_hf_config(config: TransformerConfig) -> dict:
+  return {**_llama_hf_config(config), "model_type": "mixtral",
+          "architectures": ["MixtralForCausalLM"], "num_local_experts": config.num_experts,
+          "num_experts_per_tok": config.moe_top_k, "sliding_window": None,
+          "router_aux_loss_coef": config.moe_aux_loss_coef, "router_jitter_noise": 0.0,
+          "output_router_logits": False}

@@ -15,6 +15,7 @@ import torch
 import transformers
 
 from t5x_lite.interop import hf
+from t5x_lite.models.transformer import create_model
 
 torch.set_num_threads(1)
 TOLERANCE = 1e-4
@@ -301,3 +302,36 @@ def test_an_imported_model_quantizes_within_the_quantization_step(tmp_path, mode
   # each matrix's channel maximum per weight, summed over the quantized matrices.
   bound = (len(list(projections(ours))) + 1) / (2 * levels)
   assert np.linalg.norm(logits - reference) / np.linalg.norm(reference) < bound
+
+
+def tiny_mixtral(path, seed=5):
+  config = transformers.MixtralConfig(vocab_size=103, hidden_size=32, intermediate_size=48,
+                                      num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, num_local_experts=4,
+                                      num_experts_per_tok=2, max_position_embeddings=64,
+                                      rope_theta=5000.0)
+  model = transformers.MixtralForCausalLM(config)
+  randomize(model, seed=seed)
+  return save_and_reload(model, path, transformers.MixtralForCausalLM)
+
+
+@pytest.mark.parametrize("scan_layers", [False, True], ids=["unscanned", "scanned"])
+def test_mixtral_reproduces_reference_logits(tmp_path, scan_layers):
+  reference = tiny_mixtral(tmp_path)
+  ours = hf.load(str(tmp_path), scan_layers=scan_layers)
+  config = ours.config
+  assert (config.num_experts, config.moe_top_k, config.moe_router) == (4, 2, "mixtral")
+  assert config.moe_capacity_factor is None  # transformers never drops a token
+  assert decoder_only_error(reference, ours, 103) <= TOLERANCE
+
+
+def test_mixtral_export_round_trips_through_transformers(tmp_path):
+  tiny_mixtral(tmp_path / "mixtral")
+  ours = hf.load(str(tmp_path / "mixtral"))
+  hf.export(ours, str(tmp_path / "mixtral_out"))
+  exported = transformers.MixtralForCausalLM.from_pretrained(tmp_path / "mixtral_out").eval()
+  assert decoder_only_error(exported, ours, 103) <= TOLERANCE
+  # A model Mixtral's layout cannot hold (an MoE layer every other layer) is refused.
+  config = ours.config.replace(moe_decoder_interval=2)
+  with pytest.raises(hf.UnsupportedModelError, match="cannot express"):
+    hf.export(create_model(config), str(tmp_path / "refused"))
