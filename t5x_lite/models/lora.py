@@ -33,7 +33,7 @@ from flax import nnx
 
 from t5x_lite.common.errors import ConfigError, check_field_types
 from t5x_lite.models import quantization
-from t5x_lite.models.transformer import PROJECTIONS, contracted_dims, projections
+from t5x_lite.models.transformer import PROJECTIONS, contracted_dims, expert_dims, projections
 
 # Target groups: every projection of the kind that the model has (wi_1 only when gated).
 GROUPS = {"attention": ("query", "key", "value", "out"), "mlp": ("wi_0", "wi_1", "wo")}
@@ -83,10 +83,15 @@ class LoraProjection(nnx.Module):
     self.scale = config.scale
     kernel_shape = base.kernel.shape
     self.in_dims = contracted_dims(base)
-    self.out_shape = tuple(kernel_shape[self.in_dims:])
-    self.lora = nnx.LoRA(math.prod(kernel_shape[:self.in_dims]), config.rank,
-                         math.prod(self.out_shape), param_dtype=base.kernel.dtype,
-                         rngs=rngs)
+    experts = expert_dims(base)
+    self.out_shape = tuple(kernel_shape[experts + self.in_dims:])
+    fan_in = math.prod(kernel_shape[experts:experts + self.in_dims])
+    if experts:  # an MoE block's routed experts: one adapter per expert
+      self.lora = ExpertLora(kernel_shape[0], fan_in, config.rank, math.prod(self.out_shape),
+                             base.kernel.dtype, rngs=rngs)
+    else:
+      self.lora = nnx.LoRA(fan_in, config.rank, math.prod(self.out_shape),
+                           param_dtype=base.kernel.dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x_flat = x.reshape(x.shape[:x.ndim - self.in_dims] + (-1,))
@@ -103,6 +108,23 @@ class LoraProjection(nnx.Module):
     kernel = base.kernel
     kernel[...] = kernel[...] + delta.reshape(kernel.shape).astype(kernel.dtype)
     return base
+
+
+class ExpertLora(nnx.Module):
+  """E low-rank updates, x_e A_e B_e for the tokens x_e [E, ..., in] dispatched to expert
+  e: A [E, in, rank] random, B [E, rank, out] zero (as nnx.LoRA, expert by expert)."""
+
+  def __init__(self, experts: int, fan_in: int, rank: int, fan_out: int, dtype, *,
+               rngs: nnx.Rngs):
+    init_a = nnx.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,))
+    self.lora_a = nnx.LoRAParam(init_a(rngs.params(), (experts, fan_in, rank), dtype))
+    self.lora_b = nnx.LoRAParam(jnp.zeros((experts, rank, fan_out), dtype))
+
+  def __call__(self, x_ExNxI: jax.Array) -> jax.Array:
+    shape = x_ExNxI.shape
+    x_flat = x_ExNxI.reshape(shape[0], -1, shape[-1])
+    low_rank = jnp.einsum("eni,eir->enr", x_flat, self.lora_a[...])
+    return jnp.einsum("enr,ero->eno", low_rank, self.lora_b[...]).reshape(*shape[:-1], -1)
 
 
 def apply_lora(model: nnx.Module, config: LoraConfig, seed: int = 0) -> nnx.Module:

@@ -45,6 +45,7 @@ from typing import Iterator, Optional
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.nnx.nn import dtypes as flax_dtypes
 
 from t5x_lite.common.partitioning import constrain
 from t5x_lite.models import layers
@@ -127,8 +128,11 @@ class ExpertProjection(nnx.Module):
     self.dtype = jnp.dtype(config.dtype)
 
   def __call__(self, x_ExBxCxI: Array) -> Array:
-    y_ExBxCxO = jnp.einsum("ebci,eio->ebco", x_ExBxCxI.astype(self.dtype),
-                           self.kernel[...].astype(self.dtype))
+    # Promoted as nnx.Linear does, so a qwix-quantized kernel (models/quantization.py)
+    # multiplies through qwix's einsum.
+    x_ExBxCxI, kernel = flax_dtypes.promote_dtype((x_ExBxCxI, self.kernel[...]),
+                                                  dtype=self.dtype)
+    y_ExBxCxO = jnp.einsum("ebci,eio->ebco", x_ExBxCxI, kernel)
     if hasattr(self, "bias"):
       y_ExBxCxO = y_ExBxCxO + self.bias[...].astype(self.dtype)[:, None, None, :]
     return y_ExBxCxO

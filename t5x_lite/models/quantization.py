@@ -45,7 +45,7 @@ import qwix
 from flax import nnx
 
 from t5x_lite.common.errors import ConfigError
-from t5x_lite.models.transformer import Transformer, contracted_dims, projections
+from t5x_lite.models.transformer import Transformer, contracted_dims, expert_dims, projections
 
 GROUP_SIZE = 128  # int4 sub-channel groups: inputs that share one scale
 NF4_GROUP_SIZE = 64  # QLoRA's block size (Dettmers et al. 2023)
@@ -89,15 +89,18 @@ def quantized_mode(model: Transformer) -> Optional[str]:
 
 def _quantize_projection(module: nnx.Module, mode: Mode) -> nnx.Module:
   """The projection with qwix-quantized weights (one call converts them)."""
-  inputs = contracted_dims(module)
-  fan_in = math.prod(module.kernel.shape[:inputs])
+  inputs, experts = contracted_dims(module), expert_dims(module)
+  # Routed experts ([E, in, out]) are quantized expert by expert: qwix's scales are per
+  # expert and output channel, as its einsum keeps the expert axis.
+  in_shape = tuple(module.kernel.shape[experts:experts + inputs])
+  fan_in = math.prod(in_shape)
   # Sub-channel groups tile the contracted (input) axis; a 3-D attention kernel
   # contracts one axis into the model width, or heads x head_dim into it (out).
   tile = mode.group_size if (mode.group_size and inputs == 1
                              and fan_in % mode.group_size == 0) else None
   rule = qwix.QuantizationRule(module_path=".*", weight_qtype=mode.weight_dtype,
                                tile_size=tile, act_qtype=mode.activation_dtype)
-  sample = jnp.zeros((1, 1, *module.kernel.shape[:inputs]), module.kernel.dtype)
+  sample = jnp.zeros((*module.kernel.shape[:experts], 1, 1, *in_shape), module.kernel.dtype)
   return qwix.quantize_model(module, qwix.PtqProvider([rule]), sample)
 
 

@@ -511,14 +511,16 @@ def forward(model: Transformer, batch: Batch) -> Array:
   return _forward(graphdef, state, batch)
 
 
-# The weight matrices of every block (attention, MLP): what LoRA adapts and
-# quantization quantizes.
+# The weight matrices of every block (attention, MLP; an MoE block's experts and shared
+# experts, not its router): what LoRA adapts and quantization quantizes.
 PROJECTIONS = ("query", "key", "value", "out", "wi_0", "wi_1", "wo")
 
 
 def projections(model: Transformer) -> Iterator[tuple[nnx.Module, str]]:
   """(owning module, attribute name) of every projection in every layer of every stack
-  (unscanned layout: scanned layers are one stacked module)."""
+  (unscanned layout: scanned layers are one stacked module). An MoE block's routed
+  experts are one projection per name ([E, in, out] kernels, `expert_dims`); its shared
+  experts' Mlp follows it."""
   for stack_name in ("encoder", "decoder"):
     stack = getattr(model, stack_name, None)
     if stack is None:
@@ -528,9 +530,16 @@ def projections(model: Transformer) -> Iterator[tuple[nnx.Module, str]]:
         owner = getattr(block, part, None)
         if owner is None:
           continue
-        for name in PROJECTIONS:
-          if hasattr(owner, name):
-            yield owner, name
+        for module in (owner, getattr(owner, "shared", None)):
+          for name in PROJECTIONS if module is not None else ():
+            if hasattr(module, name):
+              yield module, name
+
+
+def expert_dims(projection: nnx.Module) -> int:
+  """Leading kernel dimensions that index experts (1 for an MoE block's routed experts,
+  whose input keeps that axis; 0 for every other projection)."""
+  return 1 if isinstance(projection, moe.ExpertProjection) else 0
 
 
 def contracted_dims(projection: nnx.Module) -> int:

@@ -16,7 +16,7 @@ from t5x_lite import gin_utils
 from t5x_lite.common import partitioning
 from t5x_lite.common.errors import ConfigError
 from t5x_lite.inference import decoding
-from t5x_lite.models import TransformerConfig, counting, moe
+from t5x_lite.models import TransformerConfig, counting, lora, moe, quantization
 from t5x_lite.models.params import count_initialized_params, flat_params, model_from_params
 from t5x_lite.models.transformer import create_model, forward
 from t5x_lite.runs.spec import OptimizerConfig, RunConfig, ScheduleConfig, TrainSpec
@@ -309,3 +309,35 @@ def test_presets_land_on_published_total_and_active_parameters(name):
   share = 0.5 if config.is_encoder_decoder else 1.0
   assert counts.flops_per_token == pytest.approx(
       dense.flops_per_token + 3 * per_moe_layer * moe_layers * share, rel=1e-9)
+
+
+def test_lora_adapts_every_expert_and_merges_into_the_adapter_model():
+  config = tiny(gated=True, moe_shared_experts=1, moe_capacity_factor=None)
+  model = create_model(config)
+  batch = {key: jnp.asarray(value) for key, value in lm_batch(rows=2).items()}
+  base = np.asarray(forward(model, batch))
+  adapted = lora.apply_lora(nnx.clone(model), lora.LoraConfig(rank=2))
+  np.testing.assert_array_equal(np.asarray(forward(adapted, batch)), base)  # B starts at 0
+  expert_adapters = [path for path, _ in nnx.to_flat_state(nnx.state(adapted, nnx.LoRAParam))
+                     if "wi_0" in path and "shared" not in path and path[-1] == "lora_a"]
+  assert expert_adapters  # one [E, in, rank] A per MoE layer's wi_0
+  for path, variable in nnx.to_flat_state(nnx.state(adapted, nnx.LoRAParam)):
+    variable.set_value(0.3 * jax.random.normal(jax.random.key(len(path)),
+                                               variable.get_value().shape))
+  with_adapters = np.asarray(forward(adapted, batch))
+  assert np.max(np.abs(with_adapters - base)) > 0.1
+  merged = np.asarray(forward(lora.merge_lora(adapted), batch))
+  np.testing.assert_allclose(merged, with_adapters, atol=1e-4)
+
+
+def test_experts_quantize_per_expert_and_output_channel():
+  config = tiny(moe_capacity_factor=None)
+  model = create_model(config)
+  quantized = quantization.quantize(model, "int8_weights")
+  block = next(block for block in quantized.decoder.layers if block.moe_layer)
+  assert quantization.is_quantized(block.mlp.wi_0)
+  assert quantization.is_quantized(block.mlp.wo)
+  batch = {key: jnp.asarray(value) for key, value in lm_batch(rows=2).items()}
+  base = np.asarray(forward(model, batch))
+  error = np.max(np.abs(np.asarray(forward(quantized, batch)) - base))
+  assert 0 < error < 0.02 * np.max(np.abs(base))
