@@ -22,7 +22,9 @@ def test_presets_exist():
                         "gpt3": "125m 350m 760m 1_3b 2_7b 6_7b 13b 175b",
                         "llama": "7b 13b 33b 65b"}.items():
     assert {f"{family}_{s}" for s in sizes.split()} <= names
-  assert {"tiny_causal_decoder", "tiny_prefix_decoder", "tiny_encoder_decoder"} <= names
+  assert {"tiny_causal_decoder", "tiny_prefix_decoder", "tiny_encoder_decoder",
+          "tiny_moe_decoder"} <= names
+  assert {"switch_base_8", "switch_base_128", "mixtral_8x7b"} <= names
 
 
 @pytest.mark.parametrize("path", MODEL_FILES, ids=os.path.basename)
@@ -58,11 +60,12 @@ def test_architecture_files_parse(path):
   gin_utils.parse([path])
 
 
-# (data, fsdp, tensor, stage)
-MESH_SHAPES = {"single_device": (1, 1, 1, 1), "data_parallel": (8, 1, 1, 1),
-               "fsdp": (1, 8, 1, 1), "fsdp_tensor": (1, 2, 4, 1), "gpu_multihost": (1, 8, 1, 1),
-               "tpu_pod": (1, 8, 1, 1), "pipeline": (4, 1, 1, 2),
-               "pipeline_fsdp_tensor": (1, 2, 2, 2)}
+# (data, fsdp, tensor, stage, expert)
+MESH_SHAPES = {"single_device": (1, 1, 1, 1, 1), "data_parallel": (8, 1, 1, 1, 1),
+               "fsdp": (1, 8, 1, 1, 1), "fsdp_tensor": (1, 2, 4, 1, 1),
+               "gpu_multihost": (1, 8, 1, 1, 1), "tpu_pod": (1, 8, 1, 1, 1),
+               "pipeline": (4, 1, 1, 2, 1), "pipeline_fsdp_tensor": (1, 2, 2, 2, 1),
+               "expert_parallel": (2, 1, 1, 1, 4)}
 
 
 @pytest.mark.parametrize("name, shape", MESH_SHAPES.items())

@@ -363,3 +363,35 @@ def test_profile_knobs_trace_the_requested_steps_into_the_run_directory(tmp_path
   traces = list((tmp_path / "profile").rglob("*.xplane.pb"))
   assert len(traces) == 1 and traces[0].stat().st_size > 0
   assert "profiled steps 2-2" in stream.getvalue()
+
+
+def test_an_moe_run_logs_its_routing_and_resumes_on_another_layout_and_mesh(tmp_path, capsys):
+  # Trained scanned on an expert-parallel mesh, resumed unscanned on one device: the
+  # checkpoint's layout depends on neither, and the run ends as an uninterrupted one.
+  moe = {"make_schedule.name": "'constant'", "BATCH_SIZE": 8}
+  files = lambda mesh: ["runs/pretrain.gin", "models/tiny_moe_decoder.gin",  # noqa: E731
+                        f"meshes/{mesh}.gin"]
+
+  def run(directory, steps, mesh, scanned):
+    gin_utils.parse(files(mesh), helpers.bindings(
+        directory, steps=steps, **moe, **{"TransformerConfig.scan_layers": scanned}))
+    return trainer.train(gin_utils.resolve_train_spec(), gin_utils.resolve_mesh())
+
+  run(tmp_path / "straight", 6, "single_device", False)
+  run(tmp_path / "moved", 3, "expert_parallel", True)
+  printed = capsys.readouterr().out
+  assert "balance" in printed and "dropped" in printed and "max load" in printed
+  saved = helpers.saved_state(tmp_path / "moved")
+  assert "params.decoder.layers.1.mlp.wi_0.kernel.value" in saved  # per layer on disk
+  assert saved["params.decoder.layers.1.mlp.wi_0.kernel.value"].shape == (4, 64, 128)
+  assert run(tmp_path / "moved", 6, "single_device", False)["step"] == 6
+  straight, moved = helpers.train_losses(tmp_path / "straight"), helpers.train_losses(
+      tmp_path / "moved")
+  # (A layout and mesh change only the order of float operations: ~1e-5 relative.)
+  np.testing.assert_allclose([moved[s] for s in range(1, 7)], [straight[s] for s in range(1, 7)],
+                             rtol=1e-4, atol=0)
+  with open(tmp_path / "moved" / "metrics.jsonl") as handle:
+    record = json.loads(handle.readline())
+  assert {"moe/aux_loss", "moe/z_loss", "moe/dropped_fraction", "moe/max_load",
+          "moe/expert_0_share"} <= record.keys()
+  assert sum(record[f"moe/expert_{e}_share"] for e in range(4)) == pytest.approx(1.0)
