@@ -53,8 +53,12 @@ from t5x_lite.models.configs import TransformerConfig
 
 Array = jax.Array
 STAT_NAMES = ("aux_loss", "z_loss", "moe_layers", "routed_tokens", "assignments", "dropped")
-# Where the buffer of dispatched tokens lives on the mesh: experts over the "expert" axis,
-# each expert's rows over the remaining batch axes (partitioning.py's rules).
+# The buffer of dispatched tokens [E, B, C, D] on the mesh (partitioning.py's rules): as
+# the tokens are (rows over every batch axis, all experts) where it is filled and emptied,
+# and with the experts over the "expert" axis (rows over the other batch axes) where the
+# experts compute. Pinning both makes the move between them an all-to-all each way;
+# without the first, XLA may gather every token to every expert shard instead.
+TOKEN_BUFFER_AXES = (None, "activation_batch", None, "activation_embed")
 EXPERT_BUFFER_AXES = ("activation_experts", "activation_expert_batch", None, "activation_embed")
 
 
@@ -210,13 +214,14 @@ class MoeMlp(nnx.Module):
     dtype = jnp.dtype(config.dtype)
     buffer_ExBxCxD = jnp.einsum("blec,bld->ebcd", dispatch_BxLxExC.astype(dtype),
                                 x_BxLxD.astype(dtype))
-    buffer_ExBxCxD = constrain(buffer_ExBxCxD, EXPERT_BUFFER_AXES)
+    buffer_ExBxCxD = constrain(constrain(buffer_ExBxCxD, TOKEN_BUFFER_AXES), EXPERT_BUFFER_AXES)
     hidden_ExBxCxF = layers.ACTIVATION_FUNCTIONS[config.activation](self.wi_0(buffer_ExBxCxD))
     if config.gated:
       hidden_ExBxCxF = hidden_ExBxCxF * self.wi_1(buffer_ExBxCxD)
     hidden_ExBxCxF = constrain(hidden_ExBxCxF, (*EXPERT_BUFFER_AXES[:3], "activation_mlp"))
     hidden_ExBxCxF = layers.dropout(hidden_ExBxCxF, config.dropout_rate, dropout_rng)
-    out_ExBxCxD = constrain(self.wo(hidden_ExBxCxF), EXPERT_BUFFER_AXES)
+    out_ExBxCxD = constrain(constrain(self.wo(hidden_ExBxCxF), EXPERT_BUFFER_AXES),
+                            TOKEN_BUFFER_AXES)
     y_BxLxD = jnp.einsum("ebcd,blec->bld", out_ExBxCxD, combine_BxLxExC.astype(dtype))
     if hasattr(self, "shared"):
       y_BxLxD = y_BxLxD + self.shared(x_BxLxD, dropout_rng=dropout_rng)

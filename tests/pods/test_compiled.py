@@ -188,3 +188,23 @@ def test_qlora_is_refused_by_name():
   mesh = partitioning.create_mesh((1, 1, 1), topology.devices(topology.parse("h100:1x1")))
   with pytest.raises(ConfigError, match="QLoRA"):
     compiled.compile_train_step(spec, mesh, 80 * 10**9)
+
+
+def test_an_expert_parallel_moe_step_compiles_with_the_analytic_memory(tmp_path):
+  """Tiny MoE decoder on 4 GPUs, experts over the expert axis: each chip holds every
+  dense parameter and a quarter of each MoE layer's experts (float32), and the tokens
+  reach their experts by all-to-all."""
+  pod = topology.parse("h100:1x4")
+  gin_utils.parse(["runs/pretrain.gin", "models/tiny_moe_decoder.gin",
+                   "meshes/expert_parallel.gin"],
+                  train_helpers.bindings(tmp_path / "unused", BATCH_SIZE=8))
+  spec = gin_utils.resolve_train_spec()
+  mesh = partitioning.create_mesh((1, 1, 1, 1, 4), topology.devices(pod))
+  step = compiled.compile_train_step(spec, mesh, pod.chip.hbm_bytes)
+  config = spec.model
+  experts = config.moe_layers("decoder") * (
+      config.routed_experts * 3 * config.d_model * config.expert_d_ff)
+  dense = count_params(config)[0] - experts
+  assert step.refusal is None and step.memory.fits
+  assert step.memory.parameters == 4 * (dense + experts // 4)
+  assert "all-to-all" in step.hlo
