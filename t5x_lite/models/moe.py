@@ -7,8 +7,9 @@ over devices):
   - the router's logits x W_r and their softmax are float32 whatever the model's dtype;
   - each token picks its k most probable experts; its gates are the chosen
     probabilities renormalised (Mixtral) or as they are (Switch);
-  - an expert takes at most C = ceil(capacity_factor x L x k / E) of a row's L positions
-    (at most L: no expert can receive more); assignments are served in GShard's order
+  - an expert takes at most C = ceil(capacity_factor x T x k / E) of the T tokens of a
+    row (its positions that are not padding; at most T: no expert can receive more), so
+    how far a row is padded never changes its routing; assignments are served in GShard's order
     (every token's first choice, in position order, before any second choice) and those
     beyond C are dropped: that expert adds nothing for the token, which keeps its
     residual. Dropless routing (capacity_factor None) sets C = L, so nothing is dropped;
@@ -63,12 +64,23 @@ EXPERT_BUFFER_AXES = ("activation_experts", "activation_expert_batch", None, "ac
 
 
 def capacity(config: TransformerConfig, length: int, dropless: bool = False) -> int:
-  """Slots per expert per sequence of `length` positions (see the module docstring)."""
+  """Slots per expert for a sequence of `length` tokens (see the module docstring); for
+  the rows of a batch, the buffer's size (length: the padded one)."""
   if dropless or config.moe_capacity_factor is None:
     return length
   slots = math.ceil(config.moe_capacity_factor * length * config.experts_per_token
                     / config.routed_experts)
   return max(1, min(length, slots))
+
+
+def row_capacity(config: TransformerConfig, tokens_B: Array, length: int,
+                 dropless: bool = False) -> Array:
+  """`capacity` of each row's own token count [B] (a traced value: padding is left out)."""
+  if dropless or config.moe_capacity_factor is None:
+    return jnp.full(tokens_B.shape, length, jnp.float32)
+  slots = jnp.ceil(config.moe_capacity_factor * tokens_B * config.experts_per_token
+                   / config.routed_experts)
+  return jnp.minimum(slots, tokens_B)
 
 
 def empty_stats(config: TransformerConfig) -> dict[str, Array]:
@@ -198,10 +210,11 @@ class MoeMlp(nnx.Module):
     # then by position; padding assigns nothing.
     assigned_BxKxLxE = (jax.nn.one_hot(jnp.swapaxes(expert_BxLxK, 1, 2), experts,
                                        dtype=jnp.float32) * valid_BxL[:, None, :, None])
-    slots = capacity(config, length, dropless)
+    slots = capacity(config, length, dropless)  # the buffer: enough for any row
+    row_slots_B = row_capacity(config, jnp.sum(valid_BxL, axis=1), length, dropless)
     order_BxKLxE = assigned_BxKxLxE.reshape(batch, k * length, experts)
     slot_BxKLxE = (jnp.cumsum(order_BxKLxE, axis=1) - 1.0) * order_BxKLxE
-    kept_BxKLxE = order_BxKLxE * (slot_BxKLxE < slots)
+    kept_BxKLxE = order_BxKLxE * (slot_BxKLxE < row_slots_B[:, None, None])
     slot_BxKxL = jnp.sum(slot_BxKLxE * kept_BxKLxE, axis=-1).reshape(batch, k, length)
     kept_BxKxLxE = kept_BxKLxE.reshape(batch, k, length, experts)
     # One-hot over slots; a token reaches an expert through at most one of its choices.

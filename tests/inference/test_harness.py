@@ -21,11 +21,11 @@ VOCABULARY = seqio.ByteVocabulary()
 ARCHITECTURES = ("causal_decoder", "prefix_decoder", "encoder_decoder")
 
 
-def tiny(architecture: str, max_length: int = 48) -> "T5xLiteLM":
+def tiny(architecture: str, max_length: int = 48, **knobs) -> "T5xLiteLM":
   config = TransformerConfig(architecture=architecture, vocab_size=384, d_model=32,
                              num_heads=2, head_dim=16, d_ff=64, num_decoder_layers=2,
                              num_encoder_layers=2 if architecture == "encoder_decoder" else 0,
-                             max_length=max_length)
+                             max_length=max_length, **knobs)
   return T5xLiteLM(model=create_model(config), vocabulary=VOCABULARY, batch_size=3)
 
 
@@ -33,9 +33,16 @@ def requests(kind: str, args: list) -> list[Instance]:
   return [Instance(kind, {}, a, index) for index, a in enumerate(args)]
 
 
-@pytest.mark.parametrize("architecture", ARCHITECTURES)
-def test_loglikelihood_is_the_project_scorer_including_truncated_contexts(architecture):
-  harness = tiny(architecture)
+# A mixture-of-experts decoder with a capacity that drops tokens: scores do not depend on
+# how the harness or the scorer batch and pad the requests.
+MOE = {"num_experts": 4, "moe_top_k": 2, "moe_capacity_factor": 0.5}
+
+
+@pytest.mark.parametrize("architecture, knobs", [*((a, {}) for a in ARCHITECTURES),
+                                                 ("causal_decoder", MOE)],
+                         ids=[*ARCHITECTURES, "moe_decoder"])
+def test_loglikelihood_is_the_project_scorer_including_truncated_contexts(architecture, knobs):
+  harness = tiny(architecture, **knobs)
   pairs = [("def f(x):", " return x"), ("import", " os"), ("", " start"),
            ("x" * 100, " a context longer than the model")]
   results = harness.loglikelihood(requests("loglikelihood", pairs))

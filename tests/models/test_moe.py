@@ -48,13 +48,13 @@ def reference_moe(layer, x, routable):
   w0, wo = np.asarray(layer.wi_0.kernel[...]), np.asarray(layer.wo.kernel[...])
   experts, k = config.routed_experts, config.experts_per_token
   batch, length, _ = x.shape
-  slots = moe.capacity(config, length)
   out = np.zeros_like(x, np.float64)
   kept = np.zeros((batch, length, experts), bool)
   logits = x.astype(np.float64) @ router
   probs = np.exp(logits - logits.max(-1, keepdims=True))
   probs /= probs.sum(-1, keepdims=True)
   for b in range(batch):
+    slots = moe.capacity(config, int(routable[b].sum()))  # the row's tokens, not its padding
     used = np.zeros(experts, int)
     choices = [np.argsort(-probs[b, t], kind="stable")[:k] for t in range(length)]
     for choice in range(k):  # all first choices, then the second ones
@@ -159,6 +159,13 @@ def test_padding_is_never_routed_nor_takes_capacity():
   out_other, stats_other = layer(jnp.asarray(other), routable=jnp.asarray(routable))
   np.testing.assert_array_equal(np.asarray(out)[:, 3:6], 0.0)  # no expert output there
   np.testing.assert_array_equal(np.asarray(out)[routable], np.asarray(out_other)[routable])
+  # Padding at the end instead, as far as the buffer allows: the same routing.
+  shifted = np.concatenate([x[:, :3], x[:, 6:], x[:, 3:6]], axis=1)
+  out_end, stats_end = layer(jnp.asarray(shifted),
+                             routable=jnp.asarray(np.arange(12) < 9)[None].repeat(2, 0))
+  np.testing.assert_allclose(np.asarray(out_end)[:, :9], np.asarray(out)[routable].reshape(
+      2, 9, 16), atol=1e-6)
+  assert float(stats_end["dropped"]) == float(stats["dropped"])
   for name in ("aux_loss", "z_loss", "dropped", "expert_assignments", "routed_tokens"):
     np.testing.assert_array_equal(np.asarray(stats[name]), np.asarray(stats_other[name]))
   assert float(stats["routed_tokens"]) == 18
