@@ -38,6 +38,7 @@ bench: install demo  # the quantization benchmark measures the quick-start model
 	$(PY) tools/benchmark_harness.py
 	$(PY) tools/benchmark_quantization.py
 	$(PY) tools/benchmark_pipeline.py
+	$(PY) tools/benchmark_moe.py
 	$(PY) tools/benchmark_shared_cpu.py
 
 lint: install
