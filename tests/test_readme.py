@@ -225,6 +225,19 @@ def check_pods_study(command: list[str], _) -> None:
       assert spec.model.dtype == "bfloat16" and spec.model.scan_layers
 
 
+def check_moe_study(command: list[str], _) -> None:
+  from t5x_lite.models import counting
+
+  runner = load_script(command[1])
+  assert runner.parse_args(command[2:]).steps > 0
+  dense = None
+  for name, knobs in runner.RUNS.items():
+    counts = counting.count(runner.model_config(knobs), targets_length=256)
+    dense = dense or counts
+    # Every run costs the dense run's FLOPs per token, up to its router's.
+    assert counts.flops_per_token == pytest.approx(dense.flops_per_token, rel=0.01), name
+
+
 def check_script(command: list[str], folder) -> None:
   path = os.path.join(ROOT, command[1])
   subprocess.run(["bash", "-n", path], check=True)
@@ -318,6 +331,7 @@ def handler(command: list[str]):
             ("python", "experiments/architecture_objective/run.py"): check_ablation,
             ("python", "experiments/mup/run.py"): check_mup_study,
             ("python", "experiments/pods/run.py"): check_pods_study,
+            ("python", "experiments/moe/run.py"): check_moe_study,
             ("python", "experiments/scaling/compare.py"): check_compare,
             ("bash",): check_script}
   for prefix, check in checks.items():

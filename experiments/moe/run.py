@@ -80,11 +80,16 @@ def read_metrics(model_dir: str) -> dict[str, list[dict]]:
   return {split: [records[s] for s in sorted(records)] for split, records in by_split.items()}
 
 
-def summarise(name: str, knobs: dict, metrics: dict[str, list[dict]]) -> dict:
-  """One run's row: final validation loss, its parameters, FLOPs and routing at the end."""
-  config = gin_utils.model_config(["models/quickstart_decoder.gin"]).replace(
+def model_config(knobs: dict):
+  """The TransformerConfig a run of RUNS trains."""
+  return gin_utils.model_config(["models/quickstart_decoder.gin"]).replace(
       **{k: (v.strip("'") if isinstance(v, str) else v) for k, v in knobs.items()},
       **({"moe_capacity_factor": 1.25} if knobs else {}))
+
+
+def summarise(name: str, knobs: dict, metrics: dict[str, list[dict]]) -> dict:
+  """One run's row: final validation loss, its parameters, FLOPs and routing at the end."""
+  config = model_config(knobs)
   counts = counting.count(config, targets_length=256)
   train, evaluation = metrics["train"], metrics["eval"]
   late = train[-10:]  # the last 100 steps' routing
@@ -138,14 +143,18 @@ def plot(rows: list[dict], path: str) -> None:
   figure.savefig(path, dpi=120)
 
 
-def main(argv=None) -> None:
+def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--steps", type=int, default=300)
   parser.add_argument("--work_dir", default="/tmp/t5x_lite_moe_study")
   parser.add_argument("--runs", default=",".join(RUNS), help="comma-separated subset")
   parser.add_argument("--output_dir", default=HERE)
-  args = parser.parse_args(argv)
+  return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+  args = parse_args(argv)
   rows = []
   for name in args.runs.split(","):
     model_dir, seconds = train(args.work_dir, name, RUNS[name], args.steps)
