@@ -6,7 +6,8 @@ varied by one rule:
   - aspect ratio: d_model / num_layers is kept near `aspect_ratio` (Kaplan et
     al. found loss flat over 20-200; 64 by default). Of the shapes whose ratio
     lies within a factor 2 of it, the one whose counted parameters N are
-    nearest the target (in log) wins, ties (within 2%) going to the ratio
+    nearest the target (in log) wins (an MoE family's N is its active parameters, what
+    a token's FLOPs scale with; counting.py), ties (within 2%) going to the ratio
     nearest `aspect_ratio`;
   - d_ff = 4 d_model, or 8/3 d_model for gated (GLU) activations so the MLP
     keeps its parameter count, rounded to a multiple of head_dim.
@@ -88,7 +89,7 @@ class Family:
       high = math.floor(self.aspect_ratio * num_layers * 2 / self.head_dim)
       for heads in range(low, high + 1):
         config = self.shape(num_layers, heads * self.head_dim)
-        found.append((counting.count_params(config)[0], config))
+        found.append((counting.count_params(config, active=True)[0], config))
     return found
 
   def nearest(self, target_params: float, candidates=None) -> TransformerConfig:
@@ -229,17 +230,18 @@ def _runs_for_targets(family: Family, targets: dict[float, Sequence[float]], can
       config = family.nearest(target, candidates)
       counts = counting.count(config, targets_length=targets_length,
                               inputs_length=inputs_length)
-      if (budget, counts.params) in seen:
+      if (budget, counts.active_params) in seen:
         continue
-      seen.add((budget, counts.params))
+      seen.add((budget, counts.active_params))
       steps = round(budget / (counts.flops_per_sequence * batch_size))
       if steps < 1:
-        raise PlanError(f"budget {budget:.3g} buys less than one step of the {counts.params:,}-"
-                        "parameter shape; raise the budget or lower --batch_size.")
+        raise PlanError(f"budget {budget:.3g} buys less than one step of the "
+                        f"{counts.active_params:,}-parameter shape; raise the budget or lower "
+                        "--batch_size.")
       tokens = steps * batch_size * counts.tokens_per_sequence
       runs.append(PlannedRun(
           id=f"{_budget_label(budget)}-L{config.num_decoder_layers}-d{config.d_model}",
-          budget=budget, config=config, params=counts.params,
+          budget=budget, config=config, params=counts.active_params,
           flops_per_token=counts.flops_per_token, steps=steps, tokens=tokens,
           flops=steps * batch_size * counts.flops_per_sequence))
   return runs

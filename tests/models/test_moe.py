@@ -348,3 +348,21 @@ def test_experts_quantize_per_expert_and_output_channel():
   base = np.asarray(forward(model, batch))
   error = np.max(np.abs(np.asarray(forward(quantized, batch)) - base))
   assert 0 < error < 0.02 * np.max(np.abs(base))
+
+
+def test_scanned_groups_decode_with_the_cache_for_the_encoder_decoder():
+  config = tiny("encoder_decoder", moe_capacity_factor=None, scan_layers=True,
+                moe_decoder_interval=2, moe_encoder_interval=2)
+  model = create_model(config, seed=0)
+  unscanned = create_model(config.replace(scan_layers=False), seed=0)
+  prompts = np.random.default_rng(0).integers(2, 64, (2, 6))
+  continuation = np.random.default_rng(1).integers(2, 64, (2, 4))
+  np.testing.assert_allclose(decoding.cached_logits(model, prompts, continuation),
+                             decoding.cached_logits(unscanned, prompts, continuation),
+                             atol=1e-5)
+  full = np.asarray(forward(unscanned, {
+      "encoder_input_tokens": jnp.asarray(prompts),
+      "decoder_input_tokens": jnp.asarray(np.concatenate(
+          [np.zeros((2, 1), int), continuation], axis=1))}))
+  np.testing.assert_allclose(decoding.cached_logits(model, prompts, continuation), full,
+                             atol=1e-5)
