@@ -11,6 +11,10 @@ to convergence (objective equal to 1e-10) in ~18 s instead of ~50 s on one core.
 `bootstrap_parametric` refits runs resampled with replacement, each from the
 full-data optimum (as Epoch AI's replication does from one start), for
 confidence intervals.
+
+`fit_experts` fits laws.ExpertsLaw to dense and mixture-of-experts runs the same way:
+the model term gains - gamma log E (theta has a sixth coordinate, the grid a gamma axis),
+and `bootstrap_experts` gives its intervals.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import math
 import numpy as np
 from scipy import optimize
 
-from t5x_lite.scaling.laws import ChinchillaLaw
+from t5x_lite.scaling.laws import ChinchillaLaw, ExpertsLaw
 from t5x_lite.scaling.runs import FitError
 
 HUBER_DELTA = 1e-3
@@ -41,11 +45,16 @@ PAPER_GRID = tuple(itertools.product(np.arange(0, 30, 5), np.arange(0, 30, 5),
 
 
 def _objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_loss: np.ndarray,
-               delta: float) -> tuple[float, np.ndarray]:
-  a, b, e, alpha, beta = theta
+               delta: float, log_experts: np.ndarray | None = None
+               ) -> tuple[float, np.ndarray]:
+  """The Huber objective and its gradient; with `log_experts` theta's sixth coordinate is
+  gamma, the model term's - gamma log E (ExpertsLaw)."""
+  a, b, e, alpha, beta = theta[:5]
   # log-sum-exp of the three terms, written out (scipy.special's call
   # overhead dominates at this size and the grid makes ~10^5 calls).
   model_term, data_term = a - alpha * log_n, b - beta * log_d
+  if log_experts is not None:
+    model_term = model_term - theta[5] * log_experts
   top = np.maximum(np.maximum(model_term, data_term), e)
   exp_model, exp_data, exp_e = np.exp(model_term - top), np.exp(data_term - top), np.exp(e - top)
   total = exp_model + exp_data + exp_e
@@ -55,27 +64,29 @@ def _objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_loss
   value = np.where(small, 0.5 * residual * residual, delta * (abs_residual - 0.5 * delta)).sum()
   slope = np.where(small, residual, delta * np.sign(residual)) / total  # Huber' x softmax norm
   w_model, w_data = exp_model * slope, exp_data * slope
-  gradient = np.array([w_model.sum(), w_data.sum(), (exp_e * slope).sum(),
-                       -(w_model * log_n).sum(), -(w_data * log_d).sum()])
-  return float(value), gradient
+  gradient = [w_model.sum(), w_data.sum(), (exp_e * slope).sum(),
+              -(w_model * log_n).sum(), -(w_data * log_d).sum()]
+  if log_experts is not None:
+    gradient.append(-(w_model * log_experts).sum())
+  return float(value), np.array(gradient)
 
 
-def _minimise_from(starts, log_n, log_d, log_loss, delta,
-                   options: dict | None = None) -> list[tuple[float, np.ndarray]]:
+def _minimise_from(starts, log_n, log_d, log_loss, delta, options: dict | None = None,
+                   log_experts: np.ndarray | None = None) -> list[tuple[float, np.ndarray]]:
   """L-BFGS from each start; (objective, theta) of the finite results, best first."""
   results = []
   for start in starts:
     result = optimize.minimize(_objective, np.asarray(start, float),
-                               args=(log_n, log_d, log_loss, delta), jac=True,
+                               args=(log_n, log_d, log_loss, delta, log_experts), jac=True,
                                method="L-BFGS-B", options=options)
     if np.isfinite(result.fun):
       results.append((float(result.fun), result.x))
   return sorted(results, key=lambda item: item[0])
 
 
-def _best_of(starts, log_n, log_d, log_loss, delta,
-             options: dict | None = None) -> tuple[float, np.ndarray | None]:
-  results = _minimise_from(starts, log_n, log_d, log_loss, delta, options)
+def _best_of(starts, log_n, log_d, log_loss, delta, options: dict | None = None,
+             log_experts: np.ndarray | None = None) -> tuple[float, np.ndarray | None]:
+  results = _minimise_from(starts, log_n, log_d, log_loss, delta, options, log_experts)
   return results[0] if results else (np.inf, None)
 
 
@@ -131,6 +142,54 @@ def bootstrap_parametric(params, tokens, loss, *, samples: int = 1000, seed: int
                                    np.exp(log_loss[index]), start, delta))
     except FitError:
       continue
+  return laws
+
+
+# gamma's starts: E experts worth E^0 (nothing), E^0.25 or E^0.5 of a dense model's A.
+GAMMA_STARTS = (0.0, 0.1, 0.2)
+
+
+def _experts_law(theta) -> ExpertsLaw:
+  law = _law(theta[:5])
+  return ExpertsLaw(E0=law.E, A=law.A, B=law.B, alpha=law.alpha, beta=law.beta,
+                    gamma=float(theta[5]))
+
+
+def fit_experts(params, tokens, loss, experts, *, grid=PAPER_GRID,
+                delta: float = HUBER_DELTA) -> ExpertsLaw:
+  """Best-of-grid fit of ExpertsLaw to runs of N active parameters, D tokens and E
+  experts (1 for a dense model): the approach-3 fit with gamma as a sixth coordinate."""
+  log_n, log_d, log_loss, log_e = (np.log(np.asarray(x, float))
+                                   for x in (params, tokens, loss, experts))
+  if np.all(log_e == log_e[0]):
+    raise FitError("Every run has the same number of experts; gamma (how experts add "
+                   "effective parameters) needs runs with different ones.")
+  starts = [(*start, gamma) for start in grid for gamma in GAMMA_STARTS]
+  screened = _minimise_from(starts, log_n, log_d, log_loss, delta, SCREEN_OPTIONS, log_e)
+  _, best = _best_of([theta for _, theta in screened[:POLISHED_STARTS]], log_n, log_d,
+                     log_loss, delta, REFIT_OPTIONS, log_e)
+  if best is None:
+    raise FitError("The experts fit failed from every initialisation (non-finite loss).")
+  return _experts_law(best)
+
+
+def bootstrap_experts(params, tokens, loss, experts, *, samples: int = 1000, seed: int = 0,
+                      start: ExpertsLaw | None = None,
+                      delta: float = HUBER_DELTA) -> list[ExpertsLaw]:
+  """Refits of ExpertsLaw on `samples` resamplings (with replacement) of the runs, each
+  from the full-data optimum."""
+  log_n, log_d, log_loss, log_e = (np.log(np.asarray(x, float))
+                                   for x in (params, tokens, loss, experts))
+  start = start or fit_experts(params, tokens, loss, experts, delta=delta)
+  theta = [*_theta(start.at(1)), start.gamma]
+  rng = np.random.default_rng(seed)
+  laws = []
+  for _ in range(samples):
+    index = rng.integers(0, len(log_n), len(log_n))
+    _, refit = _best_of([theta], log_n[index], log_d[index], log_loss[index], delta,
+                        REFIT_OPTIONS, log_e[index])
+    if refit is not None:
+      laws.append(_experts_law(refit))
   return laws
 
 

@@ -4,6 +4,13 @@
   approach 3). Under C = 6 N D its optimum is closed-form:
   N_opt = G (C/6)^a, D_opt = (C/6)^b / G, G = (alpha A / (beta B))^(1/(alpha+beta)),
   a = beta / (alpha + beta), b = alpha / (alpha + beta).
+- `ExpertsLaw`: the Chinchilla law of mixture-of-experts models with N active
+  parameters and E experts, L(N, D, E) = E_0 + A / (N E^delta)^alpha + B / D^beta:
+  E experts act as a dense model of N E^delta parameters (Clark et al. 2022's
+  effective parameter count, in the power-law form their saturating transform of E
+  takes below its saturation; gamma = alpha delta is what the fit estimates). At fixed
+  E it is a ChinchillaLaw with A E^-gamma (`at`), so the compute-optimal active size
+  (C = 6 N D, N active) is N_opt(C, E) = N_opt(C, 1) E^(-gamma / (alpha + beta)).
 - `KaplanLaw`: L(N, D) = ((N_c / N)^(alpha_N / alpha_D) + D_c / D)^alpha_D
   (Kaplan et al. 2020, eq. 1.5); its optimum under 6ND = C is found numerically.
 - `PowerLawAllocation`: N_opt = k_N C^a, D_opt = k_D C^b (Chinchilla approaches
@@ -69,6 +76,36 @@ class ChinchillaLaw:
     params = self.G * (flops / 6.0) ** self.a
     tokens = (flops / 6.0) ** self.b / self.G
     return Allocation(flops, params, tokens, float(self.loss(params, tokens)))
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpertsLaw:
+  """L(N, D, E) = E0 + A / (N E^delta)^alpha + B / D^beta with gamma = alpha delta (see
+  the module docstring); E0 is the irreducible loss (E names the experts here)."""
+  E0: float
+  A: float
+  B: float
+  alpha: float
+  beta: float
+  gamma: float
+
+  def loss(self, params, tokens, experts):
+    return self.at(1).loss(np.asarray(params, float) * np.asarray(experts, float) ** (
+        self.gamma / self.alpha), tokens)
+
+  def at(self, experts: float) -> ChinchillaLaw:
+    """The law of models with `experts` experts: a ChinchillaLaw in active parameters."""
+    return ChinchillaLaw(E=self.E0, A=self.A * experts ** -self.gamma, B=self.B,
+                         alpha=self.alpha, beta=self.beta)
+
+  @property
+  def delta(self) -> float:
+    """Effective parameters per active parameter grow as E^delta."""
+    return self.gamma / self.alpha
+
+  def optimal_shift(self, experts: float) -> float:
+    """N_opt(C, E) / N_opt(C, 1): the same at every compute."""
+    return experts ** (-self.gamma / (self.alpha + self.beta))
 
 
 @dataclasses.dataclass(frozen=True)

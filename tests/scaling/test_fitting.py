@@ -8,11 +8,14 @@ import pytest
 
 from t5x_lite.scaling.fitting import (
   PAPER_GRID,
+  bootstrap_experts,
   bootstrap_parametric,
+  fit_experts,
   fit_parametric,
   percentile_interval,
 )
-from t5x_lite.scaling.laws import ChinchillaLaw
+from t5x_lite.scaling.laws import ChinchillaLaw, ExpertsLaw
+from t5x_lite.scaling.runs import FitError
 
 # tests/testdata/chinchilla_epoch_digitized.csv: Besiroglu et al. 2024, "Chinchilla
 # Scaling: A replication attempt", repository epoch-research/analyzing-chinchilla,
@@ -79,3 +82,29 @@ def test_bootstrap_intervals_cover_the_true_parameters():
   flops = 1e22
   low, high = percentile_interval([law.optimal(flops).params for law in refits])
   assert low < truth.optimal(flops).params < high
+
+
+@pytest.mark.slow  # over 5 s on 2 cores: outside the quick loop
+def test_the_experts_law_is_recovered_with_intervals_covering_the_truth():
+  # Runs of dense (E = 1) and 4, 8 and 16-expert models: the fit recovers gamma, and
+  # with it how far the compute-optimal active size shrinks with the experts.
+  truth = ExpertsLaw(E0=1.9, A=300.0, B=900.0, alpha=0.32, beta=0.30, gamma=0.08)
+  rng = np.random.default_rng(0)
+  count = 160
+  params = 10 ** rng.uniform(7, 10, count)
+  tokens = 10 ** rng.uniform(9, 12, count)
+  experts = rng.choice([1, 4, 8, 16], count)
+  loss = truth.loss(params, tokens, experts) * np.exp(rng.normal(0, 0.003, count))
+  law = fit_experts(params, tokens, loss, experts, grid=PAPER_GRID[::7])
+  assert law.gamma == pytest.approx(truth.gamma, abs=0.02)
+  assert law.alpha == pytest.approx(truth.alpha, abs=0.03)
+  assert law.optimal_shift(8) == pytest.approx(truth.optimal_shift(8), rel=0.1)
+  refits = bootstrap_experts(params, tokens, loss, experts, samples=100, start=law)
+  low, high = percentile_interval([refit.gamma for refit in refits])
+  assert low < truth.gamma < high and high - low < 0.05
+  # At one expert it is the dense law; at E it is the dense law of A E^-gamma.
+  np.testing.assert_allclose(truth.loss(params, tokens, 1), truth.at(1).loss(params, tokens))
+  assert truth.at(8).optimal(1e21).params == pytest.approx(
+      truth.at(1).optimal(1e21).params * truth.optimal_shift(8))
+  with pytest.raises(FitError, match="same number of experts"):
+    fit_experts(params, tokens, loss, np.ones(count))
