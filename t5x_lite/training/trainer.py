@@ -35,7 +35,7 @@ from t5x_lite.data import (
   vocabularies,
 )
 from t5x_lite.models import Transformer, pipeline_parallel
-from t5x_lite.models.counting import count
+from t5x_lite.models.counting import count, count_params
 from t5x_lite.models.lora import adapt
 from t5x_lite.runs import checkpoints, loading, run_dir
 from t5x_lite.runs.spec import TrainSpec
@@ -112,7 +112,10 @@ def _print_start(spec: TrainSpec, mesh: jax.sharding.Mesh, params: int, flops_pe
                  peak_source: str, bubble: Optional[float], adapted, stream: TextIO) -> None:
   """The start-of-run lines: model size and FLOPs, mesh, MFU's peak, pipeline, LoRA."""
   config = spec.model
-  print(f"{config.architecture}: {params / 1e6:.2f}M params, "
+  active = count_params(config, active=True)[0]
+  routed = (f" ({active / 1e6:.2f}M active: {config.num_experts} experts, top-"
+            f"{config.moe_top_k})" if config.num_experts else "")
+  print(f"{config.architecture}: {params / 1e6:.2f}M params{routed}, "
         f"{flops_per_token / 1e6:.1f} MFLOP/token; mesh {dict(mesh.shape)}; "
         f"MFU against {peak_source}", file=stream)
   if bubble is not None:
