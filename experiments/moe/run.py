@@ -17,6 +17,7 @@ z-loss 0.001 (ST-MoE's).
 
 Writes results.json, results.md and moe.png (validation loss and routing over training)
 beside this file; each run's directory (metrics.jsonl, TensorBoard) stays in work_dir.
+Speed is measured by tools/benchmark_moe.py (interleaved, `make bench`), not here.
 """
 
 from __future__ import annotations
@@ -107,8 +108,8 @@ def summarise(name: str, knobs: dict, metrics: dict[str, list[dict]]) -> dict:
 
 def markdown(rows: list[dict]) -> str:
   dense = next(row for row in rows if row["run"] == "dense")
-  lines = ["| run | params | active | FLOPs/token | validation loss | vs dense | tokens/s | "
-           "balance loss | dropped | max load |", "|---|---|---|---|---|---|---|---|---|---|"]
+  lines = ["| run | params | active | FLOPs/token | validation loss | vs dense | "
+           "balance loss | dropped | max load |", "|---|---|---|---|---|---|---|---|---|"]
   for row in rows:
     routing = ("| - | - | - |" if row["aux_loss"] is None else
                f"| {row['aux_loss']:.3f} | {100 * row['dropped_fraction']:.1f}% | "
@@ -116,8 +117,7 @@ def markdown(rows: list[dict]) -> str:
     lines.append(f"| {row['run']} | {row['params'] / 1e6:.2f}M | "
                  f"{row['active_params'] / 1e6:.2f}M | {row['flops_per_token'] / 1e6:.1f}M | "
                  f"{row['validation_loss']:.4f} | "
-                 f"{row['validation_loss'] - dense['validation_loss']:+.4f} | "
-                 f"{row['tokens_per_second']:,.0f} {routing}")
+                 f"{row['validation_loss'] - dense['validation_loss']:+.4f} {routing}")
   return "\n".join(lines) + "\n"
 
 
@@ -150,11 +150,24 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--work_dir", default="/tmp/t5x_lite_moe_study")
   parser.add_argument("--runs", default=",".join(RUNS), help="comma-separated subset")
   parser.add_argument("--output_dir", default=HERE)
+  parser.add_argument("--report", action="store_true",
+                      help="only rewrite results.md and moe.png from results.json")
   return parser.parse_args(argv)
+
+
+def write_report(rows: list[dict], output_dir: str) -> None:
+  with open(os.path.join(output_dir, "results.md"), "w") as handle:
+    handle.write(markdown(rows))
+  plot(rows, os.path.join(output_dir, "moe.png"))
+  print(markdown(rows))
 
 
 def main(argv=None) -> None:
   args = parse_args(argv)
+  if args.report:
+    with open(os.path.join(args.output_dir, "results.json")) as handle:
+      write_report(json.load(handle), args.output_dir)
+    return
   rows = []
   for name in args.runs.split(","):
     model_dir, seconds = train(args.work_dir, name, RUNS[name], args.steps)
@@ -164,10 +177,7 @@ def main(argv=None) -> None:
     print(f"   {name}: validation loss {row['validation_loss']:.4f}", flush=True)
   with open(os.path.join(args.output_dir, "results.json"), "w") as handle:
     json.dump(rows, handle, indent=1)
-  with open(os.path.join(args.output_dir, "results.md"), "w") as handle:
-    handle.write(markdown(rows))
-  plot(rows, os.path.join(args.output_dir, "moe.png"))
-  print(markdown(rows))
+  write_report(rows, args.output_dir)
 
 
 if __name__ == "__main__":
