@@ -123,14 +123,15 @@ def markdown(rows: list[dict]) -> str:
 
 def plot(rows: list[dict], path: str) -> None:
   figure, (loss, load, dropped) = plt.subplots(1, 3, figsize=(16, 4.5))
-  for row in rows:
+  for index, row in enumerate(rows):
+    color = f"C{index}"  # one colour per run in every panel
     steps, values = zip(*row["validation_curve"])
-    loss.plot(steps, values, marker="o", label=row["run"],
+    loss.plot(steps, values, marker="o", label=row["run"], color=color,
               linestyle="--" if row["run"] == "dense" else "-")
     if row["aux_loss"] is not None:
       steps, loads, drops = zip(*row["routing_curve"])
-      load.plot(steps, loads, label=row["run"])
-      dropped.plot(steps, [100 * d for d in drops], label=row["run"])
+      load.plot(steps, loads, label=row["run"], color=color)
+      dropped.plot(steps, [100 * d for d in drops], label=row["run"], color=color)
   loss.set(xlabel="step", ylabel="validation loss (nats/token)",
            title="equal FLOPs per token: validation loss")
   load.set(xlabel="step", ylabel="busiest expert's share x E",
