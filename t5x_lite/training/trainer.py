@@ -35,7 +35,7 @@ from t5x_lite.data import (
   vocabularies,
 )
 from t5x_lite.models import Transformer, pipeline_parallel
-from t5x_lite.models.counting import count, count_params
+from t5x_lite.models.counting import Counts, count
 from t5x_lite.models.lora import adapt
 from t5x_lite.runs import checkpoints, loading, run_dir
 from t5x_lite.runs.spec import TrainSpec
@@ -108,12 +108,13 @@ def _preference_pairs(run, vocab_size: int, stream: TextIO) -> dict[str, list]:
   return pairs
 
 
-def _print_start(spec: TrainSpec, mesh: jax.sharding.Mesh, params: int, flops_per_token: float,
-                 peak_source: str, bubble: Optional[float], adapted, stream: TextIO) -> None:
+def _print_start(spec: TrainSpec, mesh: jax.sharding.Mesh, counts: Counts,
+                 flops_per_token: float, peak_source: str, bubble: Optional[float], adapted,
+                 stream: TextIO) -> None:
   """The start-of-run lines: model size and FLOPs, mesh, MFU's peak, pipeline, LoRA."""
   config = spec.model
-  active = count_params(config, active=True)[0]
-  routed = (f" ({active / 1e6:.2f}M active: {config.num_experts} experts, top-"
+  params = counts.params
+  routed = (f" ({counts.active_params / 1e6:.2f}M active: {config.num_experts} experts, top-"
             f"{config.moe_top_k})" if config.num_experts else "")
   print(f"{config.architecture}: {params / 1e6:.2f}M params{routed}, "
         f"{flops_per_token / 1e6:.1f} MFLOP/token; mesh {dict(mesh.shape)}; "
@@ -329,8 +330,7 @@ def _train_locked(spec: TrainSpec, mesh: jax.sharding.Mesh, operative_config: Op
   progress = metrics.Progress(run.train_steps, start, flops_per_token, peak,
                               stream=stream if is_main else None, bubble=bubble)
   if is_main:
-    _print_start(spec, mesh, counts.params, flops_per_token, peak_source, bubble, adapted,
-                 stream)
+    _print_start(spec, mesh, counts, flops_per_token, peak_source, bubble, adapted, stream)
   # A pair is two rows; an RL prompt, group_size rows.
   rows_per_step = run.batch_size * (2 if pairs is not None else
                                     spec.rl.group_size if spec.rl is not None else 1)
