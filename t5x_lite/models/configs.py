@@ -205,6 +205,12 @@ class TransformerConfig:
     return self.moe_top_k * self.moe_granularity
 
   @property
+  def expert_expansion(self) -> float:
+    """E of the experts scaling law: the routed expert weights a layer holds over those one
+    token uses, num_experts / moe_top_k (granularity cancels); 1 for a dense model."""
+    return self.num_experts / self.moe_top_k if self.num_experts else 1.0
+
+  @property
   def expert_d_ff(self) -> int:
     """Hidden width of one routed (or shared) expert: d_ff / moe_granularity."""
     return self.d_ff // self.moe_granularity

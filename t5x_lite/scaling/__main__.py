@@ -11,9 +11,13 @@
               --price 1.5 [--chips 1024] [--power 300]
           python -m t5x_lite.scaling cost --flops 1e23 --topology h100:128x8 [--mfu 0.4]
   fit     fit a runs table (see t5x_lite/scaling/runs.py for its columns):
-          python -m t5x_lite.scaling fit RUNS.csv --method {parametric,isoflop,envelope,kaplan}
-              [--budget C] [--bootstrap K] [--plot out.png] [--json]
+          python -m t5x_lite.scaling fit RUNS.csv \
+              --method {parametric,isoflop,envelope,kaplan,experts} [--budget C] \
+              [--bootstrap K] [--plot out.png] [--json]
           (envelope reads training curves: rows with run and step, e.g. CURVES.csv)
+          python -m t5x_lite.scaling fit DENSE_RUNS.csv MOE_RUNS.csv --method experts
+          (dense and mixture-of-experts runs, an experts column: L(N, D, E), and how the
+          compute-optimal active size moves with E)
   plan    model shapes and steps for an IsoFLOP sweep of a gin model family:
           python -m t5x_lite.scaling plan --gin_file=experiments/scaling/family.gin \
               --budgets 1e12 3e12 1e13 --batch_size 16 --targets_length 256 \
@@ -53,8 +57,8 @@ from t5x_lite.pods import cost as pod_cost
 from t5x_lite.pods import topology as pod_topology
 from t5x_lite.scaling import coordcheck, downstream, laws, lr_sweep, planning
 from t5x_lite.scaling import report as reports
-from t5x_lite.scaling.plots import plot_downstream, plot_fit, plot_study
-from t5x_lite.scaling.runs import read_runs
+from t5x_lite.scaling.plots import plot_downstream, plot_experts, plot_fit, plot_study
+from t5x_lite.scaling.runs import read_runs, read_tables
 from t5x_lite.training import optim
 
 
@@ -322,10 +326,10 @@ def _coordcheck(args, files, bindings, search_paths) -> None:
 
 
 def _fit(args) -> None:
-  runs = read_runs(args.runs)
+  runs = read_tables(args.runs)
   fitted = reports.fit_runs(runs, args.method, args.budget, args.bootstrap, args.seed)
   if args.plot:
-    plot_fit(runs, fitted, args.plot)
+    (plot_experts if args.method == "experts" else plot_fit)(runs, fitted, args.plot)
   if args.json:
     print(json.dumps(fitted.as_dict()))
     return
@@ -384,7 +388,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   cost.add_argument("--json", action="store_true", help="print one JSON object")
   _add_pod_arguments(cost)
   fit = commands.add_parser("fit", help="fit a runs table and report the optimum")
-  fit.add_argument("runs", help="CSV with params, tokens, loss [, flops, run, step]")
+  fit.add_argument("runs", nargs="+", help="CSV with params, tokens, loss [, flops, run, "
+                   "step, experts]; several tables are fitted as one")
   fit.add_argument("--method", choices=reports.METHODS, default="parametric")
   fit.add_argument("--budget", type=positive(), default=None,
                    help="FLOPs for the optimum (default: the largest run's)")

@@ -173,23 +173,33 @@ def fit_experts(params, tokens, loss, experts, *, grid=PAPER_GRID,
   return _experts_law(best)
 
 
+def refit_experts(params, tokens, loss, experts, start: ExpertsLaw,
+                  delta: float = HUBER_DELTA) -> ExpertsLaw:
+  """One tight L-BFGS fit of ExpertsLaw from `start` (a bootstrap refit)."""
+  log_n, log_d, log_loss, log_e = (np.log(np.asarray(x, float))
+                                   for x in (params, tokens, loss, experts))
+  _, theta = _best_of([[*_theta(start.at(1)), start.gamma]], log_n, log_d, log_loss, delta,
+                      REFIT_OPTIONS, log_e)
+  if theta is None:
+    raise FitError("The experts refit failed (non-finite loss).")
+  return _experts_law(theta)
+
+
 def bootstrap_experts(params, tokens, loss, experts, *, samples: int = 1000, seed: int = 0,
                       start: ExpertsLaw | None = None,
                       delta: float = HUBER_DELTA) -> list[ExpertsLaw]:
   """Refits of ExpertsLaw on `samples` resamplings (with replacement) of the runs, each
   from the full-data optimum."""
-  log_n, log_d, log_loss, log_e = (np.log(np.asarray(x, float))
-                                   for x in (params, tokens, loss, experts))
-  start = start or fit_experts(params, tokens, loss, experts, delta=delta)
-  theta = [*_theta(start.at(1)), start.gamma]
+  columns = [np.asarray(x, float) for x in (params, tokens, loss, experts)]
+  start = start or fit_experts(*columns, delta=delta)
   rng = np.random.default_rng(seed)
   laws = []
   for _ in range(samples):
-    index = rng.integers(0, len(log_n), len(log_n))
-    _, refit = _best_of([theta], log_n[index], log_d[index], log_loss[index], delta,
-                        REFIT_OPTIONS, log_e[index])
-    if refit is not None:
-      laws.append(_experts_law(refit))
+    index = rng.integers(0, len(columns[0]), len(columns[0]))
+    try:
+      laws.append(refit_experts(*(column[index] for column in columns), start, delta))
+    except FitError:
+      continue
   return laws
 
 

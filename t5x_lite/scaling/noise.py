@@ -28,9 +28,9 @@ NOISE_LIMITED_FACTOR = 2.0
 
 
 def replicate_groups(runs: Runs) -> list[np.ndarray]:
-  """Indices of runs that share N and D (to 1 part in 1e6), in first-seen order."""
+  """Indices of runs that share N, D (to 1 part in 1e6) and E, in first-seen order."""
   keys = np.round(np.log(runs.params) * 1e6).astype(np.int64), np.round(
-      np.log(runs.tokens) * 1e6).astype(np.int64)
+      np.log(runs.tokens) * 1e6).astype(np.int64), runs.expert_counts
   groups: dict[tuple, list[int]] = {}
   for index, key in enumerate(zip(*keys)):
     groups.setdefault(key, []).append(index)

@@ -143,6 +143,7 @@ class PlannedRun:
             "d_ff": c.d_ff, "params": self.params, "flops_per_token": self.flops_per_token,
             "steps": self.steps, "tokens": self.tokens, "flops": self.flops,
             "tokens_per_param": self.tokens_per_param, "learning_rate": self.learning_rate,
+            "experts": c.expert_expansion,
             "mup_base_d_model": c.mup_base_d_model if mup.is_mup(c) else None,
             "bindings": self.bindings()}
 
@@ -150,6 +151,13 @@ class PlannedRun:
 def _budget_label(budget: float) -> str:
   mantissa, exponent = f"{budget:.2e}".split("e")
   return f"C{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def run_id(budget: float, config: TransformerConfig) -> str:
+  """C<budget>-L<layers>-d<d_model>, and -E<experts> for a mixture-of-experts family (its
+  runs share shapes, budgets and nearly N and D with the dense family's)."""
+  experts = f"-E{config.expert_expansion:g}" if config.num_experts else ""
+  return f"{_budget_label(budget)}-L{config.num_decoder_layers}-d{config.d_model}{experts}"
 
 
 def rule_of_thumb_params(budget: float, tokens_per_param: float,
@@ -240,7 +248,7 @@ def _runs_for_targets(family: Family, targets: dict[float, Sequence[float]], can
                         "--batch_size.")
       tokens = steps * batch_size * counts.tokens_per_sequence
       runs.append(PlannedRun(
-          id=f"{_budget_label(budget)}-L{config.num_decoder_layers}-d{config.d_model}",
+          id=run_id(budget, config),
           budget=budget, config=config, params=counts.active_params,
           flops_per_token=counts.flops_per_token, steps=steps, tokens=tokens,
           flops=steps * batch_size * counts.flops_per_sequence))

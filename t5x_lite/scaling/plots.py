@@ -7,6 +7,9 @@
 `plot_study` (the plot command): a 2 x 2 overview of a sweep: IsoFLOP
 profiles, the loss-compute frontier, N_opt and D_opt vs C of every fit
 with bootstrap bands, and the parametric L(N, D) contours.
+`plot_experts` (fit --method experts --plot): dense and MoE IsoFLOP profiles with the fitted
+L(N, D, E) along each, the compute-optimal active size against compute for every expert
+count (bootstrap bands), and the loss at that optimum.
 `plot_downstream` (plot --downstream): one question set's metrics along a sweep, each
 against compute and against validation loss, one row per metric: a discontinuous
 metric (accuracy, exact match) beside a continuous one (answer log-likelihood, Brier)
@@ -127,6 +130,62 @@ def plot_fit(runs: Runs, report: FitReport, path: str) -> None:
     value = report.optimal[name]
     error = None if interval is None else [[value - interval[0]], [interval[1] - value]]
     right.errorbar([report.budget], [value], yerr=error, fmt="o", color="black", capsize=3)
+  figure.tight_layout()
+  with file_errors("the plot", path):
+    figure.savefig(path, dpi=120)
+  plt.close(figure)
+
+
+EXPERT_MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
+def plot_experts(runs: Runs, report: FitReport, path: str) -> None:
+  """Writes the three-panel figure of an experts fit (module docstring) to `path`."""
+  fit = report.law  # report.ExpertsFit
+  experts = fit.experts
+  per_token = fit.flops_per_token or (lambda params: 6.0 * params)
+  groups = isoflop.group_budgets(runs.flops)
+  figure, (profiles, allocation, frontier) = plt.subplots(1, 3, figsize=(16, 4.8))
+  for colour, group in zip(_colours(len(groups)), groups):
+    budget = float(np.median(runs.flops[group]))
+    for marker, count in zip(EXPERT_MARKERS, experts):
+      chosen = group[runs.expert_counts[group] == count]
+      if not len(chosen):
+        continue
+      profiles.scatter(runs.params[chosen], runs.loss[chosen], color=colour, marker=marker,
+                       s=22, edgecolor="black", linewidth=0.3)
+      grid = np.logspace(np.log10(runs.params[chosen].min()) - 0.1,
+                         np.log10(runs.params[chosen].max()) + 0.1, 80)
+      tokens = np.array([budget / per_token(n) for n in grid])
+      profiles.plot(grid, fit.loss(grid, tokens, count), color=colour,
+                    ls="-" if count == 1 else "--" if count == experts[1] else ":", lw=1)
+  for marker, count in zip(EXPERT_MARKERS, experts):
+    profiles.scatter([], [], color="grey", marker=marker, label=f"E = {count:g}")
+  profiles.set(xscale="log", xlabel="active parameters N", ylabel="validation loss",
+               title="IsoFLOP profiles and the fitted L(N, D, E)\n(colour: budget)")
+  profiles.legend(fontsize=7)
+  low = min(runs.flops.min(), report.budget) / 3
+  high = max(runs.flops.max(), report.budget) * 3
+  budgets = np.logspace(np.log10(low), np.log10(high), 30)
+  for colour, count in zip(plt.cm.tab10.colors, experts):
+    law = fit.at(count)
+    optima = [law.optimal(c) for c in budgets]
+    allocation.plot(budgets, [o.params for o in optima], color=colour, label=f"E = {count:g}")
+    frontier.plot(budgets, [o.loss for o in optima], color=colour, label=f"E = {count:g}")
+    if report.samples:
+      band = report.optimal_band(budgets, experts=count)
+      allocation.fill_between(budgets, *band["params"], color=colour, alpha=0.15, lw=0)
+    chosen = runs.expert_counts == count
+    frontier.scatter(runs.flops[chosen], runs.loss[chosen], color=colour, s=10, alpha=0.6)
+  for axis in (allocation, frontier):
+    axis.axvspan(runs.flops.min(), runs.flops.max(), color="grey", alpha=0.08,
+                 label="runs' range")
+    axis.legend(fontsize=7)
+  allocation.set(xscale="log", yscale="log", xlabel="training FLOPs C",
+                 ylabel="compute-optimal active parameters",
+                 title="N_opt(C, E) (95% bootstrap bands)")
+  frontier.set(xscale="log", xlabel="training FLOPs C", ylabel="loss",
+               title="loss at the optimum (dots: runs)")
   figure.tight_layout()
   with file_errors("the plot", path):
     figure.savefig(path, dpi=120)

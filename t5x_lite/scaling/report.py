@@ -1,5 +1,10 @@
 """`fit`: from a runs table to fitted law parameters and the compute-optimal model, with
-bootstrap confidence intervals (runs resampled with replacement, the fit repeated)."""
+bootstrap confidence intervals (runs resampled with replacement, the fit repeated).
+
+The experts method fits laws.ExpertsLaw to dense and mixture-of-experts runs together (an
+experts column; runs.py) and reports, at the budget, the compute-optimal active size,
+tokens and loss of every expert count in the table, and how far the optimal active size
+moves from the dense one (shift_E<E> = N_opt(C, E) / N_opt(C, 1))."""
 
 from __future__ import annotations
 
@@ -10,30 +15,36 @@ from typing import Callable, Optional, TextIO
 import numpy as np
 
 from t5x_lite.scaling import envelope, fitting, isoflop, kaplan, noise
-from t5x_lite.scaling.laws import Law, optimal_numerically
+from t5x_lite.scaling.laws import ExpertsLaw, Law, optimal_numerically
 from t5x_lite.scaling.runs import Runs, RunsError
 
-METHODS = ("parametric", "isoflop", "envelope", "kaplan")
-MINIMUM_RUNS = {"parametric": 5, "isoflop": 6, "envelope": 4, "kaplan": 4}
+METHODS = ("parametric", "isoflop", "envelope", "kaplan", "experts")
+MINIMUM_RUNS = {"parametric": 5, "isoflop": 6, "envelope": 4, "kaplan": 4, "experts": 7}
 
 
 def _subset(runs: Runs, index: np.ndarray) -> Runs:
   run = None if runs.run is None else runs.run[index]
   step = None if runs.step is None else runs.step[index]
+  experts = None if runs.experts is None else runs.experts[index]
   return Runs(params=runs.params[index], tokens=runs.tokens[index], loss=runs.loss[index],
-              flops=runs.flops[index], run=run, step=step)
+              flops=runs.flops[index], run=run, step=step, experts=experts)
 
 
 def resample(runs: Runs, method: str, rng: np.random.Generator) -> Runs:
   """A bootstrap resample: with replicates, each point's losses redrawn from its own
   (scaling/noise.py); else runs drawn with replacement, within each budget for the
-  isoflop fit; the envelope draws whole training curves."""
+  isoflop fit and within each expert count for the experts fit; the envelope draws whole
+  training curves."""
   if method != "envelope":
     redrawn = noise.resample_losses(runs, rng)
     if redrawn is not None:
       return redrawn
     if method == "isoflop":
       return _subset(runs, noise.resample_within_budgets(runs, rng))
+    if method == "experts":  # Within each expert count: every resample keeps every E.
+      return _subset(runs, np.concatenate([
+          rng.choice(group, len(group)) for group in
+          (np.flatnonzero(runs.expert_counts == e) for e in np.unique(runs.expert_counts))]))
     return _subset(runs, rng.integers(0, len(runs), len(runs)))
   ids = np.unique(runs.run)
   drawn = rng.choice(ids, len(ids))
@@ -88,6 +99,42 @@ def _optimal(law: Law, budget: float) -> dict:
   return values
 
 
+@dataclasses.dataclass(frozen=True)
+class ExpertsFit:
+  """A fitted ExpertsLaw and the expert counts it reports, optima under the runs' FLOPs
+  per token (ExactFlopsLaw) when they are not 6N. `optimal` is the dense model's."""
+  law: ExpertsLaw
+  experts: tuple[float, ...]
+  flops_per_token: Optional[Callable[[float], float]] = None
+
+  def at(self, experts: float) -> Law:
+    """The L(N, D) law of models with `experts` experts."""
+    law = self.law.at(experts)
+    return law if self.flops_per_token is None else ExactFlopsLaw(law, self.flops_per_token)
+
+  def loss(self, params, tokens, experts):
+    return self.law.loss(params, tokens, experts)
+
+  def optimal(self, flops: float):
+    return self.at(1.0).optimal(flops)
+
+  def optimal_values(self, flops: float) -> dict:
+    """params_E<E>, tokens_E<E>, loss_E<E> at every expert count; for E > 1 also shift_E<E>
+    (its optimal active size over the dense one) and gain_E<E> (the dense optimum's loss
+    minus its own)."""
+    values = {}
+    dense = self.at(1.0).optimal(flops)
+    for experts in self.experts:
+      optimum = self.at(experts).optimal(flops)
+      label = f"E{experts:g}"
+      values.update({f"params_{label}": optimum.params, f"tokens_{label}": optimum.tokens,
+                     f"loss_{label}": optimum.loss})
+      if experts != 1:
+        values[f"shift_{label}"] = optimum.params / dense.params
+        values[f"gain_{label}"] = dense.loss - optimum.loss
+    return values
+
+
 def _parametric(runs: Runs, start=None) -> tuple[Law, dict]:
   law = fitting.fit_parametric(runs.params, runs.tokens, runs.loss) if start is None else \
       fitting.refit_parametric(runs.params, runs.tokens, runs.loss, start)
@@ -115,11 +162,19 @@ def _kaplan(runs: Runs, start=None) -> tuple[Law, dict]:
   return law, {"N_c": law.N_c, "D_c": law.D_c, "alpha_N": law.alpha_N, "alpha_D": law.alpha_D}
 
 
+def _experts(runs: Runs, start=None) -> tuple[ExpertsLaw, dict]:
+  columns = (runs.params, runs.tokens, runs.loss, runs.expert_counts)
+  law = fitting.fit_experts(*columns) if start is None else fitting.refit_experts(*columns,
+                                                                                   start)
+  return law, {"E0": law.E0, "A": law.A, "B": law.B, "alpha": law.alpha, "beta": law.beta,
+               "gamma": law.gamma, "delta": law.delta}
+
+
 # Each returns (the fitted law, its named parameters); `start` seeds a bootstrap refit.
 FITTERS: dict[str, Callable] = {"parametric": _parametric, "isoflop": _isoflop,
-                                "envelope": _envelope, "kaplan": _kaplan}
+                                "envelope": _envelope, "kaplan": _kaplan, "experts": _experts}
 # Methods whose bootstrap refits start from the full-data fit.
-WARM_STARTED = ("parametric", "kaplan")
+WARM_STARTED = ("parametric", "kaplan", "experts")
 
 
 @dataclasses.dataclass
@@ -137,11 +192,14 @@ class FitReport:
   scatter: Optional[float] = None  # run-to-run loss scatter among replicates
   budget_noise: tuple = ()  # isoflop: noise.BudgetNoise per bracketed budget
 
-  def optimal_band(self, budgets, level: float = 0.95) -> dict:
-    """{"params": (low, high), "tokens": (low, high)} arrays of the bootstrap at `budgets`."""
+  def optimal_band(self, budgets, level: float = 0.95,
+                   experts: Optional[float] = None) -> dict:
+    """{"params": (low, high), "tokens": (low, high)} arrays of the bootstrap at `budgets`
+    (of models with `experts` experts, for the experts method)."""
+    laws = [law if experts is None else law.at(experts) for law in self.samples]
     band = {}
     for name in ("params", "tokens"):
-      draws = np.array([[getattr(law.optimal(c), name) for c in budgets] for law in self.samples])
+      draws = np.array([[getattr(law.optimal(c), name) for c in budgets] for law in laws])
       tail = 100 * (1 - level) / 2
       band[name] = tuple(np.percentile(draws, [tail, 100 - tail], axis=0))
     return band
@@ -162,7 +220,8 @@ class FitReport:
 # model sizes, distinct token counts and FLOP budgets in the table.
 MINIMUM_DATA = {"parametric": {"sizes": 3, "token counts": 3, "budgets": 2},
                 "kaplan": {"sizes": 3, "token counts": 3, "budgets": 2},
-                "isoflop": {"budgets": 2}, "envelope": {"sizes": 2}}
+                "isoflop": {"budgets": 2}, "envelope": {"sizes": 2},
+                "experts": {"sizes": 3, "token counts": 3, "budgets": 2, "expert counts": 2}}
 # log N and log D that move together this closely cannot separate the two power laws.
 COLLINEAR = 0.999
 
@@ -173,13 +232,14 @@ def check_identifiable(runs: Runs, method: str) -> None:
   log D so correlated (one IsoFLOP budget; tokens proportional to parameters) that the
   N and D terms are one term."""
   have = {"sizes": len(np.unique(runs.params)), "token counts": len(np.unique(runs.tokens)),
-          "budgets": len(isoflop.group_budgets(runs.flops))}
+          "budgets": len(isoflop.group_budgets(runs.flops)),
+          "expert counts": len(np.unique(runs.expert_counts))}
   for what, needed in MINIMUM_DATA[method].items():
     if have[what] < needed:
-      counts = ", ".join(f"{count} {name}" for name, count in have.items())
+      counts = ", ".join(f"{have[name]} {name}" for name in MINIMUM_DATA[method])
       raise RunsError(f"the {method} fit needs at least {needed} distinct {what}; the table "
                       f"has {have[what]} ({counts}). Add runs.")
-  if method in ("parametric", "kaplan"):
+  if method in ("parametric", "kaplan", "experts"):
     correlation = abs(np.corrcoef(np.log(runs.params), np.log(runs.tokens))[0, 1])
     if correlation > COLLINEAR:
       raise RunsError(f"the {method} fit cannot separate the parameters' and the data's "
@@ -192,16 +252,19 @@ def boundary_warnings(method: str, parameters: dict, law, runs: Runs) -> list[st
   """Fitted parameters at the edge of what the data can say: a fit that put them there
   found no interior optimum, and its compute-optimal figures are not to be trusted."""
   warnings = []
-  if method == "parametric":
-    reducible = np.mean(law.loss(runs.params, runs.tokens) - parameters["E"])
+  if method in ("parametric", "experts"):
+    irreducible = "E" if method == "parametric" else "E0"
+    predicted = law.loss(runs.params, runs.tokens) if method == "parametric" else \
+        law.loss(runs.params, runs.tokens, runs.expert_counts)
+    reducible = np.mean(predicted - parameters[irreducible])
     if reducible < 1e-3 * np.mean(runs.loss):
       warnings.append(f"the fit attributes {reducible / np.mean(runs.loss):.1e} of the loss to "
                       "model size and data: the runs' losses do not show how loss falls with "
                       "N and D (too flat or too noisy), so the optimum is not determined.")
-  if method == "parametric":
-    if parameters["E"] < 1e-3:
-      warnings.append(f"E = {parameters['E']:.3g} is at its lower bound (0): the runs show no "
-                      "irreducible loss; the losses may be too flat or too few to fit.")
+    if parameters[irreducible] < 1e-3:
+      warnings.append(f"{irreducible} = {parameters[irreducible]:.3g} is at its lower bound "
+                      "(0): the runs show no irreducible loss; the losses may be too flat or "
+                      "too few to fit.")
     for name in ("alpha", "beta"):
       if not 0.01 < parameters[name] < 2.5:
         warnings.append(f"{name} = {parameters[name]:.3g} is outside every published fit "
@@ -238,14 +301,23 @@ def fit_runs(runs: Runs, method: str, budget: Optional[float] = None, bootstrap:
             + "\n".join(f"  {problem.describe()}" for problem in unbracketed),
             file=warn or sys.stderr)
   per_token = runs_flops_per_token(runs)
-  exact = (lambda fitted: ExactFlopsLaw(fitted, per_token)) if per_token and \
-      method in WARM_STARTED else (lambda fitted: fitted)
+  # The dense optimum is the reference of every shift, so E = 1 is always reported.
+  expert_counts = tuple(sorted({1.0, *(float(e) for e in np.unique(runs.expert_counts))}))
+
+  def exact(fitted):
+    if method == "experts":
+      return ExpertsFit(fitted, expert_counts, per_token)
+    return ExactFlopsLaw(fitted, per_token) if per_token and method in WARM_STARTED else fitted
+
+  def optimal_of(fitted) -> dict:
+    return fitted.optimal_values(budget) if method == "experts" else _optimal(fitted, budget)
+
   law, parameters = fitter(runs)
   law = exact(law)
   warnings = boundary_warnings(method, parameters, getattr(law, "law", law), runs)
   for warning in warnings:
     print(f"warning: {warning}", file=warn or sys.stderr)
-  optimal = _optimal(law, budget)
+  optimal = optimal_of(law)
   rng = np.random.default_rng(seed)
   start = getattr(law, "law", law) if method in WARM_STARTED else None
   samples = []
@@ -253,7 +325,7 @@ def fit_runs(runs: Runs, method: str, budget: Optional[float] = None, bootstrap:
     try:
       sample_law, sample_parameters = fitter(resample(runs, method, rng), start)
       sample_law = exact(sample_law)
-      sample_optimal = _optimal(sample_law, budget)
+      sample_optimal = optimal_of(sample_law)
     except (RunsError, ValueError):  # A resample without enough budgets/sizes: skip it.
       continue
     if all(np.isfinite(v) for v in (*sample_parameters.values(), *sample_optimal.values())):

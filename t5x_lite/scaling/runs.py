@@ -7,6 +7,11 @@ Columns (header names, any order, extra columns ignored):
   flops   training FLOPs C; optional, 6 N D when absent
   run     optional run id (training curves: several rows per run)
   step    optional step of the row within its run
+  experts optional: E of a mixture-of-experts run, its routed expert weights over those a
+          token uses (num_experts / moe_top_k); 1 (dense) when absent. params is then the
+          active parameters.
+
+Several tables (a dense sweep's and an MoE sweep's) are read as one with `read_tables`.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import csv
 import dataclasses
 import math
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -40,9 +45,15 @@ class Runs:
   flops: np.ndarray
   run: Optional[np.ndarray] = None
   step: Optional[np.ndarray] = None
+  experts: Optional[np.ndarray] = None  # None: every run is dense (E = 1)
 
   def __len__(self) -> int:
     return len(self.params)
+
+  @property
+  def expert_counts(self) -> np.ndarray:
+    """Each run's E (1 for a dense run)."""
+    return np.ones_like(self.params) if self.experts is None else self.experts
 
   def require(self, count: int, method: str) -> None:
     if len(self) < count:
@@ -69,11 +80,11 @@ def read_runs(path: str) -> Runs:
     missing = [name for name in REQUIRED if name not in header]
     if missing:
       raise RunsError(f"{path}: missing column(s) {missing}; the header has {header}. Required: "
-                      f"{list(REQUIRED)}; optional: flops, run, step.")
+                      f"{list(REQUIRED)}; optional: flops, run, step, experts.")
     rows = [{key.strip(): value for key, value in row.items() if key} for row in reader]
   if not rows:
     raise RunsError(f"{path} has a header but no runs.")
-  columns = {name: [] for name in ("params", "tokens", "loss", "flops", "step")}
+  columns = {name: [] for name in ("params", "tokens", "loss", "flops", "step", "experts")}
   runs = []
   for number, row in enumerate(rows, start=2):  # Row 1 is the header.
     for name in REQUIRED:
@@ -83,8 +94,39 @@ def read_runs(path: str) -> Runs:
                             else 6 * columns["params"][-1] * columns["tokens"][-1])
     if "step" in header:
       columns["step"].append(_number(row.get("step"), path, number, "step"))
+    if "experts" in header:
+      experts = _number(row.get("experts"), path, number, "experts")
+      if experts < 1:
+        raise RunsError(f"{path}, row {number}: experts={experts:g} must be at least 1 "
+                        "(num_experts / moe_top_k; 1 for a dense run).")
+      columns["experts"].append(experts)
     runs.append(row.get("run", ""))
   return Runs(params=np.array(columns["params"]), tokens=np.array(columns["tokens"]),
               loss=np.array(columns["loss"]), flops=np.array(columns["flops"]),
               run=np.array(runs) if "run" in header else None,
-              step=np.array(columns["step"]) if "step" in header else None)
+              step=np.array(columns["step"]) if "step" in header else None,
+              experts=np.array(columns["experts"]) if "experts" in header else None)
+
+
+def read_tables(paths: Sequence[str]) -> Runs:
+  """Several runs tables read as one (read_runs each): a missing experts column is dense
+  runs, a missing run column empty ids; curves (a step column) and final runs do not mix."""
+  tables = [read_runs(path) for path in paths]
+  if len(tables) == 1:
+    return tables[0]
+  with_steps = [table.step is not None for table in tables]
+  if any(with_steps) and not all(with_steps):
+    named = [path for path, steps in zip(paths, with_steps) if steps]
+    raise RunsError(f"{', '.join(named)} hold training curves (a step column) and the other "
+                    "tables final runs; fit curves and final runs separately.")
+
+  def joined(name: str, missing) -> Optional[np.ndarray]:
+    if all(getattr(table, name) is None for table in tables):
+      return None
+    return np.concatenate([getattr(table, name) if getattr(table, name) is not None
+                           else np.full(len(table), missing) for table in tables])
+
+  return Runs(**{name: np.concatenate([getattr(table, name) for table in tables])
+                 for name in ("params", "tokens", "loss", "flops")},
+              run=joined("run", ""), step=joined("step", np.nan),
+              experts=joined("experts", 1.0))

@@ -36,7 +36,7 @@ from t5x_lite.runs import run_dir
 from t5x_lite.runs.spec import differences
 
 RUNS_COLUMNS = ("run", "budget", "params", "tokens", "flops", "loss", "steps", "num_layers",
-                "d_model", "d_ff", "settings", "stable", "seed")
+                "d_model", "d_ff", "experts", "settings", "stable", "seed")
 # Recorded knobs that cannot change a run's result: a sweep may skip or resume a run that
 # differs from it only in these. Everything else (the learning rate included) must match.
 NEUTRAL_KNOBS = frozenset({
@@ -283,6 +283,8 @@ def collect(plan: dict, sweep_dir: str, runs_csv: str,
                  "tokens": run["tokens"], "flops": run["flops"], "loss": final["loss"],
                  "steps": run["steps"], "num_layers": run["num_layers"],
                  "d_model": run["d_model"], "d_ff": run["d_ff"],
+                 # Plans written before MoE families existed are dense.
+                 "experts": run.get("experts", 1.0),
                  "settings": settings_fingerprint(record["spec"]) if record else "",
                  "stable": run.get("parent", ""), "seed": run.get("seed", "")})
     for row in evals:

@@ -114,8 +114,9 @@ def _print_start(spec: TrainSpec, mesh: jax.sharding.Mesh, counts: Counts,
   """The start-of-run lines: model size and FLOPs, mesh, MFU's peak, pipeline, LoRA."""
   config = spec.model
   params = counts.params
-  routed = (f" ({counts.active_params / 1e6:.2f}M active: {config.num_experts} experts, top-"
-            f"{config.moe_top_k})" if config.num_experts else "")
+  # Routed experts as the router sees them: granularity G makes E x G experts, top k x G.
+  routed = (f" ({counts.active_params / 1e6:.2f}M active: {config.routed_experts} experts, top-"
+            f"{config.experts_per_token})" if config.num_experts else "")
   print(f"{config.architecture}: {params / 1e6:.2f}M params{routed}, "
         f"{flops_per_token / 1e6:.1f} MFLOP/token; mesh {dict(mesh.shape)}; "
         f"MFU against {peak_source}", file=stream)

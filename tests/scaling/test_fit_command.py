@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from t5x_lite.scaling.__main__ import main
-from t5x_lite.scaling.laws import preset
+from t5x_lite.scaling.laws import ExpertsLaw, preset
+from t5x_lite.scaling.runs import read_tables
 from tests.scaling.test_isoflop import isoflop_runs
 
 
@@ -125,3 +126,86 @@ def test_losses_too_flat_to_fit_are_warned_about_never_reported_silently(tmp_pat
   report = json.loads(captured.out)
   assert report["warnings"] and "warning:" in captured.err
   assert any("do not show how loss falls" in w for w in report["warnings"])
+
+
+def write_experts_tables(tmp_path, truth, noise=0.002, seed=3) -> tuple[str, str]:
+  """IsoFLOP profiles of dense runs (a table without an experts column, as a dense sweep
+  writes it) and of 4- and 8-expert runs (a second table with one), losses from `truth`."""
+  rng = np.random.default_rng(seed)
+  tables = {}
+  for experts in (1, 4, 8):
+    law = truth.at(experts)
+    rows = []
+    for flops in np.logspace(18, 20, 3):
+      for params in law.optimal(flops).params * np.logspace(-0.8, 0.8, 5):
+        tokens = flops / (6 * params)
+        loss = truth.loss(params, tokens, experts) * np.exp(rng.normal(0, noise))
+        rows.append((params, tokens, flops, loss, experts))
+    tables.setdefault("dense" if experts == 1 else "moe", []).extend(rows)
+  dense, moe = tmp_path / "dense.csv", tmp_path / "moe.csv"
+  with open(dense, "w", newline="") as handle:
+    writer = csv.writer(handle)
+    writer.writerow(["params", "tokens", "flops", "loss"])
+    writer.writerows(row[:4] for row in tables["dense"])
+  with open(moe, "w", newline="") as handle:
+    writer = csv.writer(handle)
+    writer.writerow(["params", "tokens", "flops", "loss", "experts"])
+    writer.writerows(tables["moe"])
+  return str(dense), str(moe)
+
+
+@pytest.mark.slow  # over 5 s on 2 cores: outside the quick loop
+def test_experts_fit_of_dense_and_moe_tables_recovers_how_experts_move_the_optimum(
+    tmp_path, capsys):
+  truth = ExpertsLaw(E0=1.8, A=400.0, B=1500.0, alpha=0.34, beta=0.29, gamma=0.06)
+  dense, moe = write_experts_tables(tmp_path, truth)
+  plot = tmp_path / "experts.png"
+  main(["fit", dense, moe, "--method", "experts", "--budget", "1e21", "--bootstrap", "40",
+        "--plot", str(plot), "--json"])
+  captured = capsys.readouterr()
+  assert "extrapolation" in captured.err
+  report = json.loads(captured.out)
+  assert report["runs"] == 45
+  gamma = report["parameters"]["gamma"]
+  assert gamma["value"] == pytest.approx(truth.gamma, abs=0.02)
+  assert gamma["ci95"][0] < truth.gamma < gamma["ci95"][1]
+  optimal = report["optimal"]
+  # Every expert count in the tables gets its optimum; the dense one is the reference.
+  for experts in (1, 4, 8):
+    assert optimal[f"params_E{experts}"]["value"] == pytest.approx(
+        truth.at(experts).optimal(1e21).params, rel=0.25)
+  shift = optimal["shift_E8"]
+  assert shift["value"] == pytest.approx(truth.optimal_shift(8), rel=0.05)
+  assert shift["ci95"][0] < truth.optimal_shift(8) < shift["ci95"][1]
+  assert optimal["gain_E8"]["value"] > optimal["gain_E4"]["value"] > 0
+  assert plot.stat().st_size > 10_000
+
+
+def test_experts_fit_needs_runs_with_more_than_one_expert_count(tmp_path, capsys):
+  truth = ExpertsLaw(E0=1.8, A=400.0, B=1500.0, alpha=0.34, beta=0.29, gamma=0.06)
+  dense, _ = write_experts_tables(tmp_path, truth)
+  with pytest.raises(SystemExit) as exit_info:
+    main(["fit", dense, "--method", "experts"])
+  assert exit_info.value.code == 2
+  assert "at least 2 distinct expert counts" in capsys.readouterr().err
+
+
+def test_several_tables_are_one_table_and_bad_expert_counts_are_refused(tmp_path, capsys):
+  truth = ExpertsLaw(E0=1.8, A=400.0, B=1500.0, alpha=0.34, beta=0.29, gamma=0.06)
+  dense, moe = write_experts_tables(tmp_path, truth)
+  runs = read_tables([dense, moe])
+  assert len(runs) == 45
+  # The dense table has no experts column: its runs are E = 1.
+  np.testing.assert_array_equal(runs.expert_counts, [1.0] * 15 + [4.0] * 15 + [8.0] * 15)
+  bad = tmp_path / "bad.csv"
+  bad.write_text("params,tokens,loss,experts\n1e8,2e9,3.0,0.5\n")
+  with pytest.raises(SystemExit) as exit_info:
+    main(["fit", dense, str(bad), "--method", "experts"])
+  assert exit_info.value.code == 2
+  assert "experts=0.5 must be at least 1" in capsys.readouterr().err
+  curves = tmp_path / "curves.csv"
+  curves.write_text("run,step,params,tokens,loss\na,1,1e8,2e9,3.0\n")
+  with pytest.raises(SystemExit) as exit_info:
+    main(["fit", dense, str(curves)])
+  assert exit_info.value.code == 2
+  assert "fit curves and final runs separately" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """`plan`: budgets and a size range become model shapes of one family, each costing its budget."""
 
+import dataclasses
 import json
 import math
 
@@ -47,6 +48,25 @@ def test_sizes_grow_across_each_profile_around_twenty_tokens_per_parameter(famil
   assert min(ratios) < 20 < max(ratios)
   # The middle of the profile sits near the rule of thumb (the width grid is coarse).
   assert 20 / 4 < sorted(ratios)[len(ratios) // 2] < 20 * 4
+
+
+def test_an_moe_family_is_sized_by_active_parameters_and_its_runs_name_their_experts(
+    family):
+  # 4 x the dense feed-forward weights, the same active ones: 8 experts of d_ff / 2, top-2.
+  moe = Family(dataclasses.replace(family.base, num_experts=4, moe_top_k=1,
+                                   moe_granularity=2), aspect_ratio=32, head_dim=32)
+  dense_runs = plan_sweep(family, [1e12], sizes=4, batch_size=16, targets_length=256)
+  moe_runs = plan_sweep(moe, [1e12], sizes=4, batch_size=16, targets_length=256)
+  # The same shapes: only the router's few weights separate active from dense N.
+  assert [(r.config.num_decoder_layers, r.config.d_model) for r in moe_runs] == \
+      [(r.config.num_decoder_layers, r.config.d_model) for r in dense_runs]
+  for dense, routed in zip(dense_runs, moe_runs):
+    counts = counting.count(routed.config, targets_length=256)
+    assert routed.params == counts.active_params < counts.params
+    assert 0 < routed.params - dense.params <= 4 * 2 * routed.config.d_model * \
+        routed.config.num_decoder_layers
+    assert routed.id == dense.id + "-E4"
+    assert routed.as_dict()["experts"] == 4.0 and dense.as_dict()["experts"] == 1.0
 
 
 def test_nearest_shape_tracks_large_targets_closely():

@@ -81,6 +81,7 @@ def test_sweep_skips_finished_runs_reports_failures_and_collects_tables(tmp_path
   assert (written, unfinished) == (len(ids), [])
   runs = read_runs(str(tmp_path / "RUNS.csv"))
   assert list(runs.loss) == pytest.approx([losses[i] for i in ids])
+  assert list(runs.expert_counts) == [1.0] * len(ids)  # a dense family
   assert list(runs.flops) == pytest.approx([run["flops"] for run in plan["runs"]])
   curves = read_runs(str(tmp_path / "CURVES.csv"))
   assert len(curves) == 2 * len(ids) and set(curves.run) == set(ids)
