@@ -12,12 +12,12 @@
           python -m t5x_lite.scaling cost --flops 1e23 --topology h100:128x8 [--mfu 0.4]
   fit     fit a runs table (see t5x_lite/scaling/runs.py for its columns):
           python -m t5x_lite.scaling fit RUNS.csv \
-              --method {parametric,isoflop,envelope,kaplan,experts} [--budget C] \
-              [--bootstrap K] [--plot out.png] [--json]
+              --method {parametric,isoflop,envelope,kaplan,experts,experts_data} \
+              [--budget C] [--bootstrap K] [--plot out.png] [--json]
           (envelope reads training curves: rows with run and step, e.g. CURVES.csv)
           python -m t5x_lite.scaling fit DENSE_RUNS.csv MOE_RUNS.csv --method experts
           (dense and mixture-of-experts runs, an experts column: L(N, D, E), and how the
-          compute-optimal active size moves with E)
+          compute-optimal active size moves with E; experts_data: E in the data term too)
   plan    model shapes and steps for an IsoFLOP sweep of a gin model family:
           python -m t5x_lite.scaling plan --gin_file=experiments/scaling/family.gin \
               --budgets 1e12 3e12 1e13 --batch_size 16 --targets_length 256 \
@@ -329,7 +329,8 @@ def _fit(args) -> None:
   runs = read_tables(args.runs)
   fitted = reports.fit_runs(runs, args.method, args.budget, args.bootstrap, args.seed)
   if args.plot:
-    (plot_experts if args.method == "experts" else plot_fit)(runs, fitted, args.plot)
+    (plot_experts if args.method in reports.EXPERTS_METHODS else plot_fit)(runs, fitted,
+                                                                           args.plot)
   if args.json:
     print(json.dumps(fitted.as_dict()))
     return

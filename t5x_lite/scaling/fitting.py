@@ -14,7 +14,8 @@ confidence intervals.
 
 `fit_experts` fits laws.ExpertsLaw to dense and mixture-of-experts runs the same way:
 the model term gains - gamma log E (theta has a sixth coordinate, the grid a gamma axis),
-and `bootstrap_experts` gives its intervals.
+with `data_term` the data term + omega log E (a seventh, started from the best screened
+gamma fits), and `bootstrap_experts` gives its intervals.
 """
 
 from __future__ import annotations
@@ -48,13 +49,16 @@ def _objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_loss
                delta: float, log_experts: np.ndarray | None = None
                ) -> tuple[float, np.ndarray]:
   """The Huber objective and its gradient; with `log_experts` theta's sixth coordinate is
-  gamma, the model term's - gamma log E (ExpertsLaw)."""
+  gamma, the model term's - gamma log E, and a seventh, when there is one, omega, the
+  data term's + omega log E (ExpertsLaw)."""
   a, b, e, alpha, beta = theta[:5]
   # log-sum-exp of the three terms, written out (scipy.special's call
   # overhead dominates at this size and the grid makes ~10^5 calls).
   model_term, data_term = a - alpha * log_n, b - beta * log_d
   if log_experts is not None:
     model_term = model_term - theta[5] * log_experts
+    if len(theta) > 6:
+      data_term = data_term + theta[6] * log_experts
   top = np.maximum(np.maximum(model_term, data_term), e)
   exp_model, exp_data, exp_e = np.exp(model_term - top), np.exp(data_term - top), np.exp(e - top)
   total = exp_model + exp_data + exp_e
@@ -68,6 +72,8 @@ def _objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_loss
               -(w_model * log_n).sum(), -(w_data * log_d).sum()]
   if log_experts is not None:
     gradient.append(-(w_model * log_experts).sum())
+    if len(theta) > 6:
+      gradient.append((w_data * log_experts).sum())
   return float(value), np.array(gradient)
 
 
@@ -147,38 +153,49 @@ def bootstrap_parametric(params, tokens, loss, *, samples: int = 1000, seed: int
 
 # gamma's starts: E experts worth E^0 (nothing), E^0.25 or E^0.5 of a dense model's A.
 GAMMA_STARTS = (0.0, 0.1, 0.2)
+# omega's, from each of the best gamma-only fits: experts needing no more data, or
+# E^0.1 or E^0.2 times the dense data term (or a little less).
+OMEGA_STARTS = (-0.1, 0.0, 0.1, 0.2)
 
 
 def _experts_law(theta) -> ExpertsLaw:
   law = _law(theta[:5])
   return ExpertsLaw(E0=law.E, A=law.A, B=law.B, alpha=law.alpha, beta=law.beta,
-                    gamma=float(theta[5]))
+                    gamma=float(theta[5]), omega=float(theta[6]) if len(theta) > 6 else 0.0)
+
+
+def _experts_theta(law: ExpertsLaw, data_term: bool) -> list[float]:
+  dense = ChinchillaLaw(E=law.E0, A=law.A, B=law.B, alpha=law.alpha, beta=law.beta)
+  return [*_theta(dense), law.gamma, *([law.omega] if data_term else [])]
 
 
 def fit_experts(params, tokens, loss, experts, *, grid=PAPER_GRID,
-                delta: float = HUBER_DELTA) -> ExpertsLaw:
+                delta: float = HUBER_DELTA, data_term: bool = False) -> ExpertsLaw:
   """Best-of-grid fit of ExpertsLaw to runs of N active parameters, D tokens and E
-  experts (1 for a dense model): the approach-3 fit with gamma as a sixth coordinate."""
+  experts (1 for a dense model): the approach-3 fit with gamma as a sixth coordinate.
+  With `data_term`, omega is a seventh, fitted from the best gamma-only screens."""
   log_n, log_d, log_loss, log_e = (np.log(np.asarray(x, float))
                                    for x in (params, tokens, loss, experts))
   if np.all(log_e == log_e[0]):
     raise FitError("Every run has the same number of experts; gamma (how experts add "
                    "effective parameters) needs runs with different ones.")
   starts = [(*start, gamma) for start in grid for gamma in GAMMA_STARTS]
-  screened = _minimise_from(starts, log_n, log_d, log_loss, delta, SCREEN_OPTIONS, log_e)
-  _, best = _best_of([theta for _, theta in screened[:POLISHED_STARTS]], log_n, log_d,
-                     log_loss, delta, REFIT_OPTIONS, log_e)
+  screened = [theta for _, theta in _minimise_from(starts, log_n, log_d, log_loss, delta,
+                                                   SCREEN_OPTIONS, log_e)[:POLISHED_STARTS]]
+  if data_term:
+    screened = [(*theta, omega) for theta in screened for omega in OMEGA_STARTS]
+  _, best = _best_of(screened, log_n, log_d, log_loss, delta, REFIT_OPTIONS, log_e)
   if best is None:
     raise FitError("The experts fit failed from every initialisation (non-finite loss).")
   return _experts_law(best)
 
 
 def refit_experts(params, tokens, loss, experts, start: ExpertsLaw,
-                  delta: float = HUBER_DELTA) -> ExpertsLaw:
+                  delta: float = HUBER_DELTA, data_term: bool = False) -> ExpertsLaw:
   """One tight L-BFGS fit of ExpertsLaw from `start` (a bootstrap refit)."""
   log_n, log_d, log_loss, log_e = (np.log(np.asarray(x, float))
                                    for x in (params, tokens, loss, experts))
-  _, theta = _best_of([[*_theta(start.at(1)), start.gamma]], log_n, log_d, log_loss, delta,
+  _, theta = _best_of([_experts_theta(start, data_term)], log_n, log_d, log_loss, delta,
                       REFIT_OPTIONS, log_e)
   if theta is None:
     raise FitError("The experts refit failed (non-finite loss).")
@@ -186,18 +203,19 @@ def refit_experts(params, tokens, loss, experts, start: ExpertsLaw,
 
 
 def bootstrap_experts(params, tokens, loss, experts, *, samples: int = 1000, seed: int = 0,
-                      start: ExpertsLaw | None = None,
-                      delta: float = HUBER_DELTA) -> list[ExpertsLaw]:
-  """Refits of ExpertsLaw on `samples` resamplings (with replacement) of the runs, each
-  from the full-data optimum."""
+                      start: ExpertsLaw | None = None, delta: float = HUBER_DELTA,
+                      data_term: bool = False) -> list[ExpertsLaw]:
+  """Refits of ExpertsLaw (with omega when `data_term`) on `samples` resamplings (with
+  replacement) of the runs, each from the full-data optimum."""
   columns = [np.asarray(x, float) for x in (params, tokens, loss, experts)]
-  start = start or fit_experts(*columns, delta=delta)
+  start = start or fit_experts(*columns, delta=delta, data_term=data_term)
   rng = np.random.default_rng(seed)
   laws = []
   for _ in range(samples):
     index = rng.integers(0, len(columns[0]), len(columns[0]))
     try:
-      laws.append(refit_experts(*(column[index] for column in columns), start, delta))
+      laws.append(refit_experts(*(column[index] for column in columns), start, delta,
+                                data_term))
     except FitError:
       continue
   return laws

@@ -11,6 +11,10 @@
   takes below its saturation; gamma = alpha delta is what the fit estimates). At fixed
   E it is a ChinchillaLaw with A E^-gamma (`at`), so the compute-optimal active size
   (C = 6 N D, N active) is N_opt(C, E) = N_opt(C, 1) E^(-gamma / (alpha + beta)).
+  With `omega` the data term is B E^omega / D^beta as well (experts that each see a
+  share of the tokens may need more of them: the E-dependent data term of Ludziejewski
+  et al. 2025's joint MoE law, as a power of E), and the shift is
+  E^(-(gamma + omega) / (alpha + beta)); omega = 0 is the form above.
 - `KaplanLaw`: L(N, D) = ((N_c / N)^(alpha_N / alpha_D) + D_c / D)^alpha_D
   (Kaplan et al. 2020, eq. 1.5); its optimum under 6ND = C is found numerically.
 - `PowerLawAllocation`: N_opt = k_N C^a, D_opt = k_D C^b (Chinchilla approaches
@@ -80,23 +84,25 @@ class ChinchillaLaw:
 
 @dataclasses.dataclass(frozen=True)
 class ExpertsLaw:
-  """L(N, D, E) = E0 + A / (N E^delta)^alpha + B / D^beta with gamma = alpha delta (see
-  the module docstring); E0 is the irreducible loss (E names the experts here)."""
+  """L(N, D, E) = E0 + A / (N E^delta)^alpha + B E^omega / D^beta with gamma = alpha delta
+  (see the module docstring); E0 is the irreducible loss (E names the experts here)."""
   E0: float
   A: float
   B: float
   alpha: float
   beta: float
   gamma: float
+  omega: float = 0.0
 
   def loss(self, params, tokens, experts):
-    return self.at(1).loss(np.asarray(params, float) * np.asarray(experts, float) ** (
-        self.gamma / self.alpha), tokens)
+    params, tokens, experts = (np.asarray(x, float) for x in (params, tokens, experts))
+    return (self.E0 + self.A * experts ** -self.gamma / params ** self.alpha +
+            self.B * experts ** self.omega / tokens ** self.beta)
 
   def at(self, experts: float) -> ChinchillaLaw:
     """The law of models with `experts` experts: a ChinchillaLaw in active parameters."""
-    return ChinchillaLaw(E=self.E0, A=self.A * experts ** -self.gamma, B=self.B,
-                         alpha=self.alpha, beta=self.beta)
+    return ChinchillaLaw(E=self.E0, A=self.A * experts ** -self.gamma,
+                         B=self.B * experts ** self.omega, alpha=self.alpha, beta=self.beta)
 
   @property
   def delta(self) -> float:
@@ -104,8 +110,8 @@ class ExpertsLaw:
     return self.gamma / self.alpha
 
   def optimal_shift(self, experts: float) -> float:
-    """N_opt(C, E) / N_opt(C, 1): the same at every compute."""
-    return experts ** (-self.gamma / (self.alpha + self.beta))
+    """N_opt(C, E) / N_opt(C, 1) under C = 6ND: the same at every compute."""
+    return experts ** (-(self.gamma + self.omega) / (self.alpha + self.beta))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,6 +9,7 @@ moves from the dense one (shift_E<E> = N_opt(C, E) / N_opt(C, 1))."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 from typing import Callable, Optional, TextIO
 
@@ -18,8 +19,12 @@ from t5x_lite.scaling import envelope, fitting, isoflop, kaplan, noise
 from t5x_lite.scaling.laws import ExpertsLaw, Law, optimal_numerically
 from t5x_lite.scaling.runs import Runs, RunsError
 
-METHODS = ("parametric", "isoflop", "envelope", "kaplan", "experts")
-MINIMUM_RUNS = {"parametric": 5, "isoflop": 6, "envelope": 4, "kaplan": 4, "experts": 7}
+METHODS = ("parametric", "isoflop", "envelope", "kaplan", "experts", "experts_data")
+# The fits of ExpertsLaw: gamma only (Clark et al.'s effective parameters), and with
+# the E-dependent data term omega as well.
+EXPERTS_METHODS = ("experts", "experts_data")
+MINIMUM_RUNS = {"parametric": 5, "isoflop": 6, "envelope": 4, "kaplan": 4, "experts": 7,
+                "experts_data": 8}
 
 
 def _subset(runs: Runs, index: np.ndarray) -> Runs:
@@ -41,7 +46,7 @@ def resample(runs: Runs, method: str, rng: np.random.Generator) -> Runs:
       return redrawn
     if method == "isoflop":
       return _subset(runs, noise.resample_within_budgets(runs, rng))
-    if method == "experts":  # Within each expert count: every resample keeps every E.
+    if method in EXPERTS_METHODS:  # Within each expert count: every resample keeps every E.
       return _subset(runs, np.concatenate([
           rng.choice(group, len(group)) for group in
           (np.flatnonzero(runs.expert_counts == e) for e in np.unique(runs.expert_counts))]))
@@ -162,19 +167,21 @@ def _kaplan(runs: Runs, start=None) -> tuple[Law, dict]:
   return law, {"N_c": law.N_c, "D_c": law.D_c, "alpha_N": law.alpha_N, "alpha_D": law.alpha_D}
 
 
-def _experts(runs: Runs, start=None) -> tuple[ExpertsLaw, dict]:
+def _experts(runs: Runs, start=None, data_term: bool = False) -> tuple[ExpertsLaw, dict]:
   columns = (runs.params, runs.tokens, runs.loss, runs.expert_counts)
-  law = fitting.fit_experts(*columns) if start is None else fitting.refit_experts(*columns,
-                                                                                   start)
+  law = fitting.fit_experts(*columns, data_term=data_term) if start is None else \
+      fitting.refit_experts(*columns, start, data_term=data_term)
   return law, {"E0": law.E0, "A": law.A, "B": law.B, "alpha": law.alpha, "beta": law.beta,
-               "gamma": law.gamma, "delta": law.delta}
+               "gamma": law.gamma, "delta": law.delta,
+               **({"omega": law.omega} if data_term else {})}
 
 
 # Each returns (the fitted law, its named parameters); `start` seeds a bootstrap refit.
-FITTERS: dict[str, Callable] = {"parametric": _parametric, "isoflop": _isoflop,
-                                "envelope": _envelope, "kaplan": _kaplan, "experts": _experts}
+FITTERS: dict[str, Callable] = {
+    "parametric": _parametric, "isoflop": _isoflop, "envelope": _envelope, "kaplan": _kaplan,
+    "experts": _experts, "experts_data": functools.partial(_experts, data_term=True)}
 # Methods whose bootstrap refits start from the full-data fit.
-WARM_STARTED = ("parametric", "kaplan", "experts")
+WARM_STARTED = ("parametric", "kaplan", *EXPERTS_METHODS)
 
 
 @dataclasses.dataclass
@@ -221,7 +228,8 @@ class FitReport:
 MINIMUM_DATA = {"parametric": {"sizes": 3, "token counts": 3, "budgets": 2},
                 "kaplan": {"sizes": 3, "token counts": 3, "budgets": 2},
                 "isoflop": {"budgets": 2}, "envelope": {"sizes": 2},
-                "experts": {"sizes": 3, "token counts": 3, "budgets": 2, "expert counts": 2}}
+                **{method: {"sizes": 3, "token counts": 3, "budgets": 2, "expert counts": 2}
+                   for method in EXPERTS_METHODS}}
 # log N and log D that move together this closely cannot separate the two power laws.
 COLLINEAR = 0.999
 
@@ -239,7 +247,7 @@ def check_identifiable(runs: Runs, method: str) -> None:
       counts = ", ".join(f"{have[name]} {name}" for name in MINIMUM_DATA[method])
       raise RunsError(f"the {method} fit needs at least {needed} distinct {what}; the table "
                       f"has {have[what]} ({counts}). Add runs.")
-  if method in ("parametric", "kaplan", "experts"):
+  if method in ("parametric", "kaplan", *EXPERTS_METHODS):
     correlation = abs(np.corrcoef(np.log(runs.params), np.log(runs.tokens))[0, 1])
     if correlation > COLLINEAR:
       raise RunsError(f"the {method} fit cannot separate the parameters' and the data's "
@@ -252,7 +260,7 @@ def boundary_warnings(method: str, parameters: dict, law, runs: Runs) -> list[st
   """Fitted parameters at the edge of what the data can say: a fit that put them there
   found no interior optimum, and its compute-optimal figures are not to be trusted."""
   warnings = []
-  if method in ("parametric", "experts"):
+  if method in ("parametric", *EXPERTS_METHODS):
     irreducible = "E" if method == "parametric" else "E0"
     predicted = law.loss(runs.params, runs.tokens) if method == "parametric" else \
         law.loss(runs.params, runs.tokens, runs.expert_counts)
@@ -305,12 +313,13 @@ def fit_runs(runs: Runs, method: str, budget: Optional[float] = None, bootstrap:
   expert_counts = tuple(sorted({1.0, *(float(e) for e in np.unique(runs.expert_counts))}))
 
   def exact(fitted):
-    if method == "experts":
+    if method in EXPERTS_METHODS:
       return ExpertsFit(fitted, expert_counts, per_token)
     return ExactFlopsLaw(fitted, per_token) if per_token and method in WARM_STARTED else fitted
 
   def optimal_of(fitted) -> dict:
-    return fitted.optimal_values(budget) if method == "experts" else _optimal(fitted, budget)
+    return fitted.optimal_values(budget) if method in EXPERTS_METHODS else \
+        _optimal(fitted, budget)
 
   law, parameters = fitter(runs)
   law = exact(law)

@@ -108,3 +108,29 @@ def test_the_experts_law_is_recovered_with_intervals_covering_the_truth():
       truth.at(1).optimal(1e21).params * truth.optimal_shift(8))
   with pytest.raises(FitError, match="same number of experts"):
     fit_experts(params, tokens, loss, np.ones(count))
+
+
+@pytest.mark.slow  # over 5 s on 2 cores: outside the quick loop
+def test_experts_that_need_more_data_are_recovered_by_the_data_term():
+  # Experts that add effective parameters (gamma > 0) but each need more tokens
+  # (omega > 0): the optimum moves to fewer active parameters than gamma alone says.
+  truth = ExpertsLaw(E0=1.9, A=300.0, B=900.0, alpha=0.32, beta=0.30, gamma=0.06,
+                     omega=0.08)
+  rng = np.random.default_rng(1)
+  count = 160
+  params = 10 ** rng.uniform(7, 10, count)
+  tokens = 10 ** rng.uniform(9, 12, count)
+  experts = rng.choice([1, 4, 8, 16], count)
+  loss = truth.loss(params, tokens, experts) * np.exp(rng.normal(0, 0.003, count))
+  law = fit_experts(params, tokens, loss, experts, grid=PAPER_GRID[::7], data_term=True)
+  assert law.gamma == pytest.approx(truth.gamma, abs=0.02)
+  assert law.omega == pytest.approx(truth.omega, abs=0.02)
+  assert law.optimal_shift(8) == pytest.approx(truth.optimal_shift(8), rel=0.1)
+  assert truth.optimal_shift(8) < ExpertsLaw(**{**truth.__dict__, "omega": 0.0}
+                                             ).optimal_shift(8)
+  refits = bootstrap_experts(params, tokens, loss, experts, samples=50, start=law,
+                             data_term=True)
+  low, high = percentile_interval([refit.omega for refit in refits])
+  assert low < truth.omega < high
+  # The law at E is the dense law with A E^-gamma and B E^omega.
+  np.testing.assert_allclose(truth.loss(params, tokens, 8), truth.at(8).loss(params, tokens))
