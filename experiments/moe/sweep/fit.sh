@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Fits L(N, D, E) = E0 + A / (N E^delta)^alpha + B / D^beta to the dense runs (E = 1,
-# experiments/scaling/RUNS.csv) and the MoE sweep's (E = 4, 8), draws experts.png and
-# writes results.md: every shape's loss side by side, each budget's IsoFLOP minimum per
-# family (no law assumed) and the fit's compute-optimal active sizes with intervals.
+# Fits L(N, D, E) = E0 + A / (N E^delta)^alpha + B / D^beta (Clark et al.'s effective
+# parameters; fit_experts.json, experts.png) and the same with B E^omega in the data term
+# (fit_experts_data.json, experts_data.png) to the dense runs (E = 1,
+# experiments/scaling/RUNS.csv) and the MoE sweep's (E = 4, 8), and writes results.md:
+# every shape's loss side by side, each budget's IsoFLOP minimum per family (no law
+# assumed) and both fits' compute-optimal active sizes with intervals.
 #   bash experiments/moe/sweep/fit.sh     (after run.sh; ~2 minutes on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
@@ -11,8 +13,10 @@ DENSE=experiments/scaling/RUNS.csv
 # Where experiments/scaling reports its optimum, so that the two can be compared.
 BUDGET=1e14
 
-python -m t5x_lite.scaling fit $DENSE $HERE/RUNS_e4.csv $HERE/RUNS_e8.csv --method experts \
-    --budget $BUDGET --bootstrap 200 --plot $HERE/experts.png --json > $HERE/fit_experts.json
+for METHOD in experts experts_data; do
+  python -m t5x_lite.scaling fit $DENSE $HERE/RUNS_e4.csv $HERE/RUNS_e8.csv --method $METHOD \
+      --budget $BUDGET --bootstrap 200 --plot $HERE/$METHOD.png --json > $HERE/fit_$METHOD.json
+done
 python - "$HERE" "$DENSE" <<'SUMMARY'
 import csv
 import json
@@ -35,48 +39,56 @@ for experts, table in rows.items():
   for row in table:
     key = (float(row["budget"]), int(row["num_layers"]), int(row["d_model"]))
     by_shape.setdefault(key, {})[experts] = row
-for (budget, layers, d_model), found in sorted(by_shape.items()):
+for (budget, layers, d_model), found in sorted(
+    by_shape.items(), key=lambda item: (item[0][0], int(next(iter(item[1].values()))["params"]))):
   losses = [f"{float(found[e]['loss']):.4f}" if e in found else "" for e in tables]
   params = int(found[1]["params"]) if 1 in found else ""
   lines.append(f"| {budget:.3g} | L{layers} d{d_model} | {params:,} | " + " | ".join(losses)
                + " |")
-lines += ["", "Each budget's IsoFLOP minimum (a parabola in log N through its runs), per family:",
-          "", "| budget | dense N_opt | E = 4 N_opt | E = 8 N_opt | dense L_min | E = 4 L_min "
-          "| E = 8 L_min |", "|---|---|---|---|---|---|---|"]
-minima = {}
-for experts, path in tables.items():
-  for profile in isoflop.profiles(read_runs(path)):
-    budget = float(f"{profile.flops:.2g}")
-    minimum = float(np.polyval(profile.coefficients, np.log(profile.optimal_params)))
-    minima.setdefault(budget, {})[experts] = (profile.optimal_params, minimum)
-for budget, found in sorted(minima.items()):
-  cells = [f"{found[e][0]:,.0f}" if e in found else "" for e in tables]
-  cells += [f"{found[e][1]:.4f}" if e in found else "" for e in tables]
-  lines.append(f"| {budget:.3g} | " + " | ".join(cells) + " |")
-fit = json.load(open(f"{here}/fit_experts.json"))
+lines += ["", "Each budget's best run per family (N, loss), and where the runs bracket it, "
+          "the minimum of a parabola in log N through them (no law assumed):", "",
+          "| budget | E | best run N | best loss | parabola N_opt | parabola L_min |",
+          "|---|---|---|---|---|---|"]
+for budget in sorted({key[0] for key in by_shape}):
+  for experts, path in tables.items():
+    runs = read_runs(path)
+    here_runs = np.flatnonzero(np.isclose(
+        [float(row["budget"]) for row in rows[experts]], budget))
+    if not len(here_runs):
+      continue
+    best = here_runs[np.argmin(runs.loss[here_runs])]
+    profile = [p for p in isoflop.profiles(runs) if np.isclose(p.flops, budget, rtol=0.05)]
+    parabola = "not bracketed | "
+    if profile:
+      optimum = profile[0].optimal_params
+      minimum = float(np.polyval(profile[0].coefficients, np.log(optimum)))
+      parabola = f"{optimum:,.0f} | {minimum:.4f}"
+    lines.append(f"| {budget:.3g} | {experts} | {runs.params[best]:,.0f} | "
+                 f"{runs.loss[best]:.4f} | {parabola} |")
 
-
-def show(part, name, digits=".3g"):
+def show(fit, part, name, digits=".3g"):
   entry = fit[part][name]
   low, high = entry.get("ci95", (np.nan, np.nan))
   return f"{entry['value']:{digits}} [{low:{digits}}, {high:{digits}}]"
 
 
-lines += ["", f"The fit of L(N, D, E) to all {fit['runs']} runs "
-          f"({fit['bootstrap_samples']} bootstrap refits, 95% intervals):", "",
-          "| parameter | value |", "|---|---|"]
-lines += [f"| {name} | {show('parameters', name)} |" for name in fit["parameters"]]
-lines += ["", f"At C = {fit['budget']:.3g} FLOPs:", "",
-          "| E | N_opt (active) | D_opt | loss | N_opt / dense | loss below dense |",
-          "|---|---|---|---|---|---|"]
-for experts in ("1", "4", "8"):
-  shift = show("optimal", f"shift_E{experts}") if experts != "1" else "1"
-  gain = show("optimal", f"gain_E{experts}", ".4f") if experts != "1" else "0"
-  lines.append(f"| {experts} | {show('optimal', f'params_E{experts}')} | "
-               f"{show('optimal', f'tokens_E{experts}')} | "
-               f"{show('optimal', f'loss_E{experts}', '.4f')} | {shift} | {gain} |")
-for warning in fit["warnings"]:
-  lines.append(f"\nwarning: {warning}")
+for method, title in (("experts", "gamma only (Clark et al.'s effective parameters)"),
+                      ("experts_data", "with the data term B E^omega / D^beta")):
+  fit = json.load(open(f"{here}/fit_{method}.json"))
+  lines += ["", f"## `--method {method}`: {title}", "",
+            f"{fit['runs']} runs, {fit['bootstrap_samples']} bootstrap refits (within each "
+            "expert count), 95% intervals:", "", "| parameter | value |", "|---|---|"]
+  lines += [f"| {name} | {show(fit, 'parameters', name)} |" for name in fit["parameters"]]
+  lines += ["", f"At C = {fit['budget']:.3g} FLOPs:", "",
+            "| E | N_opt (active) | D_opt | loss | N_opt / dense | loss below dense |",
+            "|---|---|---|---|---|---|"]
+  for experts in ("1", "4", "8"):
+    shift = show(fit, "optimal", f"shift_E{experts}") if experts != "1" else "1"
+    gain = show(fit, "optimal", f"gain_E{experts}", ".4f") if experts != "1" else "0"
+    lines.append(f"| {experts} | {show(fit, 'optimal', f'params_E{experts}')} | "
+                 f"{show(fit, 'optimal', f'tokens_E{experts}')} | "
+                 f"{show(fit, 'optimal', f'loss_E{experts}', '.4f')} | {shift} | {gain} |")
+  lines += [f"\nwarning: {warning}" for warning in fit["warnings"]]
 open(f"{here}/results.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 SUMMARY
