@@ -84,17 +84,24 @@ def test_bootstrap_intervals_cover_the_true_parameters():
   assert low < truth.optimal(flops).params < high
 
 
+def experts_runs(truth: ExpertsLaw, seed: int, count: int = 160):
+  """(params, tokens, loss, experts) of `count` runs of dense (E = 1) and 4, 8 and
+  16-expert models at random N and D, losses from `truth` with 0.3% noise."""
+  rng = np.random.default_rng(seed)
+  params = 10 ** rng.uniform(7, 10, count)
+  tokens = 10 ** rng.uniform(9, 12, count)
+  experts = rng.choice([1, 4, 8, 16], count)
+  loss = truth.loss(params, tokens, experts) * np.exp(rng.normal(0, 0.003, count))
+  return params, tokens, loss, experts
+
+
 @pytest.mark.slow  # over 5 s on 2 cores: outside the quick loop
 def test_the_experts_law_is_recovered_with_intervals_covering_the_truth():
   # Runs of dense (E = 1) and 4, 8 and 16-expert models: the fit recovers gamma, and
   # with it how far the compute-optimal active size shrinks with the experts.
   truth = ExpertsLaw(E0=1.9, A=300.0, B=900.0, alpha=0.32, beta=0.30, gamma=0.08)
-  rng = np.random.default_rng(0)
-  count = 160
-  params = 10 ** rng.uniform(7, 10, count)
-  tokens = 10 ** rng.uniform(9, 12, count)
-  experts = rng.choice([1, 4, 8, 16], count)
-  loss = truth.loss(params, tokens, experts) * np.exp(rng.normal(0, 0.003, count))
+  params, tokens, loss, experts = experts_runs(truth, seed=0)
+  count = len(params)
   law = fit_experts(params, tokens, loss, experts, grid=PAPER_GRID[::7])
   assert law.gamma == pytest.approx(truth.gamma, abs=0.02)
   assert law.alpha == pytest.approx(truth.alpha, abs=0.03)
@@ -116,12 +123,7 @@ def test_experts_that_need_more_data_are_recovered_by_the_data_term():
   # (omega > 0): the optimum moves to fewer active parameters than gamma alone says.
   truth = ExpertsLaw(E0=1.9, A=300.0, B=900.0, alpha=0.32, beta=0.30, gamma=0.06,
                      omega=0.08)
-  rng = np.random.default_rng(1)
-  count = 160
-  params = 10 ** rng.uniform(7, 10, count)
-  tokens = 10 ** rng.uniform(9, 12, count)
-  experts = rng.choice([1, 4, 8, 16], count)
-  loss = truth.loss(params, tokens, experts) * np.exp(rng.normal(0, 0.003, count))
+  params, tokens, loss, experts = experts_runs(truth, seed=1)
   law = fit_experts(params, tokens, loss, experts, grid=PAPER_GRID[::7], data_term=True)
   assert law.gamma == pytest.approx(truth.gamma, abs=0.02)
   assert law.omega == pytest.approx(truth.omega, abs=0.02)
