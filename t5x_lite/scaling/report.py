@@ -1,10 +1,11 @@
 """`fit`: from a runs table to fitted law parameters and the compute-optimal model, with
 bootstrap confidence intervals (runs resampled with replacement, the fit repeated).
 
-The experts method fits laws.ExpertsLaw to dense and mixture-of-experts runs together (an
-experts column; runs.py) and reports, at the budget, the compute-optimal active size,
-tokens and loss of every expert count in the table, and how far the optimal active size
-moves from the dense one (shift_E<E> = N_opt(C, E) / N_opt(C, 1))."""
+The experts methods fit laws.ExpertsLaw to dense and mixture-of-experts runs together (an
+experts column; runs.py), `experts` with gamma alone and `experts_data` with omega too,
+and report, at the budget, the compute-optimal active size, tokens and loss of every
+expert count in the table, how far the optimal active size moves from the dense one
+(shift_E<E> = N_opt(C, E) / N_opt(C, 1)) and the loss gained (gain_E<E>)."""
 
 from __future__ import annotations
 

@@ -25,7 +25,8 @@ import sys
 import numpy as np
 
 from t5x_lite.scaling import isoflop
-from t5x_lite.scaling.runs import read_runs
+from t5x_lite.scaling.laws import ExpertsLaw
+from t5x_lite.scaling.runs import read_runs, read_tables
 
 here, dense = sys.argv[1:]
 tables = {1: dense, 4: f"{here}/RUNS_e4.csv", 8: f"{here}/RUNS_e8.csv"}
@@ -79,6 +80,15 @@ for method, title in (("experts", "gamma only (Clark et al.'s effective paramete
             f"{fit['runs']} runs, {fit['bootstrap_samples']} bootstrap refits (within each "
             "expert count), 95% intervals:", "", "| parameter | value |", "|---|---|"]
   lines += [f"| {name} | {show(fit, 'parameters', name)} |" for name in fit["parameters"]]
+  # How well the form describes the runs: RMS of log(loss / predicted), all and per E.
+  law = ExpertsLaw(**{name: fit["parameters"][name]["value"] for name in
+                      ("E0", "A", "B", "alpha", "beta", "gamma", "omega")
+                      if name in fit["parameters"]})
+  runs = read_tables(list(tables.values()))
+  residual = np.log(runs.loss / law.loss(runs.params, runs.tokens, runs.expert_counts))
+  per_count = ", ".join(f"E = {e:g}: {np.sqrt(np.mean(residual[runs.expert_counts == e] ** 2)):.4f}"
+                        for e in np.unique(runs.expert_counts))
+  lines += ["", f"RMS log residual: {np.sqrt(np.mean(residual ** 2)):.4f} ({per_count})."]
   lines += ["", f"At C = {fit['budget']:.3g} FLOPs:", "",
             "| E | N_opt (active) | D_opt | loss | N_opt / dense | loss below dense |",
             "|---|---|---|---|---|---|"]
