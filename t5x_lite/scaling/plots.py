@@ -175,8 +175,11 @@ def plot_experts(runs: Runs, report: FitReport, path: str) -> None:
     if report.samples:
       band = report.optimal_band(budgets, experts=count)
       allocation.fill_between(budgets, *band["params"], color=colour, alpha=0.15, lw=0)
-    chosen = runs.expert_counts == count
-    frontier.scatter(runs.flops[chosen], runs.loss[chosen], color=colour, s=10, alpha=0.6)
+    # Each budget's best run of this expert count: the frontier the runs themselves show.
+    best = [(float(np.median(runs.flops[group])), runs.loss[group][
+        runs.expert_counts[group] == count].min()) for group in groups
+        if np.any(runs.expert_counts[group] == count)]
+    frontier.plot(*zip(*best), color=colour, marker="o", ls=":", lw=1)
   for axis in (allocation, frontier):
     axis.axvspan(runs.flops.min(), runs.flops.max(), color="grey", alpha=0.08,
                  label="runs' range")
@@ -185,7 +188,7 @@ def plot_experts(runs: Runs, report: FitReport, path: str) -> None:
                  ylabel="compute-optimal active parameters",
                  title="N_opt(C, E) (95% bootstrap bands)")
   frontier.set(xscale="log", xlabel="training FLOPs C", ylabel="loss",
-               title="loss at the optimum (dots: runs)")
+               title="loss at the optimum (dots: each budget's best run)")
   figure.tight_layout()
   with file_errors("the plot", path):
     figure.savefig(path, dpi=120)
