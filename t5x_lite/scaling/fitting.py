@@ -165,8 +165,7 @@ def _experts_law(theta) -> ExpertsLaw:
 
 
 def _experts_theta(law: ExpertsLaw, data_term: bool) -> list[float]:
-  dense = ChinchillaLaw(E=law.E0, A=law.A, B=law.B, alpha=law.alpha, beta=law.beta)
-  return [*_theta(dense), law.gamma, *([law.omega] if data_term else [])]
+  return [*_theta(law.at(1)), law.gamma, *([law.omega] if data_term else [])]
 
 
 def fit_experts(params, tokens, loss, experts, *, grid=PAPER_GRID,

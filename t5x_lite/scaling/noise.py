@@ -62,10 +62,14 @@ def resample_losses(runs: Runs, rng: np.random.Generator) -> Optional[Runs]:
   return dataclasses.replace(runs, loss=loss)
 
 
+def resample_within(groups, rng: np.random.Generator) -> np.ndarray:
+  """Indices drawn with replacement within each group of indices (no group drops out)."""
+  return np.concatenate([rng.choice(group, len(group)) for group in groups])
+
+
 def resample_within_budgets(runs: Runs, rng: np.random.Generator) -> np.ndarray:
   """Indices of runs drawn with replacement within each budget (no budget drops out)."""
-  return np.concatenate([rng.choice(group, len(group))
-                         for group in isoflop.group_budgets(runs.flops)])
+  return resample_within(isoflop.group_budgets(runs.flops), rng)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,14 +28,6 @@ MINIMUM_RUNS = {"parametric": 5, "isoflop": 6, "envelope": 4, "kaplan": 4, "expe
                 "experts_data": 8}
 
 
-def _subset(runs: Runs, index: np.ndarray) -> Runs:
-  run = None if runs.run is None else runs.run[index]
-  step = None if runs.step is None else runs.step[index]
-  experts = None if runs.experts is None else runs.experts[index]
-  return Runs(params=runs.params[index], tokens=runs.tokens[index], loss=runs.loss[index],
-              flops=runs.flops[index], run=run, step=step, experts=experts)
-
-
 def resample(runs: Runs, method: str, rng: np.random.Generator) -> Runs:
   """A bootstrap resample: with replicates, each point's losses redrawn from its own
   (scaling/noise.py); else runs drawn with replacement, within each budget for the
@@ -46,19 +38,19 @@ def resample(runs: Runs, method: str, rng: np.random.Generator) -> Runs:
     if redrawn is not None:
       return redrawn
     if method == "isoflop":
-      return _subset(runs, noise.resample_within_budgets(runs, rng))
+      return runs.subset(noise.resample_within_budgets(runs, rng))
     if method in EXPERTS_METHODS:  # Within each expert count: every resample keeps every E.
-      return _subset(runs, np.concatenate([
-          rng.choice(group, len(group)) for group in
-          (np.flatnonzero(runs.expert_counts == e) for e in np.unique(runs.expert_counts))]))
-    return _subset(runs, rng.integers(0, len(runs), len(runs)))
+      return runs.subset(noise.resample_within(
+          [np.flatnonzero(runs.expert_counts == e) for e in np.unique(runs.expert_counts)],
+          rng))
+    return runs.subset(rng.integers(0, len(runs), len(runs)))
   ids = np.unique(runs.run)
   drawn = rng.choice(ids, len(ids))
   index = np.concatenate([np.flatnonzero(runs.run == run_id) for run_id in drawn])
   # A curve drawn twice must stay two curves, not one with doubled points.
   renamed = np.concatenate([[f"{run_id}#{k}"] * int(np.sum(runs.run == run_id))
                             for k, run_id in enumerate(drawn)])
-  resampled = _subset(runs, index)
+  resampled = runs.subset(index)
   return dataclasses.replace(resampled, run=renamed)
 
 

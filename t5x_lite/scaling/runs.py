@@ -50,6 +50,11 @@ class Runs:
   def __len__(self) -> int:
     return len(self.params)
 
+  def subset(self, index: np.ndarray) -> "Runs":
+    """The runs at `index` (every column, optional ones included)."""
+    return Runs(**{field.name: None if getattr(self, field.name) is None
+                   else getattr(self, field.name)[index] for field in dataclasses.fields(self)})
+
   @property
   def expert_counts(self) -> np.ndarray:
     """Each run's E (1 for a dense run)."""
